@@ -1,0 +1,152 @@
+//! Replica configuration: every flag has an environment variable, is validated at start, and is listed in README.md.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Configuration of one replica.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "roomcast",
+    version,
+    about = "Roomcast backend replica: chat rooms over WebSocket, relayed across replicas through Redis."
+)]
+pub struct Config {
+    /// Address to listen on. Use 0.0.0.0 in containers.
+    #[arg(long, env = "ROOMCAST_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, env = "ROOMCAST_PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Redis URL shared by all replicas, e.g. redis://127.0.0.1:6379. Absent: an in-memory bus for a single replica.
+    #[arg(long, env = "ROOMCAST_REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "ROOMCAST_REDIS_PREFIX", default_value = "roomcast", value_parser = parse_prefix)]
+    pub redis_prefix: String,
+
+    /// This replica's name, shown to users. Default: <hostname>:<port>.
+    #[arg(long, env = "ROOMCAST_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Directory holding the compiled frontend (trunk's dist/); index.html is served for unknown paths.
+    #[arg(long, env = "ROOMCAST_STATIC_DIR", default_value = "dist")]
+    pub static_dir: PathBuf,
+
+    /// Extra origins allowed to open WebSockets (comma-separated, e.g. http://localhost:8080). The page's own
+    /// origin is always allowed, and so are clients that send no Origin (non-browser clients).
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub allowed_origins: Vec<String>,
+
+    /// Messages kept per room (the Redis Stream is trimmed to about this many).
+    #[arg(long, env = "ROOMCAST_HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub history_limit: u32,
+
+    /// Recent messages sent on join when the client gives no `since`.
+    #[arg(long, env = "ROOMCAST_HISTORY_ON_JOIN", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub history_on_join: u32,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_rooms: u32,
+
+    /// Frames queued per connection before it counts as too slow and is closed with 1013 (it then resumes).
+    #[arg(long, env = "ROOMCAST_QUEUE_CAPACITY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue_capacity: u32,
+
+    /// Sustained sends per second allowed per connection.
+    #[arg(long, env = "ROOMCAST_SENDS_PER_SEC", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sends_per_sec: u32,
+
+    /// Sends allowed in a burst above the sustained rate.
+    #[arg(long, env = "ROOMCAST_SEND_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub send_burst: u32,
+
+    /// Seconds between WebSocket pings; a connection silent for three intervals is closed.
+    #[arg(long, env = "ROOMCAST_PING_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_secs: u64,
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn defaults() -> Self {
+        Self::parse_from(["roomcast"])
+    }
+
+    /// Interval between keep-alive pings.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("empty; omit the flag to use the in-memory bus".into());
+    }
+    redis::Client::open(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not a Redis URL ({e}); expected e.g. redis://127.0.0.1:6379"))
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("must be 1 to 64 ASCII letters, digits, '-' or '_'".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_node_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be 1 to 64 printable ASCII characters without spaces".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!("{s:?} must be scheme://host[:port] with no path"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.port, 3000);
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.history_limit, 1000);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let err = Config::try_parse_from(["roomcast", "--redis-url", "http://x"]).unwrap_err();
+        assert!(err.to_string().contains("not a Redis URL"), "{err}");
+        assert!(Config::try_parse_from(["roomcast", "--port", "99999"]).is_err());
+        assert!(Config::try_parse_from(["roomcast", "--max-rooms", "0"]).is_err());
+        assert!(
+            Config::try_parse_from(["roomcast", "--allowed-origins", "localhost:8080"]).is_err()
+        );
+        let ok = Config::try_parse_from(["roomcast", "--allowed-origins", "http://A:1/,https://b"])
+            .unwrap();
+        assert_eq!(ok.allowed_origins, ["http://a:1", "https://b"]);
+    }
+}

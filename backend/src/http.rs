@@ -1,0 +1,162 @@
+//! HTTP routes: the WebSocket endpoint (with its Origin check), health, metrics, and the compiled frontend.
+
+use std::path::Path;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use shared::validate::MAX_FRAME_BYTES;
+use tower_http::services::{ServeDir, ServeFile};
+use tracing::warn;
+
+use crate::{AppState, session};
+
+/// Builds the router of one replica.
+pub fn app(state: AppState) -> Router {
+    let router = Router::new()
+        .route(shared::WS_PATH, get(ws))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
+    let dir = &state.config.static_dir;
+    let index = dir.join("index.html");
+    let router = if index.is_file() {
+        router.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
+    } else {
+        warn!(dir = %dir.display(), "no index.html in the static dir; serving a notice instead (build it: cargo xtask dev)");
+        router.fallback(not_built)
+    };
+    router.with_state(state)
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(origin) = check_origin(&headers, &state.config.allowed_origins) {
+        warn!(%origin, "WebSocket refused: origin not allowed");
+        metrics::counter!("roomcast_origin_refused_total").increment(1);
+        let body = format!(
+            "origin {origin} may not open a WebSocket here; add it with --allowed-origins (ROOMCAST_ALLOWED_ORIGINS)\n"
+        );
+        return (StatusCode::FORBIDDEN, body).into_response();
+    }
+    let conn = state.next_conn();
+    let tracker = state.tracker.clone();
+    upgrade
+        // Hard cap well above the protocol limit: frames between the two are answered with a clean 1009 by the
+        // session; larger ones are cut off by tungstenite before they are buffered whole.
+        .max_message_size(MAX_FRAME_BYTES * 4)
+        .max_frame_size(MAX_FRAME_BYTES * 4)
+        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, conn)))
+}
+
+/// Browsers always send Origin: it must be the page's own origin (same host as the request) or an allowed one.
+/// Clients that send none (websocat, scripts) are not browsers and cannot be abused cross-site.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| "<non-ASCII>".to_owned())?
+        .to_ascii_lowercase();
+    if allowed.contains(&origin) {
+        return Ok(());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match (authority, host) {
+        (Some(authority), Some(host)) if authority == host => Ok(()),
+        _ => Err(origin),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "node": &*state.node,
+        "bus": state.bus.kind(),
+        "bus_up": state.bus.is_up(),
+    });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_built(State(state): State<AppState>) -> Response {
+    let dir = Path::new(&state.config.static_dir).display().to_string();
+    let page = format!(
+        "<!doctype html><title>Roomcast</title><h1>Roomcast replica {node}</h1>\
+         <p>The browser client is not built (no <code>index.html</code> in <code>{dir}</code>). \
+         Build it with <code>cargo xtask dev</code> or <code>trunk build --release</code>.</p>\
+         <p>The WebSocket endpoint <code>{ws}</code> works regardless.</p>",
+        node = html_escape(&state.node),
+        dir = html_escape(&dir),
+        ws = shared::WS_PATH,
+    );
+    (StatusCode::OK, Html(page)).into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origin_rules() {
+        let allowed = vec!["http://localhost:8080".to_owned()];
+        assert!(check_origin(&headers(None, "x:1"), &[]).is_ok());
+        assert!(
+            check_origin(
+                &headers(Some("http://127.0.0.1:3000"), "127.0.0.1:3000"),
+                &[]
+            )
+            .is_ok()
+        );
+        assert!(check_origin(&headers(Some("https://Chat.Example"), "chat.example"), &[]).is_ok());
+        assert!(
+            check_origin(
+                &headers(Some("http://localhost:8080"), "127.0.0.1:3000"),
+                &allowed
+            )
+            .is_ok()
+        );
+        assert!(
+            check_origin(
+                &headers(Some("http://evil.example"), "127.0.0.1:3000"),
+                &allowed
+            )
+            .is_err()
+        );
+        assert!(check_origin(&headers(Some("null"), "127.0.0.1:3000"), &allowed).is_err());
+    }
+}

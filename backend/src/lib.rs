@@ -1,0 +1,189 @@
+//! A Roomcast backend replica as a library: `main.rs` parses the config and calls [`run`]; tests call it directly.
+//!
+//! Map: [`config`] (flags), [`http`] (routes), [`session`] (one WebSocket), [`rooms`] (local membership and
+//! fan-out), [`bus`] (Redis or in-memory relay and history), [`error`] (error frames), [`metrics`].
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod rooms;
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use shared::Limits;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+pub use config::Config;
+pub use http::app;
+
+use bus::Bus;
+use rooms::{ConnId, Rooms};
+
+/// How long shutdown waits for connections to close after sending them close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a request handler needs: cheap handles, cloned per request.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// This replica's node id.
+    pub node: Arc<str>,
+    /// The bus shared with the other replicas.
+    pub bus: Arc<dyn Bus>,
+    /// Local room membership.
+    pub rooms: Rooms,
+    /// The limits announced to clients.
+    pub limits: Arc<Limits>,
+    /// Cancelled when the replica shuts down; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Tracks session tasks so shutdown can wait for their close frames.
+    pub tracker: TaskTracker,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    fn next_conn(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Errors that stop a replica from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The Redis URL could not be used.
+    #[error("cannot use the Redis URL: {0}")]
+    Bus(#[source] bus::BusError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves a replica on `listener` until `shutdown` is cancelled, then closes every WebSocket with 1001 and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let node: Arc<str> = match &config.node_id {
+        Some(id) => id.as_str().into(),
+        None => format!(
+            "{}:{}",
+            gethostname::gethostname().to_string_lossy(),
+            addr.port()
+        )
+        .into(),
+    };
+    let span = info_span!("replica", node = %node);
+    async move {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            Some(url) => {
+                let bus = bus::redis::RedisBus::start(
+                    url,
+                    &config.redis_prefix,
+                    config.history_limit as usize,
+                    events_tx,
+                    shutdown.clone(),
+                )
+                .map_err(StartError::Bus)?;
+                info!(redis = %redact(url), prefix = %config.redis_prefix, "using the Redis bus");
+                Arc::new(bus)
+            }
+            None => {
+                warn!(
+                    "no --redis-url: using the in-memory bus; this replica cannot relay to others"
+                );
+                Arc::new(bus::memory::MemoryBus::new(
+                    events_tx,
+                    config.history_limit as usize,
+                ))
+            }
+        };
+        let rooms = Rooms::new(bus.clone(), node.clone());
+        tokio::spawn(rooms.clone().dispatch(events_rx).in_current_span());
+        let limits = Limits {
+            max_frame_bytes: shared::validate::MAX_FRAME_BYTES,
+            max_text_chars: shared::validate::TEXT_MAX_CHARS,
+            max_rooms: config.max_rooms as usize,
+            history_on_join: config.history_on_join as usize,
+            sends_per_sec: config.sends_per_sec,
+            send_burst: config.send_burst,
+        };
+        let state = AppState {
+            config: Arc::new(config),
+            node: node.clone(),
+            bus,
+            rooms,
+            limits: Arc::new(limits),
+            shutdown: shutdown.clone(),
+            tracker: TaskTracker::new(),
+            metrics: metrics::handle(),
+            next_conn: Arc::new(AtomicU64::new(1)),
+        };
+        let tracker = state.tracker.clone();
+        info!(%addr, "listening");
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .map_err(StartError::Serve)?;
+        tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = tracker.len(),
+                "connections still open after {DRAIN_TIMEOUT:?}; exiting anyway"
+            );
+        }
+        info!("stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Hides a password in a Redis URL before it is logged.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(super::redact("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(super::redact("redis://h:1"), "redis://h:1");
+    }
+}

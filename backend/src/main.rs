@@ -1,0 +1,49 @@
+//! The `roomcast` binary: parse the config, set up logging, bind, and run one replica until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = backend::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let addr = (config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {}:{} (in use? pick another with --port)",
+            addr.0, addr.1
+        )
+    })?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal(shutdown.clone()));
+    backend::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested; closing connections");
+    shutdown.cancel();
+}

@@ -1,0 +1,187 @@
+//! Local room membership and fan-out: which connections on this replica are in which room, and delivery of bus
+//! events to them.
+//!
+//! Each event is encoded to JSON once per replica and the same bytes are queued for every local member. Queues are
+//! bounded: a member whose queue is full is a slow consumer and is closed with 1013; it reconnects and resumes
+//! with `since`, so it loses nothing that is still in history, and nobody else waits for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
+use shared::{BusBody, ChatMessage, MsgId, PresenceEvent, RoomName, ServerMsg};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::bus::{Bus, BusError, BusEvent};
+
+/// Identifies one WebSocket connection within a replica.
+pub type ConnId = u64;
+
+/// One encoded frame on its way to a connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The room it belongs to; the session drops frames of rooms it has left.
+    pub room: RoomName,
+    /// The message id, for frames that carry a stored message; the session drops ids it has already delivered.
+    pub id: Option<MsgId>,
+    /// The JSON text, shared by every recipient.
+    pub frame: Utf8Bytes,
+}
+
+/// How the registry reaches one connection.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The connection's bounded outgoing queue.
+    pub queue: mpsc::Sender<Outbound>,
+    /// Cancelled when the connection must be closed for being too slow.
+    pub too_slow: CancellationToken,
+}
+
+/// The rooms of this replica and their local members.
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<Mutex<HashMap<RoomName, HashMap<ConnId, Member>>>>,
+    bus: Arc<dyn Bus>,
+    node: Arc<str>,
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rooms")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rooms {
+    /// An empty registry whose subscriptions go to `bus`.
+    pub fn new(bus: Arc<dyn Bus>, node: Arc<str>) -> Self {
+        Self {
+            inner: Arc::default(),
+            bus,
+            node,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, HashMap<ConnId, Member>>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a member and waits until this replica's subscription to the room is live, so that history read after
+    /// this returns cannot miss a message. On error the caller must [`Rooms::leave`].
+    pub async fn join(
+        &self,
+        room: &RoomName,
+        conn: ConnId,
+        member: Member,
+    ) -> Result<(), BusError> {
+        let subscribed = {
+            let mut rooms = self.lock();
+            let members = rooms.entry(room.clone()).or_default();
+            members.insert(conn, member);
+            metrics::gauge!("roomcast_rooms").set(rooms.len() as f64);
+            // Enqueued under the lock: subscription changes reach the bus in membership order.
+            self.bus.subscribe(room)
+        };
+        subscribed
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("bus stopped".into())))
+    }
+
+    /// Removes a member; the replica unsubscribes when the room's last local member leaves.
+    pub fn leave(&self, room: &RoomName, conn: ConnId) {
+        let mut rooms = self.lock();
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&conn);
+            if members.is_empty() {
+                rooms.remove(room);
+                self.bus.unsubscribe(room);
+                debug!(%room, "last local member left");
+            }
+        }
+        metrics::gauge!("roomcast_rooms").set(rooms.len() as f64);
+    }
+
+    /// Number of local members of a room.
+    pub fn member_count(&self, room: &RoomName) -> usize {
+        self.lock().get(room).map_or(0, HashMap::len)
+    }
+
+    /// Queues one frame for every local member of `event.room` except `skip`.
+    fn fan_out(&self, out: &Outbound, skip: Option<ConnId>) {
+        let rooms = self.lock();
+        let Some(members) = rooms.get(&out.room) else {
+            return;
+        };
+        let mut delivered = 0u64;
+        for (&conn, member) in members {
+            if Some(conn) == skip {
+                continue;
+            }
+            match member.queue.try_send(out.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !member.too_slow.is_cancelled() {
+                        warn!(conn, room = %out.room, "outgoing queue full; closing slow consumer with 1013");
+                        metrics::counter!("roomcast_slow_consumers_total").increment(1);
+                        member.too_slow.cancel();
+                    }
+                }
+                // The session is ending and will leave the room itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        metrics::counter!("roomcast_frames_fanned_out_total").increment(delivered);
+    }
+
+    /// Drains bus events into local fan-out until the bus is dropped.
+    pub async fn dispatch(self, mut events: mpsc::UnboundedReceiver<BusEvent>) {
+        while let Some(event) = events.recv().await {
+            let (msg, skip) = match event.body {
+                BusBody::Message { nick, text } => {
+                    let Some(id) = event.id else {
+                        warn!(room = %event.room, "stored message without id ignored");
+                        continue;
+                    };
+                    let msg = ServerMsg::Message(ChatMessage {
+                        id,
+                        room: event.room.clone(),
+                        nick,
+                        text,
+                        ts: id.ms,
+                    });
+                    (msg, None)
+                }
+                BusBody::Presence {
+                    nick,
+                    event: kind,
+                    ts,
+                    node,
+                    conn,
+                } => {
+                    let skip = (*node == *self.node).then_some(conn);
+                    let msg = ServerMsg::Presence(PresenceEvent {
+                        room: event.room.clone(),
+                        nick,
+                        event: kind,
+                        ts,
+                    });
+                    (msg, skip)
+                }
+            };
+            let out = Outbound {
+                room: event.room,
+                id: event.id,
+                frame: encode(&msg),
+            };
+            self.fan_out(&out, skip);
+        }
+    }
+}
+
+/// Encodes a server message as a text frame.
+pub fn encode(msg: &ServerMsg) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(msg).expect("server messages always serialize"))
+}

@@ -1,0 +1,34 @@
+//! The Roomcast wire contract: every type that crosses a WebSocket or Redis, and the validation rules both sides enforce.
+//!
+//! This crate is deliberately synchronous and serde-only so the browser (wasm32) and the backend compile the very
+//! same definitions; if a field changes here, both sides change together or neither compiles.
+
+mod id;
+mod protocol;
+pub mod validate;
+
+pub use id::{MsgId, ParseMsgIdError};
+pub use protocol::{
+    BusBody, ChatMessage, ClientMsg, ErrorCode, Limits, PresenceEvent, PresenceKind, ServerMsg,
+};
+pub use validate::{Nick, RoomName, ValidationError};
+
+/// The protocol version this build speaks. A client that announces another version in `hello` is refused with
+/// [`ErrorCode::UnsupportedVersion`] and the connection is closed.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket path every replica serves.
+pub const WS_PATH: &str = "/ws";
+
+/// WebSocket close codes Roomcast uses, named so that client and server agree on their meaning.
+pub mod close_code {
+    /// The server is shutting down; reconnect (to any replica) and resume.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client violated the protocol in a way that cannot be answered with an error frame
+    /// (for example an unsupported protocol version).
+    pub const POLICY: u16 = 1008;
+    /// A frame exceeded [`crate::validate::MAX_FRAME_BYTES`].
+    pub const TOO_BIG: u16 = 1009;
+    /// The client did not read fast enough and its outgoing queue filled; reconnect and resume with `since`.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}

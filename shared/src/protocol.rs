@@ -1,0 +1,399 @@
+//! The messages: what a client sends (`ClientMsg`), what a replica sends (`ServerMsg`), and what replicas tell each
+//! other through the bus (`BusBody`). docs/PROTOCOL.md documents each with a JSON example, and a test parses those.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MsgId, Nick, RoomName};
+
+/// A frame from a client. Every frame is a JSON object with a `type` field.
+///
+/// Room names, nicknames and text arrive as plain strings on purpose: the server validates them after parsing so it
+/// can answer an invalid one with an error that names the request, instead of a generic parse failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Announces the protocol version the client speaks. Optional; a mismatch is refused.
+    Hello {
+        /// The client's [`crate::PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Joins a room (or re-joins it, changing the nickname and fetching history again).
+    Join {
+        /// The room to join.
+        room: String,
+        /// The nickname to use in that room.
+        nick: String,
+        /// Resume point: the last message id the client saw. History then holds exactly the messages after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<MsgId>,
+        /// Correlation id echoed in the answer, chosen by the client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Leaves a room.
+    Leave {
+        /// The room to leave.
+        room: String,
+        /// Correlation id echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Sends a message to a joined room.
+    Send {
+        /// The room, which the connection must have joined.
+        room: String,
+        /// The message text.
+        text: String,
+        /// Client message id, echoed in the `ack` (or `error`) so the client can match it to its pending message.
+        cid: String,
+    },
+}
+
+impl ClientMsg {
+    /// The `type` tag of this message, as errors report it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Send { .. } => "send",
+        }
+    }
+}
+
+/// A frame from a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The first frame on every connection: which protocol and which replica this is.
+    Welcome {
+        /// The server's [`crate::PROTOCOL_VERSION`].
+        version: u32,
+        /// The replica's node id, so a person can see which replica they are on.
+        node: String,
+        /// The limits this replica enforces.
+        limits: Limits,
+    },
+    /// Answers `join`: the room's recent history (or everything after `since`), oldest first. Live messages follow.
+    Joined {
+        /// The joined room.
+        room: RoomName,
+        /// The nickname in use in that room.
+        nick: Nick,
+        /// Stored messages, oldest first, all with ids above the request's `since`.
+        history: Vec<ChatMessage>,
+        /// The request's correlation id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Answers `leave`.
+    Left {
+        /// The room left.
+        room: RoomName,
+        /// The request's correlation id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Answers `send`: the message was stored with this id and is on its way to every member.
+    Ack {
+        /// The room the message went to.
+        room: RoomName,
+        /// The `cid` of the `send` this answers.
+        cid: String,
+        /// The id the bus assigned; the delivered `message` carries the same id.
+        id: MsgId,
+        /// Server timestamp, milliseconds since the Unix epoch.
+        ts: u64,
+    },
+    /// A chat message in a joined room, delivered to every member on every replica, the sender included.
+    Message(ChatMessage),
+    /// Someone else joined or left a joined room.
+    Presence(PresenceEvent),
+    /// A request failed. The connection stays open unless a close frame follows.
+    Error {
+        /// Machine-readable cause.
+        code: ErrorCode,
+        /// Human-readable explanation, safe to show to a person.
+        message: String,
+        /// The `type` of the request this answers, when it could be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+        /// The request's correlation id: its `req`, or its `cid` for `send`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+        /// The room the request named, when it named one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+    },
+}
+
+/// One stored chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Assigned once by the bus; strictly increasing within the room.
+    pub id: MsgId,
+    /// The room it was sent to.
+    pub room: RoomName,
+    /// The sender's nickname in that room.
+    pub nick: Nick,
+    /// The text, to be rendered as text (never as HTML).
+    pub text: String,
+    /// Server timestamp, milliseconds since the Unix epoch (the millisecond part of `id`).
+    pub ts: u64,
+}
+
+/// Someone joined or left a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    /// The room.
+    pub room: RoomName,
+    /// Who.
+    pub nick: Nick,
+    /// Joined or left.
+    pub event: PresenceKind,
+    /// Server timestamp, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// Whether a presence event is a join or a leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceKind {
+    /// A member joined.
+    Joined,
+    /// A member left (or disconnected).
+    Left,
+}
+
+/// The limits a replica enforces, announced in `welcome` so clients can check before sending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest accepted frame in bytes; larger ones close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Longest message text in characters.
+    pub max_text_chars: usize,
+    /// How many rooms one connection may be in at once.
+    pub max_rooms: usize,
+    /// How many recent messages `joined` carries when `since` is absent.
+    pub history_on_join: usize,
+    /// Sustained `send` rate allowed per connection, per second.
+    pub sends_per_sec: u32,
+    /// Burst of `send`s allowed above the sustained rate.
+    pub send_burst: u32,
+}
+
+/// Machine-readable error causes. Stable: clients switch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// `hello` announced a protocol version this server does not speak. The connection closes (1008).
+    UnsupportedVersion,
+    /// The frame is not JSON (or is a binary frame).
+    Malformed,
+    /// The JSON has a `type` this server does not know.
+    UnknownType,
+    /// The JSON has a known `type` but missing or mistyped fields.
+    BadRequest,
+    /// The room name is invalid.
+    InvalidRoom,
+    /// The nickname is invalid.
+    InvalidNick,
+    /// The message text is invalid.
+    InvalidText,
+    /// The client message id is invalid.
+    InvalidClientId,
+    /// `send` or `leave` named a room this connection has not joined.
+    NotJoined,
+    /// Joining would exceed [`Limits::max_rooms`].
+    TooManyRooms,
+    /// Sends arrive faster than [`Limits::sends_per_sec`]; the send was dropped, retry later.
+    RateLimited,
+    /// The bus (Redis) is unreachable; the request was not carried out. Retry later.
+    Unavailable,
+}
+
+/// What replicas publish to each other about a room. Crosses Redis, so it lives in the wire contract too.
+///
+/// Stored messages carry no id here: the bus assigns it (the Redis Stream entry id) and sends it alongside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BusBody {
+    /// A chat message, as stored in the room's history.
+    Message {
+        /// The sender's nickname.
+        nick: Nick,
+        /// The text.
+        text: String,
+    },
+    /// A join or leave notice; not stored in history.
+    Presence {
+        /// Who.
+        nick: Nick,
+        /// Joined or left.
+        event: PresenceKind,
+        /// Server timestamp, milliseconds since the Unix epoch.
+        ts: u64,
+        /// The replica the member is connected to.
+        node: String,
+        /// The connection on that replica, which does not receive its own notice.
+        conn: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T>(value: &T)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let json = serde_json::to_string(value).unwrap();
+        let back: T = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, value, "{json}");
+    }
+
+    fn room() -> RoomName {
+        RoomName::parse("general").unwrap()
+    }
+
+    fn nick() -> Nick {
+        Nick::parse("alice").unwrap()
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        round_trip(&ClientMsg::Hello { version: 1 });
+        round_trip(&ClientMsg::Join {
+            room: "general".into(),
+            nick: "alice".into(),
+            since: Some(MsgId::new(1, 2)),
+            req: Some("r1".into()),
+        });
+        round_trip(&ClientMsg::Join {
+            room: "general".into(),
+            nick: "alice".into(),
+            since: None,
+            req: None,
+        });
+        round_trip(&ClientMsg::Leave {
+            room: "general".into(),
+            req: None,
+        });
+        round_trip(&ClientMsg::Send {
+            room: "general".into(),
+            text: "hi".into(),
+            cid: "c1".into(),
+        });
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let msg = ChatMessage {
+            id: MsgId::new(10, 0),
+            room: room(),
+            nick: nick(),
+            text: "<b>hi</b>".into(),
+            ts: 10,
+        };
+        round_trip(&ServerMsg::Welcome {
+            version: 1,
+            node: "host:3000".into(),
+            limits: Limits {
+                max_frame_bytes: 1,
+                max_text_chars: 2,
+                max_rooms: 3,
+                history_on_join: 4,
+                sends_per_sec: 5,
+                send_burst: 6,
+            },
+        });
+        round_trip(&ServerMsg::Joined {
+            room: room(),
+            nick: nick(),
+            history: vec![msg.clone()],
+            req: Some("r".into()),
+        });
+        round_trip(&ServerMsg::Left {
+            room: room(),
+            req: None,
+        });
+        round_trip(&ServerMsg::Ack {
+            room: room(),
+            cid: "c".into(),
+            id: MsgId::new(10, 0),
+            ts: 10,
+        });
+        round_trip(&ServerMsg::Message(msg));
+        round_trip(&ServerMsg::Presence(PresenceEvent {
+            room: room(),
+            nick: nick(),
+            event: PresenceKind::Left,
+            ts: 3,
+        }));
+        round_trip(&ServerMsg::Error {
+            code: ErrorCode::NotJoined,
+            message: "m".into(),
+            request: Some("send".into()),
+            req: Some("c".into()),
+            room: Some("x".into()),
+        });
+    }
+
+    #[test]
+    fn bus_bodies_round_trip() {
+        round_trip(&BusBody::Message {
+            nick: nick(),
+            text: "hi".into(),
+        });
+        round_trip(&BusBody::Presence {
+            nick: nick(),
+            event: PresenceKind::Joined,
+            ts: 1,
+            node: "n".into(),
+            conn: 7,
+        });
+    }
+
+    #[test]
+    fn message_frames_are_flat() {
+        let json = serde_json::to_value(ServerMsg::Message(ChatMessage {
+            id: MsgId::new(10, 0),
+            room: room(),
+            nick: nick(),
+            text: "hi".into(),
+            ts: 10,
+        }))
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"message","id":"10-0","room":"general","nick":"alice","text":"hi","ts":10})
+        );
+    }
+
+    #[test]
+    fn protocol_doc_examples_parse() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let mut client = 0;
+        let mut server = 0;
+        for block in doc.split("```json").skip(1) {
+            let json = block.split("```").next().unwrap().trim();
+            let value: serde_json::Value =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            let direction = value.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            if matches!(direction, "hello" | "join" | "leave" | "send") {
+                serde_json::from_value::<ClientMsg>(value)
+                    .unwrap_or_else(|e| panic!("{e}: {json}"));
+                client += 1;
+            } else {
+                serde_json::from_value::<ServerMsg>(value)
+                    .unwrap_or_else(|e| panic!("{e}: {json}"));
+                server += 1;
+            }
+        }
+        assert!(
+            client >= 4 && server >= 7,
+            "doc has {client} client and {server} server examples"
+        );
+    }
+}
