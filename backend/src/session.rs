@@ -27,6 +27,8 @@ use crate::rooms::{ConnId, Member, Outbound, encode};
 
 /// How long one write may block before the peer counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the peer to answer its close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves one upgraded WebSocket until either side closes it or the replica shuts down.
 pub async fn serve(socket: WebSocket, state: AppState, conn: ConnId) {
@@ -37,7 +39,6 @@ pub async fn serve(socket: WebSocket, state: AppState, conn: ConnId) {
         debug!("connected");
         let mut session = Session::new(state, conn);
         let close = session.run(socket).await;
-        session.leave_all();
         metrics::gauge!("roomcast_connections").decrement(1.0);
         debug!(?close, "disconnected");
     }
@@ -118,11 +119,22 @@ impl Session {
         let end = loop {
             let step = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Err(End::Closed(close_code::GOING_AWAY, "server shutting down; reconnect".into())),
-                () = too_slow.cancelled() => Err(End::Closed(
-                    close_code::TRY_AGAIN_LATER,
-                    "too slow: outgoing queue full; reconnect and resume with since".into(),
-                )),
+                () = shutdown.cancelled() => Err(shutting_down()),
+                () = too_slow.cancelled() => Err(too_slow_end()),
+                // Drain what is queued before reading more requests: a client that pipelines sends keeps its
+                // own queue short, and one that stops reading stops being read (TCP backpressure).
+                Some(out) = self.queued.recv() => {
+                    if self.admit(&out) {
+                        // A stalled peer blocks this write; the kick or shutdown must still get through.
+                        tokio::select! {
+                            r = write(&mut sink, Message::Text(out.frame)) => r.map_err(|Gone| End::PeerGone),
+                            () = too_slow.cancelled() => Err(too_slow_end()),
+                            () = shutdown.cancelled() => Err(shutting_down()),
+                        }
+                    } else {
+                        Ok(())
+                    }
+                }
                 frame = stream.next() => match frame {
                     None | Some(Ok(Message::Close(_))) => Err(End::PeerGone),
                     Some(Err(e)) => Err(self.read_error(&e)),
@@ -131,13 +143,6 @@ impl Session {
                         self.on_frame(&mut sink, msg).await
                     }
                 },
-                Some(out) = self.queued.recv() => {
-                    if self.admit(&out) {
-                        write(&mut sink, Message::Text(out.frame)).await.map_err(|Gone| End::PeerGone)
-                    } else {
-                        Ok(())
-                    }
-                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 3 {
                         Err(End::Closed(close_code::GOING_AWAY, "no answer to pings".into()))
@@ -150,12 +155,27 @@ impl Session {
                 break end;
             }
         };
+        // Leave first: the rooms stop queueing for us and the others hear we left, even if the close handshake
+        // below has to wait for a stalled peer.
+        self.leave_all();
         if let End::Closed(code, reason) = &end {
             let frame = CloseFrame {
                 code: *code,
                 reason: Utf8Bytes::from(reason.as_str()),
             };
-            let _ = write(&mut sink, Message::Close(Some(frame))).await;
+            if write(&mut sink, Message::Close(Some(frame))).await.is_ok() {
+                // Finish the closing handshake: read until the peer's Close. Dropping the socket earlier would make
+                // the kernel answer the peer's last frames with a reset, which discards what it has not read yet,
+                // our Close included.
+                let drain = async {
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+            }
         }
         let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
         end
@@ -391,6 +411,20 @@ impl Session {
             self.announce(&room, &joined.nick, PresenceKind::Left);
         }
     }
+}
+
+fn shutting_down() -> End {
+    End::Closed(
+        close_code::GOING_AWAY,
+        "server shutting down; reconnect".into(),
+    )
+}
+
+fn too_slow_end() -> End {
+    End::Closed(
+        close_code::TRY_AGAIN_LATER,
+        "too slow: outgoing queue full; reconnect and resume with since".into(),
+    )
 }
 
 fn not_joined(room: &RoomName) -> RequestError {

@@ -380,7 +380,8 @@ impl Subscriber {
         } else {
             info!(rooms = self.wanted.len(), "redis subscriber connected");
         }
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -396,7 +397,8 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
-                    if let Err(e) = timed(sink.ping::<String>()).await {
+                    // In subscribe mode Redis answers PING with ["pong", ""], so accept any reply.
+                    if let Err(e) = timed(sink.ping::<redis::Value>()).await {
                         return Disconnect::Lost(format!("ping failed: {e}"));
                     }
                 }

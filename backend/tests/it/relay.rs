@@ -1,0 +1,409 @@
+//! Behavioural tests of relaying, run twice: on three replicas sharing a real Redis, and on one replica with the
+//! in-memory bus. Both must give clients exactly the same guarantees.
+
+use std::collections::BTreeSet;
+
+use shared::{ChatMessage, MsgId, PresenceKind, ServerMsg, close_code};
+
+use crate::harness::{Client, PATIENCE, Redis, Replica, config};
+
+/// Replicas sharing one bus. With the in-memory bus there is a single replica and every "replica i" is it.
+struct Cluster {
+    _redis: Option<Redis>,
+    replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    async fn redis(n: usize, tune: impl Fn(&mut backend::Config)) -> Self {
+        let redis = Redis::start().await;
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            let mut c = config(Some(&redis.url()));
+            tune(&mut c);
+            replicas.push(Replica::start_with(c).await);
+        }
+        Self {
+            _redis: Some(redis),
+            replicas,
+        }
+    }
+
+    async fn memory(tune: impl Fn(&mut backend::Config)) -> Self {
+        let mut c = config(None);
+        tune(&mut c);
+        Self {
+            _redis: None,
+            replicas: vec![Replica::start_with(c).await],
+        }
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        self.replicas[i % self.replicas.len()].client().await
+    }
+}
+
+/// Defines each test once per bus.
+macro_rules! on_both_buses {
+    ($($name:ident $(with $tune:expr)?),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Cluster::redis(3, on_both_buses!(@tune $($tune)?)).await).await;
+            })*
+        }
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Cluster::memory(on_both_buses!(@tune $($tune)?)).await).await;
+            })*
+        }
+    };
+    (@tune) => { |_: &mut backend::Config| {} };
+    (@tune $tune:expr) => { $tune };
+}
+
+on_both_buses! {
+    delivers_in_every_direction,
+    rooms_are_isolated,
+    ids_strictly_increase_and_match_acks,
+    join_since_returns_exactly_the_missed_messages,
+    join_during_traffic_has_no_gap_and_no_duplicate,
+    presence_notices_reach_the_others,
+    leave_stops_delivery,
+    slow_consumer_is_closed_and_resumes_without_loss with |c: &mut backend::Config| {
+        c.queue_capacity = 32;
+        c.history_limit = 1_000_000;
+    },
+    shutdown_sends_going_away,
+}
+
+fn ids(messages: &[ChatMessage]) -> Vec<MsgId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+async fn delivers_in_every_direction(cluster: Cluster) {
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = cluster.client(i).await;
+        c.join("lobby", &format!("user{i}"), None).await;
+        clients.push(c);
+    }
+    if cluster.replicas.len() == 3 {
+        let nodes: BTreeSet<_> = clients.iter().map(|c| c.node.clone()).collect();
+        assert_eq!(nodes.len(), 3, "each client is on its own replica");
+    }
+    let mut acked = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        acked.push(c.say("lobby", &format!("hello from {i}")).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(c.message_in("lobby").await);
+        }
+        assert_eq!(
+            ids(&got),
+            acked,
+            "client {i} got every message, in id order, with the acked ids"
+        );
+        for (j, m) in got.iter().enumerate() {
+            assert_eq!(m.nick.as_str(), format!("user{j}"));
+            assert_eq!(m.text, format!("hello from {j}"));
+            assert_eq!(m.ts, m.id.ms);
+        }
+    }
+}
+
+async fn rooms_are_isolated(cluster: Cluster) {
+    let mut alpha = cluster.client(0).await;
+    alpha.join("alpha", "a", None).await;
+    let mut beta = cluster.client(1).await;
+    beta.join("beta", "b", None).await;
+    let mut other = cluster.client(2).await;
+    other.join("alpha", "o", None).await;
+    other.join("beta", "o", None).await;
+    for i in 0..5 {
+        beta.say("beta", &format!("beta {i}")).await;
+    }
+    // Events of one replica arrive in publish order, so once the marker is in, any beta leak would be too.
+    let marker = other.say("alpha", "marker").await;
+    let first = alpha.any_message().await;
+    assert_eq!((first.room.as_str(), first.id), ("alpha", marker));
+    let leaked: Vec<_> = alpha
+        .pending()
+        .iter()
+        .filter(|m| {
+            matches!(m, ServerMsg::Message(x) if x.room.as_str() == "beta")
+                || matches!(m, ServerMsg::Presence(p) if p.room.as_str() == "beta")
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "room alpha's member received beta frames: {leaked:?}"
+    );
+}
+
+async fn ids_strictly_increase_and_match_acks(cluster: Cluster) {
+    const PER_CLIENT: usize = 30;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = cluster.client(i).await;
+        c.join("race", &format!("r{i}"), None).await;
+        clients.push(c);
+    }
+    // Three senders on three replicas at once.
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for n in 0..PER_CLIENT {
+                acks.push(c.say("race", &format!("{i}:{n}")).await);
+            }
+            let mut got = Vec::new();
+            for _ in 0..PER_CLIENT * 3 {
+                got.push(c.message_in("race").await.id);
+            }
+            (acks, got)
+        }));
+    }
+    let mut all_acks = BTreeSet::new();
+    let mut sequences = Vec::new();
+    for task in tasks {
+        let (acks, got) = task.await.unwrap();
+        assert!(
+            acks.windows(2).all(|w| w[0] < w[1]),
+            "one sender's acks increase: {acks:?}"
+        );
+        all_acks.extend(acks);
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "delivered ids strictly increase: {got:?}"
+        );
+        sequences.push(got);
+    }
+    assert_eq!(all_acks.len(), PER_CLIENT * 3, "every ack id is unique");
+    for got in &sequences {
+        assert_eq!(
+            got.iter().copied().collect::<BTreeSet<_>>(),
+            all_acks,
+            "delivered ids are exactly the acked ids"
+        );
+        assert_eq!(got, &sequences[0], "every member sees the same order");
+    }
+}
+
+async fn join_since_returns_exactly_the_missed_messages(cluster: Cluster) {
+    let mut writer = cluster.client(0).await;
+    writer.join("since", "w", None).await;
+    let mut sent = Vec::new();
+    for i in 0..8 {
+        sent.push(writer.say("since", &format!("m{i}")).await);
+    }
+    let mut reader = cluster.client(1).await;
+    let history = reader.join("since", "r", Some(sent[2])).await;
+    assert_eq!(
+        ids(&history),
+        &sent[3..],
+        "exactly the messages after since"
+    );
+    assert_eq!(history[0].text, "m3");
+
+    let mut caught_up = cluster.client(2).await;
+    assert!(
+        caught_up.join("since", "c", Some(sent[7])).await.is_empty(),
+        "nothing after the newest id"
+    );
+
+    let mut from_start = cluster.client(2).await;
+    assert_eq!(
+        ids(&from_start.join("since", "s", Some(MsgId::new(0, 0))).await),
+        sent
+    );
+
+    let mut fresh = cluster.client(1).await;
+    assert_eq!(
+        ids(&fresh.join("since", "f", None).await),
+        sent,
+        "recent history without since"
+    );
+
+    // And live delivery continues right after the history.
+    let next = writer.say("since", "live").await;
+    assert_eq!(reader.message_in("since").await.id, next);
+    assert!(
+        !reader
+            .pending()
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Message(_))),
+        "no duplicate of history arrives live"
+    );
+}
+
+async fn join_during_traffic_has_no_gap_and_no_duplicate(cluster: Cluster) {
+    const TOTAL: usize = 300;
+    let mut writer = cluster.client(0).await;
+    writer.join("busy", "w", None).await;
+    let first = writer.say("busy", "first").await;
+    let writing = tokio::spawn(async move {
+        let mut acks = vec![first];
+        for i in 1..TOTAL {
+            acks.push(writer.say("busy", &format!("n{i}")).await);
+        }
+        acks
+    });
+    // Join mid-stream, resuming from the first message.
+    tokio::task::yield_now().await;
+    let mut reader = cluster.client(1).await;
+    let mut seen = ids(&reader.join("busy", "r", Some(first)).await);
+    let acks = writing.await.unwrap();
+    let last = *acks.last().unwrap();
+    while seen.last() != Some(&last) {
+        seen.push(reader.message_in("busy").await.id);
+    }
+    assert_eq!(
+        seen,
+        &acks[1..],
+        "history then live: every message after since exactly once, in order"
+    );
+}
+
+async fn presence(c: &mut Client) -> (String, PresenceKind) {
+    c.take(|m| match m {
+        ServerMsg::Presence(p) => Some((p.nick.to_string(), p.event)),
+        _ => None,
+    })
+    .await
+}
+
+async fn presence_notices_reach_the_others(cluster: Cluster) {
+    let mut alice = cluster.client(0).await;
+    alice.join("hall", "alice", None).await;
+    let mut bob = cluster.client(1).await;
+    bob.join("hall", "bob", None).await;
+    assert_eq!(
+        presence(&mut alice).await,
+        ("bob".into(), PresenceKind::Joined)
+    );
+    let mut carol = cluster.client(2).await;
+    carol.join("hall", "carol", None).await;
+    assert_eq!(
+        presence(&mut alice).await,
+        ("carol".into(), PresenceKind::Joined)
+    );
+    assert_eq!(
+        presence(&mut bob).await,
+        ("carol".into(), PresenceKind::Joined)
+    );
+    bob.send(&shared::ClientMsg::Leave {
+        room: "hall".into(),
+        req: None,
+    })
+    .await;
+    assert_eq!(
+        presence(&mut alice).await,
+        ("bob".into(), PresenceKind::Left)
+    );
+    drop(carol);
+    assert_eq!(
+        presence(&mut alice).await,
+        ("carol".into(), PresenceKind::Left),
+        "a disconnect is a leave"
+    );
+    // Nobody hears their own notices.
+    let marker = alice.say("hall", "marker").await;
+    assert_eq!(alice.message_in("hall").await.id, marker);
+    assert!(
+        !alice
+            .pending()
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Presence(p) if p.nick.as_str() == "alice")),
+        "alice heard her own join"
+    );
+}
+
+async fn leave_stops_delivery(cluster: Cluster) {
+    let mut stayer = cluster.client(0).await;
+    stayer.join("exit", "s", None).await;
+    stayer.join("side", "s", None).await;
+    let mut leaver = cluster.client(1).await;
+    leaver.join("exit", "l", None).await;
+    leaver.join("side", "l", None).await;
+    leaver
+        .send(&shared::ClientMsg::Leave {
+            room: "exit".into(),
+            req: Some("bye".into()),
+        })
+        .await;
+    let left = leaver
+        .take(|m| match m {
+            ServerMsg::Left { room, req } => Some((room.to_string(), req.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(left, ("exit".into(), Some("bye".into())));
+    stayer.say("exit", "after").await;
+    let marker = stayer.say("side", "marker").await;
+    let got = leaver.any_message().await;
+    assert_eq!(
+        (got.room.as_str(), got.id),
+        ("side", marker),
+        "nothing from the room left"
+    );
+    let refused = leaver.try_say("exit", "still here?").await;
+    assert_eq!(
+        refused.map_err(|(code, _)| code),
+        Err(shared::ErrorCode::NotJoined)
+    );
+}
+
+async fn slow_consumer_is_closed_and_resumes_without_loss(cluster: Cluster) {
+    let replica = &cluster.replicas[1 % cluster.replicas.len()];
+    let mut slow = Client::connect_small_buffer(replica.addr).await;
+    slow.join("flood", "slow", None).await;
+    let mut writer = cluster.client(0).await;
+    writer.join("flood", "writer", None).await;
+    // The slow client now stops reading. Write until its replica gives up on it (its leave notice arrives).
+    let text = "x".repeat(1500);
+    let mut acks = Vec::new();
+    let slow_left = |m: &ServerMsg| matches!(m, ServerMsg::Presence(p) if p.nick.as_str() == "slow" && p.event == PresenceKind::Left);
+    while !writer.pending().iter().any(slow_left) {
+        assert!(acks.len() < 100_000, "the stalled client was never closed");
+        // Batches below the queue capacity: the writer must not become a slow consumer of its own echoes.
+        acks.extend(writer.say_batch("flood", &text, 10).await);
+    }
+    // Everything the slow client did get is a gap-free prefix, followed by close code 1013.
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, slow.next_or_close())
+            .await
+            .expect("slow client read")
+        {
+            Some(ServerMsg::Message(m)) => got.push(m.id),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(
+        slow.closed.clone().flatten().map(|f| u16::from(f.code)),
+        Some(close_code::TRY_AGAIN_LATER)
+    );
+    assert!(
+        got.len() < acks.len(),
+        "the slow client cannot have received everything"
+    );
+    assert_eq!(got, acks[..got.len()], "what arrived is an exact prefix");
+    // Resuming from the last id received delivers exactly the rest.
+    let mut resumed = cluster.client(1).await;
+    let since = got.last().copied().unwrap_or(MsgId::new(0, 0));
+    let rest = ids(&resumed.join("flood", "slow", Some(since)).await);
+    assert_eq!(rest, acks[got.len()..], "nothing lost, nothing twice");
+    // The writer was never slowed down or closed.
+    writer.say("flood", "still fine").await;
+}
+
+async fn shutdown_sends_going_away(mut cluster: Cluster) {
+    let mut c = cluster.client(0).await;
+    c.join("bye", "c", None).await;
+    cluster.replicas[0].stop().await;
+    assert_eq!(c.close_code().await, Some(close_code::GOING_AWAY));
+}
