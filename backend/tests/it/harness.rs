@@ -86,14 +86,13 @@ impl Redis {
         self.child = Some(child);
         let client = redis::Client::open(self.url()).unwrap();
         for _ in 0..200 {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
                     .query_async::<String>(&mut conn)
                     .await
                     .is_ok()
-                {
-                    return;
-                }
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -190,11 +189,6 @@ impl Replica {
     /// `ws://<addr>/ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.addr, shared::WS_PATH)
-    }
-
-    /// `http://<addr>`.
-    pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
     }
 
     /// Opens a client connection and reads its welcome.
