@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use shared::{BusBody, ChatMessage, MsgId, Nick, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{Bus, BusError, BusEvent, EventSink, Subscribed};
 
@@ -113,7 +113,7 @@ impl RedisBus {
             wanted: HashSet::new(),
             up: up.clone(),
         };
-        tokio::spawn(subscriber.run(shutdown));
+        tokio::spawn(subscriber.run(shutdown).in_current_span());
         Ok(Self {
             conn,
             script: redis::Script::new(PUBLISH_SCRIPT),

@@ -1,0 +1,105 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest. `.ci/run` calls exactly this.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::tools::{self, Need};
+use crate::{build_frontend, exec, step};
+
+/// Crates that must never appear among `shared`'s normal dependencies: it is the wire contract, serde only.
+const FORBIDDEN_IN_SHARED: &[&str] = &[
+    "tokio",
+    "axum",
+    "redis",
+    "leptos",
+    "hyper",
+    "mio",
+    "wasm-bindgen",
+    "web-sys",
+];
+
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    let tools = tools::ensure_all(root, Need::Everything)?;
+    let total = 6;
+    let mut n = 0;
+    let mut next = |what: &str| {
+        n += 1;
+        step(&format!("[{n}/{total}] {what}"));
+    };
+
+    next("frontend build");
+    build_frontend(&tools)?;
+
+    next("cargo fmt --check");
+    exec(Command::new("cargo").args(["fmt", "--all", "--check"]))
+        .context("code is not formatted; run: cargo fmt")?;
+
+    next("cargo clippy (native, all targets)");
+    exec(Command::new("cargo").args([
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    next("cargo clippy (wasm32, frontend)");
+    exec(Command::new("cargo").args([
+        "clippy",
+        "--quiet",
+        "-p",
+        "frontend",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    next("shared has no async or web dependencies");
+    check_shared_deps()?;
+
+    next("cargo test (workspace: unit, protocol, relay over real Redis, browser)");
+    let mut test = Command::new("cargo");
+    test.args(["test", "--workspace"])
+        .env("ROOMCAST_DIST", root.join("dist"))
+        .env("ROOMCAST_TEST_OUTPUT", root.join("test-output"));
+    if let Some(redis) = &tools.redis_server {
+        test.env("ROOMCAST_REDIS_SERVER", redis);
+    }
+    exec(&mut test)?;
+    step("all checks passed");
+    Ok(())
+}
+
+fn check_shared_deps() -> anyhow::Result<()> {
+    let out = Command::new("cargo")
+        .args([
+            "tree", "-p", "shared", "-e", "normal", "--prefix", "none", "--format", "{p}",
+        ])
+        .output()
+        .context("cannot run cargo tree")?;
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| FORBIDDEN_IN_SHARED.contains(name))
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "shared depends on {found:?}; it must stay serde-only (move that code to backend or frontend)"
+        );
+    }
+    println!(
+        "shared's dependencies: {}",
+        tree.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

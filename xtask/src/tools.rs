@@ -1,0 +1,203 @@
+//! Finds, and where possible installs, what the project needs: the wasm32 target, trunk, wasm-bindgen-cli,
+//! binaryen's wasm-opt, redis-server and Chromium. Anything it cannot install, it names with the exact command.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::{exec, step};
+
+pub const TRUNK_VERSION: &str = "0.21.14";
+/// Must equal the `wasm-bindgen` crate version pinned in Cargo.toml.
+pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
+/// Debian's binaryen (108) miscompiles Rust 1.95 wasm; npm's 132 works.
+pub const BINARYEN_VERSION: &str = "132";
+
+/// What a task needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Only the frontend toolchain.
+    Frontend,
+    /// The frontend toolchain plus Redis (to run the product).
+    Run,
+    /// Everything, including the browser for UI tests.
+    Everything,
+}
+
+/// Where the tools are: a PATH with the project's own tool dirs first.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    path: OsString,
+    /// redis-server, if it could be found or installed.
+    pub redis_server: Option<PathBuf>,
+}
+
+impl Tools {
+    /// A command that finds the project's tools first.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("PATH", &self.path);
+        cmd
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn output_of(path: &OsString, program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", path)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn find(path: &OsString, program: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Makes sure the tools for `need` are present, installing what it can.
+pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let node_bin = root.join(".tools/node_modules/.bin");
+    let mut dirs = vec![node_bin.clone(), home.join(".cargo/bin")];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(dirs)?;
+
+    let mut apt = Vec::new();
+    if need != Need::Frontend && find(&path, "redis-server").is_none() {
+        apt.extend(["redis-server", "redis-tools"]);
+    }
+    if need == Need::Everything
+        && (find(&path, "chromium").is_none() || find(&path, "chromedriver").is_none())
+    {
+        apt.extend(["chromium", "chromium-driver"]);
+    }
+    if find(&path, "npm").is_none() {
+        apt.push("npm");
+    }
+    if !apt.is_empty() {
+        install_debian(&apt)?;
+    }
+
+    let targets =
+        output_of(&path, "rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !targets
+        .lines()
+        .any(|t| t.trim() == "wasm32-unknown-unknown")
+    {
+        step("installing the wasm32-unknown-unknown Rust target");
+        exec(
+            Command::new("rustup")
+                .args(["target", "add", "wasm32-unknown-unknown"])
+                .env("PATH", &path),
+        )
+        .context("cannot add the wasm32 target; run: rustup target add wasm32-unknown-unknown")?;
+    }
+
+    let trunk = output_of(&path, "trunk", &["--version"]).unwrap_or_default();
+    if !trunk.contains(TRUNK_VERSION) {
+        step(&format!(
+            "installing trunk {TRUNK_VERSION} (takes about 6 minutes, once)"
+        ));
+        exec(
+            Command::new("cargo")
+                .args(["install", "trunk", "--version", TRUNK_VERSION, "--locked"])
+                .env("PATH", &path),
+        )
+        .with_context(|| {
+            format!(
+                "cannot install trunk; run: cargo install trunk --version {TRUNK_VERSION} --locked"
+            )
+        })?;
+    }
+
+    let bindgen = output_of(&path, "wasm-bindgen", &["--version"]).unwrap_or_default();
+    if !bindgen.contains(WASM_BINDGEN_VERSION) {
+        step(&format!(
+            "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} (takes about 3 minutes, once)"
+        ));
+        // Not --locked: its lockfile names a crate version the registry no longer has.
+        exec(Command::new("cargo")
+            .args(["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION])
+            .env("PATH", &path))
+        .with_context(|| {
+            format!("cannot install wasm-bindgen-cli; run: cargo install wasm-bindgen-cli --version {WASM_BINDGEN_VERSION}")
+        })?;
+    }
+
+    let wasm_opt = output_of(
+        &path,
+        &node_bin.join("wasm-opt").to_string_lossy(),
+        &["--version"],
+    )
+    .unwrap_or_default();
+    if !wasm_opt.contains(&format!("version {BINARYEN_VERSION}")) {
+        step(&format!(
+            "installing binaryen {BINARYEN_VERSION} (wasm-opt) from npm into .tools/"
+        ));
+        std::fs::create_dir_all(root.join(".tools"))?;
+        exec(Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(root.join(".tools"))
+            .arg(format!("binaryen@{BINARYEN_VERSION}"))
+            .env("PATH", &path))
+        .with_context(|| format!("cannot install wasm-opt; run: npm install --prefix .tools binaryen@{BINARYEN_VERSION}"))?;
+    }
+
+    let redis_server = find(&path, "redis-server");
+    if need == Need::Everything && redis_server.is_none() {
+        bail!(
+            "redis-server not found: apt-get install redis-server (the tests start their own on a private port)"
+        );
+    }
+    if need == Need::Everything && find(&path, "chromedriver").is_none() {
+        bail!(
+            "chromium not found: apt-get install chromium chromium-driver (the UI tests drive it headless)"
+        );
+    }
+    Ok(Tools { path, redis_server })
+}
+
+fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
+    let line = format!("apt-get install -y {}", packages.join(" "));
+    if !is_root()
+        || Command::new("apt-get")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+    {
+        println!("warning: missing Debian packages; install them with: sudo {line}");
+        return Ok(());
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        packages.join(" ")
+    ));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("cannot install Debian packages; run: {line}"))
+}
