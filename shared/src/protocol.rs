@@ -374,14 +374,18 @@ mod tests {
     #[test]
     fn protocol_doc_examples_parse() {
         let doc = include_str!("../../docs/PROTOCOL.md");
-        let mut client = 0;
-        let mut server = 0;
+        let (mut client, mut server, mut bus) = (0, 0, 0);
         for block in doc.split("```json").skip(1) {
             let json = block.split("```").next().unwrap().trim();
             let value: serde_json::Value =
                 serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
-            let direction = value.get("type").and_then(|t| t.as_str()).unwrap_or("");
-            if matches!(direction, "hello" | "join" | "leave" | "send") {
+            if value.get("kind").is_some() {
+                serde_json::from_value::<BusBody>(value).unwrap_or_else(|e| panic!("{e}: {json}"));
+                bus += 1;
+            } else if matches!(
+                value.get("type").and_then(|t| t.as_str()),
+                Some("hello" | "join" | "leave" | "send")
+            ) {
                 serde_json::from_value::<ClientMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
                 client += 1;
@@ -391,9 +395,10 @@ mod tests {
                 server += 1;
             }
         }
-        assert!(
-            client >= 4 && server >= 7,
-            "doc has {client} client and {server} server examples"
+        assert_eq!(
+            (client, server, bus),
+            (4, 9, 2),
+            "every message type has its example"
         );
     }
 }
