@@ -22,7 +22,7 @@ const FORBIDDEN_IN_SHARED: &[&str] = &[
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let tools = tools::ensure_all(root, Need::Everything)?;
-    let total = 6;
+    let total = 7;
     let mut n = 0;
     let mut next = |what: &str| {
         n += 1;
@@ -63,6 +63,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     next("shared has no async or web dependencies");
     check_shared_deps()?;
 
+    next("docker-compose.yml is valid");
+    check_compose(&tools)?;
+
     next("cargo test (workspace: unit, protocol, relay over real Redis, browser)");
     let mut test = Command::new("cargo");
     test.args(["test", "--workspace"])
@@ -74,6 +77,27 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     exec(&mut test)?;
     step("all checks passed");
     Ok(())
+}
+
+/// There is no Docker engine on every machine; `docker-compose config` still proves the file is well-formed.
+fn check_compose(tools: &tools::Tools) -> anyhow::Result<()> {
+    let out = tools
+        .command("docker-compose")
+        .args(["-f", "docker-compose.yml", "config", "--quiet"])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            println!("docker-compose.yml: valid");
+            Ok(())
+        }
+        Ok(out) => bail!(
+            "docker-compose.yml is invalid:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => bail!(
+            "docker-compose not found: apt-get install docker-compose (used to validate docker-compose.yml)"
+        ),
+    }
 }
 
 fn check_shared_deps() -> anyhow::Result<()> {

@@ -90,6 +90,9 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     {
         apt.extend(["chromium", "chromium-driver"]);
     }
+    if need == Need::Everything && find(&path, "docker-compose").is_none() {
+        apt.push("docker-compose");
+    }
     if find(&path, "npm").is_none() {
         apt.push("npm");
     }
