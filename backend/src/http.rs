@@ -50,6 +50,11 @@ async fn ws(
         // session; larger ones are cut off by tungstenite before they are buffered whole.
         .max_message_size(MAX_FRAME_BYTES * 4)
         .max_frame_size(MAX_FRAME_BYTES * 4)
+        // tungstenite's defaults reserve 128 KiB per socket for reading alone. Chat frames are small and every
+        // send is flushed, so a 4 KiB read chunk and unbuffered writes cost nothing and keep idle sockets lean.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_FRAME_BYTES * 8)
         .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, conn)))
 }
 

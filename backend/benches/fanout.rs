@@ -1,0 +1,239 @@
+//! Load benchmark on loopback: memory per idle connection, and fan-out latency and throughput across two replicas
+//! sharing one Redis. Replicas run as separate release processes; this process is the clients.
+//!
+//! `cargo bench -p backend --bench fanout` (env: IDLE=2000 RECEIVERS=200 MESSAGES=2000 to change the load).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use shared::{ClientMsg, ServerMsg};
+use tokio_tungstenite::tungstenite::Message;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("port {port} never opened");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_and_join(port: u16, room: &str, nick: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    let join = ClientMsg::Join {
+        room: room.into(),
+        nick: nick.into(),
+        since: None,
+        req: None,
+    };
+    ws.send(Message::text(serde_json::to_string(&join).unwrap()))
+        .await
+        .unwrap();
+    loop {
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("closed during join")
+        };
+        if matches!(serde_json::from_str(&t).unwrap(), ServerMsg::Joined { .. }) {
+            return ws;
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let idle = env_or("IDLE", 2000);
+    let receivers = env_or("RECEIVERS", 200);
+    let messages = env_or("MESSAGES", 2000);
+
+    let redis_port = free_port();
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: apt-get install redis-server"),
+    );
+    wait_port(redis_port).await;
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let mut replicas = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--redis-url",
+                &url,
+                "--static-dir",
+                "/nonexistent",
+            ])
+            .args([
+                "--sends-per-sec",
+                "100000",
+                "--send-burst",
+                "100000",
+                "--queue-capacity",
+                "65536",
+            ])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        wait_port(port).await;
+        replicas.push(Proc(child));
+        ports.push(port);
+    }
+    println!(
+        "bench: 2 replicas (release) + redis-server on loopback, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Memory per idle connection (each joined to one room).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<u64> = replicas.iter().map(|p| rss_kib(p.0.id())).collect();
+    let mut idle_conns = Vec::new();
+    for i in 0..idle {
+        idle_conns.push(
+            connect_and_join(ports[i % 2], &format!("idle-{}", i % 50), &format!("u{i}")).await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: Vec<u64> = replicas.iter().map(|p| rss_kib(p.0.id())).collect();
+    let grown: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    println!(
+        "idle: {idle} connections, replica RSS {before:?} KiB -> {after:?} KiB: {:.1} KiB per connection",
+        grown as f64 / idle as f64
+    );
+    drop(idle_conns);
+
+    // 2. Fan-out: receivers split over both replicas, one sender on replica 1.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..receivers {
+        let mut ws = connect_and_join(ports[i % 2], "fan", &format!("r{i}")).await;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(messages);
+            while latencies.len() < messages {
+                let Some(Ok(Message::Text(t))) = ws.next().await else {
+                    panic!("receiver closed")
+                };
+                if let ServerMsg::Message(m) = serde_json::from_str(&t).unwrap() {
+                    let sent: u64 = m.text.parse().unwrap();
+                    latencies.push(start.elapsed().as_micros() as u64 - sent);
+                }
+            }
+            (latencies, Instant::now())
+        }));
+    }
+    let mut sender = connect_and_join(ports[0], "fan", "sender").await;
+    let (mut sink, mut stream) = sender.split();
+    let reader = tokio::spawn(async move {
+        let mut acks = 0;
+        while acks < messages {
+            let Some(Ok(Message::Text(t))) = stream.next().await else {
+                panic!("sender closed")
+            };
+            if matches!(serde_json::from_str(&t).unwrap(), ServerMsg::Ack { .. }) {
+                acks += 1;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    for i in 0..messages {
+        let text = start.elapsed().as_micros().to_string();
+        let send = ClientMsg::Send {
+            room: "fan".into(),
+            text,
+            cid: format!("c{i}"),
+        };
+        sink.send(Message::text(serde_json::to_string(&send).unwrap()))
+            .await
+            .unwrap();
+        // Pace at roughly 2000 msg/s so latency reflects delivery, not a queue built by the bench itself.
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    reader.await.unwrap();
+    let mut all = Vec::new();
+    let mut last = t0;
+    for t in tasks {
+        let (lat, done) = t.await.unwrap();
+        all.extend(lat);
+        last = last.max(done);
+    }
+    all.sort_unstable();
+    let secs = (last - t0).as_secs_f64();
+    println!(
+        "fan-out: {messages} messages x {receivers} receivers on 2 replicas = {} deliveries in {secs:.2} s ({:.0} deliveries/s)",
+        all.len(),
+        all.len() as f64 / secs
+    );
+    println!(
+        "latency send->deliver: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&all, 0.50) as f64 / 1000.0,
+        percentile(&all, 0.99) as f64 / 1000.0,
+        *all.last().unwrap() as f64 / 1000.0
+    );
+    let _ = sender;
+}
