@@ -185,7 +185,7 @@ async fn main() {
             (latencies, Instant::now())
         }));
     }
-    let mut sender = connect_and_join(ports[0], "fan", "sender").await;
+    let sender = connect_and_join(ports[0], "fan", "sender").await;
     let (mut sink, mut stream) = sender.split();
     let reader = tokio::spawn(async move {
         let mut acks = 0;
@@ -235,5 +235,4 @@ async fn main() {
         percentile(&all, 0.99) as f64 / 1000.0,
         *all.last().unwrap() as f64 / 1000.0
     );
-    let _ = sender;
 }
