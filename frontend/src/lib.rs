@@ -1,17 +1,19 @@
-//! The Roomcast browser client. This is the placeholder page; the chat UI arrives with the browser-client issue.
+//! The Roomcast browser client: a Leptos app over one WebSocket, with its state rules in plain, natively tested Rust.
+//!
+//! `chat` and `backoff` use no browser API, so `cargo test -p frontend` runs their tests natively; everything else
+//! needs a page and is compiled for wasm32 only.
 
-use leptos::prelude::*;
+pub mod backoff;
+pub mod chat;
 
-/// The root component.
-#[component]
-pub fn App() -> impl IntoView {
-    view! {
-        <main class="placeholder">
-            <h1>"Roomcast"</h1>
-            <p>
-                "Protocol v" {shared::PROTOCOL_VERSION} ". The WebSocket endpoint is "
-                <code>{shared::WS_PATH}</code> "."
-            </p>
-        </main>
-    }
-}
+#[cfg(target_arch = "wasm32")]
+mod app;
+#[cfg(target_arch = "wasm32")]
+mod browser;
+#[cfg(target_arch = "wasm32")]
+pub mod client;
+#[cfg(target_arch = "wasm32")]
+mod ui;
+
+#[cfg(target_arch = "wasm32")]
+pub use app::App;

@@ -1,0 +1,409 @@
+//! The one WebSocket client: connects to the page's own origin, reconnects with backoff and jitter, rejoins every
+//! room from the last id it saw, and turns frames into typed updates of [`Chat`]. Components call its small typed
+//! API and read its signals; JSON never leaves this file.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::future::{Either, select};
+use futures::{SinkExt, StreamExt};
+use gloo_net::websocket::futures::WebSocket;
+use gloo_net::websocket::{Message, WebSocketError};
+use leptos::prelude::*;
+use shared::{ClientMsg, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code};
+
+use crate::backoff::Backoff;
+use crate::browser;
+use crate::chat::{Chat, Rejoin};
+
+/// What a send made while disconnected says. Queuing it silently could post it minutes later, out of context.
+const OFFLINE_REASON: &str = "not connected; retry once the connection is back";
+
+/// The connection as the status line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Opening a socket (or waiting for `welcome`).
+    Connecting,
+    /// Talking to a replica, named by its node id so a person can tell replicas apart.
+    Connected {
+        /// The replica's node id from `welcome`.
+        node: String,
+    },
+    /// Waiting before the next attempt.
+    Reconnecting {
+        /// Whole seconds left, counting down.
+        secs: u64,
+    },
+    /// Not trying: the browser has no network, or the server refused this client for good (until a manual retry).
+    Offline {
+        /// Why, when the server said.
+        reason: Option<String>,
+    },
+}
+
+/// What the components (and the browser's online/offline events) ask of the connection task.
+#[derive(Debug)]
+enum Cmd {
+    /// Send a frame on the open socket.
+    Frame(ClientMsg),
+    /// Stop waiting and connect now.
+    Wake,
+    /// The network went away: drop the socket instead of waiting for it to time out.
+    Drop,
+}
+
+/// How a connection ended.
+enum End {
+    /// Try again after a backoff.
+    Retry,
+    /// Do not try again until the person asks: the server said this client cannot work with it.
+    Stop(String),
+}
+
+/// A handle to the connection and the chat state it maintains. Cheap to copy; provided as context by the app.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    chat: RwSignal<Chat>,
+    status: RwSignal<Status>,
+    notice: RwSignal<Option<String>>,
+    cmds: StoredValue<mpsc::UnboundedSender<Cmd>>,
+}
+
+impl Client {
+    /// Creates the state and starts the connection task, which lives as long as the page.
+    pub fn start() -> Self {
+        let (tx, rx) = mpsc::unbounded();
+        // A random tag per tab keeps client message ids distinct across tabs and reloads.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let tag = (browser::random() * f64::from(u32::MAX)) as u32;
+        let client = Self {
+            chat: RwSignal::new(Chat::new(format!("{tag:08x}"))),
+            status: RwSignal::new(Status::Connecting),
+            notice: RwSignal::new(None),
+            cmds: StoredValue::new(tx),
+        };
+        window_event_listener(leptos::ev::online, move |_| client.post(Cmd::Wake));
+        window_event_listener(leptos::ev::offline, move |_| client.post(Cmd::Drop));
+        leptos::task::spawn_local(client.run(rx));
+        client
+    }
+
+    /// The rooms and their timelines.
+    pub fn chat(&self) -> ReadSignal<Chat> {
+        self.chat.read_only()
+    }
+
+    /// The connection, for the status line.
+    pub fn status(&self) -> ReadSignal<Status> {
+        self.status.read_only()
+    }
+
+    /// A server message that belongs to no room or send (rare), until dismissed.
+    pub fn notice(&self) -> ReadSignal<Option<String>> {
+        self.notice.read_only()
+    }
+
+    /// Hides the notice.
+    pub fn dismiss_notice(&self) {
+        self.notice.set(None);
+    }
+
+    /// Opens a room (if not open yet) and joins it; on a later reconnect it is rejoined automatically.
+    pub fn join(&self, room: RoomName, nick: Nick) {
+        let added = self
+            .chat
+            .try_update(|chat| chat.open(room.clone(), nick.clone()))
+            .unwrap_or(false);
+        if added {
+            self.frame(join_msg(Rejoin {
+                room,
+                nick,
+                since: None,
+            }));
+        }
+    }
+
+    /// Joins a room again after the server refused it, resuming where it left off.
+    pub fn rejoin(&self, room: &RoomName) {
+        if let Some(rejoin) = self.chat.try_update(|chat| chat.rejoining(room)).flatten() {
+            self.frame(join_msg(rejoin));
+        }
+    }
+
+    /// Leaves a room and forgets its timeline.
+    pub fn leave(&self, room: &RoomName) {
+        if self.chat.try_update(|chat| chat.close(room)) == Some(true) {
+            self.frame(ClientMsg::Leave {
+                room: room.to_string(),
+                req: None,
+            });
+        }
+    }
+
+    /// Puts a room on screen, which clears its unread count.
+    pub fn view(&self, room: Option<RoomName>) {
+        self.chat.update(|chat| chat.view(room));
+    }
+
+    /// Uses a new nickname in every room (the server accepts a repeated join as a rename).
+    pub fn rename(&self, nick: &Nick) {
+        let rejoins = self
+            .chat
+            .try_update(|chat| chat.rename(nick))
+            .unwrap_or_default();
+        for rejoin in rejoins {
+            self.frame(join_msg(rejoin));
+        }
+    }
+
+    /// Sends a message: it shows as pending at once, then as sent when acked, or as failed. Refuses text the
+    /// server would refuse, with the server's own reason.
+    pub fn send(&self, room: &RoomName, text: &str) -> Result<(), ValidationError> {
+        shared::validate::text(text)?;
+        let cid = self
+            .chat
+            .try_update(|chat| chat.queue_send(room, text.to_owned()))
+            .flatten();
+        if let Some(cid) = cid {
+            self.send_queued(room, cid, text.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Sends a failed message again, with a fresh client message id.
+    pub fn retry(&self, room: &RoomName, cid: &str) {
+        if let Some((cid, text)) = self.chat.try_update(|chat| chat.retry(room, cid)).flatten() {
+            self.send_queued(room, cid, text);
+        }
+    }
+
+    /// Drops a failed message.
+    pub fn discard(&self, room: &RoomName, cid: &str) {
+        self.chat.update(|chat| chat.discard(room, cid));
+    }
+
+    /// Skips the rest of a reconnect wait (or leaves the offline state) and connects now.
+    pub fn reconnect_now(&self) {
+        self.post(Cmd::Wake);
+    }
+
+    fn send_queued(&self, room: &RoomName, cid: String, text: String) {
+        if self.connected() {
+            self.post(Cmd::Frame(ClientMsg::Send {
+                room: room.to_string(),
+                text,
+                cid,
+            }));
+        } else {
+            self.chat.update(|chat| {
+                chat.fail_send(&cid, OFFLINE_REASON);
+            });
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.status
+            .with_untracked(|s| matches!(s, Status::Connected { .. }))
+    }
+
+    /// Sends a frame if connected. Without a connection there is nothing to do: joins are replayed from the chat
+    /// state on the next `welcome`.
+    fn frame(&self, msg: ClientMsg) {
+        if self.connected() {
+            self.post(Cmd::Frame(msg));
+        }
+    }
+
+    fn post(&self, cmd: Cmd) {
+        self.cmds.with_value(|tx| {
+            let _ = tx.unbounded_send(cmd);
+        });
+    }
+
+    /// The connection task: connect, serve, and on any end wait with backoff (or for the network) and go again.
+    async fn run(self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        let mut backoff = Backoff::default();
+        loop {
+            if !browser::online() {
+                self.status.set(Status::Offline { reason: None });
+                wake(&mut cmds).await;
+            }
+            self.status.set(Status::Connecting);
+            let end = match WebSocket::open(&ws_url()) {
+                Ok(ws) => self.session(ws, &mut cmds, &mut backoff).await,
+                Err(_) => End::Retry,
+            };
+            self.chat.update(Chat::disconnected);
+            // Frames queued for the dead socket are void: their sends were just marked failed.
+            while cmds.try_recv().is_ok() {}
+            match end {
+                End::Stop(reason) => {
+                    self.status.set(Status::Offline {
+                        reason: Some(reason),
+                    });
+                    wake(&mut cmds).await;
+                    backoff.reset();
+                }
+                End::Retry if browser::online() => {
+                    let delay = backoff.next_delay(browser::random());
+                    self.count_down(delay, &mut cmds).await;
+                }
+                End::Retry => {}
+            }
+        }
+    }
+
+    /// Shows "reconnecting in N s" while waiting, unless the person or the network says to go now.
+    async fn count_down(&self, delay: Duration, cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
+        let mut left = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        while left > 0 {
+            self.status.set(Status::Reconnecting {
+                secs: left.div_ceil(1000),
+            });
+            let step = match left % 1000 {
+                0 => 1000,
+                part => part,
+            };
+            if let Either::Right(_) = select(pin!(sleep(step)), pin!(wake(cmds))).await {
+                return;
+            }
+            left -= step;
+        }
+    }
+
+    /// Serves one socket until it closes.
+    async fn session(
+        &self,
+        mut ws: WebSocket,
+        cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+        backoff: &mut Backoff,
+    ) -> End {
+        if put(
+            &mut ws,
+            &ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .await
+        .is_err()
+        {
+            return End::Retry;
+        }
+        loop {
+            let next = select(ws.next(), cmds.next()).await;
+            match next {
+                Either::Left((Some(Ok(Message::Text(text))), _)) => {
+                    match serde_json::from_str::<ServerMsg>(&text) {
+                        Ok(msg) => {
+                            if let Err(end) = self.receive(msg, &mut ws, backoff).await {
+                                return end;
+                            }
+                        }
+                        Err(e) => leptos::logging::warn!("ignoring an unreadable frame: {e}"),
+                    }
+                }
+                Either::Left((Some(Ok(Message::Bytes(_))), _)) => {}
+                Either::Left((Some(Err(WebSocketError::ConnectionClose(close))), _)) => {
+                    return closed(close.code, close.reason);
+                }
+                // An `error` event; the `close` event that follows ends the session.
+                Either::Left((Some(Err(_)), _)) => {}
+                Either::Left((None, _)) => return End::Retry,
+                Either::Right((Some(Cmd::Frame(msg)), _)) => {
+                    if put(&mut ws, &msg).await.is_err() {
+                        return End::Retry;
+                    }
+                }
+                Either::Right((Some(Cmd::Wake), _)) => {}
+                Either::Right((Some(Cmd::Drop) | None, _)) => return End::Retry,
+            }
+        }
+    }
+
+    /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`.
+    async fn receive(
+        &self,
+        msg: ServerMsg,
+        ws: &mut WebSocket,
+        backoff: &mut Backoff,
+    ) -> Result<(), End> {
+        if let ServerMsg::Welcome { version, node, .. } = &msg {
+            if *version != PROTOCOL_VERSION {
+                return Err(End::Stop(format!(
+                    "the server speaks protocol {version}, this page {PROTOCOL_VERSION}: reload the page"
+                )));
+            }
+            backoff.reset();
+            self.status.set(Status::Connected { node: node.clone() });
+            for rejoin in self.chat.with_untracked(Chat::rejoins) {
+                put(ws, &join_msg(rejoin)).await.map_err(|()| End::Retry)?;
+            }
+            return Ok(());
+        }
+        if let Some(notice) = self.chat.try_update(|chat| chat.apply(msg)).flatten() {
+            self.notice.set(Some(notice));
+        }
+        Ok(())
+    }
+}
+
+fn join_msg(rejoin: Rejoin) -> ClientMsg {
+    ClientMsg::Join {
+        room: rejoin.room.to_string(),
+        nick: rejoin.nick.to_string(),
+        since: rejoin.since,
+        req: None,
+    }
+}
+
+/// Classifies a close frame. Going away (1001), too slow (1013) and everything else retry; only a policy close
+/// (1008, e.g. an unsupported protocol version) stops, since trying again would meet the same refusal.
+fn closed(code: u16, reason: String) -> End {
+    if code == close_code::POLICY {
+        End::Stop(if reason.is_empty() {
+            "the server refused this client".into()
+        } else {
+            reason
+        })
+    } else {
+        End::Retry
+    }
+}
+
+/// The socket URL: the page's own host, `wss://` when the page came over HTTPS.
+fn ws_url() -> String {
+    let location = window().location();
+    let scheme = match location.protocol().as_deref() {
+        Ok("https:") => "wss",
+        _ => "ws",
+    };
+    let host = location.host().unwrap_or_default();
+    format!("{scheme}://{host}{}", shared::WS_PATH)
+}
+
+async fn put(ws: &mut WebSocket, msg: &ClientMsg) -> Result<(), ()> {
+    let json = serde_json::to_string(msg).map_err(|_| ())?;
+    ws.send(Message::Text(json)).await.map_err(|_| ())
+}
+
+/// Resolves when a [`Cmd::Wake`] arrives; discards stale frames meanwhile.
+async fn wake(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
+    while let Some(cmd) = cmds.next().await {
+        if matches!(cmd, Cmd::Wake) {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+async fn sleep(ms: u64) {
+    let (tx, rx) = oneshot::channel();
+    set_timeout(
+        move || {
+            let _ = tx.send(());
+        },
+        Duration::from_millis(ms),
+    );
+    let _ = rx.await;
+}

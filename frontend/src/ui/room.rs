@@ -1,0 +1,166 @@
+//! The room on screen (header, timeline that follows new messages unless the reader scrolled up, message box), and
+//! what shows when no room is.
+
+use leptos::html;
+use leptos::prelude::*;
+use shared::RoomName;
+
+use super::composer::Composer;
+use super::sidebar::{JoinForm, Logo};
+use super::timeline::{row_view, rows};
+use crate::app::use_ui;
+use crate::chat::Phase;
+
+/// How close to the bottom (in pixels) still counts as "at the bottom", so new messages keep scrolling into view.
+const STICK_PX: i32 = 48;
+
+/// One room: header, timeline, composer.
+#[component]
+pub fn RoomView(room: RoomName) -> impl IntoView {
+    let ui = use_ui();
+    let chat = ui.client.chat();
+    let (r1, r2, r3) = (room.clone(), room.clone(), room.clone());
+    let rows = Memo::new(move |_| chat.with(|c| c.room(&r1).map(rows).unwrap_or_default()));
+    let phase = Memo::new(move |_| chat.with(|c| c.room(&r2).map(|r| r.phase().clone())));
+    let nick = Memo::new(move |_| {
+        chat.with(|c| c.room(&r3).map(|r| r.nick().to_string()))
+            .unwrap_or_default()
+    });
+
+    // Follow new messages while the reader is at the bottom; hold still while they scroll back to read.
+    let scroller = NodeRef::<html::Div>::new();
+    let stick = RwSignal::new(true);
+    let to_bottom = move || {
+        if let Some(el) = scroller.get_untracked() {
+            el.set_scroll_top(el.scroll_height());
+        }
+    };
+    Effect::new(move |_| {
+        rows.track();
+        if stick.get_untracked() {
+            request_animation_frame(to_bottom);
+        }
+    });
+    let on_scroll = move |_| {
+        if let Some(el) = scroller.get_untracked() {
+            let gap = el.scroll_height() - el.scroll_top() - el.client_height();
+            stick.set(gap <= STICK_PX);
+        }
+    };
+
+    let title = room.to_string();
+    let (leave_room, retry_room, row_room) = (room.clone(), room.clone(), room.clone());
+    let empty = move || rows.with(Vec::is_empty);
+    view! {
+        <section class="room" aria-labelledby="room-title">
+            <header class="room-head">
+                <div class="room-title-wrap">
+                    <h1 id="room-title" class="room-title">
+                        <span class="hash" aria-hidden="true">
+                            "#"
+                        </span>
+                        {title.clone()}
+                    </h1>
+                    <p class="room-sub muted">"You are " <strong>{nick}</strong> " here"</p>
+                </div>
+                <button class="button ghost small" on:click=move |_| ui.leave(&leave_room)>
+                    "Leave"
+                </button>
+            </header>
+            <div class="timeline-wrap">
+                <div
+                    class="timeline"
+                    node_ref=scroller
+                    on:scroll=on_scroll
+                    role="log"
+                    aria-label=format!("Messages in #{title}")
+                    tabindex="0"
+                >
+                    <div class="timeline-inner">
+                        {move || match phase.get() {
+                            Some(Phase::Failed(reason)) => {
+                                let room = retry_room.clone();
+                                Some(
+                                    view! {
+                                        <div class="callout error" role="alert">
+                                            <p>"Could not join this room: " {reason}</p>
+                                            <button class="button small" on:click=move |_| ui.client.rejoin(&room)>
+                                                "Try again"
+                                            </button>
+                                        </div>
+                                    }
+                                        .into_any(),
+                                )
+                            }
+                            Some(Phase::Joining) if empty() => {
+                                Some(view! { <p class="placeholder">"Joining…"</p> }.into_any())
+                            }
+                            Some(Phase::Joined) if empty() => {
+                                Some(
+                                    view! {
+                                        <div class="placeholder">
+                                            <p class="placeholder-title">"No messages yet"</p>
+                                            <p>"Say hello — everyone who joins will see it."</p>
+                                        </div>
+                                    }
+                                        .into_any(),
+                                )
+                            }
+                            _ => None,
+                        }}
+                        <For
+                            each=move || rows.get()
+                            key=|row| row.key()
+                            children=move |row| row_view(row, row_room.clone())
+                        />
+                    </div>
+                </div>
+                <Show when=move || !stick.get()>
+                    <button
+                        class="jump"
+                        on:click=move |_| {
+                            stick.set(true);
+                            to_bottom();
+                        }
+                    >
+                        "Jump to latest ↓"
+                    </button>
+                </Show>
+            </div>
+            <Composer room />
+        </section>
+    }
+}
+
+/// Shown when no room is on screen: an invitation to join one, and what went wrong with the address if anything.
+#[component]
+pub fn EmptyState() -> impl IntoView {
+    let ui = use_ui();
+    view! {
+        <section class="empty" aria-labelledby="empty-title">
+            <div class="empty-card">
+                <Logo />
+                <h1 id="empty-title">"Pick a room"</h1>
+                <p class="muted">
+                    "Join a room by name; it comes to life the moment someone joins. "
+                    "Its address, like " <code>"/r/general"</code> ", is a link you can share."
+                </p>
+                {move || {
+                    let bad = ui.bad_route.get();
+                    let initial = bad.as_ref().map(|(raw, _)| raw.clone()).unwrap_or_default();
+                    view! {
+                        {bad
+                            .map(|(raw, _)| {
+                                view! {
+                                    <p class="callout error">
+                                        "The address names “" {raw} "”, which is not a room name."
+                                    </p>
+                                }
+                            })}
+                        <JoinForm id="join-main" initial autofocus=true />
+                    }
+                }}
+            </div>
+        </section>
+    }
+}

@@ -1,0 +1,249 @@
+//! A room's timeline as rows on screen: day separators, messages grouped by sender, join/leave notices, and own
+//! messages that are still pending or failed, with their retry buttons.
+
+use leptos::prelude::*;
+use shared::{MsgId, Nick, PresenceKind, RoomName};
+
+use super::Avatar;
+use crate::app::use_ui;
+use crate::browser;
+use crate::chat::{Item, Outgoing, Posted, Room, SendStatus};
+
+/// Consecutive messages from one sender closer than this share one header.
+const GROUP_MS: u64 = 5 * 60 * 1000;
+
+/// One row on screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    /// A day separator.
+    Day(String),
+    /// A stored message; `cont` when it continues the previous sender's group.
+    Message { posted: Posted, cont: bool },
+    /// Someone joined or left.
+    Presence {
+        key: u64,
+        nick: Nick,
+        event: PresenceKind,
+        ts: u64,
+    },
+    /// An own message not stored yet.
+    Outgoing { out: Outgoing, cont: bool },
+}
+
+/// What identifies a row for the keyed list. Everything that changes a row's look is part of its key, so a changed
+/// row is rebuilt and an unchanged one is left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RowKey {
+    /// A day separator, by its label.
+    Day(String),
+    /// A message: id, own, acked, continues a group.
+    Message(MsgId, bool, bool, bool),
+    /// A presence notice, by its local key.
+    Presence(u64),
+    /// An own message in flight: client id, failed, continues a group.
+    Outgoing(String, bool, bool),
+}
+
+impl Row {
+    /// The row's key.
+    pub fn key(&self) -> RowKey {
+        match self {
+            Self::Day(label) => RowKey::Day(label.clone()),
+            Self::Message { posted, cont } => {
+                RowKey::Message(posted.id, posted.own, posted.acked, *cont)
+            }
+            Self::Presence { key, .. } => RowKey::Presence(*key),
+            Self::Outgoing { out, cont } => RowKey::Outgoing(
+                out.cid.clone(),
+                matches!(out.status, SendStatus::Failed { .. }),
+                *cont,
+            ),
+        }
+    }
+}
+
+/// Lays out a room: the stored timeline with day separators and sender groups, then the outbox.
+pub fn rows(room: &Room) -> Vec<Row> {
+    let mut rows = Vec::with_capacity(room.items().len() + room.outbox().len() + 4);
+    let mut day = None;
+    let mut last: Option<(&Nick, u64)> = None;
+    for item in room.items() {
+        let ts = match item {
+            Item::Message(m) => m.ts,
+            Item::Presence { ts, .. } => *ts,
+        };
+        let this_day = browser::day(ts);
+        if day != Some(this_day) {
+            day = Some(this_day);
+            rows.push(Row::Day(browser::day_label(ts)));
+            last = None;
+        }
+        match item {
+            Item::Message(m) => {
+                let cont = last.is_some_and(|(nick, at)| {
+                    nick == &m.nick && m.ts.saturating_sub(at) < GROUP_MS
+                });
+                rows.push(Row::Message {
+                    posted: m.clone(),
+                    cont,
+                });
+                last = Some((&m.nick, m.ts));
+            }
+            Item::Presence {
+                key,
+                nick,
+                event,
+                ts,
+            } => {
+                rows.push(Row::Presence {
+                    key: *key,
+                    nick: nick.clone(),
+                    event: *event,
+                    ts: *ts,
+                });
+                last = None;
+            }
+        }
+    }
+    let mut own_last = last.is_some_and(|(nick, _)| nick == room.nick());
+    for out in room.outbox() {
+        rows.push(Row::Outgoing {
+            out: out.clone(),
+            cont: own_last,
+        });
+        own_last = true;
+    }
+    rows
+}
+
+/// Renders one row.
+pub fn row_view(row: Row, room: RoomName) -> AnyView {
+    match row {
+        Row::Day(label) => view! {
+            <div class="day" role="separator" aria-label=label.clone()>
+                <span>{label.clone()}</span>
+            </div>
+        }
+        .into_any(),
+        Row::Presence {
+            nick, event, ts, ..
+        } => {
+            let verb = match event {
+                PresenceKind::Joined => "joined",
+                PresenceKind::Left => "left",
+            };
+            view! {
+                <p class="presence" class:left=event == PresenceKind::Left>
+                    <strong>{nick.to_string()}</strong>
+                    " "
+                    {verb}
+                    " · "
+                    <time datetime=browser::iso_time(ts) title=browser::full_time(ts)>
+                        {browser::clock(ts)}
+                    </time>
+                </p>
+            }
+            .into_any()
+        }
+        Row::Message { posted, cont } => message_view(posted, cont),
+        Row::Outgoing { out, cont } => outgoing_view(out, cont, room),
+    }
+}
+
+fn message_view(m: Posted, cont: bool) -> AnyView {
+    let nick = m.nick.to_string();
+    let time = browser::clock(m.ts);
+    view! {
+        <article class="msg" class:own=m.own class:cont=cont>
+            <div class="gutter">
+                {if cont {
+                    view! {
+                        <time class="hover-time" datetime=browser::iso_time(m.ts) title=browser::full_time(m.ts)>
+                            {time.clone()}
+                        </time>
+                    }
+                        .into_any()
+                } else {
+                    view! { <Avatar nick=nick.clone() /> }.into_any()
+                }}
+            </div>
+            <div class="body">
+                {if cont {
+                    view! { <span class="sr-only">{format!("{nick} at {time}: ")}</span> }.into_any()
+                } else {
+                    view! {
+                        <header class="meta">
+                            <span class="nick">{nick.clone()}</span>
+                            {m.own.then(|| view! { <span class="tag">"you"</span> })}
+                            <time datetime=browser::iso_time(m.ts) title=browser::full_time(m.ts)>
+                                {time.clone()}
+                            </time>
+                        </header>
+                    }
+                        .into_any()
+                }}
+                <p class="text">{m.text}</p>
+            </div>
+            {m.acked.then(|| view! { <span class="tick" title="Sent">"✓"<span class="sr-only">" sent"</span></span> })}
+        </article>
+    }
+    .into_any()
+}
+
+fn outgoing_view(out: Outgoing, cont: bool, room: RoomName) -> AnyView {
+    let client = use_ui().client;
+    let nick = client
+        .chat()
+        .with_untracked(|c| c.room(&room).map(|r| r.nick().to_string()))
+        .unwrap_or_default();
+    let failed = match &out.status {
+        SendStatus::Pending => None,
+        SendStatus::Failed { reason, .. } => Some(reason.clone()),
+    };
+    let pending = failed.is_none();
+    let (retry_room, discard_room) = (room.clone(), room);
+    let (retry_cid, discard_cid) = (out.cid.clone(), out.cid.clone());
+    view! {
+        <article class="msg own" class:cont=cont class:pending=pending class:failed=!pending>
+            <div class="gutter">
+                {(!cont).then(|| view! { <Avatar nick=nick.clone() /> })}
+            </div>
+            <div class="body">
+                {if cont {
+                    view! { <span class="sr-only">{format!("{nick}: ")}</span> }.into_any()
+                } else {
+                    view! {
+                        <header class="meta">
+                            <span class="nick">{nick.clone()}</span>
+                            <span class="tag">"you"</span>
+                        </header>
+                    }
+                        .into_any()
+                }}
+                <p class="text">{out.text}</p>
+                {match failed {
+                    None => view! { <p class="send-state">"Sending…"</p> }.into_any(),
+                    Some(reason) => view! {
+                        <div class="send-error" role="alert">
+                            <span>"Not sent: " {reason}</span>
+                            <button
+                                class="link-button"
+                                on:click=move |_| client.retry(&retry_room, &retry_cid)
+                            >
+                                "Retry"
+                            </button>
+                            <button
+                                class="link-button subtle"
+                                on:click=move |_| client.discard(&discard_room, &discard_cid)
+                            >
+                                "Discard"
+                            </button>
+                        </div>
+                    }
+                        .into_any(),
+                }}
+            </div>
+        </article>
+    }
+    .into_any()
+}
