@@ -1,0 +1,467 @@
+//! The browser client end to end: two headless Chromium pages, each served by its own replica, chatting through a
+//! real Redis, and one of them riding out a restart of its replica. Screenshots go to the test output directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::wd::Capabilities;
+use fantoccini::{ClientBuilder, Locator};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::harness::{PATIENCE, Redis, Replica, config, free_port};
+
+/// The room both pages meet in (a fresh Redis per test, so no other test shares it).
+const ROOM: &str = "e2e";
+
+/// How often a condition on a page is checked again. Polling, not synchronisation: every wait is for a condition.
+const POLL: Duration = Duration::from_millis(50);
+
+/// WebDriver's key code for Enter.
+const ENTER: &str = "\u{e007}";
+
+/// Every chat message on a page, as `[nick, text]`, oldest first. A message that continues its sender's group has no
+/// header of its own, so it takes the nickname of the header above it.
+const MESSAGES: &str = r"(() => {
+    let nick = null;
+    return [...document.querySelectorAll('.timeline .msg')].map(m => {
+        const header = m.querySelector('.meta .nick');
+        if (header) nick = header.textContent;
+        return [nick, m.querySelector('.text').textContent];
+    });
+})()";
+
+/// The workspace root, where `dist/` and `test-output/` live by default.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the backend crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// The built browser client (`ROOMCAST_DIST`, else `<workspace>/dist`). A missing build fails the test: skipping
+/// would make a test that cannot fail.
+fn dist_dir() -> PathBuf {
+    let dist =
+        std::env::var_os("ROOMCAST_DIST").map_or_else(|| workspace().join("dist"), PathBuf::from);
+    assert!(
+        dist.join("index.html").is_file(),
+        "{} has no index.html: build the browser client first with `cargo xtask frontend` (or run `cargo xtask test`)",
+        dist.display()
+    );
+    dist
+}
+
+/// Where screenshots go (`ROOMCAST_TEST_OUTPUT`, else `<workspace>/test-output`).
+fn output_dir() -> PathBuf {
+    let out = std::env::var_os("ROOMCAST_TEST_OUTPUT")
+        .map_or_else(|| workspace().join("test-output"), PathBuf::from);
+    std::fs::create_dir_all(&out)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+    out
+}
+
+/// The first executable file called `name` in a `PATH` directory.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A chromedriver on a private loopback port. On drop it is asked to shut down, which quits every browser it
+/// started (also when a failing test never closed its sessions), then killed, and the browser profiles are removed.
+#[derive(Debug)]
+struct Chromedriver {
+    child: Child,
+    port: u16,
+    chromium: PathBuf,
+    profiles: PathBuf,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver and waits until it accepts connections.
+    async fn start() -> Self {
+        let binary = find_on_path("chromedriver").unwrap_or_else(|| {
+            panic!("chromedriver not found: apt-get install chromium chromium-driver")
+        });
+        let chromium = find_on_path("chromium").unwrap_or_else(|| {
+            panic!("chromium not found: apt-get install chromium chromium-driver")
+        });
+        let port = free_port();
+        let profiles =
+            std::env::temp_dir().join(format!("roomcast-chromium-{}-{port}", std::process::id()));
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut driver = Self {
+            child,
+            port,
+            chromium,
+            profiles,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited at start ({status})");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not listen on port {port}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        driver
+    }
+
+    /// `http://127.0.0.1:<port>`, for WebDriver clients.
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh, empty browser profile directory, so each session has its own localStorage.
+    fn new_profile(&self, name: &str) -> PathBuf {
+        let dir = self.profiles.join(name);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        dir
+    }
+
+    /// Asks chromedriver to quit its sessions and exit (`GET /shutdown`), and waits a bounded time for it.
+    fn shut_down(&mut self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(PATIENCE));
+        let request = format!(
+            "GET /shutdown HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let _ = stream.read_to_end(&mut Vec::new());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(POLL);
+        }
+        false
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        if !self.shut_down() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.profiles);
+    }
+}
+
+/// One browser session (a headless Chromium window) and what the test reads from and does to its page.
+#[derive(Debug)]
+struct Page {
+    name: &'static str,
+    client: fantoccini::Client,
+    out: PathBuf,
+}
+
+impl Page {
+    /// Opens a fresh Chromium with an empty profile.
+    async fn open(driver: &Chromedriver, name: &'static str, out: &Path) -> Self {
+        let profile = driver.new_profile(name);
+        let mut caps = Capabilities::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": driver.chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    "--window-size=1200,800",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::rustls()
+            .expect("rustls connector")
+            .capabilities(caps)
+            .connect(&driver.url())
+            .await
+            .unwrap_or_else(|e| panic!("page {name}: no Chromium session from chromedriver: {e}"));
+        Self {
+            name,
+            client,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// Runs a script (a function body; `arguments[0]` is `arg`) and decodes what it returns.
+    async fn js<T: DeserializeOwned>(&self, script: &str, arg: Value) -> T {
+        let value = self
+            .client
+            .execute(script, vec![arg])
+            .await
+            .unwrap_or_else(|e| panic!("page {}: script failed: {e}\n{script}", self.name));
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| {
+            panic!(
+                "page {}: script returned {value} ({e})\n{script}",
+                self.name
+            )
+        })
+    }
+
+    /// Waits until the script returns true, checking again every [`POLL`]; after `3 * PATIENCE` it saves a
+    /// screenshot and fails, saying what it waited for and what the page shows.
+    async fn wait_until(&self, what: &str, script: &str, arg: Value) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        loop {
+            if self.js::<bool>(script, arg.clone()).await {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let shot = self.screenshot("failure").await;
+                panic!(
+                    "page {}: gave up waiting for: {what}\nstatus: {:?}\nmessages: {:?}\nscreenshot: {}",
+                    self.name,
+                    self.status().await,
+                    self.messages().await,
+                    shot.display()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until an element matching `selector` is on the page.
+    async fn wait_for(&self, what: &str, selector: &str) {
+        self.wait_until(
+            what,
+            "return document.querySelector(arguments[0]) !== null;",
+            json!(selector),
+        )
+        .await;
+    }
+
+    /// Opens a room by its address, as a person following a shared link does, and picks a nickname on the welcome
+    /// screen (a fresh profile has none), then waits for the room with its message box.
+    async fn enter_room(&self, replica: SocketAddr, nick: &str) {
+        let url = format!("http://{replica}/r/{ROOM}");
+        self.client
+            .goto(&url)
+            .await
+            .unwrap_or_else(|e| panic!("page {}: cannot load {url}: {e}", self.name));
+        self.wait_for("the welcome screen's nickname field", "#welcome-nick")
+            .await;
+        let input = self
+            .client
+            .find(Locator::Css("#welcome-nick"))
+            .await
+            .unwrap();
+        input.send_keys(&format!("{nick}{ENTER}")).await.unwrap();
+        self.wait_for("the room's message box", "#composer-input")
+            .await;
+    }
+
+    /// Types `text` into the message box and presses Enter, then waits until the server acknowledged it.
+    async fn send(&self, text: &str) {
+        let input = self
+            .client
+            .find(Locator::Css("#composer-input"))
+            .await
+            .unwrap();
+        input.send_keys(&format!("{text}{ENTER}")).await.unwrap();
+        self.wait_until(
+            &format!("own message {text:?} acknowledged"),
+            "return [...document.querySelectorAll('.timeline .msg.own')]
+                .some(m => m.querySelector('.text').textContent === arguments[0] && m.querySelector('.tick'));",
+            json!(text),
+        )
+        .await;
+    }
+
+    /// Waits until the timeline shows a message `text` under the nickname `nick`.
+    async fn wait_message(&self, nick: &str, text: &str) {
+        self.wait_until(
+            &format!("message {text:?} from {nick}"),
+            &format!(
+                "const [nick, text] = arguments[0];
+                 return {MESSAGES}.some(([n, t]) => n === nick && t === text);"
+            ),
+            json!([nick, text]),
+        )
+        .await;
+    }
+
+    /// The timeline's messages as `(nick, text)`, oldest first.
+    async fn messages(&self) -> Vec<(String, String)> {
+        let rows: Vec<(Option<String>, String)> =
+            self.js(&format!("return {MESSAGES};"), Value::Null).await;
+        rows.into_iter()
+            .map(|(nick, text)| (nick.unwrap_or_default(), text))
+            .collect()
+    }
+
+    /// The status line: its state word (`data-state`) and its text.
+    async fn status(&self) -> (String, String) {
+        self.js(
+            "const s = document.querySelector('.status');
+             return s ? [s.dataset.state, s.querySelector('.status-text').textContent] : ['', ''];",
+            Value::Null,
+        )
+        .await
+    }
+
+    /// Waits until the status line says the page is connected to `node`.
+    async fn wait_connected(&self, node: &str) {
+        self.wait_until(
+            &format!("status line \"Connected to {node}\""),
+            "const s = document.querySelector('.status');
+             return !!s && s.dataset.state === 'connected'
+                 && s.querySelector('.status-text').textContent === 'Connected to ' + arguments[0];",
+            json!(node),
+        )
+        .await;
+    }
+
+    /// Saves a PNG of the page as `browser-page-<name>[-<suffix>].png` in the output directory.
+    async fn screenshot(&self, suffix: &str) -> PathBuf {
+        let png = self
+            .client
+            .screenshot()
+            .await
+            .unwrap_or_else(|e| panic!("page {}: screenshot failed: {e}", self.name));
+        let mut file = format!("browser-page-{}", self.name.to_lowercase());
+        if !suffix.is_empty() {
+            file = format!("{file}-{suffix}");
+        }
+        let path = self.out.join(format!("{file}.png"));
+        std::fs::write(&path, png)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        println!("screenshot: {}", path.display());
+        path
+    }
+
+    /// Ends the browser session, which quits its Chromium.
+    async fn close(self) {
+        let name = self.name;
+        self.client
+            .close()
+            .await
+            .unwrap_or_else(|e| panic!("page {name}: closing the session failed: {e}"));
+    }
+}
+
+/// A test replica on the Redis bus serving the browser client, named so its status line can be recognised.
+fn replica_config(redis: &Redis, dist: &Path, node: &str, port: u16) -> backend::Config {
+    let mut c = config(Some(&redis.url()));
+    c.static_dir = dist.to_path_buf();
+    c.node_id = Some(node.into());
+    c.port = port;
+    c
+}
+
+/// Two people in one room through two replicas and Redis, as a browser shows it: the join notice, a message each way,
+/// markup kept as text; then one replica restarts and its page reconnects by itself and catches up exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting() {
+    let dist = dist_dir();
+    let out = output_dir();
+    let driver = Chromedriver::start().await;
+    let redis = Redis::start().await;
+    let mut one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
+    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+    let a = Page::open(&driver, "A", &out).await;
+    let b = Page::open(&driver, "B", &out).await;
+
+    // A joins first and sees the empty room; B's arrival then shows on A as a join notice.
+    a.enter_room(one.addr, "alice").await;
+    a.wait_connected("replica-1").await;
+    a.wait_for("the empty room", ".placeholder-title").await;
+    b.enter_room(two.addr, "bob").await;
+    b.wait_connected("replica-2").await;
+    a.wait_until(
+        "the notice \"bob joined\"",
+        "return [...document.querySelectorAll('.timeline .presence')]
+            .some(p => p.textContent.startsWith(arguments[0]));",
+        json!("bob joined"),
+    )
+    .await;
+
+    // A message each way, across replicas.
+    a.send("Hello from replica one!").await;
+    b.wait_message("alice", "Hello from replica one!").await;
+    b.send("Hi alice, bob here on replica two.").await;
+    a.wait_message("bob", "Hi alice, bob here on replica two.")
+        .await;
+
+    // Markup in a message is text: it shows literally and creates no element.
+    let markup = "<b>bold</b>";
+    a.send(markup).await;
+    b.wait_message("alice", markup).await;
+    for page in [&a, &b] {
+        let bold: usize = page
+            .js(
+                "return document.querySelectorAll('.timeline b').length;",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            bold, 0,
+            "page {}: the message created a <b> element",
+            page.name
+        );
+    }
+    a.screenshot("").await;
+    b.screenshot("").await;
+
+    // Replica 1 goes away; B keeps talking through replica 2 meanwhile.
+    let port = one.addr.port();
+    one.stop().await;
+    a.wait_until(
+        "the status line to notice the lost connection",
+        "return document.querySelector('.status')?.dataset.state !== 'connected';",
+        Value::Null,
+    )
+    .await;
+    let missed = "Sent while replica one was down.";
+    b.send(missed).await;
+
+    // Replica 1 is back on the same port: A reconnects by itself and gets what it missed, exactly once.
+    let _one = Replica::start_with(replica_config(&redis, &dist, "replica-1", port)).await;
+    a.wait_connected("replica-1").await;
+    a.wait_message("bob", missed).await;
+    let expected = [
+        ("alice", "Hello from replica one!"),
+        ("bob", "Hi alice, bob here on replica two."),
+        ("alice", markup),
+        ("bob", missed),
+    ]
+    .map(|(n, t)| (n.to_owned(), t.to_owned()));
+    assert_eq!(a.messages().await, expected, "page A after the restart");
+    assert_eq!(b.messages().await, expected, "page B");
+    a.screenshot("reconnected").await;
+
+    a.close().await;
+    b.close().await;
+}
