@@ -150,14 +150,7 @@ pub fn App() -> impl IntoView {
     });
 
     // Remember the open rooms (once there is a nickname: before that, the list is not restored yet).
-    let names = Memo::new(move |_| {
-        chat.with(|c| {
-            c.rooms()
-                .iter()
-                .map(|r| r.name().clone())
-                .collect::<Vec<_>>()
-        })
-    });
+    let names = Memo::new(move |_| chat.with(Chat::room_names));
     Effect::new(move |_| {
         let names = names.get();
         if ui.nick.with(Option::is_some) {

@@ -310,6 +310,11 @@ impl Chat {
         &self.rooms
     }
 
+    /// The names of the rooms this client is in, in list order.
+    pub fn room_names(&self) -> Vec<RoomName> {
+        self.rooms.iter().map(|r| r.name().clone()).collect()
+    }
+
     /// One room, if this client is in it.
     pub fn room(&self, name: &RoomName) -> Option<&Room> {
         self.rooms.iter().find(|room| &room.name == name)

@@ -360,29 +360,56 @@ impl Client {
 
     /// Joins a room and returns its history.
     pub async fn join(&mut self, room: &str, nick: &str, since: Option<MsgId>) -> Vec<ChatMessage> {
+        match self.try_join(room, nick, since).await {
+            Ok(history) => history,
+            Err((code, message)) => panic!("join {room} failed: {code:?} {message}"),
+        }
+    }
+
+    /// Joins a room and returns its history, or the error that answered the join.
+    pub async fn try_join(
+        &mut self,
+        room: &str,
+        nick: &str,
+        since: Option<MsgId>,
+    ) -> Result<Vec<ChatMessage>, (ErrorCode, String)> {
+        let req = format!("join-{room}");
         self.send(&ClientMsg::Join {
             room: room.into(),
             nick: nick.into(),
             since,
-            req: Some(format!("join-{room}")),
+            req: Some(req.clone()),
         })
         .await;
-        let room = room.to_owned();
         self.take(|m| match m {
             ServerMsg::Joined {
-                room: r, history, ..
-            } if r.as_str() == room => Some(history.clone()),
+                req: Some(r),
+                history,
+                ..
+            } if *r == req => Some(Ok(history.clone())),
             ServerMsg::Error {
-                room: Some(r),
+                req: Some(r),
                 code,
                 message,
                 ..
-            } if *r == room => {
-                panic!("join {room} failed: {code:?} {message}")
-            }
+            } if *r == req => Some(Err((*code, message.clone()))),
             _ => None,
         })
         .await
+    }
+
+    /// Repeats a join until the replica can serve it (for a Redis that is coming back).
+    pub async fn join_when_available(&mut self, room: &str, nick: &str) {
+        for _ in 0..600 {
+            match self.try_join(room, nick, None).await {
+                Ok(_) => return,
+                Err((ErrorCode::Unavailable, _)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(other) => panic!("join {room} failed: {other:?}"),
+            }
+        }
+        panic!("join {room} never succeeded");
     }
 
     /// Sends a message and returns the id from its ack.

@@ -157,29 +157,7 @@ async fn replicas_survive_redis_restart_and_relay_again() {
     // Relay works again across replicas, on the subscription restored without any client action.
     let got = b.message_in("phoenix").await;
     assert_eq!((got.id, got.text.as_str()), (id, "after"));
-    let mut attempts = 0;
-    loop {
-        let join = shared::ClientMsg::Join {
-            room: "late".into(),
-            nick: "l".into(),
-            since: None,
-            req: None,
-        };
-        late.send(&join).await;
-        if late
-            .take(|m| match m {
-                shared::ServerMsg::Joined { .. } => Some(true),
-                shared::ServerMsg::Error { .. } => Some(false),
-                _ => None,
-            })
-            .await
-        {
-            break;
-        }
-        attempts += 1;
-        assert!(attempts < 600, "joins never succeeded again on r1");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    late.join_when_available("late", "l").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,29 +180,7 @@ async fn a_replica_started_without_redis_serves_and_recovers() {
     assert!(body.contains("\"bus_up\":false"), "{body}");
 
     let _redis = Redis::start_on(port).await;
-    let mut attempts = 0;
-    loop {
-        let join = shared::ClientMsg::Join {
-            room: "early".into(),
-            nick: "e".into(),
-            since: None,
-            req: None,
-        };
-        client.send(&join).await;
-        let joined = client
-            .take(|m| match m {
-                shared::ServerMsg::Joined { .. } => Some(true),
-                shared::ServerMsg::Error { .. } => Some(false),
-                _ => None,
-            })
-            .await;
-        if joined {
-            break;
-        }
-        attempts += 1;
-        assert!(attempts < 600, "join never succeeded once redis was up");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    client.join_when_available("early", "e").await;
     let id = client.say("early", "hello").await;
     assert_eq!(client.message_in("early").await.id, id);
 }

@@ -10,6 +10,7 @@ use super::fields::{TextField, reason};
 use super::status::StatusLine;
 use crate::app::use_ui;
 use crate::browser;
+use crate::chat::Chat;
 use crate::chat::Phase;
 
 /// The side panel.
@@ -17,14 +18,7 @@ use crate::chat::Phase;
 pub fn Sidebar() -> impl IntoView {
     let ui = use_ui();
     let chat = ui.client.chat();
-    let names = Memo::new(move |_| {
-        chat.with(|c| {
-            c.rooms()
-                .iter()
-                .map(|r| r.name().clone())
-                .collect::<Vec<_>>()
-        })
-    });
+    let names = Memo::new(move |_| chat.with(Chat::room_names));
     // On phones the join form and nickname fold away behind this toggle; on wide screens they always show.
     let open = RwSignal::new(false);
     view! {
