@@ -1,18 +1,45 @@
 //! The `roomcast` binary: parse the config, set up logging, bind, and run one replica until SIGINT/SIGTERM.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = backend::Config::parse();
+fn main() -> ExitCode {
+    let config = match backend::Config::try_parse() {
+        Ok(config) => config,
+        // --help and --version print in full; a bad value stops with one line naming the flag and the reason.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("invalid configuration"));
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: backend::Config) -> anyhow::Result<()> {
     let addr = (config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!(

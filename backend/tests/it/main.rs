@@ -2,6 +2,7 @@
 //! redis-server on a private port. One binary, one module per concern.
 
 mod browser;
+mod cli;
 mod harness;
 mod protocol;
 mod redis_bus;
