@@ -104,11 +104,6 @@ impl Rooms {
         metrics::gauge!("roomcast_rooms").set(rooms.len() as f64);
     }
 
-    /// Number of local members of a room.
-    pub fn member_count(&self, room: &RoomName) -> usize {
-        self.lock().get(room).map_or(0, HashMap::len)
-    }
-
     /// Queues one frame for every local member of `event.room` except `skip`.
     fn fan_out(&self, out: &Outbound, skip: Option<ConnId>) {
         let rooms = self.lock();

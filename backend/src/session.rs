@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::AppState;
+use crate::bus::now_ms;
 use crate::error::{RequestError, RequestRef};
 use crate::ratelimit::TokenBucket;
 use crate::rooms::{ConnId, Member, Outbound, encode};
@@ -182,12 +183,10 @@ impl Session {
     }
 
     fn read_error(&self, e: &axum::Error) -> End {
-        // tungstenite reports frames above the hard cap as a capacity error; answer like an oversize text frame.
+        // tungstenite reports frames above the hard cap as a capacity error ("Space limit exceeded: ..."); answer
+        // like an oversize text frame. axum does not expose tungstenite's error type, so its message is the signal.
         let text = e.to_string();
-        if text.contains("Space limit exceeded")
-            || text.contains("too long")
-            || text.contains("Message too big")
-        {
+        if text.contains("Space limit exceeded") {
             warn!(error = %text, "oversize frame; closing with 1009");
             End::Closed(
                 close_code::TOO_BIG,
@@ -432,12 +431,6 @@ fn not_joined(room: &RoomName) -> RequestError {
         ErrorCode::NotJoined,
         format!("you have not joined room {room}; join it first"),
     )
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Parses a request, or says exactly what is wrong with it and which request it was.

@@ -2,13 +2,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{BoxFuture, FutureExt};
 use shared::{BusBody, ChatMessage, MsgId, Nick, RoomName};
 use tokio::sync::oneshot;
 
-use super::{Bus, BusError, BusEvent, EventSink, Subscribed};
+use super::{Bus, BusError, BusEvent, EventSink, Subscribed, now_ms};
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
 /// clients cannot tell the two apart. Histories are capped per room; the number of rooms is not.
@@ -39,12 +38,6 @@ impl MemoryBus {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Bus for MemoryBus {

@@ -33,6 +33,13 @@ pub struct BusEvent {
     pub body: BusBody,
 }
 
+/// Milliseconds since the Unix epoch on this replica's clock: the in-memory bus's ids and presence timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Where a bus delivers the events of the rooms this replica is subscribed to.
 pub type EventSink = mpsc::UnboundedSender<BusEvent>;
 

@@ -319,11 +319,9 @@ impl Client {
 
     /// The next frame, in arrival order.
     pub async fn next(&mut self) -> ServerMsg {
-        loop {
-            if let Some(msg) = self.inbox.pop_front() {
-                return msg;
-            }
-            assert!(self.pump().await, "connection closed: {:?}", self.closed);
+        match self.next_or_close().await {
+            Some(msg) => msg,
+            None => panic!("connection closed: {:?}", self.closed),
         }
     }
 
