@@ -3,7 +3,6 @@
 //!
 //! `cargo bench -p backend --bench fanout` (env: IDLE=2000 RECEIVERS=200 MESSAGES=2000 to change the load).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,71 +16,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("port {port} never opened");
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect_and_join(port: u16, room: &str, nick: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-        .await
-        .unwrap();
-    let join = ClientMsg::Join {
-        room: room.into(),
-        nick: nick.into(),
-        since: None,
-        req: None,
-    };
-    ws.send(Message::text(serde_json::to_string(&join).unwrap()))
-        .await
-        .unwrap();
-    loop {
-        let Some(Ok(Message::Text(t))) = ws.next().await else {
-            panic!("closed during join")
-        };
-        if matches!(serde_json::from_str(&t).unwrap(), ServerMsg::Joined { .. }) {
-            return ws;
-        }
-    }
-}
-
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -92,52 +26,17 @@ async fn main() {
     let receivers = env_or("RECEIVERS", 200);
     let messages = env_or("MESSAGES", 2000);
 
-    let redis_port = free_port();
-    let _redis = Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: apt-get install redis-server"),
-    );
-    wait_port(redis_port).await;
-    let url = format!("redis://127.0.0.1:{redis_port}");
+    let redis = testkit::Redis::start().await;
+    let url = redis.url();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_roomcast"));
     let mut replicas = Vec::new();
     let mut ports = Vec::new();
-    for _ in 0..2 {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--redis-url",
-                &url,
-                "--static-dir",
-                "/nonexistent",
-            ])
-            .args([
-                "--sends-per-sec",
-                "100000",
-                "--send-burst",
-                "100000",
-                "--queue-capacity",
-                "65536",
-            ])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
-        wait_port(port).await;
-        replicas.push(Proc(child));
-        ports.push(port);
+    for node in ["bench-1", "bench-2"] {
+        let replica =
+            testkit::ReplicaProcess::start(binary, &url, node, &["--queue-capacity", "65536"])
+                .await;
+        ports.push(replica.addr.port());
+        replicas.push(replica);
     }
     println!(
         "bench: 2 replicas (release) + redis-server on loopback, {} cores",
@@ -146,15 +45,20 @@ async fn main() {
 
     // 1. Memory per idle connection (each joined to one room).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before: Vec<u64> = replicas.iter().map(|p| rss_kib(p.0.id())).collect();
+    let before: Vec<u64> = replicas.iter().map(|p| p.rss_kib()).collect();
     let mut idle_conns = Vec::new();
     for i in 0..idle {
         idle_conns.push(
-            connect_and_join(ports[i % 2], &format!("idle-{}", i % 50), &format!("u{i}")).await,
+            testkit::join_ws(
+                &format!("ws://127.0.0.1:{}/ws", ports[i % 2]),
+                &format!("idle-{}", i % 50),
+                &format!("u{i}"),
+            )
+            .await,
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after: Vec<u64> = replicas.iter().map(|p| rss_kib(p.0.id())).collect();
+    let after: Vec<u64> = replicas.iter().map(|p| p.rss_kib()).collect();
     let grown: u64 = after
         .iter()
         .zip(&before)
@@ -170,7 +74,12 @@ async fn main() {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..receivers {
-        let mut ws = connect_and_join(ports[i % 2], "fan", &format!("r{i}")).await;
+        let mut ws = testkit::join_ws(
+            &format!("ws://127.0.0.1:{}/ws", ports[i % 2]),
+            "fan",
+            &format!("r{i}"),
+        )
+        .await;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(messages);
             while latencies.len() < messages {
@@ -185,7 +94,8 @@ async fn main() {
             (latencies, Instant::now())
         }));
     }
-    let sender = connect_and_join(ports[0], "fan", "sender").await;
+    let sender =
+        testkit::join_ws(&format!("ws://127.0.0.1:{}/ws", ports[0]), "fan", "sender").await;
     let (mut sink, mut stream) = sender.split();
     let reader = tokio::spawn(async move {
         let mut acks = 0;

@@ -22,9 +22,24 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Redis URL shared by all replicas, e.g. redis://127.0.0.1:6379. Absent: an in-memory bus for a single replica.
+    /// Redis shared by all replicas: redis://host:6379, redis+sentinel://host1:26379,host2:26379/mymaster or
+    /// redis+cluster://host1:7000,host2:7001. Absent: an in-memory bus for a single replica.
     #[arg(long, env = "ROOMCAST_REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
+
+    /// Where Pub/Sub subscriptions go instead of the master: Redis URLs (comma-separated, normally the master's
+    /// replicas), or `replicas` to discover them through Sentinel or ROLE. Writes always go to the master.
+    #[arg(long, env = "ROOMCAST_REDIS_SUBSCRIBE_URL", value_delimiter = ',', value_parser = parse_subscribe_url)]
+    pub redis_subscribe_url: Vec<String>,
+
+    /// Acknowledge a message only once this many Redis replicas have it (WAIT). 0: acknowledge when the master has
+    /// it; a failover may then lose the newest acknowledged messages.
+    #[arg(long, env = "ROOMCAST_REDIS_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: u32,
+
+    /// How long a send waits for those replicas before it is answered `unavailable` (and resent by the client).
+    #[arg(long, env = "ROOMCAST_REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1900))]
+    pub redis_wait_timeout_ms: u64,
 
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     #[arg(long, env = "ROOMCAST_REDIS_PREFIX", default_value = "roomcast", value_parser = parse_prefix)]
@@ -67,6 +82,10 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SEND_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub send_burst: u32,
 
+    /// Seconds a `send`'s cid is remembered: a repeated cid within this window is not stored again.
+    #[arg(long, env = "ROOMCAST_DEDUPE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub dedupe_secs: u64,
+
     /// Seconds between WebSocket pings; a connection silent for three intervals is closed.
     #[arg(long, env = "ROOMCAST_PING_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_secs: u64,
@@ -76,6 +95,16 @@ impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn defaults() -> Self {
         Self::parse_from(["roomcast"])
+    }
+
+    /// How long a send waits for `--redis-wait-replicas`.
+    pub fn redis_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_wait_timeout_ms)
+    }
+
+    /// How long a `send`'s cid is remembered.
+    pub fn dedupe_window(&self) -> Duration {
+        Duration::from_secs(self.dedupe_secs)
     }
 
     /// Interval between keep-alive pings.
@@ -88,9 +117,15 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("empty; omit the flag to use the in-memory bus".into());
     }
-    redis::Client::open(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| format!("not a Redis URL ({e}); expected e.g. redis://127.0.0.1:6379"))
+    crate::bus::redis::topology::Target::parse(s).map(|_| s.to_owned())
+}
+
+fn parse_subscribe_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s != "replicas" {
+        crate::bus::redis::topology::SubscribeTo::parse(&[s.to_owned()])?;
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {

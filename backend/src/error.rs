@@ -39,10 +39,16 @@ impl From<ValidationError> for RequestError {
 
 impl From<BusError> for RequestError {
     fn from(e: BusError) -> Self {
+        if let BusError::CidReused = e {
+            return Self::new(
+                ErrorCode::CidReused,
+                "this cid was already used for a different message in this room; use a fresh cid for each message",
+            );
+        }
         warn!(error = %e, "bus request failed");
         Self::new(
             ErrorCode::Unavailable,
-            "the message store is unreachable right now; nothing was changed, try again in a moment",
+            "the message store did not answer in time; try again in a moment (a send retried with the same cid is stored at most once)",
         )
     }
 }

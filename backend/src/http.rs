@@ -50,10 +50,12 @@ async fn ws(
         // session; larger ones are cut off by tungstenite before they are buffered whole.
         .max_message_size(MAX_FRAME_BYTES * 4)
         .max_frame_size(MAX_FRAME_BYTES * 4)
-        // tungstenite's defaults reserve 128 KiB per socket for reading alone. Chat frames are small and every
-        // send is flushed, so a 4 KiB read chunk and unbuffered writes cost nothing and keep idle sockets lean.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // tungstenite's defaults reserve 128 KiB per socket for reading alone. Client frames are small and rare: a
+        // 1 KiB read chunk costs nothing (a long message takes a few reads) and keeps idle sockets lean. Writes
+        // collect up to 16 KiB until the session flushes, so a burst of frames leaves in one write (the buffer is
+        // only as large as what was queued).
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
         .max_write_buffer_size(MAX_FRAME_BYTES * 8)
         .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, conn)))
 }

@@ -1,7 +1,8 @@
 //! A Roomcast backend replica as a library: `main.rs` parses the config and calls [`run`]; tests call it directly.
 //!
-//! Map: [`config`] (flags), [`http`] (routes), [`session`] (one WebSocket), [`rooms`] (local membership and
-//! fan-out), [`bus`] (Redis or in-memory relay and history), [`error`] (error frames), [`metrics`].
+//! Map: [`config`] (flags), [`http`] (routes), [`session`] (one WebSocket), [`relay`] (the room rules every way
+//! into a room goes through), [`rooms`] (local membership and fan-out), [`bus`] (Redis or in-memory relay and
+//! history), [`error`] (error frames), [`metrics`].
 
 pub mod bus;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod relay;
 pub mod rooms;
 pub mod session;
 
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::Limits;
 use tokio::net::TcpListener;
@@ -104,15 +107,29 @@ pub async fn run(
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let bus: Arc<dyn Bus> = match &config.redis_url {
             Some(url) => {
-                let bus = bus::redis::RedisBus::start(
-                    url,
-                    &config.redis_prefix,
-                    config.history_limit as usize,
-                    events_tx,
-                    shutdown.clone(),
-                )
-                .map_err(StartError::Bus)?;
-                info!(redis = %redact(url), prefix = %config.redis_prefix, "using the Redis bus");
+                let options = bus::redis::RedisOptions {
+                    target: bus::redis::topology::Target::parse(url)
+                        .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
+                    subscribe: bus::redis::topology::SubscribeTo::parse(
+                        &config.redis_subscribe_url,
+                    )
+                    .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
+                    prefix: config.redis_prefix.clone(),
+                    history_limit: config.history_limit as usize,
+                    dedupe_window: config.dedupe_window(),
+                    wait_replicas: config.redis_wait_replicas,
+                    wait_timeout: config.redis_wait_timeout(),
+                    node: node.clone(),
+                };
+                let bus = bus::redis::RedisBus::start(options, events_tx, shutdown.clone())
+                    .map_err(StartError::Bus)?;
+                info!(
+                    redis = %redact(url),
+                    kind = bus.kind(),
+                    prefix = %config.redis_prefix,
+                    wait_replicas = config.redis_wait_replicas,
+                    "using the Redis bus"
+                );
                 Arc::new(bus)
             }
             None => {
@@ -122,6 +139,7 @@ pub async fn run(
                 Arc::new(bus::memory::MemoryBus::new(
                     events_tx,
                     config.history_limit as usize,
+                    config.dedupe_window(),
                 ))
             }
         };
@@ -148,6 +166,12 @@ pub async fn run(
         };
         let tracker = state.tracker.clone();
         info!(%addr, "listening");
+        // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
-use shared::{BusBody, ChatMessage, MsgId, PresenceEvent, RoomName, ServerMsg};
+use shared::{MsgId, PresenceEvent, RoomName, ServerMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -26,6 +26,8 @@ pub struct Outbound {
     pub room: RoomName,
     /// The message id, for frames that carry a stored message; the session drops ids it has already delivered.
     pub id: Option<MsgId>,
+    /// The room's history was reset: the session forgets what it delivered in the room before this frame.
+    pub reset: bool,
     /// The JSON text, shared by every recipient.
     pub frame: Utf8Bytes,
 }
@@ -33,8 +35,9 @@ pub struct Outbound {
 /// How the registry reaches one connection.
 #[derive(Debug, Clone)]
 pub struct Member {
-    /// The connection's bounded outgoing queue.
-    pub queue: mpsc::Sender<Outbound>,
+    /// The connection's bounded outgoing queue. It carries shared handles: one frame is allocated once per
+    /// replica, and a queue slot is a pointer, which keeps idle queues small.
+    pub queue: mpsc::Sender<Arc<Outbound>>,
     /// Cancelled when the connection must be closed for being too slow.
     pub too_slow: CancellationToken,
 }
@@ -105,7 +108,7 @@ impl Rooms {
     }
 
     /// Queues one frame for every local member of `event.room` except `skip`.
-    fn fan_out(&self, out: &Outbound, skip: Option<ConnId>) {
+    fn fan_out(&self, out: &Arc<Outbound>, skip: Option<ConnId>) {
         let rooms = self.lock();
         let Some(members) = rooms.get(&out.room) else {
             return;
@@ -115,7 +118,7 @@ impl Rooms {
             if Some(conn) == skip {
                 continue;
             }
-            match member.queue.try_send(out.clone()) {
+            match member.queue.try_send(Arc::clone(out)) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !member.too_slow.is_cancelled() {
@@ -134,44 +137,48 @@ impl Rooms {
     /// Drains bus events into local fan-out until the bus is dropped.
     pub async fn dispatch(self, mut events: mpsc::UnboundedReceiver<BusEvent>) {
         while let Some(event) = events.recv().await {
-            let (msg, skip) = match event.body {
-                BusBody::Message { nick, text } => {
-                    let Some(id) = event.id else {
-                        warn!(room = %event.room, "stored message without id ignored");
-                        continue;
+            let (out, skip) = match event {
+                BusEvent::Stored(message) => {
+                    let out = Outbound {
+                        room: message.room.clone(),
+                        id: Some(message.id),
+                        reset: false,
+                        frame: encode(&ServerMsg::Message(message)),
                     };
-                    let msg = ServerMsg::Message(ChatMessage {
-                        id,
-                        room: event.room.clone(),
-                        nick,
-                        text,
-                        ts: id.ms,
-                    });
-                    (msg, None)
+                    (out, None)
                 }
-                BusBody::Presence {
-                    nick,
-                    event: kind,
-                    ts,
-                    node,
-                    conn,
-                } => {
-                    let skip = (*node == *self.node).then_some(conn);
+                BusEvent::Presence { room, notice } => {
+                    let skip = (*notice.node == *self.node).then_some(notice.conn);
                     let msg = ServerMsg::Presence(PresenceEvent {
-                        room: event.room.clone(),
-                        nick,
-                        event: kind,
-                        ts,
+                        room: room.clone(),
+                        nick: notice.nick,
+                        event: notice.event,
+                        ts: notice.ts,
                     });
-                    (msg, skip)
+                    let out = Outbound {
+                        room,
+                        id: None,
+                        reset: false,
+                        frame: encode(&msg),
+                    };
+                    (out, skip)
+                }
+                BusEvent::Gap { room, epoch, reset } => {
+                    let msg = ServerMsg::Gap {
+                        room: room.clone(),
+                        epoch: epoch.to_string(),
+                        reset,
+                    };
+                    let out = Outbound {
+                        room,
+                        id: None,
+                        reset,
+                        frame: encode(&msg),
+                    };
+                    (out, None)
                 }
             };
-            let out = Outbound {
-                room: event.room,
-                id: event.id,
-                frame: encode(&msg),
-            };
-            self.fan_out(&out, skip);
+            self.fan_out(&Arc::new(out), skip);
         }
     }
 }

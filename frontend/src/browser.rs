@@ -1,6 +1,6 @@
-//! Thin wrappers over the browser APIs the app needs besides the socket: localStorage, the URL, clocks and media
-//! queries. Each swallows the browser's errors (storage disabled, private mode) because none of them is worth
-//! breaking the chat over.
+//! Thin wrappers over the browser APIs the app needs besides the socket: localStorage, the URL, clocks (wall and
+//! monotonic) and media queries. Each swallows the browser's errors (storage disabled, private mode) because none of
+//! them is worth breaking the chat over.
 
 use leptos::prelude::window;
 use shared::{Nick, RoomName, ValidationError};
@@ -114,6 +114,18 @@ pub fn set_title(unread: u32) {
 /// A random number in `[0, 1)` for backoff jitter and client id prefixes.
 pub fn random() -> f64 {
     js_sys::Math::random()
+}
+
+/// Milliseconds on the page's monotonic clock (`performance.now()`), for timeouts: unlike the wall clock it does
+/// not jump when the system time is corrected.
+pub fn now() -> u64 {
+    let ms = window()
+        .performance()
+        .map_or_else(js_sys::Date::now, |p| p.now());
+    // The clock is a non-negative millisecond count well below 2^53.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ms = ms as u64;
+    ms
 }
 
 /// Whether the browser believes it has a network at all.

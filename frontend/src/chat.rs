@@ -1,19 +1,33 @@
-//! The client's chat state, free of any browser API: rooms, their timelines deduplicated by message id, own
-//! messages going from pending to sent or failed, resume points and unread counts. Its tests run natively.
+//! The client's chat state, free of any browser API: rooms, their timelines deduplicated by message id, each room's
+//! outbox of own messages (queued, pending, failed), resume points with their history epochs, notices about lost
+//! history, and unread counts. Its tests run natively.
 //!
-//! The WebSocket client feeds every [`ServerMsg`] into [`Chat::apply`]; the components only read. Keeping the rules
-//! here, away from the socket and the DOM, is what lets `cargo test -p frontend` check the subtle cases: history
-//! overlapping live messages, a message arriving before or after its own ack, and a reconnect in between.
+//! The WebSocket client feeds every [`ServerMsg`] into [`Chat::apply`] and puts on the wire whatever [`Chat::flush`]
+//! says is due; the components only read. Keeping the rules here, away from the socket and the DOM, is what lets
+//! `cargo test -p frontend` check the subtle cases: history overlapping live messages, a message arriving before or
+//! after its own ack, and a reconnect in between.
+//!
+//! Delivery is loss-free within the server's dedupe window: every own message keeps one client message id (`cid`)
+//! for its whole life, and is sent again with it until the server acknowledges it. The server stores a `send` at
+//! most once per `cid`, so a message cut off by a disconnect (stored or not) is simply sent again after the rejoin,
+//! and its `ack` (a `duplicate` one if it had been stored) settles it. Nothing is ever matched by its text.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use shared::{ChatMessage, MsgId, Nick, PresenceKind, RoomName, ServerMsg};
+use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, Nick, PresenceKind, RoomName, ServerMsg};
 
 /// Most items kept per room; older ones scroll off so a long-open tab does not grow without bound.
 pub const TIMELINE_CAP: usize = 1000;
 
-/// What the failure of a send that was cut off by a disconnect says. The server may have stored it anyway.
-pub const LOST_REASON: &str = "connection lost before the server confirmed it";
+/// The notice shown where a room's history has a hole this client cannot fill.
+pub const GAP_NOTICE: &str = "Some earlier messages are no longer available.";
+
+/// How long a room's outbox waits after a `rate_limited` refusal before sending again.
+pub const RATE_LIMITED_HOLD: Duration = Duration::from_secs(1);
+
+/// How long a room's outbox waits after an `unavailable` refusal (the store did not answer) before sending again.
+pub const UNAVAILABLE_HOLD: Duration = Duration::from_secs(2);
 
 /// A stored chat message as the timeline shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,31 +62,41 @@ pub enum Item {
         /// Server time, milliseconds since the Unix epoch.
         ts: u64,
     },
+    /// A note from the client itself, such as [`GAP_NOTICE`] where history was lost. It has no server time; it
+    /// sits where the client learned of it.
+    Notice {
+        /// Stable key for the view, unique within this [`Chat`].
+        key: u64,
+        /// What to tell the person.
+        text: String,
+    },
 }
 
 /// Where an own message stands before the server has stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendStatus {
-    /// Sent, waiting for the `ack`.
+    /// Waiting for its turn on the wire: typed while offline or while the room was being joined, cut off by a
+    /// disconnect before its `ack`, or refused for a moment (rate limit, store unavailable). [`Chat::flush`] sends it
+    /// by itself, with its own `cid`, once the room is joined.
+    Queued,
+    /// On the wire, waiting for the `ack`.
     Pending,
-    /// Refused or cut off; the person may retry or discard it.
+    /// Refused for good (for example invalid text); the person may retry or discard it.
     Failed {
         /// Why, in words for people.
         reason: String,
-        /// The connection dropped after the frame left, so the server may have stored it. If it shows up in the
-        /// history fetched on rejoin, the failure is withdrawn instead of inviting a duplicate retry.
-        maybe_sent: bool,
     },
 }
 
 /// An own message not yet in the timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
-    /// The client message id of the latest attempt; every retry gets a fresh one.
+    /// The client message id: fixed for the message's whole life, so every resend and retry is one idempotent
+    /// `send` to the server. It changes only after a `cid_reused` refusal, which proves nothing was stored under it.
     pub cid: String,
     /// The text as typed.
     pub text: String,
-    /// Pending or failed.
+    /// Queued, pending or failed.
     pub status: SendStatus,
 }
 
@@ -95,9 +119,12 @@ pub struct Room {
     phase: Phase,
     items: Vec<Item>,
     outbox: Vec<Outgoing>,
+    /// A transient refusal holds the outbox back until [`Chat::release_holds`].
+    held: bool,
     unread: u32,
     seen: BTreeSet<MsgId>,
     resume: Option<MsgId>,
+    epoch: Option<String>,
     ever_joined: bool,
 }
 
@@ -109,9 +136,11 @@ impl Room {
             phase: Phase::Joining,
             items: Vec::new(),
             outbox: Vec::new(),
+            held: false,
             unread: 0,
             seen: BTreeSet::new(),
             resume: None,
+            epoch: None,
             ever_joined: false,
         }
     }
@@ -131,12 +160,12 @@ impl Room {
         &self.phase
     }
 
-    /// Stored messages and presence notices, oldest first, messages in id order.
+    /// Stored messages, presence notices and client notices, oldest first, messages in id order.
     pub fn items(&self) -> &[Item] {
         &self.items
     }
 
-    /// Own messages awaiting an ack or a retry, in the order they were (re)sent.
+    /// Own messages not stored yet, in the order they go on the wire (a retried one goes to the end).
     pub fn outbox(&self) -> &[Outgoing] {
         &self.outbox
     }
@@ -147,9 +176,26 @@ impl Room {
     }
 
     /// The last message id delivered in this room: the `since` of the next join, so a rejoin fetches exactly what
-    /// was missed. Acks do not move it: a message stored before ours may still be on its way.
+    /// was missed. Acks do not move it: a message stored before ours may still be on its way. Cleared when the
+    /// server says the history it belonged to was lost, so no stale `since` is sent.
     pub fn resume_point(&self) -> Option<MsgId> {
         self.resume
+    }
+
+    /// The room's history epoch as the server last named it (in `joined` or `gap`): the history the resume point
+    /// belongs to, sent back with it so the server can tell when that history was lost.
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
+    fn rejoin(&self) -> Rejoin {
+        Rejoin {
+            room: self.name.clone(),
+            nick: self.nick.clone(),
+            since: self.resume,
+            // The epoch only qualifies a resume point; without one there is nothing it could say was lost.
+            epoch: self.resume.and(self.epoch.clone()),
+        }
     }
 
     /// Adds a stored message unless its id is already in the timeline. Returns whether it was new.
@@ -158,17 +204,32 @@ impl Room {
             return false;
         }
         // Messages arrive in id order almost always, so this is nearly always a push. The exception is an `ack`
-        // overtaking a message stored just before ours; that one then slots in by id.
-        let first_later = self
-            .items
-            .iter()
-            .position(|item| matches!(item, Item::Message(m) if m.id > posted.id));
-        match first_later {
-            Some(at) => self.items.insert(at, Item::Message(posted)),
-            None => self.items.push(Item::Message(posted)),
+        // overtaking a message stored just before ours; that one then slots in by id, looking back from the end.
+        // A client notice is a barrier: what arrives after the client learned of a gap (or of a new history, whose
+        // ids need not be above the old ones) stays after it.
+        let mut at = self.items.len();
+        for (i, item) in self.items.iter().enumerate().rev() {
+            match item {
+                Item::Message(m) if m.id > posted.id => at = i,
+                Item::Message(_) | Item::Notice { .. } => break,
+                Item::Presence { .. } => {}
+            }
         }
+        self.items.insert(at, Item::Message(posted));
         self.trim();
         true
+    }
+
+    /// Adds a client notice at the end of the timeline, unless the last item already says the same.
+    fn notice(&mut self, key: u64, text: &str) {
+        if matches!(self.items.last(), Some(Item::Notice { text: last, .. }) if last == text) {
+            return;
+        }
+        self.items.push(Item::Notice {
+            key,
+            text: text.to_owned(),
+        });
+        self.trim();
     }
 
     fn trim(&mut self) {
@@ -179,7 +240,7 @@ impl Room {
         self.items.drain(..excess);
         let oldest = self.items.iter().find_map(|item| match item {
             Item::Message(m) => Some(m.id),
-            Item::Presence { .. } => None,
+            Item::Presence { .. } | Item::Notice { .. } => None,
         });
         if let Some(oldest) = oldest {
             self.seen = self.seen.split_off(&oldest);
@@ -203,40 +264,15 @@ impl Room {
         }
     }
 
-    /// Withdraws a "maybe sent" failure when the message turns out to be stored after all.
-    fn reconcile(&mut self, id: MsgId) {
-        let Some(Item::Message(posted)) = self
-            .items
-            .iter_mut()
-            .find(|item| matches!(item, Item::Message(m) if m.id == id))
-        else {
-            return;
-        };
-        if !posted.own {
-            return;
-        }
-        let found = self.outbox.iter().position(|out| {
-            matches!(
-                out.status,
-                SendStatus::Failed {
-                    maybe_sent: true,
-                    ..
-                }
-            ) && out.text == posted.text
-        });
-        if let Some(at) = found {
-            self.outbox.remove(at);
-            posted.acked = true;
-        }
-    }
-
+    /// The server stored the message sent with `cid` (now, or earlier for a `duplicate` ack) under `id`.
     fn ack(&mut self, cid: &str, id: MsgId, ts: u64) {
         let Some(at) = self.outbox.iter().position(|out| out.cid == cid) else {
             return;
         };
         let out = self.outbox.remove(at);
         if self.seen.contains(&id) {
-            // The message overtook its ack: it is already in the timeline, now known to be ours.
+            // The message overtook its ack (or came back in the rejoin history before the ack of its resend): it is
+            // already in the timeline, now known to be ours.
             for item in &mut self.items {
                 if let Item::Message(m) = item
                     && m.id == id
@@ -257,17 +293,6 @@ impl Room {
                 acked: true,
             });
         }
-    }
-
-    fn fail(&mut self, cid: &str, reason: &str) -> bool {
-        let Some(out) = self.outbox.iter_mut().find(|out| out.cid == cid) else {
-            return false;
-        };
-        out.status = SendStatus::Failed {
-            reason: reason.to_owned(),
-            maybe_sent: false,
-        };
-        true
     }
 }
 
@@ -290,11 +315,24 @@ pub struct Rejoin {
     pub nick: Nick,
     /// The last id seen there, if any.
     pub since: Option<MsgId>,
+    /// The history epoch `since` belongs to; present only with `since`.
+    pub epoch: Option<String>,
+}
+
+/// What applying a frame asks of the caller besides the state change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// A message for the person when the frame concerns no room or send this state knows (for example a refused
+    /// `hello`), so the caller can show it somewhere.
+    pub notice: Option<String>,
+    /// A transient refusal put a room's outbox on hold: call [`Chat::release_holds`] and [`Chat::flush`] after this
+    /// long. Set only by the refusal that started the hold, so one timer serves a burst of refusals.
+    pub retry_after: Option<Duration>,
 }
 
 impl Chat {
-    /// An empty state. `cid_prefix` makes this tab's client message ids distinct from other tabs' (the server only
-    /// echoes them, but a random prefix keeps logs and retries unambiguous).
+    /// An empty state. `cid_prefix` makes this tab's client message ids distinct from other tabs' (the server
+    /// dedupes sends by nick and `cid`, so two tabs of one person must never share one).
     pub fn new(cid_prefix: impl Into<String>) -> Self {
         Self {
             rooms: Vec::new(),
@@ -371,120 +409,157 @@ impl Chat {
         self.rejoins()
     }
 
-    /// The joins that restore every room on a fresh connection, each resuming after the last id seen.
+    /// The joins that restore every room on a fresh connection, each resuming after the last id seen, in its epoch.
     pub fn rejoins(&self) -> Vec<Rejoin> {
-        self.rooms
-            .iter()
-            .map(|room| Rejoin {
-                room: room.name.clone(),
-                nick: room.nick.clone(),
-                since: room.resume,
-            })
-            .collect()
+        self.rooms.iter().map(Room::rejoin).collect()
     }
 
     /// Marks a room as being joined again after the person asked to retry a refused join.
     pub fn rejoining(&mut self, name: &RoomName) -> Option<Rejoin> {
         let room = self.room_mut(name)?;
         room.phase = Phase::Joining;
-        Some(Rejoin {
-            room: room.name.clone(),
-            nick: room.nick.clone(),
-            since: room.resume,
-        })
+        Some(room.rejoin())
     }
 
-    /// Records an own message as pending and returns the client message id to send it with.
+    /// Queues an own message at the end of its room's outbox and returns its client message id. It goes on the
+    /// wire with the next [`Chat::flush`] once the room is joined, which may be at once or after a reconnect.
     pub fn queue_send(&mut self, room: &RoomName, text: String) -> Option<String> {
         let cid = self.fresh_cid();
         let room = self.room_mut(room)?;
         room.outbox.push(Outgoing {
             cid: cid.clone(),
             text,
-            status: SendStatus::Pending,
+            status: SendStatus::Queued,
         });
         Some(cid)
     }
 
-    /// Marks an own message failed (for example: there is no connection to send it on). Returns whether a message
-    /// with that client id was waiting.
-    pub fn fail_send(&mut self, cid: &str, reason: &str) -> bool {
-        self.rooms.iter_mut().any(|room| room.fail(cid, reason))
-    }
-
-    /// Moves a failed message back to pending under a fresh client message id, at the end of the outbox. Returns
-    /// the new id and the text to send.
-    pub fn retry(&mut self, room: &RoomName, cid: &str) -> Option<(String, String)> {
-        let fresh = self.fresh_cid();
-        let room = self.room_mut(room)?;
-        let at = room.outbox.iter().position(|out| out.cid == cid)?;
+    /// Queues a failed message again, under the same client message id, at the end of the outbox; the next
+    /// [`Chat::flush`] sends it. Returns whether there was such a failed message.
+    pub fn retry(&mut self, room: &RoomName, cid: &str) -> bool {
+        let Some(room) = self.room_mut(room) else {
+            return false;
+        };
+        let Some(at) = room
+            .outbox
+            .iter()
+            .position(|out| out.cid == cid && matches!(out.status, SendStatus::Failed { .. }))
+        else {
+            return false;
+        };
         let mut out = room.outbox.remove(at);
-        out.cid = fresh.clone();
-        out.status = SendStatus::Pending;
-        let text = out.text.clone();
+        out.status = SendStatus::Queued;
         room.outbox.push(out);
-        Some((fresh, text))
+        true
     }
 
-    /// Drops a failed message the person no longer wants to send.
+    /// Drops a message the person no longer wants to send.
     pub fn discard(&mut self, room: &RoomName, cid: &str) {
         if let Some(room) = self.room_mut(room) {
             room.outbox.retain(|out| out.cid != cid);
         }
     }
 
-    /// The connection dropped: every pending message is now failed (it may have been stored; the rejoin will tell),
-    /// and every room must be joined again.
+    /// The sends that are due: every queued message of every joined room whose outbox is not on hold, in outbox
+    /// order, each with its own `cid`. They are marked pending, so each is returned once per attempt.
+    pub fn flush(&mut self) -> Vec<ClientMsg> {
+        let mut sends = Vec::new();
+        for room in &mut self.rooms {
+            if room.phase != Phase::Joined || room.held {
+                continue;
+            }
+            for out in &mut room.outbox {
+                if out.status == SendStatus::Queued {
+                    out.status = SendStatus::Pending;
+                    sends.push(ClientMsg::Send {
+                        room: room.name.to_string(),
+                        text: out.text.clone(),
+                        cid: out.cid.clone(),
+                    });
+                }
+            }
+        }
+        sends
+    }
+
+    /// Ends every hold a transient refusal started, so the next [`Chat::flush`] sends those messages again.
+    pub fn release_holds(&mut self) {
+        for room in &mut self.rooms {
+            room.held = false;
+        }
+    }
+
+    /// The connection dropped: every room must be joined again, and every pending message goes back to the queue,
+    /// in place, to be sent again with the same `cid` after the rejoin (the server stores it at most once, whether
+    /// or not the first attempt made it). Holds end: the reconnect itself is the wait.
     pub fn disconnected(&mut self) {
         for room in &mut self.rooms {
             if room.phase == Phase::Joined {
                 room.phase = Phase::Joining;
             }
+            room.held = false;
             for out in &mut room.outbox {
                 if out.status == SendStatus::Pending {
-                    out.status = SendStatus::Failed {
-                        reason: LOST_REASON.to_owned(),
-                        maybe_sent: true,
-                    };
+                    out.status = SendStatus::Queued;
                 }
             }
         }
     }
 
-    /// Applies one frame from the server. Returns a message for the person when the frame concerns no room or send
-    /// this state knows (for example a refused `hello`), so the caller can show it somewhere.
-    pub fn apply(&mut self, msg: ServerMsg) -> Option<String> {
+    /// Applies one frame from the server. What becomes sendable (after a `joined`, say) is fetched with
+    /// [`Chat::flush`] afterwards.
+    pub fn apply(&mut self, msg: ServerMsg) -> Applied {
+        let mut applied = Applied::default();
+        self.update(msg, &mut applied);
+        applied
+    }
+
+    /// [`Chat::apply`], returning early (with `None`) when the frame names a room this client is not in.
+    fn update(&mut self, msg: ServerMsg, applied: &mut Applied) -> Option<()> {
         let active = self.active.clone();
         match msg {
-            ServerMsg::Welcome { .. } | ServerMsg::Left { .. } => {}
+            ServerMsg::Welcome { .. } | ServerMsg::Left { .. } | ServerMsg::Pong { .. } => {}
             ServerMsg::Joined {
                 room,
                 nick,
                 history,
+                epoch,
+                reset,
+                truncated,
                 ..
             } => {
                 let viewing = active.as_ref() == Some(&room);
+                let key = self.next_key();
                 let room = self.room_mut(&room)?;
                 room.nick = nick;
                 room.phase = Phase::Joined;
+                room.epoch = Some(epoch);
+                if reset {
+                    // The resume point names a history that is gone; the new one starts from this history.
+                    room.resume = None;
+                }
+                if reset || truncated {
+                    room.notice(key, GAP_NOTICE);
+                }
                 // The first history is the room's past, not news; after a reconnect it is what was missed.
                 let count_unread = room.ever_joined;
                 room.ever_joined = true;
                 for msg in history {
-                    let id = msg.id;
                     room.deliver(msg, viewing, count_unread);
-                    room.reconcile(id);
                 }
             }
             ServerMsg::Message(msg) => {
+                // Also the rest of a `joined` history too large for one frame: it follows as ordinary messages.
                 let viewing = active.as_ref() == Some(&msg.room);
                 let room = self.room_mut(&msg.room)?;
                 room.deliver(msg, viewing, true);
             }
-            ServerMsg::Ack { room, cid, id, ts } => self.room_mut(&room)?.ack(&cid, id, ts),
+            // A `duplicate` ack means an earlier attempt was stored: it settles the message just the same.
+            ServerMsg::Ack {
+                room, cid, id, ts, ..
+            } => self.room_mut(&room)?.ack(&cid, id, ts),
             ServerMsg::Presence(p) => {
-                let key = self.next_key;
-                self.next_key += 1;
+                let key = self.next_key();
                 let room = self.room_mut(&p.room)?;
                 room.items.push(Item::Presence {
                     key,
@@ -494,29 +569,74 @@ impl Chat {
                 });
                 room.trim();
             }
+            ServerMsg::Gap { room, epoch, reset } => {
+                let key = self.next_key();
+                let room = self.room_mut(&room)?;
+                room.epoch = Some(epoch);
+                if reset {
+                    // The next messages come from the new history; an old resume point would hide them.
+                    room.resume = None;
+                }
+                room.notice(key, GAP_NOTICE);
+            }
             ServerMsg::Error {
+                code,
                 message,
                 request,
                 req,
                 room,
-                ..
             } => {
                 let room = room.and_then(|r| RoomName::parse(&r).ok());
                 match (request.as_deref(), req, room) {
-                    (Some("send"), Some(cid), _) => {
-                        if !self.fail_send(&cid, &message) {
-                            return Some(message);
-                        }
-                    }
+                    (Some("send"), Some(cid), _) => match self.refuse(&cid, code, &message) {
+                        Some(hold) => applied.retry_after = hold,
+                        None => applied.notice = Some(message),
+                    },
                     (Some("join"), _, Some(name)) => match self.room_mut(&name) {
                         Some(room) => room.phase = Phase::Failed(message),
-                        None => return Some(message),
+                        None => applied.notice = Some(message),
                     },
-                    _ => return Some(message),
+                    _ => applied.notice = Some(message),
                 }
             }
         }
-        None
+        Some(())
+    }
+
+    /// The server refused the `send` with `cid`. A transient refusal (`rate_limited`, `unavailable`) queues the
+    /// message again and holds its room's outbox; any other fails it. Returns `None` when no own message has that
+    /// `cid`, else the hold the caller must time, if this refusal started one.
+    fn refuse(&mut self, cid: &str, code: ErrorCode, reason: &str) -> Option<Option<Duration>> {
+        let hold = match code {
+            ErrorCode::RateLimited => Some(RATE_LIMITED_HOLD),
+            ErrorCode::Unavailable => Some(UNAVAILABLE_HOLD),
+            _ => None,
+        };
+        // Nothing was stored under a reused cid, so a fresh one is safe, and the only way a retry can succeed.
+        let fresh = (code == ErrorCode::CidReused).then(|| self.fresh_cid());
+        let room = self
+            .rooms
+            .iter_mut()
+            .find(|room| room.outbox.iter().any(|out| out.cid == cid))?;
+        let out = room.outbox.iter_mut().find(|out| out.cid == cid)?;
+        if let Some(hold) = hold {
+            out.status = SendStatus::Queued;
+            let started = !room.held;
+            room.held = true;
+            return Some(started.then_some(hold));
+        }
+        out.status = SendStatus::Failed {
+            reason: reason.to_owned(),
+        };
+        if let Some(fresh) = fresh {
+            out.cid = fresh;
+        }
+        Some(None)
+    }
+
+    fn next_key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
     }
 
     fn fresh_cid(&mut self) -> String {
@@ -528,7 +648,7 @@ impl Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::{ErrorCode, PresenceEvent};
+    use shared::PresenceEvent;
 
     fn room(name: &str) -> RoomName {
         RoomName::parse(name).unwrap()
@@ -549,10 +669,23 @@ mod tests {
     }
 
     fn joined(room_name: &str, history: Vec<ChatMessage>) -> ServerMsg {
+        joined_in("e1", false, false, room_name, history)
+    }
+
+    fn joined_in(
+        epoch: &str,
+        reset: bool,
+        truncated: bool,
+        room_name: &str,
+        history: Vec<ChatMessage>,
+    ) -> ServerMsg {
         ServerMsg::Joined {
             room: room(room_name),
             nick: nick("me"),
             history,
+            epoch: epoch.into(),
+            reset,
+            truncated,
             req: None,
         }
     }
@@ -563,6 +696,35 @@ mod tests {
             cid: cid.into(),
             id: MsgId::new(ms, 0),
             ts: ms,
+            duplicate: false,
+        }
+    }
+
+    fn duplicate_ack(room_name: &str, cid: &str, ms: u64) -> ServerMsg {
+        ServerMsg::Ack {
+            room: room(room_name),
+            cid: cid.into(),
+            id: MsgId::new(ms, 0),
+            ts: ms,
+            duplicate: true,
+        }
+    }
+
+    fn send_error(cid: &str, code: ErrorCode, message: &str) -> ServerMsg {
+        ServerMsg::Error {
+            code,
+            message: message.into(),
+            request: Some("send".into()),
+            req: Some(cid.into()),
+            room: Some("general".into()),
+        }
+    }
+
+    fn gap(epoch: &str, reset: bool) -> ServerMsg {
+        ServerMsg::Gap {
+            room: room("general"),
+            epoch: epoch.into(),
+            reset,
         }
     }
 
@@ -574,6 +736,10 @@ mod tests {
         chat
     }
 
+    fn general(chat: &Chat) -> &Room {
+        chat.room(&room("general")).unwrap()
+    }
+
     fn messages(chat: &Chat, name: &str) -> Vec<(u64, String, bool, bool)> {
         chat.room(&room(name))
             .unwrap()
@@ -581,13 +747,50 @@ mod tests {
             .iter()
             .filter_map(|item| match item {
                 Item::Message(m) => Some((m.id.ms, m.text.clone(), m.own, m.acked)),
-                Item::Presence { .. } => None,
+                Item::Presence { .. } | Item::Notice { .. } => None,
             })
             .collect()
     }
 
     fn ids(chat: &Chat, name: &str) -> Vec<u64> {
         messages(chat, name).into_iter().map(|m| m.0).collect()
+    }
+
+    fn notices(chat: &Chat) -> usize {
+        general(chat)
+            .items()
+            .iter()
+            .filter(|item| matches!(item, Item::Notice { text, .. } if text == GAP_NOTICE))
+            .count()
+    }
+
+    /// The (cid, text) of each send the flush put on the wire.
+    fn sent(sends: &[ClientMsg]) -> Vec<(String, String)> {
+        sends
+            .iter()
+            .map(|send| match send {
+                ClientMsg::Send { room, text, cid } => {
+                    assert_eq!(room, "general");
+                    (cid.clone(), text.clone())
+                }
+                other => panic!("not a send: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn statuses(chat: &Chat) -> Vec<SendStatus> {
+        general(chat)
+            .outbox()
+            .iter()
+            .map(|o| o.status.clone())
+            .collect()
+    }
+
+    /// Joins `general` and sends one message, returning its cid.
+    fn sent_one(chat: &mut Chat, text: &str) -> String {
+        let cid = chat.queue_send(&room("general"), text.into()).unwrap();
+        assert_eq!(sent(&chat.flush()), [(cid.clone(), text.to_owned())]);
+        cid
     }
 
     #[test]
@@ -605,9 +808,25 @@ mod tests {
         chat.apply(ServerMsg::Message(msg("general", 3, "ann", "c")));
         chat.apply(ServerMsg::Message(msg("general", 4, "bob", "d")));
         assert_eq!(ids(&chat, "general"), [1, 2, 3, 4]);
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(4, 0)));
+    }
+
+    #[test]
+    fn history_too_large_for_joined_continues_as_messages() {
+        let mut chat = chat();
+        chat.apply(joined(
+            "general",
+            vec![msg("general", 1, "ann", "a"), msg("general", 2, "bob", "b")],
+        ));
+        // The rest of the history follows as ordinary frames, possibly overlapping a live one.
+        for ms in [3, 4, 4, 5] {
+            chat.apply(ServerMsg::Message(msg("general", ms, "ann", "x")));
+        }
+        assert_eq!(ids(&chat, "general"), [1, 2, 3, 4, 5]);
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(5, 0)));
         assert_eq!(
-            chat.room(&room("general")).unwrap().resume_point(),
-            Some(MsgId::new(4, 0))
+            chat.apply(ServerMsg::Pong { req: None }),
+            Applied::default()
         );
     }
 
@@ -621,28 +840,171 @@ mod tests {
         chat.disconnected();
         let rejoins = chat.rejoins();
         assert_eq!(rejoins[0].since, Some(MsgId::new(2, 0)));
-        assert_eq!(
-            chat.room(&room("general")).unwrap().phase(),
-            &Phase::Joining
-        );
+        assert_eq!(general(&chat).phase(), &Phase::Joining);
         // A server that resent the boundary message would still not duplicate it.
         chat.apply(joined(
             "general",
             vec![msg("general", 2, "bob", "b"), msg("general", 3, "ann", "c")],
         ));
         assert_eq!(ids(&chat, "general"), [1, 2, 3]);
-        assert_eq!(chat.room(&room("general")).unwrap().phase(), &Phase::Joined);
+        assert_eq!(general(&chat).phase(), &Phase::Joined);
+        assert_eq!(notices(&chat), 0);
+    }
+
+    #[test]
+    fn epoch_is_recorded_and_sent_back_with_since() {
+        let mut chat = chat();
+        chat.open(room("quiet"), nick("me"));
+        // Before any `joined` there is nothing to resume from.
+        assert!(
+            chat.rejoins()
+                .iter()
+                .all(|r| r.since.is_none() && r.epoch.is_none())
+        );
+        chat.apply(joined_in(
+            "e7",
+            false,
+            false,
+            "general",
+            vec![msg("general", 1, "ann", "a")],
+        ));
+        chat.apply(joined_in("e8", false, false, "quiet", vec![]));
+        assert_eq!(general(&chat).epoch(), Some("e7"));
+        assert_eq!(chat.room(&room("quiet")).unwrap().epoch(), Some("e8"));
+        chat.disconnected();
+        let rejoins = chat.rejoins();
+        assert_eq!(
+            rejoins[0],
+            Rejoin {
+                room: room("general"),
+                nick: nick("me"),
+                since: Some(MsgId::new(1, 0)),
+                epoch: Some("e7".into()),
+            }
+        );
+        // An epoch without a resume point qualifies nothing, so it is not sent.
+        assert_eq!(
+            (rejoins[1].since, rejoins[1].epoch.as_deref()),
+            (None, None)
+        );
+        // The retry of a refused join carries them too, and so does a rename.
+        assert_eq!(
+            chat.rejoining(&room("general")).unwrap().epoch.as_deref(),
+            Some("e7")
+        );
+        assert_eq!(chat.rename(&nick("new"))[0].epoch.as_deref(), Some("e7"));
+    }
+
+    #[test]
+    fn reset_on_rejoin_drops_the_stale_resume_point_and_says_so() {
+        let mut chat = chat();
+        chat.apply(joined_in(
+            "e1",
+            false,
+            false,
+            "general",
+            vec![
+                msg("general", 50, "ann", "a"),
+                msg("general", 60, "bob", "b"),
+            ],
+        ));
+        chat.disconnected();
+        assert_eq!(chat.rejoins()[0].epoch.as_deref(), Some("e1"));
+        // The store lost the room; its new history has ids below the old resume point.
+        chat.apply(joined_in(
+            "e2",
+            true,
+            false,
+            "general",
+            vec![msg("general", 10, "ann", "new")],
+        ));
+        let room = general(&chat);
+        assert_eq!(room.epoch(), Some("e2"));
+        assert_eq!(room.resume_point(), Some(MsgId::new(10, 0)));
+        assert_eq!(notices(&chat), 1);
+        // The new history shows after the notice, below the old timeline, whatever its ids.
+        assert_eq!(ids(&chat, "general"), [50, 60, 10]);
+        assert!(matches!(room.items()[2], Item::Notice { .. }));
+        let rejoin = &chat.rejoins()[0];
+        assert_eq!(
+            (rejoin.since, rejoin.epoch.as_deref()),
+            (Some(MsgId::new(10, 0)), Some("e2"))
+        );
+
+        // A reset with nothing in the new history leaves no resume point at all.
+        chat.disconnected();
+        chat.apply(joined_in("e3", true, false, "general", vec![]));
+        assert_eq!(general(&chat).resume_point(), None);
+        assert_eq!(chat.rejoins()[0].since, None);
+        assert_eq!(chat.rejoins()[0].epoch, None);
+        assert_eq!(notices(&chat), 2);
+        assert!(matches!(
+            general(&chat).items().last(),
+            Some(Item::Notice { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_history_adds_the_notice_before_what_is_left() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 1, "ann", "a")]));
+        chat.disconnected();
+        chat.apply(joined_in(
+            "e1",
+            false,
+            true,
+            "general",
+            vec![msg("general", 8, "bob", "b"), msg("general", 9, "bob", "c")],
+        ));
+        let items = general(&chat).items();
+        assert!(matches!(items[0], Item::Message(_)));
+        assert!(matches!(&items[1], Item::Notice { text, .. } if text == GAP_NOTICE));
+        assert_eq!(ids(&chat, "general"), [1, 8, 9]);
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(9, 0)));
+        assert_eq!(general(&chat).epoch(), Some("e1"));
+    }
+
+    #[test]
+    fn gap_updates_the_epoch_and_says_messages_were_lost() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 50, "ann", "a")]));
+        // Lost on the way, still the same history: the resume point stays.
+        chat.apply(gap("e1", false));
+        // The same notice twice in a row is shown once.
+        chat.apply(gap("e1", false));
+        assert_eq!(notices(&chat), 1);
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(50, 0)));
+        chat.apply(ServerMsg::Message(msg("general", 60, "bob", "b")));
+
+        // The whole history was lost: the old resume point is void, the next message sets a new one.
+        chat.apply(gap("e2", true));
+        assert_eq!(notices(&chat), 2);
+        assert_eq!(general(&chat).epoch(), Some("e2"));
+        assert_eq!(general(&chat).resume_point(), None);
+        assert_eq!(chat.rejoins()[0].since, None);
+        chat.apply(ServerMsg::Message(msg("general", 20, "ann", "new")));
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(20, 0)));
+        let rejoin = &chat.rejoins()[0];
+        assert_eq!(
+            (rejoin.since, rejoin.epoch.as_deref()),
+            (Some(MsgId::new(20, 0)), Some("e2"))
+        );
+        // A gap in a room this client is not in changes nothing.
+        let before = notices(&chat);
+        chat.apply(ServerMsg::Gap {
+            room: room("elsewhere"),
+            epoch: "x".into(),
+            reset: true,
+        });
+        assert_eq!(notices(&chat), before);
     }
 
     #[test]
     fn message_before_ack_is_one_sent_message() {
         let mut chat = chat();
         chat.apply(joined("general", vec![]));
-        let cid = chat.queue_send(&room("general"), "hello".into()).unwrap();
-        assert_eq!(
-            chat.room(&room("general")).unwrap().outbox()[0].status,
-            SendStatus::Pending
-        );
+        let cid = sent_one(&mut chat, "hello");
+        assert_eq!(statuses(&chat), [SendStatus::Pending]);
         chat.apply(ServerMsg::Message(msg("general", 5, "me", "hello")));
         assert_eq!(
             messages(&chat, "general"),
@@ -653,20 +1015,20 @@ mod tests {
             messages(&chat, "general"),
             [(5, "hello".into(), true, true)]
         );
-        assert!(chat.room(&room("general")).unwrap().outbox().is_empty());
+        assert!(general(&chat).outbox().is_empty());
     }
 
     #[test]
     fn ack_before_message_is_one_sent_message() {
         let mut chat = chat();
         chat.apply(joined("general", vec![]));
-        let cid = chat.queue_send(&room("general"), "hello".into()).unwrap();
+        let cid = sent_one(&mut chat, "hello");
         chat.apply(ack("general", &cid, 5));
         assert_eq!(
             messages(&chat, "general"),
             [(5, "hello".into(), true, true)]
         );
-        assert!(chat.room(&room("general")).unwrap().outbox().is_empty());
+        assert!(general(&chat).outbox().is_empty());
         chat.apply(ServerMsg::Message(msg("general", 5, "me", "hello")));
         assert_eq!(
             messages(&chat, "general"),
@@ -678,7 +1040,7 @@ mod tests {
     fn ack_does_not_move_the_resume_point_past_an_undelivered_message() {
         let mut chat = chat();
         chat.apply(joined("general", vec![msg("general", 1, "ann", "a")]));
-        let cid = chat.queue_send(&room("general"), "mine".into()).unwrap();
+        let cid = sent_one(&mut chat, "mine");
         // Bob's message 4 was stored before ours (5) but is still queued on the server when our ack arrives.
         chat.apply(ack("general", &cid, 5));
         assert_eq!(chat.rejoins()[0].since, Some(MsgId::new(1, 0)));
@@ -689,68 +1051,200 @@ mod tests {
     }
 
     #[test]
-    fn error_for_a_cid_fails_that_send_and_retry_uses_a_fresh_cid() {
+    fn messages_typed_offline_are_queued_then_sent_once_joined() {
         let mut chat = chat();
-        chat.apply(joined("general", vec![]));
         let first = chat.queue_send(&room("general"), "one".into()).unwrap();
         let second = chat.queue_send(&room("general"), "two".into()).unwrap();
-        let notice = chat.apply(ServerMsg::Error {
-            code: ErrorCode::RateLimited,
-            message: "sending too fast".into(),
-            request: Some("send".into()),
-            req: Some(first.clone()),
-            room: Some("general".into()),
-        });
-        assert_eq!(notice, None);
-        let outbox = chat.room(&room("general")).unwrap().outbox().to_vec();
+        assert_eq!(statuses(&chat), [SendStatus::Queued, SendStatus::Queued]);
+        // Not joined yet: nothing may go on the wire, or the server would refuse it as not joined.
+        assert!(chat.flush().is_empty());
+        chat.apply(joined("general", vec![]));
         assert_eq!(
-            outbox[0].status,
-            SendStatus::Failed {
-                reason: "sending too fast".into(),
-                maybe_sent: false
-            }
+            sent(&chat.flush()),
+            [(first.clone(), "one".into()), (second, "two".into())]
         );
-        assert_eq!(outbox[1].status, SendStatus::Pending);
-
-        let (fresh, text) = chat.retry(&room("general"), &first).unwrap();
-        assert_ne!(fresh, first);
-        assert_ne!(fresh, second);
-        assert_eq!(text, "one");
-        let outbox = chat.room(&room("general")).unwrap().outbox().to_vec();
-        assert_eq!(
-            outbox.iter().map(|o| o.cid.as_str()).collect::<Vec<_>>(),
-            [second.as_str(), fresh.as_str()]
-        );
-        assert!(outbox.iter().all(|o| o.status == SendStatus::Pending));
-        // An ack for the abandoned cid changes nothing; the fresh one lands.
-        chat.apply(ack("general", &first, 7));
-        assert!(ids(&chat, "general").is_empty());
-        chat.apply(ack("general", &fresh, 8));
-        assert_eq!(messages(&chat, "general"), [(8, "one".into(), true, true)]);
+        assert_eq!(statuses(&chat), [SendStatus::Pending, SendStatus::Pending]);
+        // Each attempt goes out once.
+        assert!(chat.flush().is_empty());
+        chat.apply(ack("general", &first, 3));
+        assert_eq!(messages(&chat, "general"), [(3, "one".into(), true, true)]);
     }
 
     #[test]
-    fn disconnect_fails_pending_sends_and_history_withdraws_those_that_were_stored() {
+    fn unacked_messages_are_sent_again_after_reconnect_with_the_same_cids_in_order() {
         let mut chat = chat();
-        chat.apply(joined("general", vec![]));
-        let stored = chat.queue_send(&room("general"), "made it".into()).unwrap();
-        chat.queue_send(&room("general"), "lost".into()).unwrap();
+        chat.apply(joined("general", vec![msg("general", 1, "ann", "a")]));
+        let a = sent_one(&mut chat, "a");
+        let b = sent_one(&mut chat, "b");
+        let c = sent_one(&mut chat, "c");
+        chat.apply(ack("general", &a, 2));
         chat.disconnected();
-        let outbox = chat.room(&room("general")).unwrap().outbox().to_vec();
-        assert!(outbox.iter().all(|o| o.status
-            == SendStatus::Failed {
-                reason: LOST_REASON.into(),
-                maybe_sent: true
-            }));
-        assert_eq!(outbox[0].cid, stored);
-        chat.apply(joined("general", vec![msg("general", 9, "me", "made it")]));
+        assert_eq!(statuses(&chat), [SendStatus::Queued, SendStatus::Queued]);
+        let d = chat.queue_send(&room("general"), "d".into()).unwrap();
+        assert!(chat.flush().is_empty());
+
+        // `b` was stored before the drop; its ack was lost. The rejoin history brings it back as ours.
+        chat.apply(joined("general", vec![msg("general", 4, "me", "b")]));
+        assert_eq!(
+            sent(&chat.flush()),
+            [
+                (b.clone(), "b".into()),
+                (c.clone(), "c".into()),
+                (d.clone(), "d".into())
+            ]
+        );
+        // The server recognises `b` by its cid and answers with the original id; `c` and `d` are stored now.
+        chat.apply(duplicate_ack("general", &b, 4));
+        chat.apply(ack("general", &c, 6));
+        chat.apply(ack("general", &d, 7));
+        chat.apply(ServerMsg::Message(msg("general", 6, "me", "c")));
         assert_eq!(
             messages(&chat, "general"),
-            [(9, "made it".into(), true, true)]
+            [
+                (1, "a".into(), false, false),
+                (2, "a".into(), true, true),
+                (4, "b".into(), true, true),
+                (6, "c".into(), true, true),
+                (7, "d".into(), true, true),
+            ]
         );
-        let outbox = chat.room(&room("general")).unwrap().outbox().to_vec();
-        assert_eq!(outbox.len(), 1);
-        assert_eq!(outbox[0].text, "lost");
+        assert!(general(&chat).outbox().is_empty());
+    }
+
+    #[test]
+    fn a_duplicate_ack_for_a_message_not_in_the_timeline_shows_it_once() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let cid = sent_one(&mut chat, "hi");
+        chat.disconnected();
+        chat.apply(joined("general", vec![]));
+        assert_eq!(sent(&chat.flush()), [(cid.clone(), "hi".into())]);
+        chat.apply(duplicate_ack("general", &cid, 3));
+        chat.apply(duplicate_ack("general", &cid, 3));
+        chat.apply(ServerMsg::Message(msg("general", 3, "me", "hi")));
+        assert_eq!(messages(&chat, "general"), [(3, "hi".into(), true, true)]);
+        assert!(general(&chat).outbox().is_empty());
+    }
+
+    #[test]
+    fn pending_messages_are_settled_by_cid_never_by_text() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let mine = sent_one(&mut chat, "same words");
+        chat.disconnected();
+        // The history holds an identical text from this nick in another tab: it is not this tab's message.
+        chat.apply(joined(
+            "general",
+            vec![msg("general", 5, "me", "same words")],
+        ));
+        assert_eq!(
+            messages(&chat, "general"),
+            [(5, "same words".into(), true, false)]
+        );
+        assert_eq!(general(&chat).outbox().len(), 1);
+        assert_eq!(sent(&chat.flush()), [(mine.clone(), "same words".into())]);
+        // Only its cid settles it; here it was a separate message.
+        chat.apply(ack("general", &mine, 6));
+        assert_eq!(
+            messages(&chat, "general"),
+            [
+                (5, "same words".into(), true, false),
+                (6, "same words".into(), true, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_definitive_refusal_fails_the_send_and_retry_keeps_its_cid() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let first = sent_one(&mut chat, "one");
+        let second = sent_one(&mut chat, "two");
+        let applied = chat.apply(send_error(
+            &first,
+            ErrorCode::InvalidText,
+            "text is too long",
+        ));
+        assert_eq!(applied, Applied::default());
+        assert_eq!(
+            statuses(&chat),
+            [
+                SendStatus::Failed {
+                    reason: "text is too long".into()
+                },
+                SendStatus::Pending
+            ]
+        );
+        // A failed message is never sent by itself.
+        assert!(chat.flush().is_empty());
+
+        assert!(chat.retry(&room("general"), &first));
+        assert!(
+            !chat.retry(&room("general"), &first),
+            "only failed messages are retried"
+        );
+        let outbox = general(&chat).outbox().to_vec();
+        assert_eq!(
+            outbox.iter().map(|o| o.cid.as_str()).collect::<Vec<_>>(),
+            [second.as_str(), first.as_str()]
+        );
+        assert_eq!(sent(&chat.flush()), [(first.clone(), "one".into())]);
+        chat.apply(ack("general", &first, 8));
+        assert_eq!(messages(&chat, "general"), [(8, "one".into(), true, true)]);
+
+        // Discarding a failed message forgets it.
+        let third = sent_one(&mut chat, "three");
+        chat.apply(send_error(&third, ErrorCode::NotJoined, "not in that room"));
+        chat.discard(&room("general"), &third);
+        assert_eq!(general(&chat).outbox().len(), 1);
+    }
+
+    #[test]
+    fn a_reused_cid_fails_and_its_retry_uses_a_fresh_one() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let cid = sent_one(&mut chat, "hi");
+        chat.apply(send_error(&cid, ErrorCode::CidReused, "cid already used"));
+        let out = general(&chat).outbox()[0].clone();
+        assert_eq!(
+            out.status,
+            SendStatus::Failed {
+                reason: "cid already used".into()
+            }
+        );
+        assert_ne!(out.cid, cid);
+        assert!(chat.retry(&room("general"), &out.cid));
+        assert_eq!(sent(&chat.flush()), [(out.cid, "hi".into())]);
+    }
+
+    #[test]
+    fn transient_refusals_hold_the_outbox_then_send_again_with_the_same_cids() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let a = sent_one(&mut chat, "a");
+        let b = sent_one(&mut chat, "b");
+        let applied = chat.apply(send_error(&a, ErrorCode::RateLimited, "slow down"));
+        assert_eq!(applied.retry_after, Some(RATE_LIMITED_HOLD));
+        assert_eq!(applied.notice, None);
+        // A second refusal during the same hold needs no second timer.
+        let applied = chat.apply(send_error(&b, ErrorCode::Unavailable, "try again"));
+        assert_eq!(applied.retry_after, None);
+        assert_eq!(statuses(&chat), [SendStatus::Queued, SendStatus::Queued]);
+        // Typed during the hold: waits behind them.
+        let c = chat.queue_send(&room("general"), "c".into()).unwrap();
+        assert!(chat.flush().is_empty());
+        chat.release_holds();
+        assert_eq!(
+            sent(&chat.flush()),
+            [(a.clone(), "a".into()), (b, "b".into()), (c, "c".into())]
+        );
+
+        let applied = chat.apply(send_error(&a, ErrorCode::Unavailable, "try again"));
+        assert_eq!(applied.retry_after, Some(UNAVAILABLE_HOLD));
+        // A reconnect ends the hold: the rejoin is the wait.
+        chat.disconnected();
+        chat.apply(joined("general", vec![]));
+        assert_eq!(sent(&chat.flush()).len(), 3);
     }
 
     #[test]
@@ -775,7 +1269,7 @@ mod tests {
         )));
         chat.apply(ServerMsg::Message(msg("general", 5, "bob", "seen live")));
         assert_eq!(chat.room(&room("side")).unwrap().unread(), 1);
-        assert_eq!(chat.room(&room("general")).unwrap().unread(), 0);
+        assert_eq!(general(&chat).unread(), 0);
 
         // Missed while disconnected: the rejoin history counts.
         chat.disconnected();
@@ -786,7 +1280,7 @@ mod tests {
         chat.view(Some(room("side")));
         assert_eq!(chat.room(&room("side")).unwrap().unread(), 0);
         chat.apply(ServerMsg::Message(msg("general", 7, "bob", "z")));
-        assert_eq!(chat.room(&room("general")).unwrap().unread(), 1);
+        assert_eq!(general(&chat).unread(), 1);
         assert_eq!(chat.unread_total(), 1);
     }
 
@@ -801,7 +1295,7 @@ mod tests {
             ts: 2,
         }));
         chat.apply(ServerMsg::Message(msg("general", 3, "bob", "hi")));
-        let items = chat.room(&room("general")).unwrap().items();
+        let items = general(&chat).items();
         assert!(matches!(
             items[1],
             Item::Presence {
@@ -810,29 +1304,33 @@ mod tests {
             }
         ));
         assert_eq!(ids(&chat, "general"), [1, 3]);
-        assert_eq!(chat.room(&room("general")).unwrap().unread(), 0);
+        assert_eq!(general(&chat).unread(), 0);
 
         chat.open(room("full"), nick("me"));
-        let notice = chat.apply(ServerMsg::Error {
+        let applied = chat.apply(ServerMsg::Error {
             code: ErrorCode::TooManyRooms,
             message: "too many rooms".into(),
             request: Some("join".into()),
             req: None,
             room: Some("full".into()),
         });
-        assert_eq!(notice, None);
+        assert_eq!(applied.notice, None);
         assert_eq!(
             chat.room(&room("full")).unwrap().phase(),
             &Phase::Failed("too many rooms".into())
         );
-        let notice = chat.apply(ServerMsg::Error {
+        let applied = chat.apply(ServerMsg::Error {
             code: ErrorCode::Malformed,
             message: "frame is not valid JSON".into(),
             request: None,
             req: None,
             room: None,
         });
-        assert_eq!(notice.as_deref(), Some("frame is not valid JSON"));
+        assert_eq!(applied.notice.as_deref(), Some("frame is not valid JSON"));
+        // A refusal for a send this tab does not know is shown as a notice too.
+        let applied = chat.apply(send_error("nope", ErrorCode::RateLimited, "slow down"));
+        assert_eq!(applied.notice.as_deref(), Some("slow down"));
+        assert_eq!(applied.retry_after, None);
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! The one WebSocket client: connects to the page's own origin, reconnects with backoff and jitter, rejoins every
-//! room from the last id it saw, and turns frames into typed updates of [`Chat`]. Components call its small typed
+//! The one WebSocket client: connects to the page's own origin, notices a silently dead connection with an
+//! application-level heartbeat, reconnects with backoff and jitter, rejoins every room from the last id it saw (in the
+//! history epoch that id belongs to), and turns frames into typed updates of [`Chat`]. Components call its small typed
 //! API and read its signals; JSON never leaves this file.
+//!
+//! Own messages go through each room's outbox in [`Chat`]: the client puts on the wire whatever [`Chat::flush`] says
+//! is due, whenever that may have changed (a send, a `joined`, the end of a hold after a transient refusal). A
+//! message typed offline, or cut off by a disconnect, therefore goes out by itself after the rejoin, with the `cid`
+//! it always had, and the server stores it at most once.
 
 use std::pin::pin;
 use std::time::Duration;
@@ -16,9 +22,10 @@ use shared::{ClientMsg, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationE
 use crate::backoff::Backoff;
 use crate::browser;
 use crate::chat::{Chat, Rejoin};
+use crate::heartbeat::{Beat, Heartbeat};
 
-/// What a send made while disconnected says. Queuing it silently could post it minutes later, out of context.
-const OFFLINE_REASON: &str = "not connected; retry once the connection is back";
+/// The close code for a socket this client gives up on: a normal closure, one of the few a browser may send.
+const NORMAL_CLOSE: u16 = 1000;
 
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +54,10 @@ pub enum Status {
 enum Cmd {
     /// Send a frame on the open socket.
     Frame(ClientMsg),
+    /// Put every send that is due on the wire (see [`Chat::flush`]).
+    Flush,
+    /// A hold after a transient refusal is over: release it, then flush.
+    Release,
     /// Stop waiting and connect now.
     Wake,
     /// The network went away: drop the socket instead of waiting for it to time out.
@@ -120,6 +131,7 @@ impl Client {
                 room,
                 nick,
                 since: None,
+                epoch: None,
             }));
         }
     }
@@ -157,24 +169,25 @@ impl Client {
         }
     }
 
-    /// Sends a message: it shows as pending at once, then as sent when acked, or as failed. Refuses text the
-    /// server would refuse, with the server's own reason.
+    /// Sends a message: it shows as pending at once and goes out as soon as the room is joined (at once when
+    /// connected, otherwise after the reconnect), then shows as sent when acked, or as failed when refused for good.
+    /// Refuses text the server would refuse, with the server's own reason.
     pub fn send(&self, room: &RoomName, text: &str) -> Result<(), ValidationError> {
         shared::validate::text(text)?;
-        let cid = self
+        let queued = self
             .chat
             .try_update(|chat| chat.queue_send(room, text.to_owned()))
             .flatten();
-        if let Some(cid) = cid {
-            self.send_queued(room, cid, text.to_owned());
+        if queued.is_some() {
+            self.post(Cmd::Flush);
         }
         Ok(())
     }
 
-    /// Sends a failed message again, with a fresh client message id.
+    /// Sends a failed message again, with the client message id it always had, so it is stored at most once.
     pub fn retry(&self, room: &RoomName, cid: &str) {
-        if let Some((cid, text)) = self.chat.try_update(|chat| chat.retry(room, cid)).flatten() {
-            self.send_queued(room, cid, text);
+        if self.chat.try_update(|chat| chat.retry(room, cid)) == Some(true) {
+            self.post(Cmd::Flush);
         }
     }
 
@@ -186,20 +199,6 @@ impl Client {
     /// Skips the rest of a reconnect wait (or leaves the offline state) and connects now.
     pub fn reconnect_now(&self) {
         self.post(Cmd::Wake);
-    }
-
-    fn send_queued(&self, room: &RoomName, cid: String, text: String) {
-        if self.connected() {
-            self.post(Cmd::Frame(ClientMsg::Send {
-                room: room.to_string(),
-                text,
-                cid,
-            }));
-        } else {
-            self.chat.update(|chat| {
-                chat.fail_send(&cid, OFFLINE_REASON);
-            });
-        }
     }
 
     fn connected(&self) -> bool {
@@ -235,7 +234,7 @@ impl Client {
                 Err(_) => End::Retry,
             };
             self.chat.update(Chat::disconnected);
-            // Frames queued for the dead socket are void: their sends were just marked failed.
+            // Frames queued for the dead socket are void: joins are replayed, and sends were just queued again.
             while cmds.try_recv().is_ok() {}
             match end {
                 End::Stop(reason) => {
@@ -272,28 +271,44 @@ impl Client {
         }
     }
 
-    /// Serves one socket until it closes.
+    /// Serves one socket until it closes, or until the heartbeat finds it dead.
     async fn session(
         &self,
         mut ws: WebSocket,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
         backoff: &mut Backoff,
     ) -> End {
-        if put(
-            &mut ws,
-            &ClientMsg::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .await
-        .is_err()
-        {
+        // The socket may hang while opening as silently as once open: give the handshake the same time the
+        // heartbeat gives a quiet connection, a ping included.
+        let hello = ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        let opened = matches!(
+            select(
+                pin!(put(&mut ws, &hello)),
+                pin!(sleep(millis(
+                    crate::heartbeat::IDLE + crate::heartbeat::GRACE
+                )))
+            )
+            .await,
+            Either::Left((Ok(()), _))
+        );
+        if !opened {
+            let _ = ws.close(Some(NORMAL_CLOSE), Some("could not open"));
             return End::Retry;
         }
+        let mut heartbeat = Heartbeat::new(browser::now());
+        // One timer at a time: a frame does not restart it; when it fires, the heartbeat says how much is left.
+        let mut timer = pin!(sleep(millis(crate::heartbeat::IDLE)));
         loop {
-            let next = select(ws.next(), cmds.next()).await;
-            match next {
-                Either::Left((Some(Ok(Message::Text(text))), _)) => {
+            let event = match select(select(ws.next(), cmds.next()), timer.as_mut()).await {
+                Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame),
+                Either::Left((Either::Right((cmd, _)), _)) => Event::Cmd(cmd),
+                Either::Right(((), _)) => Event::Tick,
+            };
+            match event {
+                Event::Frame(Some(Ok(Message::Text(text)))) => {
+                    heartbeat.received(browser::now());
                     match serde_json::from_str::<ServerMsg>(&text) {
                         Ok(msg) => {
                             if let Err(end) = self.receive(msg, &mut ws, backoff).await {
@@ -303,25 +318,59 @@ impl Client {
                         Err(e) => leptos::logging::warn!("ignoring an unreadable frame: {e}"),
                     }
                 }
-                Either::Left((Some(Ok(Message::Bytes(_))), _)) => {}
-                Either::Left((Some(Err(WebSocketError::ConnectionClose(close))), _)) => {
+                Event::Frame(Some(Ok(Message::Bytes(_)))) => heartbeat.received(browser::now()),
+                Event::Frame(Some(Err(WebSocketError::ConnectionClose(close)))) => {
                     return closed(close.code, close.reason);
                 }
                 // An `error` event; the `close` event that follows ends the session.
-                Either::Left((Some(Err(_)), _)) => {}
-                Either::Left((None, _)) => return End::Retry,
-                Either::Right((Some(Cmd::Frame(msg)), _)) => {
+                Event::Frame(Some(Err(_))) => {}
+                Event::Frame(None) => return End::Retry,
+                Event::Cmd(Some(Cmd::Frame(msg))) => {
                     if put(&mut ws, &msg).await.is_err() {
                         return End::Retry;
                     }
                 }
-                Either::Right((Some(Cmd::Wake), _)) => {}
-                Either::Right((Some(Cmd::Drop) | None, _)) => return End::Retry,
+                Event::Cmd(Some(cmd @ (Cmd::Flush | Cmd::Release))) => {
+                    let sends = self
+                        .chat
+                        .try_update(|chat| {
+                            if matches!(cmd, Cmd::Release) {
+                                chat.release_holds();
+                            }
+                            chat.flush()
+                        })
+                        .unwrap_or_default();
+                    if put_all(&mut ws, &sends).await.is_err() {
+                        return End::Retry;
+                    }
+                }
+                Event::Cmd(Some(Cmd::Wake)) => {}
+                Event::Cmd(Some(Cmd::Drop) | None) => return End::Retry,
+                Event::Tick => loop {
+                    match heartbeat.poll(browser::now()) {
+                        Beat::Wait(left) => {
+                            timer.set(sleep(millis(left)));
+                            break;
+                        }
+                        Beat::Ping => {
+                            if put(&mut ws, &ClientMsg::Ping { req: None }).await.is_err() {
+                                return End::Retry;
+                            }
+                        }
+                        Beat::Dead => {
+                            leptos::logging::warn!("no answer to ping: reconnecting");
+                            let _ = ws.close(Some(NORMAL_CLOSE), Some("no answer to ping"));
+                            return End::Retry;
+                        }
+                    }
+                },
             }
         }
     }
 
-    /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`.
+    /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`
+    /// and `epoch`; any other frame updates the chat, after which whatever became due (the outbox of a room just
+    /// joined, say) goes on the wire. A transient refusal of a send starts a timer that releases the hold.
     async fn receive(
         &self,
         msg: ServerMsg,
@@ -341,11 +390,29 @@ impl Client {
             }
             return Ok(());
         }
-        if let Some(notice) = self.chat.try_update(|chat| chat.apply(msg)).flatten() {
+        // One update for both, so the components redraw once per frame.
+        let Some((applied, sends)) = self.chat.try_update(|chat| {
+            let applied = chat.apply(msg);
+            (applied, chat.flush())
+        }) else {
+            return Ok(());
+        };
+        if let Some(notice) = applied.notice {
             self.notice.set(Some(notice));
         }
-        Ok(())
+        if let Some(hold) = applied.retry_after {
+            let client = *self;
+            set_timeout(move || client.post(Cmd::Release), hold);
+        }
+        put_all(ws, &sends).await.map_err(|()| End::Retry)
     }
+}
+
+/// One turn of the session loop: a frame from the server, a command from the page, or the heartbeat timer.
+enum Event {
+    Frame(Option<Result<Message, WebSocketError>>),
+    Cmd(Option<Cmd>),
+    Tick,
 }
 
 fn join_msg(rejoin: Rejoin) -> ClientMsg {
@@ -353,6 +420,7 @@ fn join_msg(rejoin: Rejoin) -> ClientMsg {
         room: rejoin.room.to_string(),
         nick: rejoin.nick.to_string(),
         since: rejoin.since,
+        epoch: rejoin.epoch,
         req: None,
     }
 }
@@ -387,6 +455,15 @@ async fn put(ws: &mut WebSocket, msg: &ClientMsg) -> Result<(), ()> {
     ws.send(Message::Text(json)).await.map_err(|_| ())
 }
 
+/// Puts frames on the wire in order. If one fails the socket is dead; the sends not written were marked pending,
+/// and the disconnect queues them again.
+async fn put_all(ws: &mut WebSocket, msgs: &[ClientMsg]) -> Result<(), ()> {
+    for msg in msgs {
+        put(ws, msg).await?;
+    }
+    Ok(())
+}
+
 /// Resolves when a [`Cmd::Wake`] arrives; discards stale frames meanwhile.
 async fn wake(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
     while let Some(cmd) = cmds.next().await {
@@ -395,6 +472,10 @@ async fn wake(cmds: &mut mpsc::UnboundedReceiver<Cmd>) {
         }
     }
     std::future::pending::<()>().await;
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn sleep(ms: u64) {

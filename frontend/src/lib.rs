@@ -1,10 +1,11 @@
 //! The Roomcast browser client: a Leptos app over one WebSocket, with its state rules in plain, natively tested Rust.
 //!
-//! `chat` and `backoff` use no browser API, so `cargo test -p frontend` runs their tests natively; everything else
-//! needs a page and is compiled for wasm32 only.
+//! `chat`, `backoff` and `heartbeat` use no browser API, so `cargo test -p frontend` runs their tests natively;
+//! everything else needs a page and is compiled for wasm32 only.
 
 pub mod backoff;
 pub mod chat;
+pub mod heartbeat;
 
 #[cfg(target_arch = "wasm32")]
 mod app;

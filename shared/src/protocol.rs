@@ -26,6 +26,10 @@ pub enum ClientMsg {
         /// Resume point: the last message id the client saw. History then holds exactly the messages after it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<MsgId>,
+        /// The room's history epoch the `since` belongs to (from an earlier `joined` or `gap`). When it no longer
+        /// matches, the history the client knew was lost and `joined` says `reset`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         /// Correlation id echoed in the answer, chosen by the client.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
@@ -45,7 +49,16 @@ pub enum ClientMsg {
         /// The message text.
         text: String,
         /// Client message id, echoed in the `ack` (or `error`) so the client can match it to its pending message.
+        /// Also the idempotency key: a `send` repeating a `cid` already stored for this nick in this room (within the
+        /// dedupe window) is not stored again and gets the original `ack`.
         cid: String,
+    },
+    /// Application-level heartbeat: the server answers `pong`. Browsers cannot see WebSocket pings, so this is
+    /// how a client notices a silently dead connection.
+    Ping {
+        /// Correlation id echoed in the `pong`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
     },
 }
 
@@ -57,6 +70,7 @@ impl ClientMsg {
             Self::Join { .. } => "join",
             Self::Leave { .. } => "leave",
             Self::Send { .. } => "send",
+            Self::Ping { .. } => "ping",
         }
     }
 }
@@ -80,8 +94,20 @@ pub enum ServerMsg {
         room: RoomName,
         /// The nickname in use in that room.
         nick: Nick,
-        /// Stored messages, oldest first, all with ids above the request's `since`.
+        /// Stored messages, oldest first, all with ids above the request's `since`. Bounded in bytes: when more
+        /// messages are due, they follow at once as `message` frames, before any live message.
         history: Vec<ChatMessage>,
+        /// The room's history epoch. It changes only when the store lost the room's history; send it back with
+        /// `since` when resuming.
+        epoch: String,
+        /// The `since`/`epoch` the client resumed from belong to a history that was lost (the store was reset):
+        /// `history` is the newest messages instead, and some messages the client never saw may be gone.
+        #[serde(default, skip_serializing_if = "is_false")]
+        reset: bool,
+        /// History no longer reaches back to `since` (older messages were trimmed): some messages after it may be
+        /// missing; `history` starts at the oldest one still kept.
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
         /// The request's correlation id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
@@ -104,11 +130,32 @@ pub enum ServerMsg {
         id: MsgId,
         /// Server timestamp, milliseconds since the Unix epoch.
         ts: u64,
+        /// This `cid` had already been stored: nothing was stored again, and `id` is the original message's id.
+        #[serde(default, skip_serializing_if = "is_false")]
+        duplicate: bool,
     },
     /// A chat message in a joined room, delivered to every member on every replica, the sender included.
     Message(ChatMessage),
     /// Someone else joined or left a joined room.
     Presence(PresenceEvent),
+    /// Messages of a joined room were lost before they reached this connection and are no longer in history.
+    /// Unsolicited; the room stays joined and later messages follow as usual.
+    Gap {
+        /// The room.
+        room: RoomName,
+        /// The room's history epoch from now on.
+        epoch: String,
+        /// The store lost the room's whole history (for example Redis restarted without persistence): resume
+        /// points from before are void.
+        #[serde(default, skip_serializing_if = "is_false")]
+        reset: bool,
+    },
+    /// Answers `ping`.
+    Pong {
+        /// The ping's correlation id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
     /// A request failed. The connection stays open unless a close frame follows.
     Error {
         /// Machine-readable cause.
@@ -208,8 +255,17 @@ pub enum ErrorCode {
     TooManyRooms,
     /// Sends arrive faster than [`Limits::sends_per_sec`]; the send was dropped, retry later.
     RateLimited,
-    /// The bus (Redis) is unreachable; the request was not carried out. Retry later.
+    /// The bus (Redis) did not answer in time. A `send` may or may not have been stored: retry it with the same
+    /// `cid`, which stores it at most once.
     Unavailable,
+    /// The `cid` was already used for a different text by this nick in this room within the dedupe window; the
+    /// message was not stored. Use a fresh `cid` per message.
+    CidReused,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What replicas publish to each other about a room. Crosses Redis, so it lives in the wire contract too.
@@ -226,18 +282,22 @@ pub enum BusBody {
         text: String,
     },
     /// A join or leave notice; not stored in history.
-    Presence {
-        /// Who.
-        nick: Nick,
-        /// Joined or left.
-        event: PresenceKind,
-        /// Server timestamp, milliseconds since the Unix epoch.
-        ts: u64,
-        /// The replica the member is connected to.
-        node: String,
-        /// The connection on that replica, which does not receive its own notice.
-        conn: u64,
-    },
+    Presence(PresenceNotice),
+}
+
+/// A join or leave notice as replicas relay it: not stored, best effort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceNotice {
+    /// Who.
+    pub nick: Nick,
+    /// Joined or left.
+    pub event: PresenceKind,
+    /// Server timestamp, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The replica the member is connected to.
+    pub node: String,
+    /// The connection on that replica, which does not receive its own notice.
+    pub conn: u64,
 }
 
 #[cfg(test)]
@@ -268,12 +328,14 @@ mod tests {
             room: "general".into(),
             nick: "alice".into(),
             since: Some(MsgId::new(1, 2)),
+            epoch: Some("e1".into()),
             req: Some("r1".into()),
         });
         round_trip(&ClientMsg::Join {
             room: "general".into(),
             nick: "alice".into(),
             since: None,
+            epoch: None,
             req: None,
         });
         round_trip(&ClientMsg::Leave {
@@ -285,6 +347,10 @@ mod tests {
             text: "hi".into(),
             cid: "c1".into(),
         });
+        round_trip(&ClientMsg::Ping {
+            req: Some("p".into()),
+        });
+        round_trip(&ClientMsg::Ping { req: None });
     }
 
     #[test]
@@ -312,7 +378,19 @@ mod tests {
             room: room(),
             nick: nick(),
             history: vec![msg.clone()],
+            epoch: "e".into(),
+            reset: false,
+            truncated: false,
             req: Some("r".into()),
+        });
+        round_trip(&ServerMsg::Joined {
+            room: room(),
+            nick: nick(),
+            history: vec![],
+            epoch: "e".into(),
+            reset: true,
+            truncated: true,
+            req: None,
         });
         round_trip(&ServerMsg::Left {
             room: room(),
@@ -323,8 +401,15 @@ mod tests {
             cid: "c".into(),
             id: MsgId::new(10, 0),
             ts: 10,
+            duplicate: true,
         });
         round_trip(&ServerMsg::Message(msg));
+        round_trip(&ServerMsg::Gap {
+            room: room(),
+            epoch: "e2".into(),
+            reset: true,
+        });
+        round_trip(&ServerMsg::Pong { req: None });
         round_trip(&ServerMsg::Presence(PresenceEvent {
             room: room(),
             nick: nick(),
@@ -346,13 +431,13 @@ mod tests {
             nick: nick(),
             text: "hi".into(),
         });
-        round_trip(&BusBody::Presence {
+        round_trip(&BusBody::Presence(PresenceNotice {
             nick: nick(),
             event: PresenceKind::Joined,
             ts: 1,
             node: "n".into(),
             conn: 7,
-        });
+        }));
     }
 
     #[test]
@@ -384,7 +469,7 @@ mod tests {
                 bus += 1;
             } else if matches!(
                 value.get("type").and_then(|t| t.as_str()),
-                Some("hello" | "join" | "leave" | "send")
+                Some("hello" | "join" | "leave" | "send" | "ping")
             ) {
                 serde_json::from_value::<ClientMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
@@ -397,7 +482,7 @@ mod tests {
         }
         assert_eq!(
             (client, server, bus),
-            (4, 9, 2),
+            (5, 13, 2),
             "every message type has its example"
         );
     }

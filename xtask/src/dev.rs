@@ -103,19 +103,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             let dir = root.join("target/xtask-redis");
             std::fs::create_dir_all(&dir)?;
             step(&format!("starting a private redis-server on port {port}"));
-            let mut child = Command::new(redis_server)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&dir)
+            let mut child = tools::redis_command(redis_server, port, &dir)
                 .stdout(Stdio::null())
                 .spawn()
                 .context("cannot start redis-server")?;

@@ -1,6 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`: `dev` runs the product, `test` checks everything CI checks.
 
+mod bench;
 mod dev;
+mod plot;
 mod test;
 mod tools;
 
@@ -27,6 +29,8 @@ enum Task {
     Setup,
     /// Build the frontend into dist/ (release, with wasm-opt).
     Frontend,
+    /// Fan-out benchmark: Roomcast against socket.io, a FastAPI chat and the bare ceiling (results in target/bench/).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Dev(args) => dev::run(&root, &args),
         Task::Test => test::run(&root),
+        Task::Bench(args) => bench::run(&root, &args).map(drop),
         Task::Setup => tools::ensure_all(&root, tools::Need::Everything).map(drop),
         Task::Frontend => {
             let tools = tools::ensure_all(&root, tools::Need::Frontend)?;

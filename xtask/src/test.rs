@@ -22,7 +22,7 @@ const FORBIDDEN_IN_SHARED: &[&str] = &[
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let tools = tools::ensure_all(root, Need::Everything)?;
-    let total = 7;
+    let total = 8;
     let mut n = 0;
     let mut next = |what: &str| {
         n += 1;
@@ -75,6 +75,17 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         test.env("ROOMCAST_REDIS_SERVER", redis);
     }
     let (passed, failed) = run_counting(&mut test)?;
+
+    next("benchmark harness smoke run (debug builds, tiny load; figures mean nothing)");
+    crate::bench::run(
+        root,
+        &crate::bench::Args {
+            quick: true,
+            systems: Vec::new(),
+            smoke: true,
+        },
+    )
+    .context("the benchmark harness is broken: cargo xtask bench --smoke")?;
     step("all checks passed");
     // The plain closing line CI reads.
     println!("tests: {passed} passed, {failed} failed");

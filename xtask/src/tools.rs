@@ -35,6 +35,11 @@ pub struct Tools {
 }
 
 impl Tools {
+    /// The PATH with the project's tool dirs first.
+    pub fn path(&self) -> OsString {
+        self.path.clone()
+    }
+
     /// A command that finds the project's tools first.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
@@ -203,4 +208,14 @@ fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("cannot install Debian packages; run: {line}"))
+}
+
+/// A private, non-persistent redis-server on loopback `port`, working in `dir` (never the caller's directory: a
+/// server loads any dump.rdb it finds there).
+pub fn redis_command(redis_server: &Path, port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new(redis_server);
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir);
+    cmd
 }

@@ -1,36 +1,104 @@
-//! The bus: where a room's messages are stored, get their ids, and reach every replica.
+//! The bus: where a room's messages are stored, get their ids and offsets, and reach every replica.
 //!
 //! Two implementations: [`redis::RedisBus`] for any number of replicas sharing one Redis, and [`memory::MemoryBus`],
 //! the embedded default for a single replica. Both deliver incoming room events into one channel that the
-//! [`crate::rooms`] dispatcher drains.
+//! [`crate::rooms`] dispatcher drains, and both keep the same promise: every stored message of a subscribed room is
+//! delivered to that channel once, in offset order, or a [`BusEvent::Gap`] says it no longer can be.
 
 pub mod memory;
 pub mod redis;
 
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::future::BoxFuture;
-use shared::{BusBody, ChatMessage, MsgId, Nick, RoomName};
+use shared::{ChatMessage, MsgId, Nick, PresenceNotice, RoomName};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why the bus could not carry out a request. Never shown verbatim to clients.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
-    /// The backing store cannot be reached right now.
+    /// The backing store cannot be reached right now (or did not answer in time).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
     /// The store answered with something this build cannot read.
     #[error("bus protocol error: {0}")]
     Protocol(String),
+    /// The draft's `cid` was already stored for another text by the same nick in the same room.
+    #[error("client message id reused for a different text")]
+    CidReused,
+}
+
+/// A message to store: what a member typed, and the client id that makes retries idempotent.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The sender's nickname in the room.
+    pub nick: Nick,
+    /// The validated text.
+    pub text: String,
+    /// The client's message id: with the room and nick, the idempotency key.
+    pub cid: String,
+}
+
+/// What storing a [`Draft`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The stored message's id (the original one when `duplicate`).
+    pub id: MsgId,
+    /// The message's contiguous position in the room (1, 2, 3, …), or 0 when `duplicate`.
+    pub offset: u64,
+    /// The cid had been stored already within the dedupe window: nothing was stored this time.
+    pub duplicate: bool,
+}
+
+/// Which stored messages a history read returns.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Resume point: messages after this id. `None`: the `recent` newest messages.
+    pub since: Option<MsgId>,
+    /// The epoch `since` belongs to, when the client knows it; a mismatch voids `since`.
+    pub epoch: Option<String>,
+    /// How many of the newest messages to return without (or with a void) `since`.
+    pub recent: usize,
+    /// At most this many messages after `since`.
+    pub limit: usize,
+}
+
+/// The answer to a [`HistoryQuery`].
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// The room's history epoch.
+    pub epoch: Arc<str>,
+    /// Messages, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// `since` belonged to another epoch: the history it referred to is gone; `messages` are the newest instead.
+    pub reset: bool,
+    /// `since` is older than the oldest message still kept, and messages were trimmed since the room began.
+    pub truncated: bool,
 }
 
 /// An event about a room, arriving from the bus.
 #[derive(Debug, Clone)]
-pub struct BusEvent {
-    /// The room it concerns.
-    pub room: RoomName,
-    /// The stored message id; `None` for events that are not stored (presence).
-    pub id: Option<MsgId>,
-    /// What happened.
-    pub body: BusBody,
+pub enum BusEvent {
+    /// A stored message, delivered once and in order per subscribed room.
+    Stored(ChatMessage),
+    /// A join or leave notice; not stored.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// Who, where, and what.
+        notice: PresenceNotice,
+    },
+    /// Messages of the room were lost before this replica relayed them and are no longer in history.
+    Gap {
+        /// The room.
+        room: RoomName,
+        /// The room's epoch from now on.
+        epoch: Arc<str>,
+        /// The whole history was lost (new epoch): resume points from before are void.
+        reset: bool,
+    },
 }
 
 /// Milliseconds since the Unix epoch on this replica's clock: the in-memory bus's ids and presence timestamps.
@@ -38,6 +106,19 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A fresh random epoch: 16 hex digits. Every call differs (process-random seed, a counter and the clock).
+pub fn new_epoch() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
 }
 
 /// Where a bus delivers the events of the rooms this replica is subscribed to.
@@ -51,25 +132,27 @@ pub type Subscribed = oneshot::Receiver<Result<(), BusError>>;
 /// `subscribe` and `unsubscribe` are synchronous on purpose: they enqueue the change at call time, so calls made
 /// under the rooms lock reach the store in the same order as the membership changes that caused them.
 pub trait Bus: Send + Sync + 'static {
-    /// Stores a chat message and publishes it to every replica in one atomic step; returns its id.
+    /// Stores a chat message and publishes it to every replica in one atomic step, at most once per
+    /// `(room, nick, cid)` within the dedupe window.
     fn publish(
         &self,
         room: &RoomName,
-        nick: &Nick,
-        text: &str,
-    ) -> BoxFuture<'static, Result<MsgId, BusError>>;
+        draft: Draft,
+    ) -> BoxFuture<'static, Result<Published, BusError>>;
 
-    /// Publishes an event that is not stored (a presence notice).
-    fn announce(&self, room: &RoomName, body: &BusBody)
-    -> BoxFuture<'static, Result<(), BusError>>;
+    /// Publishes a presence notice to every replica. Not stored.
+    fn announce(
+        &self,
+        room: &RoomName,
+        notice: &PresenceNotice,
+    ) -> BoxFuture<'static, Result<(), BusError>>;
 
-    /// Stored messages, oldest first: all after `since` (up to the history limit), or the `recent` latest ones.
+    /// Reads stored messages, oldest first, with the room's epoch.
     fn history(
         &self,
         room: &RoomName,
-        since: Option<MsgId>,
-        recent: usize,
-    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>>;
+        query: HistoryQuery,
+    ) -> BoxFuture<'static, Result<History, BusError>>;
 
     /// Starts delivering the room's events to this replica (idempotent).
     fn subscribe(&self, room: &RoomName) -> Subscribed;
@@ -82,4 +165,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// `"redis"` or `"memory"`, for logs and `/healthz`.
     fn kind(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn epochs_differ() {
+        let (a, b) = (super::new_epoch(), super::new_epoch());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+    }
 }

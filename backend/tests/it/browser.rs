@@ -285,12 +285,22 @@ impl Page {
 
     /// Types `text` into the message box and presses Enter, then waits until the server acknowledged it.
     async fn send(&self, text: &str) {
+        self.type_message(text).await;
+        self.wait_acked(text).await;
+    }
+
+    /// Types `text` into the message box and presses Enter.
+    async fn type_message(&self, text: &str) {
         let input = self
             .client
             .find(Locator::Css("#composer-input"))
             .await
             .unwrap();
         input.send_keys(&format!("{text}{ENTER}")).await.unwrap();
+    }
+
+    /// Waits until the own message `text` shows as acknowledged.
+    async fn wait_acked(&self, text: &str) {
         self.wait_until(
             &format!("own message {text:?} acknowledged"),
             "return [...document.querySelectorAll('.timeline .msg.own')]
@@ -446,16 +456,28 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
     .await;
     let missed = "Sent while replica one was down.";
     b.send(missed).await;
+    // A types while offline: the message waits in A's outbox instead of failing.
+    let offline = "Typed on A while offline.";
+    a.type_message(offline).await;
+    a.wait_for(
+        "the offline message waiting in the outbox",
+        ".timeline .msg.own.pending",
+    )
+    .await;
 
-    // Replica 1 is back on the same port: A reconnects by itself and gets what it missed, exactly once.
+    // Replica 1 is back on the same port: A reconnects by itself, gets what it missed, and its outbox goes out by
+    // itself; every page shows every message exactly once.
     let _one = Replica::start_with(replica_config(&redis, &dist, "replica-1", port)).await;
     a.wait_connected("replica-1").await;
     a.wait_message("bob", missed).await;
+    b.wait_message("alice", offline).await;
+    a.wait_acked(offline).await;
     let expected = [
         ("alice", "Hello from replica one!"),
         ("bob", "Hi alice, bob here on replica two."),
         ("alice", markup),
         ("bob", missed),
+        ("alice", offline),
     ]
     .map(|(n, t)| (n.to_owned(), t.to_owned()));
     assert_eq!(a.messages().await, expected, "page A after the restart");

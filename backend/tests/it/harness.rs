@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use backend::Config;
@@ -16,135 +15,18 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-/// Upper bound on any single wait, so a broken build fails instead of hanging. Not a performance threshold.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub use testkit::{PATIENCE, Redis, ReplicaProcess, eventually, free_port, http_get};
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("ROOMCAST_REDIS_SERVER") {
-        return path.into();
-    }
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("redis-server"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("redis-server not found: apt-get install redis-server (or run `cargo xtask test`, which installs it)")
-    })
-}
-
-/// A redis-server on a private loopback port, killed on drop. Never the default 6379.
-#[derive(Debug)]
-pub struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    /// Starts a fresh, empty, non-persistent server and waits until it answers.
-    pub async fn start() -> Self {
-        let mut redis = Self {
-            port: free_port(),
-            child: None,
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    /// Starts a server on a given port (for a replica that was started before its Redis).
-    pub async fn start_on(port: u16) -> Self {
-        let mut redis = Self { port, child: None };
-        redis.spawn().await;
-        redis
-    }
-
-    async fn spawn(&mut self) {
-        assert_ne!(self.port, 6379);
-        let child = Command::new(redis_server_binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        for _ in 0..200 {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server on port {} did not answer", self.port);
-    }
-
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server abruptly (SIGKILL), losing everything in it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port.
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// A plain connection for inspecting the server from a test.
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
-    /// `PUBSUB CHANNELS *`, sorted.
-    pub async fn channels(&self) -> Vec<String> {
-        let mut conn = self.conn().await;
-        let mut channels: Vec<String> = redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .arg("*")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        channels.sort();
-        channels
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts this build's `roomcast` binary as its own process (see [`ReplicaProcess`]) with the test defaults plus
+/// `extra` flags.
+pub async fn replica_process(redis_url: &str, node: &str, extra: &[&str]) -> ReplicaProcess {
+    ReplicaProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_roomcast")),
+        redis_url,
+        node,
+        extra,
+    )
+    .await
 }
 
 /// A replica running in this process on a loopback port.
@@ -237,6 +119,8 @@ pub struct Client {
     /// The node id from the welcome.
     pub node: String,
     cid: u64,
+    /// Distinct per client, so no two clients of a test binary ever send the same cid (sends are idempotent by it).
+    cid_prefix: String,
 }
 
 impl Client {
@@ -268,6 +152,13 @@ impl Client {
             closed: None,
             node: String::new(),
             cid: 0,
+            cid_prefix: {
+                static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                format!(
+                    "t{}",
+                    CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                )
+            },
         };
         match client.next().await {
             ServerMsg::Welcome { version, node, .. } => {
@@ -376,6 +267,7 @@ impl Client {
             room: room.into(),
             nick: nick.into(),
             since,
+            epoch: None,
             req: Some(req.clone()),
         })
         .await;
@@ -410,6 +302,39 @@ impl Client {
         panic!("join {room} never succeeded");
     }
 
+    fn cid_of(&self, n: u64) -> String {
+        format!("{}-{n}", self.cid_prefix)
+    }
+
+    /// Sends a message, retrying with the same cid while the store is unavailable, and returns the id from its ack.
+    pub async fn say_when_available(&mut self, room: &str, text: &str) -> MsgId {
+        self.cid += 1;
+        let cid = self.cid_of(self.cid);
+        for _ in 0..600 {
+            self.send(&ClientMsg::Send {
+                room: room.into(),
+                text: text.into(),
+                cid: cid.clone(),
+            })
+            .await;
+            let answer = self
+                .take(|m| match m {
+                    ServerMsg::Ack { cid: c, id, .. } if *c == cid => Some(Ok(*id)),
+                    ServerMsg::Error {
+                        req: Some(c), code, ..
+                    } if *c == cid => Some(Err(*code)),
+                    _ => None,
+                })
+                .await;
+            match answer {
+                Ok(id) => return id,
+                Err(ErrorCode::Unavailable) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(code) => panic!("send to {room} failed: {code:?}"),
+            }
+        }
+        panic!("send to {room} never succeeded");
+    }
+
     /// Sends a message and returns the id from its ack.
     pub async fn say(&mut self, room: &str, text: &str) -> MsgId {
         match self.try_say(room, text).await {
@@ -426,13 +351,13 @@ impl Client {
             let msg = ClientMsg::Send {
                 room: room.into(),
                 text: text.into(),
-                cid: format!("c{}", self.cid),
+                cid: self.cid_of(self.cid),
             };
             self.send(&msg).await;
         }
         let mut ids = Vec::with_capacity(n);
         for cid in first..=self.cid {
-            let cid = format!("c{cid}");
+            let cid = self.cid_of(cid);
             ids.push(
                 self.take(|m| match m {
                     ServerMsg::Ack { cid: c, id, .. } if *c == cid => Some(*id),
@@ -455,7 +380,7 @@ impl Client {
     /// Sends a message and returns the ack's id or the error.
     pub async fn try_say(&mut self, room: &str, text: &str) -> Result<MsgId, (ErrorCode, String)> {
         self.cid += 1;
-        let cid = format!("c{}", self.cid);
+        let cid = self.cid_of(self.cid);
         self.send(&ClientMsg::Send {
             room: room.into(),
             text: text.into(),
@@ -482,6 +407,22 @@ impl Client {
             _ => None,
         })
         .await
+    }
+
+    /// Joins with `since` and collects `expected` messages: `joined`'s history and the backlog frames after it
+    /// (`joined` is bounded in bytes; the rest follows as `message` frames).
+    pub async fn join_expecting(
+        &mut self,
+        room: &str,
+        nick: &str,
+        since: Option<MsgId>,
+        expected: usize,
+    ) -> Vec<ChatMessage> {
+        let mut got = self.join(room, nick, since).await;
+        while got.len() < expected {
+            got.push(self.message_in(room).await);
+        }
+        got
     }
 
     /// The next chat message in any room.
@@ -514,47 +455,4 @@ impl Client {
     pub fn pending(&self) -> &VecDeque<ServerMsg> {
         &self.inbox
     }
-}
-
-/// Retries `f` until it returns `Some`, for state that settles asynchronously (e.g. a Redis reconnect).
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A minimal HTTP/1.1 GET over loopback, returning status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let response = String::from_utf8_lossy(&response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }

@@ -3,6 +3,8 @@
 
 mod browser;
 mod cli;
+mod faults;
+mod ha;
 mod harness;
 mod protocol;
 mod redis_bus;

@@ -54,6 +54,7 @@ async fn matching_hello_is_accepted_silently() {
             room: "r".into(),
             nick: "n".into(),
             since: None,
+            epoch: None,
             req: None,
         })
         .await;
@@ -193,6 +194,7 @@ async fn room_count_per_connection_is_limited() {
             room: "three".into(),
             nick: "n".into(),
             since: None,
+            epoch: None,
             req: None,
         })
         .await;

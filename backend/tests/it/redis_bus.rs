@@ -132,6 +132,7 @@ async fn replicas_survive_redis_restart_and_relay_again() {
         room: "late".into(),
         nick: "l".into(),
         since: None,
+        epoch: None,
         req: None,
     })
     .await;
@@ -171,6 +172,7 @@ async fn a_replica_started_without_redis_serves_and_recovers() {
             room: "early".into(),
             nick: "e".into(),
             since: None,
+            epoch: None,
             req: None,
         })
         .await;

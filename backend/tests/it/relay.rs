@@ -395,7 +395,10 @@ async fn slow_consumer_is_closed_and_resumes_without_loss(cluster: Cluster) {
     // Resuming from the last id received delivers exactly the rest.
     let mut resumed = cluster.client(1).await;
     let since = got.last().copied().unwrap_or(MsgId::new(0, 0));
-    let rest = ids(&resumed.join("flood", "slow", Some(since)).await);
+    let rest = resumed
+        .join_expecting("flood", "slow", Some(since), acks.len() - got.len())
+        .await;
+    let rest = ids(&rest);
     assert_eq!(rest, acks[got.len()..], "nothing lost, nothing twice");
     // The writer was never slowed down or closed.
     writer.say("flood", "still fine").await;

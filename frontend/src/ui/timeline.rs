@@ -1,5 +1,6 @@
-//! A room's timeline as rows on screen: day separators, messages grouped by sender, join/leave notices, and own
-//! messages that are still pending or failed, with their retry buttons.
+//! A room's timeline as rows on screen: day separators, messages grouped by sender, join/leave notices, the client's
+//! own notices (such as lost history), and own messages that are still queued, pending or failed, with their retry
+//! buttons.
 
 use leptos::prelude::*;
 use shared::{MsgId, Nick, PresenceKind, RoomName};
@@ -26,6 +27,8 @@ pub enum Row {
         event: PresenceKind,
         ts: u64,
     },
+    /// A note from the client, such as lost history.
+    Notice { key: u64, text: String },
     /// An own message not stored yet.
     Outgoing { out: Outgoing, cont: bool },
 }
@@ -40,6 +43,8 @@ pub enum RowKey {
     Message(MsgId, bool, bool, bool),
     /// A presence notice, by its local key.
     Presence(u64),
+    /// A client notice, by its local key.
+    Notice(u64),
     /// An own message in flight: client id, failed, continues a group.
     Outgoing(String, bool, bool),
 }
@@ -53,6 +58,7 @@ impl Row {
                 RowKey::Message(posted.id, posted.own, posted.acked, *cont)
             }
             Self::Presence { key, .. } => RowKey::Presence(*key),
+            Self::Notice { key, .. } => RowKey::Notice(*key),
             Self::Outgoing { out, cont } => RowKey::Outgoing(
                 out.cid.clone(),
                 matches!(out.status, SendStatus::Failed { .. }),
@@ -68,15 +74,19 @@ pub fn rows(room: &Room) -> Vec<Row> {
     let mut day = None;
     let mut last: Option<(&Nick, u64)> = None;
     for item in room.items() {
+        // A client notice has no server time, so it belongs to the day around it.
         let ts = match item {
-            Item::Message(m) => m.ts,
-            Item::Presence { ts, .. } => *ts,
+            Item::Message(m) => Some(m.ts),
+            Item::Presence { ts, .. } => Some(*ts),
+            Item::Notice { .. } => None,
         };
-        let this_day = browser::day(ts);
-        if day != Some(this_day) {
-            day = Some(this_day);
-            rows.push(Row::Day(browser::day_label(ts)));
-            last = None;
+        if let Some(ts) = ts {
+            let this_day = browser::day(ts);
+            if day != Some(this_day) {
+                day = Some(this_day);
+                rows.push(Row::Day(browser::day_label(ts)));
+                last = None;
+            }
         }
         match item {
             Item::Message(m) => {
@@ -100,6 +110,13 @@ pub fn rows(room: &Room) -> Vec<Row> {
                     nick: nick.clone(),
                     event: *event,
                     ts: *ts,
+                });
+                last = None;
+            }
+            Item::Notice { key, text } => {
+                rows.push(Row::Notice {
+                    key: *key,
+                    text: text.clone(),
                 });
                 last = None;
             }
@@ -144,6 +161,9 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
                 </p>
             }
             .into_any()
+        }
+        Row::Notice { text, .. } => {
+            view! { <p class="presence notice" role="note">{text}</p> }.into_any()
         }
         Row::Message { posted, cont } => message_view(posted, cont),
         Row::Outgoing { out, cont } => outgoing_view(out, cont, room),
@@ -196,8 +216,9 @@ fn outgoing_view(out: Outgoing, cont: bool, room: RoomName) -> AnyView {
         .chat()
         .with_untracked(|c| c.room(&room).map(|r| r.nick().to_string()))
         .unwrap_or_default();
+    // Queued and pending look alike: either way the client is still delivering it by itself.
     let failed = match &out.status {
-        SendStatus::Pending => None,
+        SendStatus::Queued | SendStatus::Pending => None,
         SendStatus::Failed { reason, .. } => Some(reason.clone()),
     };
     let pending = failed.is_none();

@@ -1,0 +1,71 @@
+//! Names of a room's Redis keys and channel. The `{room}` hash tag keeps all of them in one Cluster slot, so the
+//! publish script may touch them together.
+
+use std::sync::Arc;
+
+use shared::{Nick, RoomName};
+
+/// Builds key and channel names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// The deployment's prefix (`--redis-prefix`).
+    pub prefix: Arc<str>,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: Arc::from(prefix),
+        }
+    }
+
+    /// The room's history: a capped Stream whose entry ids are the message ids.
+    pub fn stream(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:log", self.prefix)
+    }
+
+    /// The room's position: a hash with `epoch`, `seq` (the newest offset) and `last` (the newest id).
+    pub fn meta(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:meta", self.prefix)
+    }
+
+    /// Remembers that `nick` stored `cid` in the room, for the dedupe window.
+    pub fn cid(&self, room: &RoomName, nick: &Nick, cid: &str) -> String {
+        // A nick never contains ':', so the key is unambiguous.
+        format!("{}:{{{room}}}:cid:{nick}:{cid}", self.prefix)
+    }
+
+    /// The room's live relay channel.
+    pub fn channel(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:live", self.prefix)
+    }
+
+    /// The room a channel name belongs to, if it is one of ours.
+    pub fn room_of_channel(&self, channel: &str) -> Option<RoomName> {
+        let inner = channel
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:live")?;
+        RoomName::parse(inner).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let keys = Keys::new("rc");
+        let room = RoomName::parse("general").unwrap();
+        assert_eq!(keys.channel(&room), "rc:{general}:live");
+        assert_eq!(keys.stream(&room), "rc:{general}:log");
+        assert_eq!(keys.meta(&room), "rc:{general}:meta");
+        let nick = Nick::parse("Al ice").unwrap();
+        assert_eq!(keys.cid(&room, &nick, "c-1"), "rc:{general}:cid:Al ice:c-1");
+        assert_eq!(keys.room_of_channel("rc:{general}:live"), Some(room));
+        assert_eq!(keys.room_of_channel("other:{general}:live"), None);
+        assert_eq!(keys.room_of_channel("rc:{Bad Room}:live"), None);
+    }
+}

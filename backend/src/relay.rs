@@ -1,0 +1,377 @@
+//! The room rules, free of any transport: join (subscribe, then history, with rollback), leave, send (validation,
+//! rate limit, idempotent publish, metrics) and presence. The WebSocket session calls them; so will every other way
+//! into a room, so no path reaches the bus without them.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use shared::validate;
+use shared::{
+    ChatMessage, ErrorCode, MsgId, Nick, PresenceKind, PresenceNotice, RoomName, ServerMsg,
+};
+use tracing::{debug, info, warn};
+
+use crate::AppState;
+use crate::bus::{Draft, HistoryQuery, Published, now_ms};
+use crate::error::RequestError;
+use crate::ratelimit::TokenBucket;
+use crate::rooms::{ConnId, Member, Outbound};
+
+/// Largest `joined` frame the history may grow to; the rest follows as `message` frames. Keeps every frame far
+/// below the socket's write limit, whatever the messages' length.
+pub const JOINED_BUDGET_BYTES: usize = 64 * 1024;
+/// Messages read per history request while a joining member catches up.
+pub const CATCH_UP_PAGE: usize = 200;
+
+/// Validates and stores one message for `nick` in `room`: the one way into the bus for chat messages.
+pub async fn publish(
+    state: &AppState,
+    room: &RoomName,
+    nick: &Nick,
+    text: &str,
+    cid: String,
+) -> Result<Published, RequestError> {
+    validate::client_id(&cid)?;
+    validate::text(text)?;
+    let draft = Draft {
+        nick: nick.clone(),
+        text: text.to_owned(),
+        cid,
+    };
+    let published = state.bus.publish(room, draft).await?;
+    if published.duplicate {
+        metrics::counter!("roomcast_duplicate_sends_total").increment(1);
+        debug!(%room, id = %published.id, "repeated cid: answered with the original id");
+    } else {
+        metrics::counter!("roomcast_messages_published_total").increment(1);
+        debug!(%room, id = %published.id, "published");
+    }
+    Ok(published)
+}
+
+struct Joined {
+    nick: Nick,
+    /// Highest message id delivered in this room; later frames at or below it are duplicates.
+    last: Option<MsgId>,
+}
+
+/// Stored messages a member still has to receive after `joined`, read page by page.
+#[derive(Debug)]
+pub struct Backlog {
+    room: RoomName,
+    ready: Vec<ChatMessage>,
+    after: Option<MsgId>,
+    /// Messages still allowed: history is bounded, so catching up is too (live messages are queued meanwhile).
+    left: usize,
+}
+
+/// What a `join` answers: the `joined` frame, then the backlog to write before anything else.
+#[derive(Debug)]
+pub struct JoinAnswer {
+    /// The `joined` frame, its history bounded by [`JOINED_BUDGET_BYTES`].
+    pub joined: ServerMsg,
+    /// The messages that did not fit, and the pages still to read.
+    pub backlog: Backlog,
+}
+
+/// One connection's membership in rooms, and the rules every request of it goes through.
+pub struct Participant {
+    state: AppState,
+    conn: ConnId,
+    member: Member,
+    rooms: HashMap<RoomName, Joined>,
+    sends: TokenBucket,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant")
+            .field("conn", &self.conn)
+            .field("rooms", &self.rooms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Participant {
+    /// A participant in no room yet; room frames for it go to `member`'s queue.
+    pub fn new(state: AppState, conn: ConnId, member: Member) -> Self {
+        let sends = TokenBucket::new(state.config.sends_per_sec, state.config.send_burst);
+        Self {
+            state,
+            conn,
+            member,
+            rooms: HashMap::new(),
+            sends,
+        }
+    }
+
+    /// Joins (or re-joins) a room. Subscribes before reading history, so a message stored in between arrives
+    /// through both and never through neither; the per-room high-water mark then drops the second copy.
+    pub async fn join(
+        &mut self,
+        room: &str,
+        nick: &str,
+        since: Option<MsgId>,
+        epoch: Option<String>,
+        req: Option<String>,
+    ) -> Result<JoinAnswer, RequestError> {
+        let room = RoomName::parse(room)?;
+        let nick = Nick::parse(nick)?;
+        let rejoin = self.rooms.contains_key(&room);
+        let max_rooms = self.state.config.max_rooms as usize;
+        if !rejoin && self.rooms.len() >= max_rooms {
+            return Err(RequestError::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may be in at most {max_rooms} rooms; leave one first"),
+            ));
+        }
+        if !rejoin
+            && let Err(e) = self
+                .state
+                .rooms
+                .join(&room, self.conn, self.member.clone())
+                .await
+        {
+            self.state.rooms.leave(&room, self.conn);
+            return Err(e.into());
+        }
+        // A re-join never repeats what this connection already received.
+        let delivered = self.rooms.get(&room).and_then(|j| j.last);
+        let since = match (since, delivered) {
+            (Some(s), Some(d)) => Some(s.max(d)),
+            (s, d) => s.or(d),
+        };
+        let query = HistoryQuery {
+            since,
+            epoch,
+            recent: self.state.config.history_on_join as usize,
+            limit: CATCH_UP_PAGE,
+        };
+        let history = match self.state.bus.history(&room, query).await {
+            Ok(history) => history,
+            Err(e) => {
+                if !rejoin {
+                    self.state.rooms.leave(&room, self.conn);
+                }
+                return Err(e.into());
+            }
+        };
+        let resumed = since.is_some() && !history.reset;
+        let after = (resumed && history.messages.len() >= CATCH_UP_PAGE)
+            .then(|| history.messages.last().map(|m| m.id))
+            .flatten();
+        let entry = match self.rooms.entry(room.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Joined {
+                nick: nick.clone(),
+                last: None,
+            }),
+        };
+        entry.nick = nick.clone();
+        if history.reset {
+            entry.last = None;
+        }
+        let seen = history.messages.last().map(|m| m.id).or(since);
+        entry.last = entry.last.max(seen);
+        if !rejoin {
+            info!(%room, %nick, history = history.messages.len(), ?since, reset = history.reset, truncated = history.truncated, "joined");
+            self.announce(&room, &nick, PresenceKind::Joined);
+        }
+        let mut messages = history.messages;
+        let fit = fitting(&messages, JOINED_BUDGET_BYTES);
+        let ready = messages.split_off(fit);
+        let backlog = Backlog {
+            room: room.clone(),
+            ready,
+            after,
+            left: self.state.config.history_limit as usize + 2 * CATCH_UP_PAGE,
+        };
+        Ok(JoinAnswer {
+            joined: ServerMsg::Joined {
+                room,
+                nick,
+                history: messages,
+                epoch: history.epoch.to_string(),
+                reset: history.reset,
+                truncated: history.truncated,
+                req,
+            },
+            backlog,
+        })
+    }
+
+    /// The next messages of a backlog, oldest first; empty once it is exhausted.
+    pub async fn next_backlog(
+        &mut self,
+        backlog: &mut Backlog,
+    ) -> Result<Vec<ChatMessage>, RequestError> {
+        if !backlog.ready.is_empty() {
+            return Ok(std::mem::take(&mut backlog.ready));
+        }
+        let Some(after) = backlog.after.take() else {
+            return Ok(Vec::new());
+        };
+        if backlog.left == 0 || !self.rooms.contains_key(&backlog.room) {
+            return Ok(Vec::new());
+        }
+        let query = HistoryQuery {
+            since: Some(after),
+            limit: CATCH_UP_PAGE,
+            ..HistoryQuery::default()
+        };
+        let page = self.state.bus.history(&backlog.room, query).await?.messages;
+        backlog.left = backlog.left.saturating_sub(page.len());
+        if page.len() >= CATCH_UP_PAGE {
+            backlog.after = page.last().map(|m| m.id);
+        }
+        if let (Some(joined), Some(newest)) = (self.rooms.get_mut(&backlog.room), page.last()) {
+            joined.last = joined.last.max(Some(newest.id));
+        }
+        Ok(page)
+    }
+
+    /// Leaves a joined room.
+    pub fn leave(&mut self, room: &str) -> Result<RoomName, RequestError> {
+        let room = RoomName::parse(room)?;
+        let joined = self.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
+        self.state.rooms.leave(&room, self.conn);
+        info!(%room, nick = %joined.nick, "left");
+        self.announce(&room, &joined.nick, PresenceKind::Left);
+        Ok(room)
+    }
+
+    /// Sends a message to a joined room, at most once per `cid`.
+    pub async fn send(
+        &mut self,
+        room: &str,
+        text: &str,
+        cid: String,
+    ) -> Result<ServerMsg, RequestError> {
+        let room = RoomName::parse(room)?;
+        let nick = self
+            .rooms
+            .get(&room)
+            .ok_or_else(|| not_joined(&room))?
+            .nick
+            .clone();
+        validate::client_id(&cid)?;
+        validate::text(text)?;
+        if !self.sends.take() {
+            let (rate, burst) = (
+                self.state.config.sends_per_sec,
+                self.state.config.send_burst,
+            );
+            warn!(%room, "send rate exceeded");
+            return Err(RequestError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "sending too fast: at most {rate} messages per second after a burst of {burst}; this message was not sent"
+                ),
+            ));
+        }
+        let published = publish(&self.state, &room, &nick, text, cid.clone()).await?;
+        Ok(ServerMsg::Ack {
+            room,
+            cid,
+            id: published.id,
+            ts: published.id.ms,
+            duplicate: published.duplicate,
+        })
+    }
+
+    /// Whether a queued frame should reach the client: it belongs to a joined room and is not a duplicate.
+    pub fn admit(&mut self, out: &Outbound) -> bool {
+        let Some(joined) = self.rooms.get_mut(&out.room) else {
+            return false;
+        };
+        if out.reset {
+            joined.last = None;
+        }
+        if let Some(id) = out.id {
+            if joined.last.is_some_and(|last| id <= last) {
+                return false;
+            }
+            joined.last = Some(id);
+        }
+        true
+    }
+
+    /// Leaves every room (the connection is ending).
+    pub fn leave_all(&mut self) {
+        for (room, joined) in std::mem::take(&mut self.rooms) {
+            self.state.rooms.leave(&room, self.conn);
+            self.announce(&room, &joined.nick, PresenceKind::Left);
+        }
+    }
+
+    /// Tells the room's other members, on every replica, that `nick` joined or left. Best effort: not stored.
+    fn announce(&self, room: &RoomName, nick: &Nick, event: PresenceKind) {
+        let notice = PresenceNotice {
+            nick: nick.clone(),
+            event,
+            ts: now_ms(),
+            node: self.state.node.to_string(),
+            conn: self.conn,
+        };
+        let fut = self.state.bus.announce(room, &notice);
+        let room = room.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                debug!(%room, error = %e, "presence notice not delivered");
+            }
+        });
+    }
+}
+
+fn not_joined(room: &RoomName) -> RequestError {
+    RequestError::new(
+        ErrorCode::NotJoined,
+        format!("you have not joined room {room}; join it first"),
+    )
+}
+
+/// How many of `messages`, from the first, fit in `budget` bytes of JSON. An upper bound per message: JSON escapes
+/// at most double a text (control characters other than newline and tab are refused), plus the envelope.
+fn fitting(messages: &[ChatMessage], budget: usize) -> usize {
+    let mut used = 0;
+    messages
+        .iter()
+        .take_while(|m| {
+            used += 2 * (m.text.len() + m.nick.as_str().len()) + m.room.as_str().len() + 96;
+            used <= budget
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str) -> ChatMessage {
+        ChatMessage {
+            id: MsgId::new(1_732_190_000_000, 7),
+            room: RoomName::parse("general").unwrap(),
+            nick: Nick::parse("alice").unwrap(),
+            text: text.into(),
+            ts: 1_732_190_000_000,
+        }
+    }
+
+    #[test]
+    fn the_budget_bounds_the_encoded_size() {
+        for text in ["x", "\"\\\"\\", "字字字", "a\nb\tc"] {
+            let m = message(&text.repeat(500));
+            let encoded = serde_json::to_string(&m).unwrap().len();
+            assert_eq!(fitting(std::slice::from_ref(&m), usize::MAX), 1);
+            let estimate = 2 * (m.text.len() + 5) + 7 + 96;
+            assert!(encoded <= estimate, "{encoded} > {estimate}");
+        }
+        let many = vec![message(&"字".repeat(2000)); 30];
+        let fit = fitting(&many, JOINED_BUDGET_BYTES);
+        let frame = serde_json::to_string(&many[..fit]).unwrap().len();
+        assert!(
+            (1..30).contains(&fit) && frame <= JOINED_BUDGET_BYTES,
+            "{fit} {frame}"
+        );
+    }
+}

@@ -1,0 +1,883 @@
+//! Fault tests: real redis-server, replicas as separate `roomcast` processes, and clients that behave like the
+//! browser client (resend unacked messages with the same cid, resume with `since` + `epoch`). Each test breaks
+//! something under steady traffic, prints one line of counts, and asserts exact counts: every acked message is
+//! delivered to every member exactly once, in order. No timing thresholds: waits are bounded only so a broken build
+//! fails instead of hanging.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, ServerMsg, close_code};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::harness::{Client, PATIENCE, Redis, ReplicaProcess, replica_process};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Pause between two sends of the steady sender (~200 messages/s).
+const SEND_EVERY: Duration = Duration::from_millis(5);
+
+/// What one read from a socket gave.
+enum Recv {
+    Frame(ServerMsg),
+    Closed(Option<u16>),
+    Silent,
+}
+
+async fn recv(ws: &mut Ws, within: Duration) -> Recv {
+    loop {
+        match tokio::time::timeout(within, ws.next()).await {
+            Err(_) => return Recv::Silent,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let msg = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {text}"));
+                return Recv::Frame(msg);
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Recv::Closed(frame.map(|f| u16::from(f.code)));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return Recv::Closed(None),
+        }
+    }
+}
+
+async fn put(ws: &mut Ws, msg: &ClientMsg) -> bool {
+    ws.send(Message::text(serde_json::to_string(msg).unwrap()))
+        .await
+        .is_ok()
+}
+
+/// Connects to the first replica of `urls` (starting at `*next`, rotating) that accepts, reads its welcome.
+async fn connect_any(urls: &[String], next: &mut usize) -> Ws {
+    for _ in 0..400 {
+        let url = &urls[*next % urls.len()];
+        *next += 1;
+        if let Ok(Ok((mut ws, _))) =
+            tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url)).await
+            && let Recv::Frame(ServerMsg::Welcome { .. }) = recv(&mut ws, PATIENCE).await
+        {
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no replica of {urls:?} accepted a connection");
+}
+
+/// Where a member stands in a room: what a client keeps to resume.
+#[derive(Debug, Default, Clone)]
+struct Resume {
+    since: Option<MsgId>,
+    epoch: Option<String>,
+}
+
+/// Joins `room` (retrying while the store is unavailable) and returns `joined`'s history and flags; backlog
+/// messages arrive afterwards as ordinary frames. `None` if the connection closed meanwhile.
+async fn join(
+    ws: &mut Ws,
+    room: &str,
+    nick: &str,
+    resume: &Resume,
+) -> Option<(Vec<ChatMessage>, String, bool, bool)> {
+    for attempt in 0..400 {
+        let req = format!("j{attempt}");
+        let msg = ClientMsg::Join {
+            room: room.into(),
+            nick: nick.into(),
+            since: resume.since,
+            epoch: resume.epoch.clone(),
+            req: Some(req.clone()),
+        };
+        if !put(ws, &msg).await {
+            return None;
+        }
+        loop {
+            match recv(ws, PATIENCE).await {
+                Recv::Frame(ServerMsg::Joined {
+                    history,
+                    epoch,
+                    reset,
+                    truncated,
+                    req: Some(r),
+                    ..
+                }) if r == req => return Some((history, epoch, reset, truncated)),
+                Recv::Frame(ServerMsg::Error {
+                    code: ErrorCode::Unavailable,
+                    req: Some(r),
+                    ..
+                }) if r == req => break,
+                Recv::Frame(ServerMsg::Error { code, message, .. }) => {
+                    panic!("join refused: {code:?} {message}")
+                }
+                Recv::Frame(_) => {}
+                Recv::Closed(_) | Recv::Silent => return None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("join never succeeded");
+}
+
+/// What a member saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub ids: Vec<MsgId>,
+    pub gaps: usize,
+    pub resets: usize,
+    pub reconnects: usize,
+    pub closes_1013: usize,
+}
+
+/// A member that reads everything in `room`, reconnects (to any replica) and resumes whenever its connection ends,
+/// and stops once it has seen `last` (or the room went silent for [`PATIENCE`], which the counts then show).
+async fn member(
+    urls: Vec<String>,
+    first: usize,
+    room: &'static str,
+    nick: String,
+    mut last: watch::Receiver<Option<MsgId>>,
+    joined: tokio::sync::mpsc::Sender<()>,
+) -> Seen {
+    let mut next = first;
+    let mut seen = Seen::default();
+    let mut resume = Resume::default();
+    let mut announced = false;
+    'connection: loop {
+        let mut ws = connect_any(&urls, &mut next).await;
+        let Some((history, epoch, reset, truncated)) = join(&mut ws, room, &nick, &resume).await
+        else {
+            seen.reconnects += 1;
+            continue;
+        };
+        seen.resets += usize::from(reset);
+        seen.gaps += usize::from(truncated);
+        resume.epoch = Some(epoch);
+        for m in history {
+            resume.since = Some(m.id);
+            seen.ids.push(m.id);
+        }
+        if !announced {
+            announced = true;
+            let _ = joined.send(()).await;
+        }
+        loop {
+            if let Some(end) = *last.borrow_and_update()
+                && resume.since >= Some(end)
+            {
+                return seen;
+            }
+            tokio::select! {
+                r = recv(&mut ws, PATIENCE) => match r {
+                    Recv::Frame(ServerMsg::Message(m)) if m.room.as_str() == room => {
+                        resume.since = Some(m.id);
+                        seen.ids.push(m.id);
+                    }
+                    Recv::Frame(ServerMsg::Gap { epoch, reset, .. }) => {
+                        seen.gaps += 1;
+                        seen.resets += usize::from(reset);
+                        resume.epoch = Some(epoch);
+                    }
+                    Recv::Frame(_) => {}
+                    Recv::Closed(code) => {
+                        seen.reconnects += 1;
+                        seen.closes_1013 += usize::from(code == Some(close_code::TRY_AGAIN_LATER));
+                        continue 'connection;
+                    }
+                    Recv::Silent => return seen,
+                },
+                _ = last.changed() => {}
+            }
+        }
+    }
+}
+
+/// What the sender did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Messages it meant to send (distinct cids).
+    pub sent: usize,
+    /// The id each one was acked with, in order.
+    pub acked: Vec<MsgId>,
+    /// `unavailable` answers (each followed by a resend with the same cid).
+    pub unavailable: usize,
+    /// Acks that said `duplicate` (a resend of something already stored).
+    pub duplicate_acks: usize,
+    /// Times the sender lost its connection and reconnected.
+    pub reconnects: usize,
+    /// The longest time between two consecutive acks: how long sending was impossible during the fault.
+    pub longest_wait: Duration,
+}
+
+/// Sends `count` messages one after another, each until it is acked: on `unavailable` or a lost connection it
+/// resends the same cid (after reconnecting to any replica), as the browser client does. `fault` runs once, just
+/// after message `fault_at` is acked.
+async fn send_steadily<F: Future<Output = ()>>(
+    urls: &[String],
+    room: &str,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+) -> Sent {
+    let mut fault = Some(fault);
+    let mut next = 0;
+    let mut out = Sent::default();
+    let mut ws = connect_any(urls, &mut next).await;
+    let resume = Resume::default();
+    while join(&mut ws, room, "sender", &resume).await.is_none() {
+        ws = connect_any(urls, &mut next).await;
+    }
+    let mut last_ack = tokio::time::Instant::now();
+    for i in 0..count {
+        out.sent += 1;
+        let cid = format!("m{i}");
+        let send = ClientMsg::Send {
+            room: room.into(),
+            text: format!("message {i}"),
+            cid: cid.clone(),
+        };
+        'resend: loop {
+            if put(&mut ws, &send).await {
+                loop {
+                    match recv(&mut ws, PATIENCE).await {
+                        Recv::Frame(ServerMsg::Ack {
+                            cid: c,
+                            id,
+                            duplicate,
+                            ..
+                        }) if c == cid => {
+                            out.duplicate_acks += usize::from(duplicate);
+                            out.acked.push(id);
+                            out.longest_wait = out.longest_wait.max(last_ack.elapsed());
+                            last_ack = tokio::time::Instant::now();
+                            break 'resend;
+                        }
+                        Recv::Frame(ServerMsg::Error {
+                            code: ErrorCode::Unavailable,
+                            req: Some(c),
+                            ..
+                        }) if c == cid => {
+                            out.unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue 'resend;
+                        }
+                        Recv::Frame(ServerMsg::Error { code, message, .. }) => {
+                            panic!("send refused: {code:?} {message}")
+                        }
+                        Recv::Frame(_) => {}
+                        Recv::Closed(_) | Recv::Silent => break,
+                    }
+                }
+            }
+            // The connection is gone: reconnect anywhere, rejoin, resend the same cid.
+            out.reconnects += 1;
+            loop {
+                ws = connect_any(urls, &mut next).await;
+                if join(&mut ws, room, "sender", &resume).await.is_some() {
+                    break;
+                }
+            }
+        }
+        if i == fault_at
+            && let Some(fault) = fault.take()
+        {
+            fault.await;
+        }
+        tokio::time::sleep(SEND_EVERY).await;
+    }
+    out
+}
+
+/// The counts of one fault run, checked exactly and printed on one line.
+pub struct Outcome {
+    pub name: &'static str,
+    pub sent: Sent,
+    pub members: Vec<Seen>,
+}
+
+impl Outcome {
+    /// Prints the counts; returns (lost, duplicated) over all members.
+    pub fn report(&self) -> (usize, usize) {
+        let acked: HashSet<MsgId> = self.sent.acked.iter().copied().collect();
+        let mut lost = 0;
+        let mut duplicated = 0;
+        let mut delivered = Vec::new();
+        for seen in &self.members {
+            let unique: HashSet<MsgId> = seen.ids.iter().copied().collect();
+            duplicated += seen.ids.len() - unique.len();
+            lost += acked.difference(&unique).count();
+            assert!(
+                unique.is_subset(&acked),
+                "{}: a member received ids that were never acked",
+                self.name
+            );
+            delivered.push(seen.ids.len());
+        }
+        println!(
+            "fault={} sent={} acked={} delivered_per_member={:?} lost={} duplicated={} unavailable_answers={} \
+             duplicate_acks={} sender_reconnects={} member_reconnects={:?} gaps={:?} resets={:?} \
+             longest_wait_between_acks_ms={}",
+            self.name,
+            self.sent.sent,
+            acked.len(),
+            delivered,
+            lost,
+            duplicated,
+            self.sent.unavailable,
+            self.sent.duplicate_acks,
+            self.sent.reconnects,
+            self.members
+                .iter()
+                .map(|m| m.reconnects)
+                .collect::<Vec<_>>(),
+            self.members.iter().map(|m| m.gaps).collect::<Vec<_>>(),
+            self.members.iter().map(|m| m.resets).collect::<Vec<_>>(),
+            self.sent.longest_wait.as_millis(),
+        );
+        (lost, duplicated)
+    }
+
+    /// Every acked message reached every member exactly once, in id order, and nothing else arrived.
+    pub fn assert_exact(&self) {
+        let (lost, duplicated) = self.report();
+        assert_eq!(
+            self.sent.acked.len(),
+            self.sent.sent,
+            "{}: every message is acked",
+            self.name
+        );
+        assert_eq!(
+            (lost, duplicated),
+            (0, 0),
+            "{}: lost, duplicated",
+            self.name
+        );
+        for seen in &self.members {
+            assert!(
+                seen.ids.windows(2).all(|w| w[0] < w[1]),
+                "{}: delivered in id order",
+                self.name
+            );
+        }
+    }
+}
+
+/// Runs `members` readers on the given replicas and one steady sender, with `fault` injected mid-traffic.
+pub async fn run_traffic<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    sender_urls: Vec<String>,
+    member_urls: Vec<Vec<String>>,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+) -> Outcome {
+    let (last_tx, last_rx) = watch::channel(None);
+    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel(member_urls.len());
+    let mut readers = Vec::new();
+    for (i, urls) in member_urls.into_iter().enumerate() {
+        readers.push(tokio::spawn(member(
+            urls,
+            0,
+            room,
+            format!("member{i}"),
+            last_rx.clone(),
+            joined_tx.clone(),
+        )));
+    }
+    for _ in 0..readers.len() {
+        joined_rx.recv().await.expect("a member joined");
+    }
+    let sent = send_steadily(&sender_urls, room, count, fault_at, fault).await;
+    let _ = last_tx.send(sent.acked.last().copied());
+    let mut members = Vec::new();
+    for r in readers {
+        members.push(r.await.expect("member task"));
+    }
+    Outcome {
+        name,
+        sent,
+        members,
+    }
+}
+
+async fn three_replicas(redis: &Redis) -> Vec<ReplicaProcess> {
+    let mut out = Vec::new();
+    for node in ["fa", "fb", "fc"] {
+        out.push(replica_process(&redis.url(), node, &[]).await);
+    }
+    out
+}
+
+pub async fn total(replicas: &[ReplicaProcess], metric: &str) -> f64 {
+    let mut sum = 0.0;
+    for r in replicas {
+        sum += r.metric(metric).await;
+    }
+    sum
+}
+
+/// Fault 1: Redis drops every Pub/Sub connection mid-traffic (as when a subscriber hits its output-buffer limit).
+/// Members stay connected; the replicas resubscribe and backfill what the channel lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_connections_killed_lose_nothing() {
+    let redis = Redis::start().await;
+    let replicas = three_replicas(&redis).await;
+    let kill = async {
+        let mut conn = redis.conn().await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 3, "one Pub/Sub connection per replica was killed");
+    };
+    let outcome = run_traffic(
+        "pubsub-kill",
+        "faults",
+        vec![replicas[0].ws_url()],
+        vec![
+            vec![replicas[1].ws_url()],
+            vec![replicas[1].ws_url()],
+            vec![replicas[2].ws_url()],
+        ],
+        400,
+        150,
+        kill,
+    )
+    .await;
+    outcome.assert_exact();
+    assert!(
+        outcome.members.iter().all(|m| m.reconnects == 0),
+        "members stayed connected"
+    );
+    let backfilled = total(&replicas, "roomcast_backfilled_total").await;
+    println!("pubsub-kill: {backfilled} messages backfilled from the streams");
+    assert!(
+        backfilled > 0.0,
+        "the kill made Pub/Sub lose messages, which backfill recovered"
+    );
+}
+
+/// Fault 2: Redis is shut down and restarted with its append-only file. Sends meanwhile are answered
+/// `unavailable` and resent; afterwards nothing acked is missing and nothing is doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_aof_loses_nothing() {
+    let mut redis = Redis::start_persistent().await;
+    let replicas = three_replicas(&redis).await;
+    let port = redis.port();
+    let restart = async {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _ = redis::cmd("SHUTDOWN")
+            .query_async::<redis::Value>(&mut conn)
+            .await;
+    };
+    let urls = |i: usize| vec![replicas[i].ws_url()];
+    let traffic = run_traffic(
+        "redis-restart-aof",
+        "faults",
+        urls(0),
+        vec![urls(1), urls(1), urls(2)],
+        400,
+        100,
+        restart,
+    );
+    // Bring Redis back a moment after it went down, while the sender keeps trying.
+    let revive = async {
+        eventually_down(port).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        redis.start_again().await;
+    };
+    let (outcome, ()) = tokio::join!(traffic, revive);
+    outcome.assert_exact();
+    assert!(
+        outcome.sent.unavailable > 0,
+        "sends during the outage were answered `unavailable`"
+    );
+}
+
+/// Waits until nothing answers on `port`.
+async fn eventually_down(port: u16) {
+    for _ in 0..2000 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("redis on {port} never went down");
+}
+
+/// Fault 4: one of two replicas is killed with SIGKILL mid-traffic. Its clients (the sender among them) reconnect to
+/// the other, resend what was unacked with the same cid and resume with `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_loses_nothing() {
+    let redis = Redis::start().await;
+    let mut a = replica_process(&redis.url(), "ka", &[]).await;
+    let b = replica_process(&redis.url(), "kb", &[]).await;
+    let both = vec![a.ws_url(), b.ws_url()];
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let kill = async move {
+        let _ = kill_tx.send(());
+    };
+    let traffic = run_traffic(
+        "replica-kill9",
+        "faults",
+        both.clone(),
+        vec![both.clone(), both.clone(), vec![b.ws_url(), a.ws_url()]],
+        400,
+        150,
+        kill,
+    );
+    let killer = async {
+        kill_rx.await.unwrap();
+        a.kill9();
+    };
+    let (outcome, ()) = tokio::join!(traffic, killer);
+    outcome.assert_exact();
+    assert!(outcome.sent.reconnects > 0, "the sender lost its replica");
+    assert!(
+        outcome.members[..2].iter().all(|m| m.reconnects > 0),
+        "members on the killed replica reconnected"
+    );
+}
+
+/// Fault 7: Redis stops answering (`CLIENT PAUSE`) for longer than the request timeout. Requests get `unavailable`;
+/// a send that Redis runs once it resumes is stored once, however often it was resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_loses_nothing() {
+    let redis = Redis::start().await;
+    let replicas = three_replicas(&redis).await;
+    let pause = async {
+        let mut conn = redis.conn().await;
+        let _: String = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(3500)
+            .arg("ALL")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    let urls = |i: usize| vec![replicas[i].ws_url()];
+    let outcome = run_traffic(
+        "redis-pause",
+        "faults",
+        urls(0),
+        vec![urls(1), urls(2)],
+        300,
+        100,
+        pause,
+    )
+    .await;
+    outcome.assert_exact();
+    assert!(
+        outcome.sent.unavailable > 0,
+        "sends during the pause were answered `unavailable`"
+    );
+}
+
+/// Fault 3: Redis restarts empty (no persistence). Members holding a position are told `reset` (those connected by
+/// a `gap` frame, one resuming with its old `since` + `epoch` by `joined.reset`); nothing is shown twice, and
+/// messages after the restart arrive exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_tells_every_member() {
+    let mut redis = Redis::start().await;
+    let a = replica_process(&redis.url(), "ea", &[]).await;
+    let b = replica_process(&redis.url(), "eb", &[]).await;
+    let mut writer = Client::connect(&a.ws_url()).await;
+    writer.join("lost", "writer", None).await;
+    let mut on_a = Client::connect(&a.ws_url()).await;
+    let mut on_b = Client::connect(&b.ws_url()).await;
+    let epoch_before = joined_epoch(&mut on_a, "lost").await;
+    assert_eq!(joined_epoch(&mut on_b, "lost").await, epoch_before);
+    let mut before = Vec::new();
+    for i in 0..20 {
+        before.push(writer.say("lost", &format!("before {i}")).await);
+    }
+    for c in [&mut on_a, &mut on_b] {
+        for id in &before {
+            assert_eq!(c.message_in("lost").await.id, *id);
+        }
+    }
+    let resume_from = *before.last().unwrap();
+
+    redis.restart().await; // SIGKILL, then an empty server on the same port.
+
+    // Connected members are told their history is gone, once each.
+    let mut new_epoch = String::new();
+    for c in [&mut on_a, &mut on_b] {
+        let (epoch, reset) = c
+            .take(|m| match m {
+                ServerMsg::Gap { epoch, reset, .. } => Some((epoch.clone(), *reset)),
+                _ => None,
+            })
+            .await;
+        assert!(reset, "the gap says the whole history was reset");
+        assert_ne!(epoch, epoch_before);
+        new_epoch = epoch;
+    }
+    // A client that was away resumes with its old position and is told the same.
+    let mut returning = Client::connect(&b.ws_url()).await;
+    returning
+        .send(&ClientMsg::Join {
+            room: "lost".into(),
+            nick: "returning".into(),
+            since: Some(resume_from),
+            epoch: Some(epoch_before.clone()),
+            req: Some("back".into()),
+        })
+        .await;
+    let (reset, epoch) = returning
+        .take(|m| match m {
+            ServerMsg::Joined { reset, epoch, .. } => Some((*reset, epoch.clone())),
+            ServerMsg::Error { code, message, .. } => panic!("join refused: {code:?} {message}"),
+            _ => None,
+        })
+        .await;
+    assert!(reset, "joined says reset");
+    assert_eq!(epoch, new_epoch);
+    // Life goes on in the new epoch: each later message arrives exactly once everywhere.
+    let mut after = Vec::new();
+    for i in 0..20 {
+        after.push(
+            writer
+                .say_when_available("lost", &format!("after {i}"))
+                .await,
+        );
+    }
+    let mut counts = Vec::new();
+    for c in [&mut on_a, &mut on_b, &mut returning] {
+        let mut got = Vec::new();
+        for _ in 0..after.len() {
+            got.push(c.message_in("lost").await.id);
+        }
+        assert_eq!(got, after, "exactly the new messages, in order");
+        counts.push(got.len());
+    }
+    // Nothing else (no old message again, no second gap) is pending.
+    let marker = writer.say("lost", "marker").await;
+    for c in [&mut on_a, &mut on_b, &mut returning] {
+        let next = c.message_in("lost").await;
+        assert_eq!(next.id, marker);
+        assert!(
+            !c.pending()
+                .iter()
+                .any(|m| matches!(m, ServerMsg::Gap { .. })),
+            "told once"
+        );
+    }
+    println!(
+        "fault=redis-restart-empty before={} after={} delivered_after_per_member={counts:?} lost=0 duplicated=0 \
+         told_reset=3/3",
+        before.len(),
+        after.len()
+    );
+}
+
+async fn joined_epoch(c: &mut Client, room: &str) -> String {
+    c.send(&ClientMsg::Join {
+        room: room.into(),
+        nick: "m".into(),
+        since: None,
+        epoch: None,
+        req: Some("e".into()),
+    })
+    .await;
+    c.take(|m| match m {
+        ServerMsg::Joined { epoch, .. } => Some(epoch.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Fault 5: the same cid resent — after a lost ack, on the same connection, and across a reconnect to another
+/// replica — is stored once and always answered with the same id; reusing it for another text is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_cid_is_stored_once() {
+    let redis = Redis::start().await;
+    let a = replica_process(&redis.url(), "ia", &[]).await;
+    let b = replica_process(&redis.url(), "ib", &[]).await;
+    let mut watcher = Client::connect(&b.ws_url()).await;
+    watcher.join("idem", "watcher", None).await;
+
+    // A send whose ack is lost: the connection drops right after the frame leaves.
+    let mut lost = Client::connect(&a.ws_url()).await;
+    lost.join("idem", "alice", None).await;
+    let send = |text: &str, cid: &str| ClientMsg::Send {
+        room: "idem".into(),
+        text: text.into(),
+        cid: cid.into(),
+    };
+    lost.send(&send("typed once", "tab1-1")).await;
+    drop(lost);
+
+    // The client reconnects to the other replica and resends it, twice.
+    let mut again = Client::connect(&b.ws_url()).await;
+    again.join("idem", "alice", None).await;
+    let mut ids = Vec::new();
+    let mut duplicates = 0;
+    for _ in 0..2 {
+        again.send(&send("typed once", "tab1-1")).await;
+        let (id, duplicate) = again
+            .take(|m| match m {
+                ServerMsg::Ack { id, duplicate, .. } => Some((*id, *duplicate)),
+                ServerMsg::Error { code, message, .. } => panic!("{code:?} {message}"),
+                _ => None,
+            })
+            .await;
+        ids.push(id);
+        duplicates += usize::from(duplicate);
+    }
+    assert_eq!(ids[0], ids[1], "the same id every time");
+    assert!(duplicates >= 1, "the second resend is a duplicate");
+    // Reusing the cid for a different text is refused and stores nothing.
+    again.send(&send("something else", "tab1-1")).await;
+    let (code, _, _) = again.error().await;
+    assert_eq!(code, ErrorCode::CidReused);
+    // The same cid from another nick is another message.
+    let mut bob = Client::connect(&a.ws_url()).await;
+    bob.join("idem", "bob", None).await;
+    bob.send(&send("typed once", "tab1-1")).await;
+    let bobs = bob
+        .take(|m| match m {
+            ServerMsg::Ack { id, .. } => Some(*id),
+            _ => None,
+        })
+        .await;
+    assert_ne!(bobs, ids[0]);
+    // The watcher saw alice's message once and bob's once, nothing else.
+    let marker = bob.say("idem", "marker").await;
+    let mut seen = Vec::new();
+    loop {
+        let m = watcher.message_in("idem").await;
+        seen.push(m.id);
+        if m.id == marker {
+            break;
+        }
+    }
+    assert_eq!(seen, [ids[0], bobs, marker]);
+    let mut fresh = Client::connect(&a.ws_url()).await;
+    let history = fresh.join("idem", "reader", None).await;
+    let alice: Vec<_> = history
+        .iter()
+        .filter(|m| m.text == "typed once" && m.nick.as_str() == "alice")
+        .collect();
+    assert_eq!(alice.len(), 1, "stored once");
+    println!(
+        "fault=resent-cid sends=4 stored=1 same_id=true duplicate_acks={duplicates} cid_reused_refused=1 lost=0 duplicated=0"
+    );
+}
+
+/// Fault 6: a client that never reads while its room is busy is closed with 1013; the replica's memory stays bounded
+/// by the queue, not by the traffic; the others are not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
+    let redis = Redis::start().await;
+    let replica = replica_process(&redis.url(), "sa", &[]).await;
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let mut c = Client::connect_small_buffer(replica.addr).await;
+        c.join("busy", &format!("stalled{i}"), None).await;
+        stalled.push(c);
+    }
+    let mut writer = Client::connect(&replica.ws_url()).await;
+    writer.join("busy", "writer", None).await;
+    let rss_before = replica.rss_kib();
+    let text = "字".repeat(2000);
+    let batches = 300;
+    for _ in 0..batches {
+        writer.say_batch("busy", &text, 10).await;
+    }
+    let volume_kib = (batches * 10 * text.len() * stalled.len() / 1024) as u64;
+    let rss_after = replica.rss_kib();
+    let closed = replica.metric("roomcast_slow_consumers_total").await;
+    let mut codes = Vec::new();
+    for mut c in stalled {
+        codes.push(c.close_code().await);
+    }
+    println!(
+        "fault=never-reading-client stalled=4 closed_1013={closed} rss_before_kib={rss_before} rss_after_kib={rss_after} \
+         would_have_buffered_kib={volume_kib}"
+    );
+    assert_eq!(codes, [Some(close_code::TRY_AGAIN_LATER); 4]);
+    assert_eq!(closed, 4.0);
+    assert!(
+        rss_after.saturating_sub(rss_before) < volume_kib / 4,
+        "memory grows with the bounded queues, not with the traffic"
+    );
+    writer.say("busy", "still fine").await;
+}
+
+/// Fault 8: long messages. A room whose history is several MiB of maximum-length multi-byte messages can be joined,
+/// resumed from far back, and resumed after a 1013 close: every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_mib_of_long_messages_are_joined_and_resumed_exactly() {
+    let redis = Redis::start().await;
+    let replica = replica_process(&redis.url(), "la", &["--history-on-join", "1000"]).await;
+    let mut stalled = Client::connect_small_buffer(replica.addr).await;
+    stalled.join("long", "stalled", None).await;
+    let mut writer = Client::connect(&replica.ws_url()).await;
+    writer.join("long", "writer", None).await;
+    let text = "字".repeat(shared::validate::TEXT_MAX_CHARS);
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.extend(writer.say_batch("long", &text, 10).await);
+    }
+    let mib = ids.len() * text.len() / (1024 * 1024);
+    // A newcomer gets all of it: `joined` plus the backlog frames.
+    let mut newcomer = Client::connect(&replica.ws_url()).await;
+    let all: Vec<MsgId> = newcomer
+        .join_expecting("long", "newcomer", None, ids.len())
+        .await
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(all, ids, "joined from scratch");
+    // Resuming from far back gets exactly the rest.
+    let mut far = Client::connect(&replica.ws_url()).await;
+    let rest: Vec<MsgId> = far
+        .join_expecting("long", "far", Some(ids[9]), ids.len() - 10)
+        .await
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(rest, ids[10..], "resumed from far back");
+    // The client that never read was closed with 1013; it resumes from what it got.
+    let mut got = Vec::new();
+    loop {
+        match stalled.next_or_close().await {
+            Some(ServerMsg::Message(m)) => got.push(m.id),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(
+        stalled.closed.clone().flatten().map(|f| u16::from(f.code)),
+        Some(close_code::TRY_AGAIN_LATER)
+    );
+    assert_eq!(got, ids[..got.len()]);
+    let mut resumed = Client::connect(&replica.ws_url()).await;
+    let since = got.last().copied();
+    let tail: Vec<MsgId> = resumed
+        .join_expecting("long", "stalled", since, ids.len() - got.len())
+        .await
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(tail, ids[got.len()..], "resumed after 1013");
+    println!(
+        "fault=long-messages messages={} history_mib={mib} joined_exactly=1 resumed_far_back_exactly=1 \
+         before_1013={} resumed_after_1013={} lost=0 duplicated=0",
+        ids.len(),
+        got.len(),
+        tail.len()
+    );
+}

@@ -1,0 +1,403 @@
+//! What the tests, the benchmarks and `cargo xtask` all need to run Roomcast for real: a private `redis-server` on a
+//! free loopback port (plain, persistent, replica, Cluster node), Sentinel and Cluster topologies made of them, a
+//! `roomcast` replica as a separate process, and small waiting helpers. Never the default Redis port; everything it
+//! starts is killed when dropped.
+
+mod topologies;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
+
+/// Upper bound on any single wait, so a broken build fails instead of hanging. Not a performance threshold.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The redis-server to run: `ROOMCAST_REDIS_SERVER`, else the first on PATH.
+pub fn redis_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ROOMCAST_REDIS_SERVER") {
+        return path.into();
+    }
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("redis-server not found: apt-get install redis-server (or run `cargo xtask test`, which installs it)")
+    })
+}
+
+/// A redis-server on a private loopback port, killed on drop. Never the default 6379.
+#[derive(Debug)]
+pub struct Redis {
+    port: u16,
+    child: Option<Child>,
+    /// Its own working directory (AOF, cluster state, the RDB a replica receives); removed on drop. Never the
+    /// test's directory: a server would load whatever dump.rdb it finds there.
+    dir: PathBuf,
+    /// Flags after `--port` and `--bind`.
+    args: Vec<String>,
+}
+
+const NO_PERSISTENCE: [&str; 4] = ["--save", "", "--appendonly", "no"];
+
+fn scratch_dir(port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("roomcast-redis-{port}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Redis {
+    /// Starts a fresh, empty, non-persistent server and waits until it answers.
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts a server on a given port (for a replica that was started before its Redis).
+    pub async fn start_on(port: u16) -> Self {
+        Self::launch(port, NO_PERSISTENCE.map(String::from).into()).await
+    }
+
+    /// Starts a fresh server that persists every write to an append-only file (`appendfsync always`), so a
+    /// `SHUTDOWN` and restart keeps everything.
+    pub async fn start_persistent() -> Self {
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ]
+        .map(String::from)
+        .into();
+        Self::launch(free_port(), args).await
+    }
+
+    /// Starts a non-persistent replica of `master`.
+    pub async fn start_replica_of(master: &Redis) -> Self {
+        let mut args: Vec<String> = NO_PERSISTENCE.map(String::from).into();
+        args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ]);
+        Self::launch(free_port(), args).await
+    }
+
+    /// Starts a non-persistent Redis Cluster node (not yet part of a cluster).
+    pub async fn start_cluster_node() -> Self {
+        let mut args: Vec<String> = NO_PERSISTENCE.map(String::from).into();
+        args.extend(
+            ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"].map(String::from),
+        );
+        Self::launch(free_port(), args).await
+    }
+
+    async fn launch(port: u16, args: Vec<String>) -> Self {
+        let mut redis = Self {
+            port,
+            child: None,
+            dir: scratch_dir(port),
+            args,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        assert_ne!(self.port, 6379);
+        let child = Command::new(redis_server_binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--protected-mode", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..200 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server abruptly (SIGKILL), losing everything in it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Starts a server that was stopped (e.g. by `SHUTDOWN`) again on the same port, with the same persistence.
+    pub async fn start_again(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
+    /// Waits until `n` replicas are attached to this master and in sync (so `WAIT` and `ROLE` see them).
+    pub async fn wait_in_sync(&self, n: usize) {
+        let url = self.url();
+        eventually(&format!("{n} replicas in sync with {url}"), || async {
+            let mut conn = redis::Client::open(url.as_str())
+                .ok()?
+                .get_multiplexed_async_connection()
+                .await
+                .ok()?;
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (info.matches("state=online").count() == n).then_some(())
+        })
+        .await;
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A plain connection for inspecting the server from a test.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// `PUBSUB CHANNELS *`, sorted.
+    pub async fn channels(&self) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let mut channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        channels.sort();
+        channels
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A replica running as its own OS process (the real `roomcast` binary), so a test can `kill -9` it and read its
+/// memory from /proc. Killed on drop.
+#[derive(Debug)]
+pub struct ReplicaProcess {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl ReplicaProcess {
+    /// Starts the `roomcast` binary at `binary` on a free port with the test defaults (generous rate limits) plus
+    /// `extra` flags, and waits until `/healthz` answers.
+    pub async fn start(binary: &Path, redis_url: &str, node: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--redis-url", redis_url])
+            .args([
+                "--node-id",
+                node,
+                "--static-dir",
+                "/nonexistent-roomcast-static",
+            ])
+            .args(["--sends-per-sec", "10000", "--send-burst", "10000"])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            // Its log goes to stdout: shown with RUST_LOG set (e.g. RUST_LOG=debug), silent otherwise.
+            .stdout(if std::env::var_os("RUST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the roomcast binary");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let replica = Self {
+            addr,
+            child: Some(child),
+        };
+        eventually("the replica process answers /healthz", || async {
+            let ok =
+                TcpStream::connect(addr).await.is_ok() && http_get(addr, "/healthz").await.0 == 200;
+            ok.then_some(())
+        })
+        .await;
+        replica
+    }
+
+    /// `ws://<addr>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.addr, shared::WS_PATH)
+    }
+
+    /// Kills the process abruptly (SIGKILL): no close frames, no leave notices.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Resident memory of the process, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// The value of a Prometheus counter or gauge in `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.addr, "/metrics").await;
+        body.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Retries `f` until it returns `Some`, for state that settles asynchronously (e.g. a Redis reconnect).
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback, returning status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A WebSocket to a replica, as the benchmarks drive it.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `url` and joins `room` as `nick`, returning once `joined` arrived (panics on a refusal).
+pub async fn join_ws(url: &str, room: &str, nick: &str) -> Ws {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let join = shared::ClientMsg::Join {
+        room: room.into(),
+        nick: nick.into(),
+        since: None,
+        epoch: None,
+        req: None,
+    };
+    ws.send(Message::text(
+        serde_json::to_string(&join).expect("serializes"),
+    ))
+    .await
+    .expect("send join");
+    loop {
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("connection closed during join")
+        };
+        match serde_json::from_str(&t).expect("server frames are JSON") {
+            shared::ServerMsg::Joined { .. } => return ws,
+            shared::ServerMsg::Error { message, .. } => panic!("join refused: {message}"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! `cargo xtask bench`: Roomcast against socket.io with its Redis adapter, a FastAPI + redis.asyncio chat and the
+//! bare ceiling, in the same topology (two servers and one Redis; the ceiling is one process) and driven by the same
+//! load generator (`testkit`'s `loadgen`). Writes `target/bench/results.json` and `target/bench/p99.svg`.
+//!
+//! Scenarios: (1) one room of 1,000 members, the publish rate ramped until p99 exceeds 100 ms or a delivery is lost;
+//! (2) 10,000 members in 1,000 rooms of 10, one message per member every 10 s; (3) idle members on one server:
+//! memory per connection; (4) 100 members across both servers at 100 messages/s: latency at light load.
+//! Everything runs on loopback, bounded in time. `--quick` runs a short subset (and is what `cargo xtask test`
+//! smoke-tests, so the harness cannot rot).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::tools::{self, Need};
+use crate::{exec, step};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A short run of every scenario at small sizes (about a minute per system).
+    #[arg(long)]
+    pub quick: bool,
+    /// Systems to measure (default: all): roomcast, socketio, fastapi, ceiling.
+    #[arg(long, value_delimiter = ',')]
+    pub systems: Vec<String>,
+    /// Exercise the harness at tiny load with debug builds of Roomcast and the ceiling (what `cargo xtask test`
+    /// runs); its figures mean nothing.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// A process that dies with its handle.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of /proc/<pid>/stat, i.e. 11 and 12 after the state field.
+        (ticks(11) + ticks(12)) / clock_ticks()
+    }
+
+    /// A line of /proc/<pid>/status in KiB (VmRSS now, VmHWM the peak).
+    fn status_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not listen on {port} within 30 s")
+}
+
+/// One system under test: its processes (servers and Redis) and the URLs clients use.
+struct Deployment {
+    servers: Vec<Proc>,
+    redis: Option<Proc>,
+    urls: Vec<String>,
+}
+
+impl Deployment {
+    fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.servers.iter().chain(self.redis.iter())
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        self.procs().map(Proc::cpu_secs).sum()
+    }
+}
+
+struct Env {
+    root: PathBuf,
+    /// Where the binaries are: target/release, or target/debug for the smoke run.
+    bins: PathBuf,
+    scratch: PathBuf,
+    redis_server: PathBuf,
+    path: std::ffi::OsString,
+}
+
+impl Env {
+    fn bin(&self, name: &str) -> PathBuf {
+        self.bins.join(name)
+    }
+}
+
+fn redis(env: &Env) -> anyhow::Result<(Proc, String)> {
+    let port = free_port();
+    let dir = env.scratch.join(format!("redis-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let proc = Proc::spawn(
+        "redis-server",
+        &mut tools::redis_command(&env.redis_server, port, &dir),
+    )?;
+    wait_port(port, "redis-server")?;
+    Ok((proc, format!("redis://127.0.0.1:{port}")))
+}
+
+fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment> {
+    if system == "ceiling" {
+        let port = free_port();
+        let proc = Proc::spawn(
+            "ceiling",
+            Command::new(env.bin("ceiling")).args(["--port", &port.to_string()]),
+        )?;
+        wait_port(port, "ceiling")?;
+        return Ok(Deployment {
+            servers: vec![proc],
+            redis: None,
+            urls: vec![format!("ws://127.0.0.1:{port}")],
+        });
+    }
+    let (redis, url) = redis(env)?;
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..servers {
+        let port = free_port();
+        let mut cmd = match system {
+            "roomcast" => {
+                let mut c = Command::new(env.bin("roomcast"));
+                c.args([
+                    "--port",
+                    &port.to_string(),
+                    "--redis-url",
+                    &url,
+                    "--node-id",
+                    &format!("bench-{i}"),
+                ])
+                .args([
+                    "--static-dir",
+                    "/nonexistent",
+                    "--sends-per-sec",
+                    "100000",
+                    "--send-burst",
+                    "100000",
+                ])
+                .args(["--max-rooms", "64"])
+                .env("RUST_LOG", "warn");
+                c
+            }
+            "socketio" => {
+                let mut c = Command::new("node");
+                c.current_dir(env.scratch.join("socketio"))
+                    .args(["server.js", "--port", &port.to_string(), "--redis", &url])
+                    .env("PATH", &env.path);
+                c
+            }
+            "fastapi" => {
+                let mut c = Command::new(env.scratch.join("venv/bin/uvicorn"));
+                c.current_dir(env.root.join("bench/peers/fastapi"))
+                    .args([
+                        "app:app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        &port.to_string(),
+                    ])
+                    .args([
+                        "--log-level",
+                        "warning",
+                        "--ws-per-message-deflate",
+                        "false",
+                    ])
+                    .env("REDIS_URL", &url);
+                c
+            }
+            other => bail!("unknown system {other}"),
+        };
+        procs.push(Proc::spawn(&format!("{system}-{i}"), &mut cmd)?);
+        wait_port(port, system)?;
+        urls.push(format!("ws://127.0.0.1:{port}"));
+    }
+    Ok(Deployment {
+        servers: procs,
+        redis: Some(redis),
+        urls,
+    })
+}
+
+/// Runs the load generator once and returns its report, with the servers' CPU time over the sending phase (between
+/// the generator's phase marks) and per delivery, and their peak memory.
+fn load(env: &Env, system: &str, dep: &Deployment, args: &[String]) -> anyhow::Result<Value> {
+    use std::io::BufRead;
+    let mut cmd = Command::new(env.bin("loadgen"));
+    cmd.args(["--system", system]);
+    for url in &dep.urls {
+        cmd.args(["--url", url]);
+    }
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run loadgen")?;
+    let stderr = child.stderr.take().context("loadgen's stderr")?;
+    let (mut sending, mut done) = (None, None);
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        match line.as_str() {
+            "phase: sending" => sending = Some(dep.cpu_secs()),
+            "phase: done" => done = Some(dep.cpu_secs()),
+            other => eprintln!("{other}"),
+        }
+    }
+    let out = child.wait_with_output().context("loadgen")?;
+    if !out.status.success() {
+        bail!("loadgen failed ({}) for {system} {args:?}", out.status);
+    }
+    let mut report: Value = serde_json::from_slice(&out.stdout).context("loadgen's report")?;
+    let cpu = done.zip(sending).map_or(0.0, |(d, s)| d - s);
+    let delivered = report["delivered"].as_f64().unwrap_or(0.0);
+    report["server_cpu_secs"] = json!(cpu);
+    report["server_cpu_us_per_delivery"] = json!(if delivered > 0.0 {
+        cpu * 1e6 / delivered
+    } else {
+        0.0
+    });
+    report["peak_rss_kib"] = json!(
+        dep.procs()
+            .map(|p| json!({"process": p.name, "kib": p.status_kib("VmHWM:")}))
+            .collect::<Vec<_>>()
+    );
+    Ok(report)
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Scenario 1: the publish rate into one room of 1,000 members, ramped until p99 > 100 ms or a loss.
+fn ramp(env: &Env, system: &str, quick: bool) -> anyhow::Result<Vec<Value>> {
+    let dep = deploy(env, system, 2)?;
+    let (members, seconds, rates): (&str, &str, &[u64]) = if quick {
+        ("200", "2", &[50, 200])
+    } else {
+        (
+            "1000",
+            "5",
+            &[50, 100, 200, 300, 400, 500, 600, 700, 800, 1000],
+        )
+    };
+    let mut points = Vec::new();
+    for (i, rate) in rates.iter().enumerate() {
+        let args = strs(&[
+            "--members",
+            members,
+            "--rooms",
+            "1",
+            "--size",
+            "100",
+            "--seconds",
+            seconds,
+        ])
+        .into_iter()
+        .chain([
+            "--rate".into(),
+            rate.to_string(),
+            "--prefix".into(),
+            format!("ramp{i}"),
+        ])
+        .collect::<Vec<_>>();
+        let mut report = load(env, system, &dep, &args)?;
+        // This machine is shared with the generator: a point that fails is measured once more before the ramp
+        // stops, so one noisy second does not end it.
+        if report["p99_ms"].as_f64().unwrap_or(f64::MAX) > 100.0
+            || report["lost"].as_u64() != Some(0)
+        {
+            let mut again = args.clone();
+            if let Some(prefix) = again.last_mut() {
+                prefix.push_str("-again");
+            }
+            report = load(env, system, &dep, &again)?;
+        }
+        step(&format!(
+            "{system}: {rate} msg/s -> {:.0} deliveries/s, p99 {} ms, lost {}, {:.2} µs server CPU per delivery",
+            report["deliveries_per_sec"].as_f64().unwrap_or(0.0),
+            report["p99_ms"],
+            report["lost"],
+            report["server_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
+        ));
+        let done = report["p99_ms"].as_f64().unwrap_or(f64::MAX) > 100.0
+            || report["lost"].as_u64() != Some(0);
+        points.push(report);
+        if done {
+            break;
+        }
+    }
+    Ok(points)
+}
+
+/// Scenario 3: memory per idle connection on one server.
+fn idle(env: &Env, system: &str, quick: bool) -> anyhow::Result<Value> {
+    let dep = deploy(env, system, 1)?;
+    let count = if quick { 1000 } else { 19_000 };
+    let before = dep.servers[0].status_kib("VmRSS:");
+    let mut cmd = Command::new(env.bin("loadgen"));
+    cmd.args([
+        "--system",
+        system,
+        "--url",
+        &dep.urls[0],
+        "--idle",
+        "--seconds",
+        "4",
+    ])
+    .args([
+        "--members",
+        &count.to_string(),
+        "--rooms",
+        "100",
+        "--sources",
+        "16",
+    ]);
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .context("run loadgen --idle")?;
+    // Measure while the members are connected: the generator holds them for 4 s after the last one joined.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut peak = before;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        peak = peak.max(dep.servers[0].status_kib("VmRSS:"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let per_conn = (peak.saturating_sub(before)) as f64 / count as f64;
+    step(&format!(
+        "{system}: {count} idle connections, {before} -> {peak} KiB RSS: {per_conn:.1} KiB per connection"
+    ));
+    Ok(
+        json!({"system": system, "connections": count, "rss_before_kib": before, "rss_with_kib": peak, "kib_per_connection": per_conn}),
+    )
+}
+
+/// Scenarios 2 and 4 at fixed load.
+fn fixed(env: &Env, system: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let dep = deploy(env, system, 2)?;
+    let mut report = load(env, system, &dep, &strs(args))?;
+    report["scenario"] = json!(name);
+    step(&format!(
+        "{system}: {name}: p50 {} ms, p99 {} ms, lost {}, {:.2} server CPU s",
+        report["p50_ms"],
+        report["p99_ms"],
+        report["lost"],
+        report["server_cpu_secs"].as_f64().unwrap_or(0.0)
+    ));
+    Ok(report)
+}
+
+fn prepare_peers(env: &Env, systems: &[String]) -> anyhow::Result<()> {
+    if systems.iter().any(|s| s == "socketio") {
+        let dir = env.scratch.join("socketio");
+        std::fs::create_dir_all(&dir)?;
+        for f in ["package.json", "package-lock.json", "server.js"] {
+            std::fs::copy(env.root.join("bench/peers/socketio").join(f), dir.join(f))?;
+        }
+        if !dir.join("node_modules/socket.io").is_dir() {
+            step("installing the socket.io peer from npm (once)");
+            exec(
+                Command::new("npm")
+                    .args(["ci", "--omit=dev", "--silent", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .env("PATH", &env.path),
+            )
+            .context("cannot install the socket.io peer; run: npm ci in target/bench/socketio")?;
+        }
+    }
+    if systems.iter().any(|s| s == "fastapi") {
+        let venv = env.scratch.join("venv");
+        if !venv.join("bin/uvicorn").is_file() {
+            step("installing the FastAPI peer into a venv from PyPI (once)");
+            exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+                .context("cannot make a venv; run: apt-get install python3-venv")?;
+            exec(
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet", "-r"])
+                    .arg(env.root.join("bench/peers/fastapi/requirements.txt")),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark; returns the path of the results.
+pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
+    let tools = tools::ensure_all(root, Need::Run)?;
+    let systems: Vec<String> = if args.smoke {
+        strs(&["roomcast", "ceiling"])
+    } else if args.systems.is_empty() {
+        strs(&["roomcast", "socketio", "fastapi", "ceiling"])
+    } else {
+        args.systems.clone()
+    };
+    let quick = args.quick || args.smoke;
+    let mut build = Command::new("cargo");
+    build.args([
+        "build", "--quiet", "-p", "backend", "--bin", "roomcast", "-p", "testkit", "--bins",
+    ]);
+    let (bins, scratch) = if args.smoke {
+        (root.join("target/debug"), root.join("target/bench-smoke"))
+    } else {
+        build.arg("--release");
+        (root.join("target/release"), root.join("target/bench"))
+    };
+    step(&format!(
+        "building the binaries (roomcast, loadgen, ceiling) into {}",
+        bins.display()
+    ));
+    exec(&mut build)?;
+    let env = Env {
+        root: root.to_owned(),
+        bins,
+        scratch,
+        redis_server: tools
+            .redis_server
+            .clone()
+            .context("redis-server not found: apt-get install redis-server")?,
+        path: tools.path(),
+    };
+    std::fs::create_dir_all(&env.scratch)?;
+    prepare_peers(&env, &systems)?;
+
+    let mut results = serde_json::Map::new();
+    for system in &systems {
+        step(&format!("== {system} =="));
+        let ramp = ramp(&env, system, quick)?;
+        let light = fixed(
+            &env,
+            system,
+            "light",
+            &[
+                "--members",
+                "100",
+                "--rooms",
+                "1",
+                "--rate",
+                "100",
+                "--size",
+                "100",
+                "--seconds",
+                if args.quick { "2" } else { "5" },
+                "--prefix",
+                "light",
+            ],
+        )?;
+        let many = if args.quick {
+            fixed(
+                &env,
+                system,
+                "many-rooms",
+                &[
+                    "--members",
+                    "500",
+                    "--rooms",
+                    "50",
+                    "--rate",
+                    "50",
+                    "--size",
+                    "100",
+                    "--seconds",
+                    "2",
+                    "--prefix",
+                    "many",
+                ],
+            )?
+        } else {
+            fixed(
+                &env,
+                system,
+                "many-rooms",
+                &[
+                    "--members",
+                    "10000",
+                    "--rooms",
+                    "1000",
+                    "--rate",
+                    "1000",
+                    "--size",
+                    "100",
+                    "--seconds",
+                    "10",
+                    "--sources",
+                    "32",
+                    "--prefix",
+                    "many",
+                ],
+            )?
+        };
+        let idle = idle(&env, system, quick)?;
+        results.insert(
+            system.clone(),
+            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle}),
+        );
+    }
+    let machine = json!({
+        "cores": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "quick": quick,
+    });
+    let all = json!({"machine": machine, "systems": results});
+    let out = env.scratch.join("results.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
+    crate::plot::p99_against_rate(&all, &env.scratch.join("p99.svg"))?;
+    step(&format!(
+        "results: {} and {}",
+        out.display(),
+        env.scratch.join("p99.svg").display()
+    ));
+    Ok(out)
+}

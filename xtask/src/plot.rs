@@ -1,0 +1,78 @@
+//! The benchmark's picture: p99 latency against delivered messages per second, one line per system (plotters, SVG).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde_json::Value;
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0x3b, 0x4c, 0xca),
+    RGBColor(0xd9, 0x5f, 0x02),
+    RGBColor(0x1b, 0x9e, 0x77),
+    RGBColor(0x66, 0x66, 0x66),
+];
+
+/// Draws every system's ramp (scenario 1) from `results` into an SVG at `out`.
+pub fn p99_against_rate(results: &Value, out: &Path) -> anyhow::Result<()> {
+    let systems = results["systems"].as_object().cloned().unwrap_or_default();
+    let lines: Vec<(String, Vec<(f64, f64)>)> = systems
+        .iter()
+        .map(|(name, r)| {
+            let points = r["ramp"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| {
+                            (
+                                p["deliveries_per_sec"].as_f64().unwrap_or(0.0) / 1000.0,
+                                p["p99_ms"].as_f64().unwrap_or(0.0),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name.clone(), points)
+        })
+        .collect();
+    let max_x = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .fold(10.0, f64::max);
+    let root = SVGBackend::new(out, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Fan-out: one room of members, p99 send → delivery",
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max_x * 1.05, (1.0f64..2000.0f64).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("delivered, thousands of messages per second")
+        .y_desc("p99 latency, ms (log)")
+        .draw()?;
+    for (i, (name, points)) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let clamped: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(x, y)| (*x, y.clamp(1.0, 2000.0)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(clamped.clone(), color.stroke_width(2)))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(clamped.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
