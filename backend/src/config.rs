@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_QUEUE_CAPACITY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue_capacity: u32,
 
+    /// The longest a message waits for its room's next fan-out wave. A busy room fans out at most once per
+    /// 40 µs × its local members (capped by this), so big rooms write several frames per syscall; quiet and small
+    /// rooms never wait. 0 fans out every message as it arrives.
+    #[arg(long, env = "ROOMCAST_FANOUT_MAX_DELAY_MS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub fanout_max_delay_ms: u32,
+
     /// Sustained sends per second allowed per connection.
     #[arg(long, env = "ROOMCAST_SENDS_PER_SEC", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub sends_per_sec: u32,

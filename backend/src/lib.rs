@@ -144,7 +144,15 @@ pub async fn run(
             }
         };
         let rooms = Rooms::new(bus.clone(), node.clone());
-        tokio::spawn(rooms.clone().dispatch(events_rx).in_current_span());
+        tokio::spawn(
+            rooms
+                .clone()
+                .dispatch(
+                    events_rx,
+                    Duration::from_millis(config.fanout_max_delay_ms.into()),
+                )
+                .in_current_span(),
+        );
         let limits = Limits {
             max_frame_bytes: shared::validate::MAX_FRAME_BYTES,
             max_text_chars: shared::validate::TEXT_MAX_CHARS,

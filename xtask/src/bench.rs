@@ -31,6 +31,9 @@ pub struct Args {
     /// runs); its figures mean nothing.
     #[arg(long)]
     pub smoke: bool,
+    /// Scenarios to run (default: all): ramp, light, many, idle. A partial run still writes results.json.
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
 }
 
 /// A process that dies with its handle.
@@ -491,27 +494,39 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
     let mut results = serde_json::Map::new();
     for system in &systems {
         step(&format!("== {system} =="));
-        let ramp = ramp(&env, system, quick)?;
-        let light = fixed(
-            &env,
-            system,
-            "light",
-            &[
-                "--members",
-                "100",
-                "--rooms",
-                "1",
-                "--rate",
-                "100",
-                "--size",
-                "100",
-                "--seconds",
-                if args.quick { "2" } else { "5" },
-                "--prefix",
+        let run =
+            |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
+        let ramp = if run("ramp") {
+            json!(ramp(&env, system, quick)?)
+        } else {
+            Value::Null
+        };
+        let light = if !run("light") {
+            Value::Null
+        } else {
+            fixed(
+                &env,
+                system,
                 "light",
-            ],
-        )?;
-        let many = if args.quick {
+                &[
+                    "--members",
+                    "100",
+                    "--rooms",
+                    "1",
+                    "--rate",
+                    "100",
+                    "--size",
+                    "100",
+                    "--seconds",
+                    if args.quick { "2" } else { "5" },
+                    "--prefix",
+                    "light",
+                ],
+            )?
+        };
+        let many = if !run("many") {
+            Value::Null
+        } else if args.quick {
             fixed(
                 &env,
                 system,
@@ -554,7 +569,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
                 ],
             )?
         };
-        let idle = idle(&env, system, quick)?;
+        let idle = if run("idle") {
+            idle(&env, system, quick)?
+        } else {
+            Value::Null
+        };
         results.insert(
             system.clone(),
             json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle}),

@@ -83,6 +83,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             quick: true,
             systems: Vec::new(),
             smoke: true,
+            scenarios: Vec::new(),
         },
     )
     .context("the benchmark harness is broken: cargo xtask bench --smoke")?;
