@@ -14,6 +14,10 @@ use clap::Parser;
     about = "Roomcast backend replica: chat rooms over WebSocket, relayed across replicas through Redis."
 )]
 pub struct Config {
+    /// Instead of serving, run one command and exit.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on. Use 0.0.0.0 in containers.
     #[arg(long, env = "ROOMCAST_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -58,6 +62,19 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub allowed_origins: Vec<String>,
 
+    /// Keys that may use the HTTP API (`POST`/`GET /api/rooms/{room}/messages` with `Authorization: Bearer <key>`),
+    /// comma-separated, each at least 16 characters. None: the API is off.
+    #[arg(long, env = "ROOMCAST_API_KEYS", value_delimiter = ',', value_parser = parse_api_key, hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// Messages per second one API key may publish (after a burst of as many).
+    #[arg(long, env = "ROOMCAST_API_SENDS_PER_SEC", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub api_sends_per_sec: u32,
+
+    /// Log lines as text (for people) or json (one object per line, for log collectors).
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Messages kept per room (the Redis Stream is trimmed to about this many).
     #[arg(long, env = "ROOMCAST_HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub history_limit: u32,
@@ -97,6 +114,26 @@ pub struct Config {
     pub ping_secs: u64,
 }
 
+/// One-shot commands of the `roomcast` binary.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Publish one message through Redis with the same rules as a WebSocket `send` (no HTTP needed), print its id
+    /// and exit: `roomcast --redis-url redis://host:6379 publish --room general --nick cron "backup done"`.
+    Publish {
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// Shown as the author.
+        #[arg(long)]
+        nick: String,
+        /// Idempotency key: running the command again with the same cid stores the message once.
+        #[arg(long)]
+        cid: Option<String>,
+        /// The message text.
+        text: String,
+    },
+}
+
 impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn defaults() -> Self {
@@ -130,6 +167,17 @@ fn parse_subscribe_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s != "replicas" {
         crate::bus::redis::topology::SubscribeTo::parse(&[s.to_owned()])?;
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_api_key(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.len() < 16 || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "an API key must be 16 to 256 printable ASCII characters (e.g. openssl rand -hex 24)"
+                .into(),
+        );
     }
     Ok(s.to_owned())
 }

@@ -18,11 +18,24 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route(shared::WS_PATH, get(ws))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(crate::api::routes());
     let dir = &state.config.static_dir;
     let index = dir.join("index.html");
     let router = if index.is_file() {
-        router.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
+        // Files made at build time next to each asset (`.br`, `.gz`) are served to browsers that accept them.
+        let files = ServeDir::new(dir)
+            .precompressed_br()
+            .precompressed_gzip()
+            .fallback(
+                ServeFile::new(index)
+                    .precompressed_br()
+                    .precompressed_gzip(),
+            );
+        router
+            .fallback_service(files)
+            .layer(axum::middleware::map_response(cache_policy))
     } else {
         warn!(dir = %dir.display(), "no index.html in the static dir; serving a notice instead (build it: cargo xtask dev)");
         router.fallback(not_built)
@@ -96,6 +109,61 @@ async fn healthz(State(state): State<AppState>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
+/// Readiness for load balancers: 503 while the bus is down or the replica is shutting down, so new clients go to
+/// another replica. `/healthz` stays the liveness probe (the process answers).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (status, reason) = if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !state.bus.is_up() {
+        (StatusCode::SERVICE_UNAVAILABLE, "bus down")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let body = serde_json::json!({"status": reason, "node": &*state.node});
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Caching of the static files: trunk names every asset with a content hash, so those never change and are
+/// cached for a year; anything else (index.html above all, which names the current assets) is revalidated.
+async fn cache_policy(uri: axum::http::Uri, mut response: Response) -> Response {
+    if response.status().is_success() && !response.headers().contains_key(header::CACHE_CONTROL) {
+        let html = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
+        let value = if is_hashed_asset(uri.path()) && !html {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        };
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
+/// Whether a path names an asset trunk hashed: `name-<hash>[_bg].{wasm,js,css}`, the hash 8 to 16 hex digits.
+fn is_hashed_asset(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or("");
+    let Some((stem, ext)) = file.split_once('.') else {
+        return false;
+    };
+    let stem = stem.strip_suffix("_bg").unwrap_or(stem);
+    matches!(ext, "wasm" | "js" | "css")
+        && stem.rsplit_once('-').is_some_and(|(name, hash)| {
+            !name.is_empty()
+                && (8..=16).contains(&hash.len())
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -136,6 +204,23 @@ mod tests {
             h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn only_trunk_hashed_assets_are_immutable() {
+        assert!(is_hashed_asset("/frontend-1a2b3c4d5e6f7a8b_bg.wasm"));
+        assert!(is_hashed_asset("/frontend-1a2b3c4d5e6f7a8b.js"));
+        assert!(is_hashed_asset("/style-0123456789abcdef.css"));
+        assert!(
+            is_hashed_asset("/style-c5d686d2ff57d78.css"),
+            "trunk drops leading zeros"
+        );
+        assert!(!is_hashed_asset("/notes-deadbeef.txt"));
+        assert!(!is_hashed_asset("/"));
+        assert!(!is_hashed_asset("/index.html"));
+        assert!(!is_hashed_asset("/r/general"));
+        assert!(!is_hashed_asset("/my-room-name"));
+        assert!(!is_hashed_asset("/-0123456789abcdef.js"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! into a room goes through), [`rooms`] (local membership and fan-out), [`bus`] (Redis or in-memory relay and
 //! history), [`error`] (error frames), [`metrics`].
 
+pub mod api;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Rate limits of the HTTP API, per key.
+    pub api_buckets: api::KeyBuckets,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -105,44 +108,7 @@ pub async fn run(
     let span = info_span!("replica", node = %node);
     async move {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let bus: Arc<dyn Bus> = match &config.redis_url {
-            Some(url) => {
-                let options = bus::redis::RedisOptions {
-                    target: bus::redis::topology::Target::parse(url)
-                        .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
-                    subscribe: bus::redis::topology::SubscribeTo::parse(
-                        &config.redis_subscribe_url,
-                    )
-                    .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
-                    prefix: config.redis_prefix.clone(),
-                    history_limit: config.history_limit as usize,
-                    dedupe_window: config.dedupe_window(),
-                    wait_replicas: config.redis_wait_replicas,
-                    wait_timeout: config.redis_wait_timeout(),
-                    node: node.clone(),
-                };
-                let bus = bus::redis::RedisBus::start(options, events_tx, shutdown.clone())
-                    .map_err(StartError::Bus)?;
-                info!(
-                    redis = %redact(url),
-                    kind = bus.kind(),
-                    prefix = %config.redis_prefix,
-                    wait_replicas = config.redis_wait_replicas,
-                    "using the Redis bus"
-                );
-                Arc::new(bus)
-            }
-            None => {
-                warn!(
-                    "no --redis-url: using the in-memory bus; this replica cannot relay to others"
-                );
-                Arc::new(bus::memory::MemoryBus::new(
-                    events_tx,
-                    config.history_limit as usize,
-                    config.dedupe_window(),
-                ))
-            }
-        };
+        let bus = start_bus(&config, node.clone(), events_tx, &shutdown)?;
         let rooms = Rooms::new(bus.clone(), node.clone());
         tokio::spawn(
             rooms
@@ -171,6 +137,7 @@ pub async fn run(
             tracker: TaskTracker::new(),
             metrics: metrics::handle(),
             next_conn: Arc::new(AtomicU64::new(1)),
+            api_buckets: api::KeyBuckets::default(),
         };
         let tracker = state.tracker.clone();
         info!(%addr, "listening");
@@ -199,6 +166,85 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Starts the bus the configuration names: Redis (any topology) or, without `--redis-url`, the in-memory bus.
+fn start_bus(
+    config: &Config,
+    node: Arc<str>,
+    events_tx: mpsc::UnboundedSender<bus::BusEvent>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Bus>, StartError> {
+    let bus: Arc<dyn Bus> = match &config.redis_url {
+        Some(url) => {
+            let options = bus::redis::RedisOptions {
+                target: bus::redis::topology::Target::parse(url)
+                    .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
+                subscribe: bus::redis::topology::SubscribeTo::parse(&config.redis_subscribe_url)
+                    .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
+                prefix: config.redis_prefix.clone(),
+                history_limit: config.history_limit as usize,
+                dedupe_window: config.dedupe_window(),
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: config.redis_wait_timeout(),
+                node: node.clone(),
+            };
+            let bus = bus::redis::RedisBus::start(options, events_tx, shutdown.clone())
+                .map_err(StartError::Bus)?;
+            info!(
+                redis = %redact(url),
+                kind = bus.kind(),
+                prefix = %config.redis_prefix,
+                wait_replicas = config.redis_wait_replicas,
+                "using the Redis bus"
+            );
+            Arc::new(bus)
+        }
+        None => {
+            warn!("no --redis-url: using the in-memory bus; this replica cannot relay to others");
+            Arc::new(bus::memory::MemoryBus::new(
+                events_tx,
+                config.history_limit as usize,
+                config.dedupe_window(),
+            ))
+        }
+    };
+    Ok(bus)
+}
+
+/// Errors of [`publish_once`].
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The bus could not be started.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The room rules or the bus refused the message.
+    #[error("{}", .0.message)]
+    Refused(#[from] error::RequestError),
+    /// The nick or room is invalid.
+    #[error("{0}")]
+    Invalid(#[from] shared::ValidationError),
+}
+
+/// Publishes one message through the configured bus and the same room rules as a WebSocket `send`, without serving:
+/// what `roomcast publish` runs (a cron job needs no HTTP).
+pub async fn publish_once(
+    config: &Config,
+    room: &str,
+    nick: &str,
+    text: &str,
+    cid: Option<String>,
+) -> Result<bus::Published, PublishError> {
+    let room = shared::RoomName::parse(room)?;
+    let nick = shared::Nick::parse(nick)?;
+    let shutdown = CancellationToken::new();
+    let (events_tx, _events_rx) = mpsc::unbounded_channel();
+    let node: Arc<str> = format!("cli:{}", std::process::id()).into();
+    let bus = start_bus(config, node, events_tx, &shutdown)?;
+    let cid = cid.unwrap_or_else(|| format!("cli-{}", bus::new_epoch()));
+    let published = relay::publish(&*bus, &room, &nick, text, cid).await;
+    shutdown.cancel();
+    Ok(published?)
 }
 
 /// Hides a password in a Redis URL before it is logged.

@@ -18,11 +18,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // A one-shot command prints its result; only problems are logged.
+        EnvFilter::new(if config.command.is_some() {
+            "warn"
+        } else {
+            "info"
+        })
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -30,6 +41,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(backend::config::Command::Publish {
+        room,
+        nick,
+        cid,
+        text,
+    }) = config.command.clone()
+    {
+        if config.redis_url.is_none() {
+            eprintln!(
+                "error: publish needs --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
+            );
+            return ExitCode::from(2);
+        }
+        return match runtime.block_on(backend::publish_once(&config, &room, &nick, &text, cid)) {
+            Ok(published) => {
+                let duplicate = if published.duplicate {
+                    " (already stored: duplicate cid)"
+                } else {
+                    ""
+                };
+                println!("{}{duplicate}", published.id);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,7 +12,7 @@ use shared::{
 use tracing::{debug, info, warn};
 
 use crate::AppState;
-use crate::bus::{Draft, HistoryQuery, Published, now_ms};
+use crate::bus::{Bus, Draft, HistoryQuery, Published, now_ms};
 use crate::error::RequestError;
 use crate::ratelimit::TokenBucket;
 use crate::rooms::{ConnId, Member, Outbound};
@@ -25,7 +25,7 @@ pub const CATCH_UP_PAGE: usize = 200;
 
 /// Validates and stores one message for `nick` in `room`: the one way into the bus for chat messages.
 pub async fn publish(
-    state: &AppState,
+    bus: &dyn Bus,
     room: &RoomName,
     nick: &Nick,
     text: &str,
@@ -38,7 +38,7 @@ pub async fn publish(
         text: text.to_owned(),
         cid,
     };
-    let published = state.bus.publish(room, draft).await?;
+    let published = bus.publish(room, draft).await?;
     if published.duplicate {
         metrics::counter!("roomcast_duplicate_sends_total").increment(1);
         debug!(%room, id = %published.id, "repeated cid: answered with the original id");
@@ -269,7 +269,7 @@ impl Participant {
                 ),
             ));
         }
-        let published = publish(&self.state, &room, &nick, text, cid.clone()).await?;
+        let published = publish(&*self.state.bus, &room, &nick, text, cid.clone()).await?;
         Ok(ServerMsg::Ack {
             room,
             cid,

@@ -31,9 +31,14 @@ pub struct Args {
     /// runs); its figures mean nothing.
     #[arg(long)]
     pub smoke: bool,
-    /// Scenarios to run (default: all): ramp, light, many, idle. A partial run still writes results.json.
+    /// Scenarios to run (default: all): ramp, light, many, idle, wide (Roomcast only: 51,000 idle connections over
+    /// three replicas and three generator processes). A partial run still writes results.json.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// Instead of the scenarios: record Roomcast's replica with `perf` at this many messages/s into 1,000 members
+    /// and draw target/bench/flamegraph.svg.
+    #[arg(long)]
+    pub profile: Option<u64>,
 }
 
 /// A process that dies with its handle.
@@ -303,7 +308,7 @@ fn ramp(env: &Env, system: &str, quick: bool) -> anyhow::Result<Vec<Value>> {
         (
             "1000",
             "5",
-            &[50, 100, 200, 300, 400, 500, 600, 700, 800, 1000],
+            &[50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000],
         )
     };
     let mut points = Vec::new();
@@ -403,6 +408,130 @@ fn idle(env: &Env, system: &str, quick: bool) -> anyhow::Result<Value> {
     )
 }
 
+/// Scenario 3b: idle connections beyond one process's 20,000 open files: `servers` replicas, one generator process
+/// per replica (each holds its own `per_server` connections), spread over loopback source addresses.
+fn idle_wide(env: &Env, system: &str, servers: usize, per_server: usize) -> anyhow::Result<Value> {
+    let dep = deploy(env, system, servers)?;
+    let before: Vec<u64> = dep.servers.iter().map(|s| s.status_kib("VmRSS:")).collect();
+    let mut children = Vec::new();
+    for (i, url) in dep.urls.iter().enumerate() {
+        let child = Command::new(env.bin("loadgen"))
+            .args(["--system", system, "--url", url, "--idle", "--seconds", "4"])
+            .args(["--members", &per_server.to_string(), "--rooms", "100"])
+            .args(["--sources", "16", "--prefix", &format!("wide{i}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("run loadgen --idle")?;
+        children.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut peak = before.clone();
+    while Instant::now() < deadline {
+        let mut running = 0;
+        for child in &mut children {
+            if matches!(child.try_wait(), Ok(None)) {
+                running += 1;
+            }
+        }
+        for (p, s) in peak.iter_mut().zip(&dep.servers) {
+            *p = (*p).max(s.status_kib("VmRSS:"));
+        }
+        if running == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut failed = 0;
+    for mut child in children {
+        let _ = child.kill();
+        if !child.wait().is_ok_and(|s| s.success()) {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of the idle generators failed");
+    }
+    let count = servers * per_server;
+    let grown: u64 = peak
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.saturating_sub(*b))
+        .sum();
+    let per_conn = grown as f64 / count as f64;
+    step(&format!(
+        "{system}: {count} idle connections over {servers} servers and {servers} generators: {per_conn:.1} KiB per connection"
+    ));
+    Ok(json!({
+        "system": system, "servers": servers, "connections": count,
+        "rss_before_kib": before, "rss_with_kib": peak, "kib_per_connection": per_conn,
+    }))
+}
+
+/// A flame graph of replica 0 under scenario 1 at `rate` messages/s (`perf record -g`, folded and drawn by
+/// `inferno`), written to `out`.
+fn profile(env: &Env, rate: u64, out: &Path) -> anyhow::Result<()> {
+    let dep = deploy(env, "roomcast", 2)?;
+    let data = env.scratch.join("perf.data");
+    let pid = dep.servers[0].child.id().to_string();
+    let args = strs(&[
+        "--members",
+        "1000",
+        "--rooms",
+        "1",
+        "--size",
+        "100",
+        "--seconds",
+        "8",
+    ])
+    .into_iter()
+    .chain([
+        "--rate".into(),
+        rate.to_string(),
+        "--prefix".into(),
+        "profile".into(),
+    ])
+    .collect::<Vec<_>>();
+    let data_arg = data.display().to_string();
+    let recorder = std::thread::spawn(move || {
+        // Skip the connecting phase: record 4 s in the middle of the sending phase.
+        std::thread::sleep(Duration::from_secs(5));
+        Command::new("perf")
+            .args([
+                "record", "-F", "999", "-g", "-o", &data_arg, "-p", &pid, "--", "sleep", "4",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    });
+    let report = load(env, "roomcast", &dep, &args)?;
+    let recorded = recorder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the perf thread panicked"))?;
+    if !recorded.is_ok_and(|s| s.success()) {
+        bail!("perf record failed: apt-get install linux-perf (and run as root)");
+    }
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(&data)
+        .output()
+        .context("perf script")?;
+    let mut folded = Vec::new();
+    use inferno::collapse::Collapse;
+    inferno::collapse::perf::Folder::default()
+        .collapse(&script.stdout[..], &mut folded)
+        .context("fold the perf samples")?;
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = format!(
+        "roomcast replica under fan-out: {rate} msg/s into 1,000 members ({:.0} deliveries/s)",
+        report["deliveries_per_sec"].as_f64().unwrap_or(0.0)
+    );
+    let file = std::fs::File::create(out)?;
+    inferno::flamegraph::from_reader(&mut options, &folded[..], std::io::BufWriter::new(file))
+        .context("draw the flame graph")?;
+    step(&format!("flame graph: {}", out.display()));
+    Ok(())
+}
+
 /// Scenarios 2 and 4 at fixed load.
 fn fixed(env: &Env, system: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
     let dep = deploy(env, system, 2)?;
@@ -489,6 +618,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         path: tools.path(),
     };
     std::fs::create_dir_all(&env.scratch)?;
+    if let Some(rate) = args.profile {
+        let out = env.scratch.join("flamegraph.svg");
+        profile(&env, rate, &out)?;
+        return Ok(out);
+    }
     prepare_peers(&env, &systems)?;
 
     let mut results = serde_json::Map::new();
@@ -574,9 +708,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         } else {
             Value::Null
         };
+        let idle_wide = if run("wide") && system == "roomcast" {
+            idle_wide(&env, system, 3, if quick { 300 } else { 17_000 })?
+        } else {
+            Value::Null
+        };
         results.insert(
             system.clone(),
-            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle}),
+            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle, "idle_wide": idle_wide}),
         );
     }
     let machine = json!({

@@ -82,25 +82,47 @@ pub fn build_frontend(tools: &tools::Tools) -> anyhow::Result<()> {
             .args(["build", "--release", "--offline"]),
     )
     .context("frontend build failed; see trunk's output above")?;
-    if let Some(size) = wasm_gzip_size(Path::new("dist")) {
-        step(&format!(
-            "frontend built into dist/ ({} KB of wasm, gzipped)",
-            size / 1024
-        ));
-    }
+    compress_assets(Path::new("dist"))?;
     Ok(())
 }
 
-fn wasm_gzip_size(dist: &Path) -> Option<u64> {
-    let wasm = std::fs::read_dir(dist)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "wasm"))?;
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("gzip -9c '{}' | wc -c", wasm.display()))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+/// Writes a brotli (`.br`) and a gzip (`.gz`) copy next to every text or wasm asset in `dist`, at the highest
+/// levels (done once at build time); the replica serves them to browsers that accept them.
+fn compress_assets(dist: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    for entry in std::fs::read_dir(dist).context("read dist/")? {
+        let path = entry?.path();
+        let compressible = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "wasm" | "js" | "css" | "html" | "svg" | "json"));
+        if !compressible {
+            continue;
+        }
+        let raw = std::fs::read(&path)?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&raw)?;
+        let gz = gz.finish()?;
+        let mut br = Vec::new();
+        {
+            let mut writer = brotli::CompressorWriter::new(&mut br, 64 * 1024, 11, 22);
+            writer.write_all(&raw)?;
+        }
+        let with = |ext: &str| {
+            let mut name = path.clone().into_os_string();
+            name.push(ext);
+            std::path::PathBuf::from(name)
+        };
+        std::fs::write(with(".gz"), &gz)?;
+        std::fs::write(with(".br"), &br)?;
+        if path.extension().is_some_and(|e| e == "wasm") {
+            step(&format!(
+                "frontend built into dist/: wasm {} KB, {} KB gzip, {} KB brotli (what browsers download)",
+                raw.len() / 1024,
+                gz.len() / 1024,
+                br.len() / 1024
+            ));
+        }
+    }
+    Ok(())
 }

@@ -84,6 +84,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             systems: Vec::new(),
             smoke: true,
             scenarios: Vec::new(),
+            profile: None,
         },
     )
     .context("the benchmark harness is broken: cargo xtask bench --smoke")?;

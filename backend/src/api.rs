@@ -1,0 +1,305 @@
+//! The HTTP API for publishing from outside (a backend, a cron job) and reading history — the role socket.io's
+//! emitter plays, but through the same room rules as a WebSocket `send`: validation, a rate limit, ids, history
+//! and idempotency by `cid`.
+//!
+//! `POST /api/rooms/{room}/messages` and `GET /api/rooms/{room}/messages?since=&limit=`, both with
+//! `Authorization: Bearer <key>`. With no key configured (`--api-keys`) the API is off and says so.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shared::{ChatMessage, ErrorCode, MsgId, Nick, RoomName};
+use tracing::warn;
+
+use crate::AppState;
+use crate::bus::HistoryQuery;
+use crate::error::RequestError;
+use crate::ratelimit::TokenBucket;
+use crate::relay;
+
+/// Largest request body the API reads; a message is at most a few KiB of JSON.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The most messages one history request returns.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+/// The API's routes (merged into the replica's router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/rooms/{room}/messages",
+            get(history).post(post_message),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// One rate-limit bucket per API key, so one integration cannot starve another.
+#[derive(Debug, Default, Clone)]
+pub struct KeyBuckets(Arc<Mutex<HashMap<String, TokenBucket>>>);
+
+impl KeyBuckets {
+    fn take(&self, key: &str, per_sec: u32, burst: u32) -> bool {
+        let mut buckets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets
+            .entry(key.to_owned())
+            .or_insert_with(|| TokenBucket::new(per_sec, burst))
+            .take()
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    /// Shown as the author.
+    pub nick: String,
+    /// The message text.
+    pub text: String,
+    /// Idempotency key: a retry with the same `cid` is stored once. Without it, each request is a new message.
+    pub cid: Option<String>,
+}
+
+/// The answer to a stored message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Posted {
+    /// The message id.
+    pub id: MsgId,
+    /// Milliseconds since the Unix epoch when it was stored.
+    pub ts: u64,
+    /// The `cid` was already stored: this is the original message, nothing new was stored.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// Query of a history read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Messages after this id; without it, the newest `limit`.
+    pub since: Option<String>,
+    /// At most this many messages (default 100, at most [`MAX_HISTORY_PAGE`]).
+    pub limit: Option<usize>,
+}
+
+/// A page of history.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The room.
+    pub room: RoomName,
+    /// The room's history epoch (changes when Redis lost the history).
+    pub epoch: String,
+    /// Messages, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// `since` is older than the oldest message kept: some messages in between are gone.
+    pub truncated: bool,
+}
+
+/// An API error: an HTTP status and a JSON body `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("roomcast_api_errors_total", "code" => self.code).increment(1);
+        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let (status, code) = match e.code {
+            ErrorCode::InvalidRoom => (StatusCode::BAD_REQUEST, "invalid_room"),
+            ErrorCode::InvalidNick => (StatusCode::BAD_REQUEST, "invalid_nick"),
+            ErrorCode::InvalidText => (StatusCode::BAD_REQUEST, "invalid_text"),
+            ErrorCode::InvalidClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
+            ErrorCode::CidReused => (StatusCode::CONFLICT, "cid_reused"),
+            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            _ => (StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        Self::new(status, code, e.message)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                status,
+                "too_large",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "expected JSON {{\"nick\", \"text\", \"cid\"?}} with Content-Type: application/json: {}",
+                rejection.body_text()
+            ),
+        )
+    }
+}
+
+/// Checks `Authorization: Bearer <key>` against the configured keys; returns the key.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let keys = &state.config.api_keys;
+    if keys.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "api_disabled",
+            "the HTTP API is off on this replica: start it with --api-keys (ROOMCAST_API_KEYS) to enable it",
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the API key as Authorization: Bearer <key>",
+            )
+        })?;
+    // Compare every key in full, so the time taken does not tell how much of a guess was right.
+    let mut found = None;
+    for key in keys {
+        if constant_time_eq(key.as_bytes(), presented.as_bytes()) {
+            found = Some(key.clone());
+        }
+    }
+    found.ok_or_else(|| {
+        warn!("API request with an unknown key");
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API key is not accepted here",
+        )
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn post_message(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<PostMessage>, JsonRejection>,
+) -> Result<(StatusCode, Json<Posted>), ApiError> {
+    let key = authorize(&state, &headers)?;
+    let Json(post) = body?;
+    let room = RoomName::parse(&room).map_err(RequestError::from)?;
+    let nick = Nick::parse(&post.nick).map_err(RequestError::from)?;
+    let (per_sec, burst) = (
+        state.config.api_sends_per_sec,
+        state.config.api_sends_per_sec,
+    );
+    if !state.api_buckets.take(&key, per_sec, burst) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "at most {per_sec} messages per second per API key; this message was not stored"
+            ),
+        ));
+    }
+    let cid = post
+        .cid
+        .unwrap_or_else(|| format!("api-{}", crate::bus::new_epoch()));
+    let published = relay::publish(&*state.bus, &room, &nick, &post.text, cid).await?;
+    let status = if published.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(Posted {
+            id: published.id,
+            ts: published.id.ms,
+            duplicate: published.duplicate,
+        }),
+    ))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(params) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{} (use ?since=<id>&limit=<n>)", e.body_text()),
+        )
+    })?;
+    let room = RoomName::parse(&room).map_err(RequestError::from)?;
+    let since = params
+        .since
+        .map(|s| s.parse::<MsgId>())
+        .transpose()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "since must be a message id like 1732190000456-0",
+            )
+        })?;
+    let limit = params.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
+    let query = HistoryQuery {
+        since,
+        epoch: None,
+        recent: limit,
+        limit,
+    };
+    let history = state
+        .bus
+        .history(&room, query)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(Json(HistoryPage {
+        room,
+        epoch: history.epoch.to_string(),
+        messages: history.messages,
+        truncated: history.truncated,
+    }))
+}
