@@ -49,7 +49,12 @@ async fn assets_are_served_precompressed_and_cached_by_hash() {
         (None, "raw wasm")
     );
 
-    for page in ["/", "/index.html", "/r/general", "/gone-0123456789abcdef.js"] {
+    for page in [
+        "/",
+        "/index.html",
+        "/r/general",
+        "/gone-0123456789abcdef.js",
+    ] {
         let (status, head, body) = fetch(&replica, page, Some("br")).await;
         assert_eq!(
             (status, body.as_str()),
