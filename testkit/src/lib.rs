@@ -292,6 +292,27 @@ impl ReplicaProcess {
         }
     }
 
+    /// Stops the process as an orchestrator does (SIGTERM: drain, close frames), waits up to `grace` for it to exit,
+    /// then kills it. Returns whether it exited by itself in time.
+    pub async fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -322,6 +343,87 @@ impl Drop for ReplicaProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// nginx in front of replicas, run from the repository's own `deploy/nginx.conf` (copied byte for byte into a
+/// scratch directory, next to the two files it includes: where to listen, and the replicas' addresses). Killed on
+/// drop.
+#[derive(Debug)]
+pub struct Nginx {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with `conf` (normally `deploy/nginx.conf`) on a free port, balancing over `upstreams`.
+    pub async fn start(conf: &Path, upstreams: &[SocketAddr]) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("roomcast-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        std::fs::copy(conf, dir.join("nginx.conf")).expect("copy nginx.conf");
+        std::fs::write(
+            dir.join("roomcast-listen.conf"),
+            format!("listen 127.0.0.1:{port};\n"),
+        )
+        .unwrap();
+        let servers: String = upstreams.iter().map(|a| format!("server {a};\n")).collect();
+        std::fs::write(dir.join("roomcast-upstreams.conf"), servers).unwrap();
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-g")
+            .arg(format!(
+                "daemon off; master_process off; pid {0}/nginx.pid; error_log {0}/logs/error.log warn;",
+                dir.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let nginx = Self {
+            addr,
+            child: Some(child),
+            dir,
+        };
+        eventually("nginx accepts connections", || async {
+            TcpStream::connect(addr).await.is_ok().then_some(())
+        })
+        .await;
+        nginx
+    }
+
+    /// `ws://<addr>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.addr, shared::WS_PATH)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The nginx binary: on `PATH` or Debian's `/usr/sbin/nginx`.
+pub fn nginx_binary() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file());
+    found.expect(
+        "nginx not found: apt-get install nginx (or run cargo xtask test, which installs it)",
+    )
 }
 
 /// Retries `f` until it returns `Some`, for state that settles asynchronously (e.g. a Redis reconnect).

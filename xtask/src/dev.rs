@@ -1,4 +1,6 @@
 //! `cargo xtask dev`: the whole product on this machine: a private redis-server and two replicas sharing it.
+//! `cargo xtask stack`: the same plus nginx in front, run from the very `deploy/nginx.conf` docker-compose uses —
+//! the compose topology for machines without Docker.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -24,6 +26,54 @@ pub struct Args {
     /// Skip the frontend build (use the dist/ already there).
     #[arg(long)]
     no_frontend: bool,
+}
+
+/// Options of `cargo xtask stack`.
+#[derive(Debug, clap::Args)]
+pub struct StackArgs {
+    #[command(flatten)]
+    dev: Args,
+    /// Port nginx listens on (127.0.0.1).
+    #[arg(long, default_value_t = 8000)]
+    nginx_port: u16,
+}
+
+/// `cargo xtask stack`: Redis, the replicas and nginx with `deploy/nginx.conf`.
+pub fn stack(root: &Path, args: &StackArgs) -> anyhow::Result<()> {
+    run_with(root, &args.dev, Some(args.nginx_port))
+}
+
+/// Copies `deploy/nginx.conf` unchanged into `dir`, next to the two files it includes (where to listen, which
+/// replicas), and returns the command that runs it in the foreground.
+fn nginx_command(root: &Path, dir: &Path, port: u16, replicas: &[u16]) -> anyhow::Result<Command> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::copy(root.join("deploy/nginx.conf"), dir.join("nginx.conf"))
+        .context("copy deploy/nginx.conf")?;
+    std::fs::write(
+        dir.join("roomcast-listen.conf"),
+        format!("listen 127.0.0.1:{port};\n"),
+    )?;
+    let servers: String = replicas
+        .iter()
+        .map(|p| format!("server 127.0.0.1:{p};\n"))
+        .collect();
+    std::fs::write(dir.join("roomcast-upstreams.conf"), servers)?;
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .map_or_else(|| Path::new("nginx").to_path_buf(), Path::to_path_buf);
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-g")
+        .arg(format!(
+            "daemon off; master_process off; pid {0}/nginx.pid; error_log {0}/logs/error.log warn;",
+            dir.display()
+        ));
+    Ok(cmd)
 }
 
 /// The processes started, stopped together.
@@ -81,6 +131,10 @@ fn wait_for_port(name: &str, port: u16, child: &mut Child) -> anyhow::Result<()>
 }
 
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    run_with(root, args, None)
+}
+
+fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result<()> {
     let tools = tools::ensure_all(root, Need::Run)?;
     if !args.no_frontend {
         build_frontend(&tools)?;
@@ -149,6 +203,24 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         wait_for_port(&name, port, &mut child)?;
         fleet.0.push((name, child));
         urls.push(format!("http://127.0.0.1:{port}/r/general"));
+    }
+    if let Some(port) = nginx_port {
+        if !port_is_free(port) {
+            bail!("port {port} is in use: pass --nginx-port");
+        }
+        let replicas: Vec<u16> = (0..count).map(|i| args.base_port + i).collect();
+        let dir = root.join("target/xtask-nginx");
+        step(&format!(
+            "starting nginx on port {port} with deploy/nginx.conf"
+        ));
+        let mut child = nginx_command(root, &dir, port, &replicas)?
+            .spawn()
+            .context("cannot start nginx: apt-get install nginx-light")?;
+        wait_for_port("nginx", port, &mut child)?;
+        fleet.0.push(("nginx".into(), child));
+        println!();
+        println!("Through nginx (round robin over every replica, no sticky sessions):");
+        println!("  http://127.0.0.1:{port}/r/general");
     }
     println!();
     println!("Roomcast is running. Open each URL in its own tab and chat across replicas:");

@@ -23,6 +23,8 @@ struct Cli {
 enum Task {
     /// Install what is missing, build the frontend, start a private Redis and two replicas; Ctrl-C stops all.
     Dev(dev::Args),
+    /// `dev` plus nginx in front (deploy/nginx.conf, as in docker-compose): the compose topology without Docker.
+    Stack(dev::StackArgs),
     /// Install what is missing, build the frontend, then fmt, clippy (native and wasm32) and every test.
     Test,
     /// Install the toolchain pieces and packages the project needs, and nothing else.
@@ -39,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.task {
         Task::Dev(args) => dev::run(&root, &args),
+        Task::Stack(args) => dev::stack(&root, &args),
         Task::Test => test::run(&root),
         Task::Bench(args) => bench::run(&root, &args).map(drop),
         Task::Setup => tools::ensure_all(&root, tools::Need::Everything).map(drop),

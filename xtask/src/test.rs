@@ -136,13 +136,30 @@ fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
 
 /// There is no Docker engine on every machine; `docker-compose config` still proves the file is well-formed.
 fn check_compose(tools: &tools::Tools) -> anyhow::Result<()> {
-    let out = tools
-        .command("docker-compose")
-        .args(["-f", "docker-compose.yml", "config", "--quiet"])
-        .output();
+    for profile in ["default", "ha"] {
+        let out = tools
+            .command("docker-compose")
+            .args([
+                "-f",
+                "docker-compose.yml",
+                "--profile",
+                profile,
+                "config",
+                "--quiet",
+            ])
+            .output();
+        check_compose_output(profile, out)?;
+    }
+    Ok(())
+}
+
+fn check_compose_output(
+    profile: &str,
+    out: std::io::Result<std::process::Output>,
+) -> anyhow::Result<()> {
     match out {
         Ok(out) if out.status.success() => {
-            println!("docker-compose.yml: valid");
+            println!("docker-compose.yml (profile {profile}): valid");
             Ok(())
         }
         Ok(out) => bail!(

@@ -98,6 +98,12 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     if need == Need::Everything && find(&path, "docker-compose").is_none() {
         apt.push("docker-compose");
     }
+    if need != Need::Frontend
+        && find(&path, "nginx").is_none()
+        && !Path::new("/usr/sbin/nginx").is_file()
+    {
+        apt.push("nginx-light");
+    }
     if find(&path, "npm").is_none() {
         apt.push("npm");
     }
@@ -205,7 +211,9 @@ fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
             .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            // Install, do not start: the tests and `cargo xtask stack` run their own nginx on private ports.
+            .env("RUNLEVEL", "1"),
     )
     .with_context(|| format!("cannot install Debian packages; run: {line}"))
 }

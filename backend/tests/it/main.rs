@@ -11,3 +11,4 @@ mod harness;
 mod protocol;
 mod redis_bus;
 mod relay;
+mod stack;
