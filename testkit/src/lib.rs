@@ -364,12 +364,19 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         std::fs::copy(conf, dir.join("nginx.conf")).expect("copy nginx.conf");
         std::fs::write(
-            dir.join("roomcast-listen.conf"),
-            format!("listen 127.0.0.1:{port};\n"),
+            dir.join("roomcast-server.conf"),
+            format!("listen 127.0.0.1:{port};\nset $roomcast roomcast_replicas;\n"),
         )
         .unwrap();
-        let servers: String = upstreams.iter().map(|a| format!("server {a};\n")).collect();
-        std::fs::write(dir.join("roomcast-upstreams.conf"), servers).unwrap();
+        let servers: String = upstreams
+            .iter()
+            .map(|a| format!("    server {a};\n"))
+            .collect();
+        std::fs::write(
+            dir.join("roomcast-http.conf"),
+            format!("upstream roomcast_replicas {{\n{servers}}}\n"),
+        )
+        .unwrap();
         let child = Command::new(nginx_binary())
             .arg("-p")
             .arg(&dir)

@@ -50,14 +50,17 @@ fn nginx_command(root: &Path, dir: &Path, port: u16, replicas: &[u16]) -> anyhow
     std::fs::copy(root.join("deploy/nginx.conf"), dir.join("nginx.conf"))
         .context("copy deploy/nginx.conf")?;
     std::fs::write(
-        dir.join("roomcast-listen.conf"),
-        format!("listen 127.0.0.1:{port};\n"),
+        dir.join("roomcast-server.conf"),
+        format!("listen 127.0.0.1:{port};\nset $roomcast roomcast_replicas;\n"),
     )?;
     let servers: String = replicas
         .iter()
-        .map(|p| format!("server 127.0.0.1:{p};\n"))
+        .map(|p| format!("    server 127.0.0.1:{p};\n"))
         .collect();
-    std::fs::write(dir.join("roomcast-upstreams.conf"), servers)?;
+    std::fs::write(
+        dir.join("roomcast-http.conf"),
+        format!("upstream roomcast_replicas {{\n{servers}}}\n"),
+    )?;
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
         .into_iter()
         .map(Path::new)

@@ -3,6 +3,7 @@
 mod bench;
 mod dev;
 mod plot;
+mod stack_test;
 mod test;
 mod tools;
 
@@ -25,6 +26,8 @@ enum Task {
     Dev(dev::Args),
     /// `dev` plus nginx in front (deploy/nginx.conf, as in docker-compose): the compose topology without Docker.
     Stack(dev::StackArgs),
+    /// Run docker-compose.yml for real under a private Docker engine and test chat, stop and kill through nginx.
+    StackTest,
     /// Install what is missing, build the frontend, then fmt, clippy (native and wasm32) and every test.
     Test,
     /// Install the toolchain pieces and packages the project needs, and nothing else.
@@ -42,6 +45,21 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Dev(args) => dev::run(&root, &args),
         Task::Stack(args) => dev::stack(&root, &args),
+        Task::StackTest => {
+            let tools = tools::ensure_all(&root, tools::Need::Everything)?;
+            if !Path::new("dist/index.html").is_file() {
+                build_frontend(&tools)?;
+            }
+            match stack_test::run(&root, &tools)? {
+                stack_test::Outcome::Ran { passed, failed } => {
+                    println!("tests: {passed} passed, {failed} failed");
+                    Ok(())
+                }
+                stack_test::Outcome::NoEngine(why) => {
+                    bail!("dockerd cannot start here, so the stack test cannot run:\n{why}")
+                }
+            }
+        }
         Task::Test => test::run(&root),
         Task::Bench(args) => bench::run(&root, &args).map(drop),
         Task::Setup => tools::ensure_all(&root, tools::Need::Everything).map(drop),

@@ -22,7 +22,7 @@ const FORBIDDEN_IN_SHARED: &[&str] = &[
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let tools = tools::ensure_all(root, Need::Everything)?;
-    let total = 8;
+    let total = 9;
     let mut n = 0;
     let mut next = |what: &str| {
         n += 1;
@@ -74,7 +74,23 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     if let Some(redis) = &tools.redis_server {
         test.env("ROOMCAST_REDIS_SERVER", redis);
     }
-    let (passed, failed) = run_counting(&mut test)?;
+    let (mut passed, mut failed) = run_counting(&mut test)?;
+
+    next("docker-compose.yml under a private Docker engine (cargo xtask stack-test)");
+    match crate::stack_test::run(root, &tools)? {
+        crate::stack_test::Outcome::Ran {
+            passed: p,
+            failed: f,
+        } => {
+            passed += p;
+            failed += f;
+        }
+        crate::stack_test::Outcome::NoEngine(why) => {
+            println!(
+                "NOT RUN: the compose stack test needs a Docker engine, and dockerd cannot start here:\n{why}"
+            );
+        }
+    }
 
     next("benchmark harness smoke run (debug builds, tiny load; figures mean nothing)");
     crate::bench::run(
@@ -95,7 +111,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `cargo test`, echoing its output, and sums the `test result:` lines of every test binary.
-fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())

@@ -98,6 +98,18 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     if need == Need::Everything && find(&path, "docker-compose").is_none() {
         apt.push("docker-compose");
     }
+    if need == Need::Everything
+        && find(&path, "dockerd").is_none()
+        && !Path::new("/usr/sbin/dockerd").is_file()
+    {
+        apt.push("docker.io");
+    }
+    if need == Need::Everything
+        && find(&path, "debootstrap").is_none()
+        && !Path::new("/usr/sbin/debootstrap").is_file()
+    {
+        apt.push("debootstrap");
+    }
     if need != Need::Frontend
         && find(&path, "nginx").is_none()
         && !Path::new("/usr/sbin/nginx").is_file()

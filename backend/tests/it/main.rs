@@ -5,6 +5,7 @@ mod api;
 mod assets;
 mod browser;
 mod cli;
+mod compose;
 mod faults;
 mod ha;
 mod harness;

@@ -1,0 +1,150 @@
+//! `docker compose up` for real: the stack of `docker-compose.yml` (Redis, two `replica` containers, nginx) under a
+//! private Docker engine. `cargo xtask stack-test` builds the images, brings the stack up and runs this test with
+//! `--ignored`, telling it where the stack is; it also tears everything down afterwards.
+//!
+//! Through nginx's published port: clients land on both containers; then, under traffic, one replica container is
+//! stopped (`docker stop`: SIGTERM, drain), started again, and the other is killed (`docker kill`). Clients resume
+//! through nginx each time; every acked message reaches every member exactly once.
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use futures_util::StreamExt;
+use shared::ServerMsg;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::faults::run_traffic;
+use crate::harness::eventually;
+
+/// What `cargo xtask stack-test` tells the test.
+struct Stack {
+    /// nginx's published address, e.g. 127.0.0.1:18000.
+    addr: String,
+    /// The private engine's socket (`unix:///…`).
+    docker_host: String,
+    /// The compose project name.
+    project: String,
+}
+
+impl Stack {
+    fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run this test through `cargo xtask stack-test`, which starts the stack")
+            })
+        };
+        Self {
+            addr: var("ROOMCAST_STACK_ADDR"),
+            docker_host: var("ROOMCAST_STACK_DOCKER_HOST"),
+            project: var("ROOMCAST_STACK_PROJECT"),
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> String {
+        let out = Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", &self.docker_host)
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The ids of the `replica` service's containers.
+    fn replicas(&self) -> Vec<String> {
+        let project = format!("label=com.docker.compose.project={}", self.project);
+        self.docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &project,
+            "--filter",
+            "label=com.docker.compose.service=replica",
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    async fn wait_healthy(&self, container: &str) {
+        eventually("the restarted replica container is healthy", || async {
+            let status =
+                self.docker(&["inspect", "--format", "{{.State.Health.Status}}", container]);
+            (status == "healthy").then_some(())
+        })
+        .await;
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.addr, shared::WS_PATH)
+    }
+}
+
+/// The node that answers a fresh WebSocket, from its `welcome`.
+async fn node_behind(url: &str) -> String {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect through nginx");
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("no welcome through nginx")
+    };
+    match serde_json::from_str::<ServerMsg>(&text).expect("a server frame") {
+        ServerMsg::Welcome { node, .. } => node,
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the compose stack: run by `cargo xtask stack-test` (and `cargo xtask test` where dockerd starts)"]
+async fn compose_stack_chats_through_nginx_and_survives_stop_and_kill() {
+    let stack = Stack::from_env();
+    let url = stack.ws_url();
+    let replicas = stack.replicas();
+    assert_eq!(replicas.len(), 2, "two replica containers: {replicas:?}");
+
+    let mut nodes = HashSet::new();
+    for _ in 0..4 {
+        nodes.insert(node_behind(&url).await);
+    }
+    assert_eq!(nodes.len(), 2, "nginx reaches both containers: {nodes:?}");
+
+    let (first, second) = (&replicas[0], &replicas[1]);
+    let faults = async {
+        // As an orchestrator stops a container: SIGTERM, the replica drains within the grace period.
+        stack.docker(&["stop", "--time", "10", first]);
+        stack.docker(&["start", first]);
+        stack.wait_healthy(first).await;
+        // Then the other one dies abruptly.
+        stack.docker(&["kill", second]);
+    };
+    let outcome = run_traffic(
+        "compose-stop-kill",
+        "compose",
+        vec![url.clone()],
+        vec![
+            vec![url.clone()],
+            vec![url.clone()],
+            vec![url.clone()],
+            vec![url.clone()],
+        ],
+        300,
+        100,
+        faults,
+    )
+    .await;
+    outcome.assert_exact();
+    let moved =
+        outcome.members.iter().map(|m| m.reconnects).sum::<usize>() + outcome.sent.reconnects;
+    assert!(
+        moved >= 2,
+        "clients moved between containers through nginx ({moved} reconnects)"
+    );
+    println!(
+        "compose stack: the sender waited {} ms at most, while the stop, restart and kill ran",
+        outcome.sent.longest_wait.as_millis()
+    );
+}

@@ -1,0 +1,355 @@
+//! `cargo xtask stack-test`: `docker-compose.yml` run for real under a private Docker engine, with no Docker Hub.
+//!
+//! Starts `dockerd` on its own socket and directories, makes the base images it needs from Debian's packages
+//! (`debootstrap --variant=minbase bookworm`, imported once and cached in `target/stack-test/`; Redis and nginx
+//! installed on it with `apt-get`), builds the Roomcast image from the `prebuilt` stage of the Dockerfile (the same
+//! runtime stage a source build uses) with this build's `roomcast` and `dist/`, brings the stack up with
+//! `docker-compose`, waits for nginx to answer `/readyz`, and runs `backend/tests/it/compose.rs` against it. The
+//! stack and the engine are taken down afterwards, on failure too.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::tools::Tools;
+use crate::{exec, step};
+
+/// The compose project the test brings up (so it never touches a user's own stack).
+const PROJECT: &str = "roomcast-stacktest";
+const BASE_IMAGE: &str = "roomcast-test/bookworm:base";
+const REDIS_IMAGE: &str = "roomcast-test/redis:7";
+const NGINX_IMAGE: &str = "roomcast-test/nginx:1.22";
+const ROOMCAST_IMAGE: &str = "roomcast:stack-test";
+
+/// How the stack test ended.
+pub enum Outcome {
+    /// The test ran: tests passed and failed.
+    Ran { passed: u64, failed: u64 },
+    /// No Docker engine could be started here; why.
+    NoEngine(String),
+}
+
+/// A private Docker engine, stopped (with the stack it runs) on drop.
+struct Engine {
+    daemon: Child,
+    socket: String,
+    exec_root: PathBuf,
+    compose_up: bool,
+    env: Vec<(String, String)>,
+}
+
+impl Engine {
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.socket);
+        cmd
+    }
+
+    fn compose(&self, root: &Path) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(root)
+            .args(["-p", PROJECT, "-f", "docker-compose.yml"])
+            .env("DOCKER_HOST", &self.socket)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn has_image(&self, tag: &str) -> bool {
+        self.docker()
+            .args(["image", "inspect", tag])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.compose_up {
+            step("taking the stack down (docker-compose down -v)");
+            let root = std::env::current_dir().unwrap_or_default();
+            let _ = self
+                .compose(&root)
+                .args(["down", "-v", "--timeout", "5"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.daemon.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // dockerd may leave its network namespace mounted in its exec root.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.exec_root.join("netns/default"))
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.exec_root);
+    }
+}
+
+/// Starts `dockerd` with its state in `state` (images stay cached there between runs).
+fn start_engine(state: &Path) -> Result<Engine, String> {
+    let data_root = state.join("data");
+    std::fs::create_dir_all(&data_root).map_err(|e| e.to_string())?;
+    // Unix socket paths are short-lived and short: keep them under /tmp.
+    let exec_root = PathBuf::from(format!("/tmp/roomcast-dockerd-{}", std::process::id()));
+    let socket_path = format!("/tmp/roomcast-dockerd-{}.sock", std::process::id());
+    let log_path = state.join("dockerd.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let daemon = Command::new("dockerd")
+        .arg("--data-root")
+        .arg(&data_root)
+        .arg("--exec-root")
+        .arg(&exec_root)
+        .arg("--pidfile")
+        .arg(exec_root.with_extension("pid"))
+        .arg("-H")
+        .arg(format!("unix://{socket_path}"))
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot run dockerd ({e}): apt-get install docker.io"))?;
+    let mut engine = Engine {
+        daemon,
+        socket: format!("unix://{socket_path}"),
+        exec_root,
+        compose_up: false,
+        env: Vec::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let up = engine
+            .docker()
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if up {
+            return Ok(engine);
+        }
+        if let Ok(Some(status)) = engine.daemon.try_wait() {
+            return Err(format!(
+                "dockerd exited ({status}); the end of {}:\n{}",
+                log_path.display(),
+                tail(&log_path)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "dockerd did not answer within 40 s; the end of {}:\n{}",
+        log_path.display(),
+        tail(&log_path)
+    ))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Makes the base images the compose file needs, from Debian's packages (once; they stay in the engine's cache).
+fn base_images(engine: &Engine, state: &Path) -> anyhow::Result<()> {
+    if !engine.has_image(BASE_IMAGE) {
+        let rootfs = state.join("rootfs");
+        if !rootfs.join("usr/bin/apt-get").is_file() {
+            step(
+                "making a Debian bookworm base image (debootstrap --variant=minbase, ~30 s, once)",
+            );
+            let _ = std::fs::remove_dir_all(&rootfs);
+            exec(
+                Command::new("debootstrap")
+                    .args(["--variant=minbase", "bookworm"])
+                    .arg(&rootfs)
+                    .stdout(Stdio::null()),
+            )
+            .context("debootstrap failed: apt-get install debootstrap")?;
+        }
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("tar the base image")?;
+        let imported = engine
+            .docker()
+            .args(["import", "-", BASE_IMAGE])
+            .stdin(tar.stdout.take().context("tar's output")?)
+            .stdout(Stdio::null())
+            .status()?;
+        tar.wait()?;
+        if !imported.success() {
+            bail!("docker import of the base image failed");
+        }
+    }
+    for (tag, package, cmd) in [
+        (REDIS_IMAGE, "redis-server", r#"["redis-server"]"#),
+        (
+            NGINX_IMAGE,
+            "nginx-light",
+            r#"["nginx", "-g", "daemon off;"]"#,
+        ),
+    ] {
+        if engine.has_image(tag) {
+            continue;
+        }
+        step(&format!(
+            "building {tag} from {BASE_IMAGE} (apt-get install {package})"
+        ));
+        let dir = state.join(format!("image-{package}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!(
+                "FROM {BASE_IMAGE}\n\
+                 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                 --no-install-recommends {package} && rm -rf /var/lib/apt/lists/*\n\
+                 WORKDIR /data\n\
+                 CMD {cmd}\n"
+            ),
+        )?;
+        exec(
+            engine
+                .docker()
+                .args(["build", "-q", "--network", "host", "-t", tag])
+                .arg(&dir)
+                .stdout(Stdio::null()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds the Roomcast image from the Dockerfile's `prebuilt` stage with this build's binary and `dist/`.
+fn roomcast_image(engine: &Engine, root: &Path, state: &Path) -> anyhow::Result<()> {
+    step(
+        "building the roomcast image (Dockerfile, --target prebuilt: this build's binary and dist/)",
+    );
+    exec(Command::new("cargo").args(["build", "--quiet", "-p", "backend", "--bin", "roomcast"]))?;
+    let context = state.join("context");
+    let _ = std::fs::remove_dir_all(&context);
+    std::fs::create_dir_all(context.join("dist"))?;
+    std::fs::copy(root.join("Dockerfile"), context.join("Dockerfile"))?;
+    std::fs::copy(root.join("target/debug/roomcast"), context.join("roomcast"))?;
+    for entry in
+        std::fs::read_dir(root.join("dist")).context("dist/ is missing: cargo xtask frontend")?
+    {
+        let entry = entry?;
+        std::fs::copy(entry.path(), context.join("dist").join(entry.file_name()))?;
+    }
+    exec(
+        engine
+            .docker()
+            .args(["build", "-q", "--target", "prebuilt"])
+            .args(["--build-arg", &format!("RUNTIME_IMAGE={BASE_IMAGE}")])
+            .args(["-t", ROOMCAST_IMAGE])
+            .arg(&context)
+            .stdout(Stdio::null()),
+    )
+}
+
+/// Whether `GET /readyz` through nginx answers 200.
+fn ready(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the whole stack test. `Outcome::NoEngine` when dockerd cannot start on this machine.
+pub fn run(root: &Path, _tools: &Tools) -> anyhow::Result<Outcome> {
+    let state = root.join("target/stack-test");
+    std::fs::create_dir_all(&state)?;
+    step("starting a private Docker engine (dockerd on its own socket)");
+    let mut engine = match start_engine(&state) {
+        Ok(engine) => engine,
+        Err(why) => return Ok(Outcome::NoEngine(why)),
+    };
+    base_images(&engine, &state)?;
+    roomcast_image(&engine, root, &state)?;
+
+    let port = free_port()?;
+    engine.env = vec![
+        ("ROOMCAST_IMAGE".into(), ROOMCAST_IMAGE.into()),
+        ("REDIS_IMAGE".into(), REDIS_IMAGE.into()),
+        ("NGINX_IMAGE".into(), NGINX_IMAGE.into()),
+        ("ROOMCAST_HTTP_PORT".into(), port.to_string()),
+        // The test's sender is a program, not a person: lift the per-connection send limit.
+        ("ROOMCAST_SENDS_PER_SEC".into(), "10000".into()),
+        ("ROOMCAST_SEND_BURST".into(), "10000".into()),
+    ];
+    step(&format!(
+        "docker-compose up -d (project {PROJECT}, nginx on 127.0.0.1:{port})"
+    ));
+    engine.compose_up = true;
+    exec(engine.compose(root).args(["up", "-d", "--no-build"]))
+        .context("docker-compose up failed")?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready(port) {
+        if Instant::now() > deadline {
+            let _ = engine.compose(root).args(["ps"]).status();
+            let _ = engine.compose(root).args(["logs", "--tail", "20"]).status();
+            bail!(
+                "the stack did not become ready through nginx within 90 s (status and logs above)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    step("the stack is up: running backend/tests/it/compose.rs against it");
+    let mut test = Command::new("cargo");
+    test.args([
+        "test",
+        "-p",
+        "backend",
+        "--test",
+        "it",
+        "compose::",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env("ROOMCAST_STACK_ADDR", format!("127.0.0.1:{port}"))
+    .env("ROOMCAST_STACK_DOCKER_HOST", &engine.socket)
+    .env("ROOMCAST_STACK_PROJECT", PROJECT);
+    let counted = crate::test::run_counting(&mut test);
+    let (passed, failed) = match counted {
+        Ok(counts) => counts,
+        Err(e) => {
+            let _ = engine.compose(root).args(["logs", "--tail", "30"]).status();
+            return Err(e);
+        }
+    };
+    drop(engine);
+    Ok(Outcome::Ran { passed, failed })
+}
