@@ -201,6 +201,7 @@ impl Rooms {
                 () = sleep_until_some(next_wave) => waves.take_due(Instant::now(), &mut due),
             }
             if !due.is_empty() {
+                record_delays(&due);
                 let now = Instant::now();
                 for (room, members) in self.fan_out(&due) {
                     waves.fanned_out(room, members, now);
@@ -254,6 +255,19 @@ impl Rooms {
             }
         };
         (Arc::new(out), skip)
+    }
+}
+
+/// Records, per stored message, how long after it was stored it is being fanned out here (Redis's clock against
+/// this replica's: meaningful where they agree, as on one host or with NTP).
+fn record_delays(due: &[Pending]) {
+    let now = crate::bus::now_ms();
+    for (out, _) in due {
+        if let Some(id) = out.id {
+            #[allow(clippy::cast_precision_loss)]
+            let seconds = now.saturating_sub(id.ms) as f64 / 1000.0;
+            metrics::histogram!("roomcast_fanout_delay_seconds").record(seconds);
+        }
     }
 }
 

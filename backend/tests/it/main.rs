@@ -9,6 +9,7 @@ mod compose;
 mod faults;
 mod ha;
 mod harness;
+mod ops;
 mod protocol;
 mod redis_bus;
 mod relay;
