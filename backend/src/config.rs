@@ -71,6 +71,20 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_API_SENDS_PER_SEC", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub api_sends_per_sec: u32,
 
+    /// Require a JSON Web Token signed with this shared secret (HS256) on every WebSocket; its `nick` (or `sub`)
+    /// claim is the connection's nick and an optional `rooms` claim limits the rooms. Off when unset.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true, value_parser = parse_jwt_secret)]
+    pub jwt_secret: Option<String>,
+
+    /// Like --jwt-secret, with tokens signed by the private half of this public key (PEM file; RS256 for RSA,
+    /// ES256 for EC P-256).
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// How long a connection may stay open after its token expired before it is closed with 4001.
+    #[arg(long, env = "ROOMCAST_JWT_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub jwt_grace_secs: u64,
+
     /// Log lines as text (for people) or json (one object per line, for log collectors).
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -167,6 +181,13 @@ fn parse_subscribe_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s != "replicas" {
         crate::bus::redis::topology::SubscribeTo::parse(&[s.to_owned()])?;
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_jwt_secret(s: &str) -> Result<String, String> {
+    if s.len() < 32 {
+        return Err("an HS256 secret must be at least 32 bytes (e.g. openssl rand -hex 32)".into());
     }
     Ok(s.to_owned())
 }

@@ -45,6 +45,7 @@ pub fn app(state: AppState) -> Router {
 
 async fn ws(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -56,6 +57,22 @@ async fn ws(
         );
         return (StatusCode::FORBIDDEN, body).into_response();
     }
+    let grant = match &state.auth {
+        None => None,
+        Some(verifier) => match verifier.check(uri.query(), &headers) {
+            Ok(grant) => Some(grant),
+            Err(e) => {
+                warn!(error = %e, "WebSocket refused: token");
+                metrics::counter!("roomcast_auth_refused_total").increment(1);
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    format!("{e}\n"),
+                )
+                    .into_response();
+            }
+        },
+    };
     let conn = state.next_conn();
     let tracker = state.tracker.clone();
     upgrade
@@ -70,7 +87,7 @@ async fn ws(
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(MAX_FRAME_BYTES * 8)
-        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, conn)))
+        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, conn, grant)))
 }
 
 /// Browsers always send Origin: it must be the page's own origin (same host as the request) or an allowed one.

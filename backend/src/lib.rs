@@ -5,6 +5,7 @@
 //! history), [`error`] (error frames), [`metrics`].
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Rate limits of the HTTP API, per key.
     pub api_buckets: api::KeyBuckets,
+    /// Verifies WebSocket tokens; `None` when authentication is off.
+    pub auth: Option<auth::Verifier>,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -84,6 +87,9 @@ pub enum StartError {
     /// The Redis URL could not be used.
     #[error("cannot use the Redis URL: {0}")]
     Bus(#[source] bus::BusError),
+    /// The authentication settings cannot be used.
+    #[error("{0}")]
+    Auth(String),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -109,6 +115,10 @@ pub async fn run(
     async move {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let bus = start_bus(&config, node.clone(), events_tx, &shutdown)?;
+        let auth = auth::Verifier::from_config(&config).map_err(StartError::Auth)?;
+        if auth.is_some() {
+            info!("WebSocket connections need a token (JWT)");
+        }
         let rooms = Rooms::new(bus.clone(), node.clone());
         tokio::spawn(
             rooms
@@ -138,6 +148,7 @@ pub async fn run(
             metrics: metrics::handle(),
             next_conn: Arc::new(AtomicU64::new(1)),
             api_buckets: api::KeyBuckets::default(),
+            auth,
         };
         let tracker = state.tracker.clone();
         info!(%addr, "listening");

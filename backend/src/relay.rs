@@ -12,6 +12,7 @@ use shared::{
 use tracing::{debug, info, warn};
 
 use crate::AppState;
+use crate::auth::Grant;
 use crate::bus::{Bus, Draft, HistoryQuery, Published, now_ms};
 use crate::error::RequestError;
 use crate::ratelimit::TokenBucket;
@@ -81,6 +82,8 @@ pub struct Participant {
     member: Member,
     rooms: HashMap<RoomName, Joined>,
     sends: TokenBucket,
+    /// What the connection's token allows; `None` when authentication is off.
+    grant: Option<Grant>,
 }
 
 impl std::fmt::Debug for Participant {
@@ -94,7 +97,7 @@ impl std::fmt::Debug for Participant {
 
 impl Participant {
     /// A participant in no room yet; room frames for it go to `member`'s queue.
-    pub fn new(state: AppState, conn: ConnId, member: Member) -> Self {
+    pub fn new(state: AppState, conn: ConnId, member: Member, grant: Option<Grant>) -> Self {
         let sends = TokenBucket::new(state.config.sends_per_sec, state.config.send_burst);
         Self {
             state,
@@ -102,7 +105,13 @@ impl Participant {
             member,
             rooms: HashMap::new(),
             sends,
+            grant,
         }
+    }
+
+    /// What the connection's token allows, when authentication is on.
+    pub fn grant(&self) -> Option<&Grant> {
+        self.grant.as_ref()
     }
 
     /// Joins (or re-joins) a room. Subscribes before reading history, so a message stored in between arrives
@@ -117,6 +126,25 @@ impl Participant {
     ) -> Result<JoinAnswer, RequestError> {
         let room = RoomName::parse(room)?;
         let nick = Nick::parse(nick)?;
+        if let Some(grant) = &self.grant {
+            if grant.nick != nick.as_str() {
+                return Err(RequestError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "your token is for the nick {:?}; join with that nick",
+                        grant.nick
+                    ),
+                ));
+            }
+            if let Some(allowed) = &grant.rooms
+                && !allowed.contains(room.as_str())
+            {
+                return Err(RequestError::new(
+                    ErrorCode::Forbidden,
+                    format!("your token does not allow the room {room}"),
+                ));
+            }
+        }
         let rejoin = self.rooms.contains_key(&room);
         let max_rooms = self.state.config.max_rooms as usize;
         if !rejoin && self.rooms.len() >= max_rooms {

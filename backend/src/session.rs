@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::AppState;
+use crate::auth::Grant;
 use crate::error::{RequestError, RequestRef};
 use crate::relay::Participant;
 use crate::rooms::{ConnId, Member, Outbound, encode};
@@ -31,13 +32,13 @@ const MAX_BATCH: usize = 64;
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves one upgraded WebSocket until either side closes it or the replica shuts down.
-pub async fn serve(socket: WebSocket, state: AppState, conn: ConnId) {
+pub async fn serve(socket: WebSocket, state: AppState, conn: ConnId, grant: Option<Grant>) {
     let span = info_span!("conn", node = %state.node, conn);
     async move {
         metrics::gauge!("roomcast_connections").increment(1.0);
         metrics::counter!("roomcast_connections_total").increment(1);
         debug!("connected");
-        let mut session = Session::new(state, conn);
+        let mut session = Session::new(state, conn, grant);
         let close = session.run(socket).await;
         metrics::gauge!("roomcast_connections").decrement(1.0);
         debug!(?close, "disconnected");
@@ -77,7 +78,7 @@ async fn write_msg(sink: &mut Sink, msg: &ServerMsg) -> Result<(), Gone> {
 }
 
 impl Session {
-    fn new(state: AppState, conn: ConnId) -> Self {
+    fn new(state: AppState, conn: ConnId, grant: Option<Grant>) -> Self {
         let (queue, queued) = mpsc::channel(state.config.queue_capacity as usize);
         let too_slow = CancellationToken::new();
         let member = Member {
@@ -85,7 +86,7 @@ impl Session {
             too_slow: too_slow.clone(),
         };
         Self {
-            participant: Participant::new(state.clone(), conn, member),
+            participant: Participant::new(state.clone(), conn, member, grant),
             state,
             queued,
             too_slow,
@@ -109,12 +110,26 @@ impl Session {
         let ping_every = self.state.config.ping_interval();
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
+        // A token's connection ends when the token does (plus the grace period); without one, never.
+        let expires = self.participant.grant().map(|g| {
+            Instant::now() + g.remaining(Duration::from_secs(self.state.config.jwt_grace_secs))
+        });
+        let mut expired = pin!(async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        });
 
         let end = loop {
             let step = tokio::select! {
                 biased;
                 () = &mut shutdown => Err(shutting_down()),
                 () = &mut too_slow => Err(too_slow_end()),
+                () = &mut expired => Err(End::Closed(
+                    close_code::TOKEN_EXPIRED,
+                    "token expired: reconnect with a fresh token".into(),
+                )),
                 // Drain what is queued before reading more requests: a client that pipelines sends keeps its
                 // own queue short, and one that stops reading stops being read (TCP backpressure).
                 Some(out) = self.queued.recv() => {

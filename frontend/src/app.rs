@@ -123,7 +123,12 @@ impl Ui {
 pub fn App() -> impl IntoView {
     let ui = Ui {
         client: Client::start(),
-        nick: RwSignal::new(browser::load_nick()),
+        // A sign-in token fixes the nick; otherwise the one chosen on an earlier visit.
+        nick: RwSignal::new(
+            browser::load_token()
+                .and_then(|t| crate::token::nick(&t))
+                .or_else(browser::load_nick),
+        ),
         drafts: StoredValue::new(HashMap::new()),
         bad_route: RwSignal::new(None),
     };

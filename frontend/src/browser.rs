@@ -7,6 +7,7 @@ use shared::{Nick, RoomName, ValidationError};
 use wasm_bindgen::JsValue;
 
 const NICK_KEY: &str = "roomcast.nick";
+const TOKEN_KEY: &str = "roomcast.token";
 const ROOMS_KEY: &str = "roomcast.rooms";
 const ROOM_PREFIX: &str = "/r/";
 
@@ -25,6 +26,26 @@ pub fn save_nick(nick: &Nick) {
     if let Some(storage) = storage() {
         let _ = storage.set_item(NICK_KEY, nick.as_str());
     }
+}
+
+/// The sign-in token: from the URL fragment (then remembered, and the fragment cleared from the address bar), else
+/// the one remembered from an earlier visit.
+pub fn load_token() -> Option<String> {
+    let location = window().location();
+    if let Some(token) = location
+        .hash()
+        .ok()
+        .and_then(|h| crate::token::from_fragment(&h))
+    {
+        if let Some(storage) = storage() {
+            let _ = storage.set_item(TOKEN_KEY, &token);
+        }
+        if let (Ok(history), Ok(path)) = (window().history(), location.pathname()) {
+            let _ = history.replace_state_with_url(&JsValue::NULL, "", Some(&path));
+        }
+        return Some(token);
+    }
+    storage()?.get_item(TOKEN_KEY).ok().flatten()
 }
 
 /// The rooms open on the last visit, so a reload brings them all back.

@@ -447,7 +447,10 @@ fn ws_url() -> String {
         _ => "ws",
     };
     let host = location.host().unwrap_or_default();
-    format!("{scheme}://{host}{}", shared::WS_PATH)
+    match crate::browser::load_token() {
+        Some(token) => format!("{scheme}://{host}{}?token={token}", shared::WS_PATH),
+        None => format!("{scheme}://{host}{}", shared::WS_PATH),
+    }
 }
 
 async fn put(ws: &mut WebSocket, msg: &ClientMsg) -> Result<(), ()> {

@@ -32,4 +32,6 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The client did not read fast enough and its outgoing queue filled; reconnect and resume with `since`.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection's token expired (plus the server's grace period); get a fresh token and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }

@@ -262,6 +262,8 @@ pub enum ErrorCode {
     /// The `cid` was already used for a different text by this nick in this room within the dedupe window; the
     /// message was not stored. Use a fresh `cid` per message.
     CidReused,
+    /// The connection's token does not allow this: another nick than the token's, or a room outside its `rooms`.
+    Forbidden,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.

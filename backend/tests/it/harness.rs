@@ -145,7 +145,7 @@ impl Client {
         Self::welcomed(ws).await
     }
 
-    async fn welcomed(ws: Ws) -> Self {
+    pub async fn welcomed(ws: Ws) -> Self {
         let mut client = Self {
             ws,
             inbox: VecDeque::new(),

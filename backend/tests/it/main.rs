@@ -3,6 +3,7 @@
 
 mod api;
 mod assets;
+mod auth;
 mod browser;
 mod cli;
 mod compose;
