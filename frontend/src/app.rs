@@ -79,6 +79,8 @@ impl Ui {
     fn follow_route(&self, initial: bool) {
         match browser::route() {
             Route::Room(room) => {
+                // `/r/General` opens `general`: show the address the room is shared by.
+                browser::set_route(Some(&room), true);
                 if let Some(nick) = self.nick.get_untracked() {
                     self.client.join(room.clone(), nick);
                 }

@@ -93,7 +93,7 @@ pub fn route() -> Route {
     if name.is_empty() {
         return Route::Home;
     }
-    match RoomName::parse(&name) {
+    match RoomName::parse(&shared::validate::normalize_room(&name)) {
         Ok(room) => Route::Room(room),
         Err(e) => Route::Invalid(name, e),
     }

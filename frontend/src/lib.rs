@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod chat;
 pub mod heartbeat;
+pub mod text;
 pub mod token;
 
 #[cfg(target_arch = "wasm32")]

@@ -7,6 +7,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use shared::Nick;
 
+/// The claims the page reads (the replica checks all of them).
+#[derive(serde::Deserialize)]
+struct Claims {
+    nick: Option<String>,
+    sub: Option<String>,
+}
+
 /// The token in a URL fragment such as `#token=abc.def.ghi` (other fragment parameters are ignored).
 pub fn from_fragment(fragment: &str) -> Option<String> {
     fragment
@@ -21,9 +28,8 @@ pub fn from_fragment(fragment: &str) -> Option<String> {
 pub fn nick(token: &str) -> Option<Nick> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let name = claims.get("nick").or_else(|| claims.get("sub"))?.as_str()?;
-    Nick::parse(name).ok()
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    Nick::parse(&claims.nick.or(claims.sub)?).ok()
 }
 
 #[cfg(test)]

@@ -120,6 +120,21 @@ impl From<Nick> for String {
     }
 }
 
+/// What a person most likely meant by a room name typed or linked loosely: trimmed, lowercase, inner spaces as
+/// `-` ("General" and " my room " open `general` and `my-room`). The result still has to pass [`room_name`];
+/// what cannot be normalised (other punctuation, other scripts) is refused there with its reason.
+pub fn normalize_room(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_ascii_lowercase()
+}
+
+/// Checks a room name as a person typed it: [`room_name`] of its [`normalize_room`] form.
+pub fn loose_room_name(name: &str) -> Result<(), ValidationError> {
+    room_name(&normalize_room(name))
+}
+
 /// Checks a room name. Rooms appear in URLs (`/r/general`) and Redis keys, hence the narrow alphabet.
 pub fn room_name(name: &str) -> Result<(), ValidationError> {
     let bad = |why: &str| Err(ValidationError::Room(format!("room name {why}")));
@@ -289,6 +304,17 @@ mod tests {
         for bad in ["", "a b", "é", &"x".repeat(CID_MAX_BYTES + 1)] {
             assert!(client_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn loose_room_names_normalise() {
+        assert_eq!(normalize_room("General"), "general");
+        assert_eq!(normalize_room("  My Room "), "my-room");
+        assert_eq!(normalize_room("dev_ops-2"), "dev_ops-2");
+        assert!(
+            room_name(&normalize_room("Café")).is_err(),
+            "not everything can be normalised"
+        );
     }
 
     #[test]

@@ -266,7 +266,12 @@ impl Page {
     /// Opens a room by its address, as a person following a shared link does, and picks a nickname on the welcome
     /// screen (a fresh profile has none), then waits for the room with its message box.
     async fn enter_room(&self, replica: SocketAddr, nick: &str) {
-        let url = format!("http://{replica}/r/{ROOM}");
+        self.enter_room_at(replica, ROOM, nick).await;
+    }
+
+    /// [`Page::enter_room`] through the address `/r/<as_typed>`.
+    async fn enter_room_at(&self, replica: SocketAddr, as_typed: &str, nick: &str) {
+        let url = format!("http://{replica}/r/{as_typed}");
         self.client
             .goto(&url)
             .await
@@ -408,8 +413,15 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
     a.enter_room(one.addr, "alice").await;
     a.wait_connected("replica-1").await;
     a.wait_for("the empty room", ".placeholder-title").await;
-    b.enter_room(two.addr, "bob").await;
+    // B follows a link typed loosely: /r/E2E opens the room e2e, and the address bar says so.
+    b.enter_room_at(two.addr, &ROOM.to_uppercase(), "bob").await;
     b.wait_connected("replica-2").await;
+    b.wait_until(
+        "the address bar to show the room's own name",
+        "return location.pathname === arguments[0];",
+        json!(format!("/r/{ROOM}")),
+    )
+    .await;
     a.wait_until(
         "the notice \"bob joined\"",
         "return [...document.querySelectorAll('.timeline .presence')]
@@ -442,6 +454,30 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
             page.name
         );
     }
+
+    // Web links become links (new tab, no referrer, no follow); other schemes stay text; a mention of A is marked.
+    let linked = "docs at https://example.org/x, not javascript:alert(1) — @alice look";
+    b.send(linked).await;
+    a.wait_message("bob", linked).await;
+    let (rel, target, scripts, mentioned): (String, String, usize, bool) = a
+        .js(
+            "const link = document.querySelector('.timeline .msg .text a[href=\"https://example.org/x\"]');
+             return [link ? link.rel : '', link ? link.target : '',
+                     [...document.querySelectorAll('.timeline a')].filter(l => !/^https?:/.test(l.href)).length,
+                     [...document.querySelectorAll('.timeline .msg.mentioned mark.mention')]
+                        .some(m => m.textContent === '@alice')];",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (rel.as_str(), target.as_str()),
+        ("noopener noreferrer nofollow", "_blank")
+    );
+    assert_eq!(scripts, 0, "only http(s) URLs become links");
+    assert!(
+        mentioned,
+        "the mention of alice is highlighted on alice's page"
+    );
     a.screenshot("").await;
     b.screenshot("").await;
 
@@ -476,6 +512,7 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
         ("alice", "Hello from replica one!"),
         ("bob", "Hi alice, bob here on replica two."),
         ("alice", markup),
+        ("bob", linked),
         ("bob", missed),
         ("alice", offline),
     ]

@@ -142,7 +142,7 @@ pub fn JoinForm(
     let ui = use_ui();
     let value = RwSignal::new(initial.clone());
     let tried = RwSignal::new(!initial.is_empty());
-    let error = reason(value, tried, shared::validate::room_name);
+    let error = reason(value, tried, shared::validate::loose_room_name);
     let input = NodeRef::<html::Input>::new();
     if autofocus {
         Effect::new(move |_| {
@@ -157,7 +157,7 @@ pub fn JoinForm(
         ev.prevent_default();
         tried.set(true);
         let name = value.get_untracked();
-        if let Ok(room) = RoomName::parse(name.trim()) {
+        if let Ok(room) = RoomName::parse(&shared::validate::normalize_room(&name)) {
             value.set(String::new());
             tried.set(false);
             ui.open(room);
@@ -172,7 +172,7 @@ pub fn JoinForm(
                 label="Join a room"
                 value
                 error
-                hint="Lowercase letters, digits, - and _"
+                hint="Letters, digits, - and _ (opened in lowercase)"
                 prefix="#"
                 input_ref=input
             />

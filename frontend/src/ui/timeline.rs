@@ -9,6 +9,7 @@ use super::Avatar;
 use crate::app::use_ui;
 use crate::browser;
 use crate::chat::{Item, Outgoing, Posted, Room, SendStatus};
+use crate::text::Segment;
 
 /// Consecutive messages from one sender closer than this share one header.
 const GROUP_MS: u64 = 5 * 60 * 1000;
@@ -165,16 +166,41 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
         Row::Notice { text, .. } => {
             view! { <p class="presence notice" role="note">{text}</p> }.into_any()
         }
-        Row::Message { posted, cont } => message_view(posted, cont),
+        Row::Message { posted, cont } => {
+            let me = use_ui()
+                .client
+                .chat()
+                .with_untracked(|c| c.room(&room).map(|r| r.nick().to_string()));
+            message_view(posted, cont, me)
+        }
         Row::Outgoing { out, cont } => outgoing_view(out, cont, room),
     }
 }
 
-fn message_view(m: Posted, cont: bool) -> AnyView {
+/// A message's text: plain text, links (opened in a new tab, no referrer, no follow) and mentions of the reader.
+fn text_view(text: &str, me: Option<&str>) -> impl IntoView + use<> {
+    crate::text::segments(text, me)
+        .into_iter()
+        .map(|segment| match segment {
+            Segment::Text(t) => t.into_any(),
+            Segment::Link(url) => view! {
+                <a href=url.clone() target="_blank" rel="noopener noreferrer nofollow">{url.clone()}</a>
+            }
+            .into_any(),
+            Segment::Mention(m) => view! { <mark class="mention">{m}</mark> }.into_any(),
+        })
+        .collect_view()
+}
+
+fn message_view(m: Posted, cont: bool, me: Option<String>) -> AnyView {
     let nick = m.nick.to_string();
+    let mentioned = !m.own
+        && me
+            .as_deref()
+            .is_some_and(|me| crate::text::mentions(&m.text, me));
     let time = browser::clock(m.ts);
     view! {
-        <article class="msg" class:own=m.own class:cont=cont>
+        <article class="msg" class:own=m.own class:cont=cont class:mentioned=mentioned>
             <div class="gutter">
                 {if cont {
                     view! {
@@ -202,7 +228,7 @@ fn message_view(m: Posted, cont: bool) -> AnyView {
                     }
                         .into_any()
                 }}
-                <p class="text">{m.text}</p>
+                <p class="text">{text_view(&m.text, me.as_deref())}</p>
             </div>
             {m.acked.then(|| view! { <span class="tick" title="Sent">"✓"<span class="sr-only">" sent"</span></span> })}
         </article>
@@ -241,7 +267,7 @@ fn outgoing_view(out: Outgoing, cont: bool, room: RoomName) -> AnyView {
                     }
                         .into_any()
                 }}
-                <p class="text">{out.text}</p>
+                <p class="text">{text_view(&out.text, None)}</p>
                 {match failed {
                     None => view! { <p class="send-state">"Sending…"</p> }.into_any(),
                     Some(reason) => view! {

@@ -25,7 +25,7 @@ pub fn Welcome() -> impl IntoView {
     let room = RwSignal::new(suggested);
     let tried = RwSignal::new(false);
     let nick_error = reason(nick, tried, shared::validate::nickname);
-    let room_error = reason(room, tried, shared::validate::room_name);
+    let room_error = reason(room, tried, shared::validate::loose_room_name);
     let nick_input = NodeRef::<html::Input>::new();
     let room_input = NodeRef::<html::Input>::new();
     Effect::new(move |_| {
@@ -37,7 +37,7 @@ pub fn Welcome() -> impl IntoView {
         ev.prevent_default();
         tried.set(true);
         let parsed_nick = Nick::parse(nick.get_untracked().trim());
-        let parsed_room = RoomName::parse(room.get_untracked().trim());
+        let parsed_room = RoomName::parse(&shared::validate::normalize_room(&room.get_untracked()));
         match (parsed_nick, parsed_room) {
             (Ok(n), Ok(r)) => {
                 ui.set_nick(n);
@@ -81,7 +81,7 @@ pub fn Welcome() -> impl IntoView {
                         label="Room"
                         value=room
                         error=room_error
-                        hint="Lowercase letters, digits, - and _"
+                        hint="Letters, digits, - and _ (opened in lowercase)"
                         prefix="#"
                         input_ref=room_input
                     />
