@@ -524,3 +524,41 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
     a.close().await;
     b.close().await;
 }
+
+/// A reader sitting at the bottom of a busy room stays there: a burst of 200 messages from another replica arrives
+/// while page A watches, and A still shows the newest message with no "Jump to latest" (auto-scroll is not
+/// mistaken for the reader scrolling up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_at_the_bottom_follows_a_burst() {
+    let dist = dist_dir();
+    let out = output_dir();
+    let driver = Chromedriver::start().await;
+    let redis = Redis::start().await;
+    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
+    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+    let a = Page::open(&driver, "burst", &out).await;
+    a.enter_room(one.addr, "alice").await;
+    a.wait_connected("replica-1").await;
+
+    let mut bob = two.client().await;
+    bob.join(ROOM, "bob", None).await;
+    for i in 0..200 {
+        bob.send(&shared::ClientMsg::Send {
+            room: ROOM.into(),
+            text: format!("burst {i}"),
+            cid: format!("burst-{i}"),
+        })
+        .await;
+    }
+    a.wait_message("bob", "burst 199").await;
+    // Before the fix the page was left thousands of pixels up with the jump button shown, and never came back.
+    a.wait_until(
+        "the timeline to stay at the newest message",
+        "const t = document.querySelector('.timeline');
+         return t.scrollHeight - t.scrollTop - t.clientHeight <= 48 && !document.querySelector('.jump');",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(a.messages().await.len(), 200, "every message once");
+    a.close().await;
+}

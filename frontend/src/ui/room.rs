@@ -30,9 +30,14 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     // Follow new messages while the reader is at the bottom; hold still while they scroll back to read.
     let scroller = NodeRef::<html::Div>::new();
     let stick = RwSignal::new(true);
+    // Where the page itself last scrolled to. The scroll event of that scroll arrives later, often after more rows
+    // were added (a burst): measured against the grown content it looks like the reader scrolled up. Only a
+    // position above this one is the reader's doing.
+    let auto_top = StoredValue::new(0);
     let to_bottom = move || {
         if let Some(el) = scroller.get_untracked() {
             el.set_scroll_top(el.scroll_height());
+            auto_top.set_value(el.scroll_top());
         }
     };
     Effect::new(move |_| {
@@ -44,7 +49,12 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     let on_scroll = move |_| {
         if let Some(el) = scroller.get_untracked() {
             let gap = el.scroll_height() - el.scroll_top() - el.client_height();
-            stick.set(gap <= STICK_PX);
+            let following = gap <= STICK_PX || el.scroll_top() >= auto_top.get_value();
+            if !following {
+                // The reader took over: from now on only reaching the bottom again resumes following.
+                auto_top.set_value(i32::MAX);
+            }
+            stick.set(following);
         }
     };
 
