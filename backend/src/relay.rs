@@ -7,7 +7,8 @@ use std::collections::hash_map::Entry;
 
 use shared::validate;
 use shared::{
-    ChatMessage, ErrorCode, MsgId, Nick, PresenceKind, PresenceNotice, RoomName, ServerMsg,
+    ChatMessage, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, PresenceKind, PresenceNotice, RoomName,
+    ServerMsg,
 };
 use tracing::{debug, info, warn};
 
@@ -256,6 +257,40 @@ impl Participant {
             joined.last = joined.last.max(Some(newest.id));
         }
         Ok(page)
+    }
+
+    /// Older messages of a joined room (scrolling back): up to `limit` before `before`, as many of the newest of them
+    /// as fit in [`JOINED_BUDGET_BYTES`]. `complete` when nothing older is left.
+    pub async fn older(
+        &mut self,
+        room: &str,
+        before: MsgId,
+        limit: usize,
+        req: Option<String>,
+    ) -> Result<ServerMsg, RequestError> {
+        let room = RoomName::parse(room)?;
+        if !self.rooms.contains_key(&room) {
+            return Err(not_joined(&room));
+        }
+        if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("history limit must be 1 to {HISTORY_PAGE_MAX}"),
+            ));
+        }
+        let mut messages = self.state.bus.older(&room, before, limit).await?;
+        let fetched = messages.len();
+        // Keep the newest part: the page continues right where the client's view begins.
+        messages.reverse();
+        let fit = fitting(&messages, JOINED_BUDGET_BYTES).max(1).min(fetched);
+        messages.truncate(fit);
+        messages.reverse();
+        Ok(ServerMsg::HistoryPage {
+            room,
+            complete: fit == fetched && fetched < limit,
+            messages,
+            req,
+        })
     }
 
     /// Leaves a joined room.

@@ -305,6 +305,12 @@ impl Session {
                 .map(|room| ServerMsg::Left { room, req }),
             ClientMsg::Send { room, text, cid } => self.participant.send(&room, &text, cid).await,
             ClientMsg::Ping { req } => Ok(ServerMsg::Pong { req }),
+            ClientMsg::History {
+                room,
+                before,
+                limit,
+                req,
+            } => self.participant.older(&room, before, limit, req).await,
         };
         reply(sink, result, re).await
     }
@@ -393,7 +399,10 @@ fn decode(text: &str) -> Result<(ClientMsg, RequestRef), (RequestError, RequestR
         let err = RequestError::new(ErrorCode::BadRequest, "frame has no string field \"type\"");
         return Err((err, re));
     };
-    if !matches!(kind.as_str(), "hello" | "join" | "leave" | "send" | "ping") {
+    if !matches!(
+        kind.as_str(),
+        "hello" | "join" | "leave" | "send" | "ping" | "history"
+    ) {
         let err = RequestError::new(
             ErrorCode::UnknownType,
             format!("unknown message type {kind:?}; expected hello, join, leave, send or ping"),
@@ -505,9 +514,9 @@ mod fuzz {
 
         #[test]
         fn random_objects(
-            kind in prop::sample::select(vec!["hello", "join", "leave", "send", "ping", "dance", ""]),
+            kind in prop::sample::select(vec!["hello", "join", "leave", "send", "ping", "history", "dance", ""]),
             fields in prop::collection::vec((
-                prop::sample::select(vec!["room", "nick", "text", "cid", "since", "epoch", "req", "version", "type"]),
+                prop::sample::select(vec!["room", "nick", "text", "cid", "since", "epoch", "req", "version", "type", "before", "limit"]),
                 prop_oneof![
                     Just(serde_json::Value::Null),
                     any::<bool>().prop_map(serde_json::Value::from),

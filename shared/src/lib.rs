@@ -9,8 +9,8 @@ pub mod validate;
 
 pub use id::{MsgId, ParseMsgIdError};
 pub use protocol::{
-    BusBody, ChatMessage, ClientMsg, ErrorCode, Limits, PresenceEvent, PresenceKind,
-    PresenceNotice, ServerMsg,
+    BusBody, ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, PresenceEvent,
+    PresenceKind, PresenceNotice, ServerMsg,
 };
 pub use validate::{Nick, RoomName, ValidationError};
 

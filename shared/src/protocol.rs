@@ -61,7 +61,22 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
     },
+    /// Asks for older messages of a joined room: scrolling back. Answered with `history_page`.
+    History {
+        /// The room, which the connection must have joined.
+        room: String,
+        /// Messages older than this id (normally the oldest the client has).
+        before: MsgId,
+        /// At most this many (1 to [`HISTORY_PAGE_MAX`]).
+        limit: usize,
+        /// Correlation id echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
 }
+
+/// The most messages one `history` request returns.
+pub const HISTORY_PAGE_MAX: usize = 200;
 
 impl ClientMsg {
     /// The `type` tag of this message, as errors report it.
@@ -72,6 +87,7 @@ impl ClientMsg {
             Self::Leave { .. } => "leave",
             Self::Send { .. } => "send",
             Self::Ping { .. } => "ping",
+            Self::History { .. } => "history",
         }
     }
 }
@@ -150,6 +166,18 @@ pub enum ServerMsg {
         /// points from before are void.
         #[serde(default, skip_serializing_if = "is_false")]
         reset: bool,
+    },
+    /// Answers `history`: older messages, oldest first.
+    HistoryPage {
+        /// The room.
+        room: RoomName,
+        /// Up to `limit` messages older than `before`, oldest first.
+        messages: Vec<ChatMessage>,
+        /// Nothing older is kept: the first message here (if any) is the oldest the room still has.
+        complete: bool,
+        /// The request's correlation id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
     },
     /// Answers `ping`.
     Pong {
@@ -477,7 +505,7 @@ mod tests {
                 bus += 1;
             } else if matches!(
                 value.get("type").and_then(|t| t.as_str()),
-                Some("hello" | "join" | "leave" | "send" | "ping")
+                Some("hello" | "join" | "leave" | "send" | "ping" | "history")
             ) {
                 serde_json::from_value::<ClientMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
@@ -490,7 +518,7 @@ mod tests {
         }
         assert_eq!(
             (client, server, bus),
-            (5, 13, 2),
+            (6, 14, 2),
             "every message type has its example"
         );
     }

@@ -149,6 +149,30 @@ impl Bus for MemoryBus {
         async { Ok(()) }.boxed()
     }
 
+    fn older(
+        &self,
+        room: &RoomName,
+        before: MsgId,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
+        let inner = self.lock();
+        let mut out: Vec<ChatMessage> = inner
+            .history
+            .get(room)
+            .map(|log| {
+                log.messages
+                    .iter()
+                    .rev()
+                    .filter(|(_, m)| m.id < before)
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.reverse();
+        async move { Ok(out) }.boxed()
+    }
+
     fn history(
         &self,
         room: &RoomName,

@@ -147,6 +147,14 @@ pub trait Bus: Send + Sync + 'static {
         notice: &PresenceNotice,
     ) -> BoxFuture<'static, Result<(), BusError>>;
 
+    /// Up to `limit` stored messages older than `before`, oldest first: scrolling back through a room.
+    fn older(
+        &self,
+        room: &RoomName,
+        before: MsgId,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>>;
+
     /// Reads stored messages, oldest first, with the room's epoch.
     fn history(
         &self,

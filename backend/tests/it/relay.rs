@@ -75,6 +75,78 @@ on_both_buses! {
         c.history_limit = 1_000_000;
     },
     shutdown_sends_going_away,
+    history_pages_reach_back_to_the_first_message,
+}
+
+/// The answer to one `history` request: its messages and `complete`, or the error code.
+async fn page(
+    c: &mut Client,
+    room: &str,
+    before: MsgId,
+    limit: usize,
+) -> Result<(Vec<ChatMessage>, bool), shared::ErrorCode> {
+    let req = format!("page-{before}-{limit}");
+    c.send(&shared::ClientMsg::History {
+        room: room.into(),
+        before,
+        limit,
+        req: Some(req.clone()),
+    })
+    .await;
+    c.take(|m| match m {
+        ServerMsg::HistoryPage {
+            messages,
+            complete,
+            req: Some(r),
+            ..
+        } if *r == req => Some(Ok((messages.clone(), *complete))),
+        ServerMsg::Error {
+            code, req: Some(r), ..
+        } if *r == req => Some(Err(*code)),
+        _ => None,
+    })
+    .await
+}
+
+/// Scrolling back: 120 messages, a join that shows the newest 50, then pages of 30 before the oldest shown, until
+/// the server says `complete`: every message exactly once, in order. Bad requests get typed errors.
+async fn history_pages_reach_back_to_the_first_message(cluster: Cluster) {
+    let mut writer = cluster.client(0).await;
+    writer.join("scroll", "writer", None).await;
+    let mut sent = Vec::new();
+    for i in 0..120 {
+        sent.push(writer.say("scroll", &format!("m{i}")).await);
+    }
+    let mut reader = cluster.client(1).await;
+    let mut seen = reader.join("scroll", "reader", None).await;
+    assert_eq!(seen.len(), 50, "history on join");
+    let mut pages = 0;
+    loop {
+        let before = seen[0].id;
+        let (older, complete) = page(&mut reader, "scroll", before, 30).await.unwrap();
+        pages += 1;
+        assert!(older.iter().all(|m| m.id < before), "only older messages");
+        seen.splice(0..0, older);
+        if complete {
+            break;
+        }
+        assert!(pages < 10, "paging ends");
+    }
+    assert_eq!(ids(&seen), sent, "every message once, in order");
+    assert_eq!(pages, 3, "50 + 30 + 30 + 10");
+    let first = sent[0];
+    assert_eq!(
+        page(&mut reader, "scroll", first, 30).await.unwrap(),
+        (vec![], true)
+    );
+    assert_eq!(
+        page(&mut reader, "elsewhere", first, 30).await.unwrap_err(),
+        shared::ErrorCode::NotJoined
+    );
+    assert_eq!(
+        page(&mut reader, "scroll", first, 0).await.unwrap_err(),
+        shared::ErrorCode::BadRequest
+    );
 }
 
 fn ids(messages: &[ChatMessage]) -> Vec<MsgId> {

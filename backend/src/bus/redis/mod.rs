@@ -463,6 +463,37 @@ impl Bus for RedisBus {
         .boxed()
     }
 
+    fn older(
+        &self,
+        room: &RoomName,
+        before: MsgId,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
+        let stream = self.store.keys.stream(room);
+        let store = self.store.clone();
+        let room = room.clone();
+        async move {
+            let entries: Vec<Entry> = store
+                .run(|mut conn| async move {
+                    redis::cmd("XREVRANGE")
+                        .arg(stream)
+                        .arg(format!("({before}"))
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            entries
+                .into_iter()
+                .rev()
+                .map(|e| decode_entry(&room, e).map(|s| s.message))
+                .collect()
+        }
+        .boxed()
+    }
+
     fn history(
         &self,
         room: &RoomName,
