@@ -126,7 +126,22 @@ pub struct Room {
     resume: Option<MsgId>,
     epoch: Option<String>,
     ever_joined: bool,
+    older: Older,
 }
+
+/// Scrolling back: whether older messages can be asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Older {
+    /// There may be older messages; none asked for right now.
+    Idle,
+    /// A `history` request is out.
+    Loading,
+    /// The server said nothing older is kept: the timeline starts at the room's first kept message.
+    Complete,
+}
+
+/// Messages asked for per `history` request.
+pub const OLDER_PAGE: usize = 50;
 
 impl Room {
     fn new(name: RoomName, nick: Nick) -> Self {
@@ -142,7 +157,46 @@ impl Room {
             resume: None,
             epoch: None,
             ever_joined: false,
+            older: Older::Idle,
         }
+    }
+
+    /// Whether older messages can be, are being, or cannot be loaded.
+    pub fn older(&self) -> Older {
+        self.older
+    }
+
+    /// The oldest message on the timeline.
+    fn oldest_message(&self) -> Option<MsgId> {
+        self.items.iter().find_map(|item| match item {
+            Item::Message(m) => Some(m.id),
+            Item::Presence { .. } | Item::Notice { .. } => None,
+        })
+    }
+
+    /// Puts older messages (oldest first) before everything on the timeline, skipping any already there.
+    fn prepend(&mut self, messages: Vec<ChatMessage>, complete: bool) {
+        let oldest = self.oldest_message();
+        let older: Vec<Item> = messages
+            .into_iter()
+            .filter(|m| oldest.is_none_or(|o| m.id < o) && self.seen.insert(m.id))
+            .map(|m| {
+                Item::Message(Posted {
+                    id: m.id,
+                    own: m.nick == self.nick,
+                    acked: false,
+                    nick: m.nick,
+                    text: m.text,
+                    ts: m.ts,
+                })
+            })
+            .collect();
+        self.items.splice(0..0, older);
+        self.older = if complete {
+            Older::Complete
+        } else {
+            Older::Idle
+        };
     }
 
     /// The room's name.
@@ -414,6 +468,18 @@ impl Chat {
         self.rooms.iter().map(Room::rejoin).collect()
     }
 
+    /// Marks a room as loading older messages and returns the id to ask before, unless a request is already out,
+    /// the start was reached, the room is not joined, or it has no message to page back from.
+    pub fn start_loading_older(&mut self, name: &RoomName) -> Option<MsgId> {
+        let room = self.room_mut(name)?;
+        if room.older != Older::Idle || room.phase != Phase::Joined {
+            return None;
+        }
+        let before = room.oldest_message()?;
+        room.older = Older::Loading;
+        Some(before)
+    }
+
     /// Marks a room as being joined again after the person asked to retry a refused join.
     pub fn rejoining(&mut self, name: &RoomName) -> Option<Rejoin> {
         let room = self.room_mut(name)?;
@@ -519,6 +585,12 @@ impl Chat {
         let active = self.active.clone();
         match msg {
             ServerMsg::Welcome { .. } | ServerMsg::Left { .. } | ServerMsg::Pong { .. } => {}
+            ServerMsg::HistoryPage {
+                room,
+                messages,
+                complete,
+                ..
+            } => self.room_mut(&room)?.prepend(messages, complete),
             ServerMsg::Joined {
                 room,
                 nick,
@@ -534,6 +606,10 @@ impl Chat {
                 room.nick = nick;
                 room.phase = Phase::Joined;
                 room.epoch = Some(epoch);
+                if room.older == Older::Loading {
+                    // Asked on a connection that is gone: the answer will not come.
+                    room.older = Older::Idle;
+                }
                 if reset {
                     // The resume point names a history that is gone; the new one starts from this history.
                     room.resume = None;
@@ -754,6 +830,78 @@ mod tests {
 
     fn ids(chat: &Chat, name: &str) -> Vec<u64> {
         messages(chat, name).into_iter().map(|m| m.0).collect()
+    }
+
+    fn page(messages: Vec<ChatMessage>, complete: bool) -> ServerMsg {
+        ServerMsg::HistoryPage {
+            room: room("general"),
+            messages,
+            complete,
+            req: None,
+        }
+    }
+
+    #[test]
+    fn scrolling_back_prepends_older_pages_once_until_the_start() {
+        let mut chat = chat();
+        assert_eq!(
+            chat.start_loading_older(&room("general")),
+            None,
+            "not joined yet"
+        );
+        chat.apply(joined(
+            "general",
+            vec![
+                msg("general", 30, "bob", "c"),
+                msg("general", 40, "me", "d"),
+            ],
+        ));
+        assert_eq!(
+            chat.start_loading_older(&room("general")),
+            Some(MsgId::new(30, 0))
+        );
+        assert_eq!(
+            chat.start_loading_older(&room("general")),
+            None,
+            "one request at a time"
+        );
+        assert_eq!(general(&chat).older(), Older::Loading);
+        // A page may overlap what is shown (a message that arrived twice): it shows once.
+        chat.apply(page(
+            vec![
+                msg("general", 20, "bob", "b"),
+                msg("general", 30, "bob", "c"),
+            ],
+            false,
+        ));
+        assert_eq!(ids(&chat, "general"), [20, 30, 40]);
+        assert_eq!(general(&chat).older(), Older::Idle);
+        assert_eq!(
+            chat.start_loading_older(&room("general")),
+            Some(MsgId::new(20, 0))
+        );
+        chat.apply(page(vec![msg("general", 10, "me", "a")], true));
+        assert_eq!(ids(&chat, "general"), [10, 20, 30, 40]);
+        assert!(messages(&chat, "general")[0].2, "own messages stay own");
+        assert_eq!(general(&chat).older(), Older::Complete);
+        assert_eq!(
+            chat.start_loading_older(&room("general")),
+            None,
+            "the start was reached"
+        );
+        assert_eq!(general(&chat).unread(), 0, "older messages are not news");
+    }
+
+    #[test]
+    fn a_lost_history_request_is_asked_again_after_a_rejoin() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 30, "bob", "c")]));
+        assert!(chat.start_loading_older(&room("general")).is_some());
+        chat.apply(joined("general", vec![]));
+        assert_eq!(
+            chat.start_loading_older(&room("general")),
+            Some(MsgId::new(30, 0))
+        );
     }
 
     fn notices(chat: &Chat) -> usize {

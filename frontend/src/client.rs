@@ -143,6 +143,26 @@ impl Client {
         }
     }
 
+    /// Asks for the messages before the oldest one shown (scrolling back), unless a request is out already or the
+    /// room's beginning is on screen.
+    pub fn load_older(&self, room: &RoomName) {
+        if !self.connected() {
+            return;
+        }
+        if let Some(before) = self
+            .chat
+            .try_update(|chat| chat.start_loading_older(room))
+            .flatten()
+        {
+            self.frame(ClientMsg::History {
+                room: room.to_string(),
+                before,
+                limit: crate::chat::OLDER_PAGE,
+                req: None,
+            });
+        }
+    }
+
     /// Leaves a room and forgets its timeline.
     pub fn leave(&self, room: &RoomName) {
         if self.chat.try_update(|chat| chat.close(room)) == Some(true) {

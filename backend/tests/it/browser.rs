@@ -562,3 +562,43 @@ async fn a_reader_at_the_bottom_follows_a_burst() {
     assert_eq!(a.messages().await.len(), 200, "every message once");
     a.close().await;
 }
+
+/// Scrolling back: 120 messages were posted before page A opened the room, which shows the newest 50; scrolling to
+/// the top loads older pages until "Beginning of the room's history", and the timeline then holds all 120 messages
+/// once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_back_reaches_the_first_message() {
+    let dist = dist_dir();
+    let out = output_dir();
+    let driver = Chromedriver::start().await;
+    let redis = Redis::start().await;
+    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
+    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+    let mut bob = two.client().await;
+    bob.join(ROOM, "bob", None).await;
+    let texts: Vec<String> = (0..120).map(|i| format!("old {i}")).collect();
+    for text in &texts {
+        bob.say(ROOM, text).await;
+    }
+
+    let a = Page::open(&driver, "scrollback", &out).await;
+    a.enter_room(one.addr, "alice").await;
+    a.wait_message("bob", "old 119").await;
+    a.wait_until(
+        "scrolling to the top to reach the beginning of the room's history",
+        "const t = document.querySelector('.timeline');
+         t.scrollTop = 0;
+         t.dispatchEvent(new Event('scroll'));
+         return [...document.querySelectorAll('.history-edge')]
+             .some(e => e.textContent.startsWith('Beginning'));",
+        Value::Null,
+    )
+    .await;
+    let expected: Vec<(String, String)> = texts
+        .iter()
+        .map(|t| ("bob".to_owned(), t.clone()))
+        .collect();
+    assert_eq!(a.messages().await, expected, "every message once, in order");
+    a.screenshot("start").await;
+    a.close().await;
+}

@@ -7,19 +7,25 @@ use shared::RoomName;
 
 use super::composer::Composer;
 use super::sidebar::{JoinForm, Logo};
-use super::timeline::{row_view, rows};
+use super::timeline::{Row, RowKey, row_view, rows};
 use crate::app::use_ui;
-use crate::chat::Phase;
+use crate::chat::{Older, Phase};
 
 /// How close to the bottom (in pixels) still counts as "at the bottom", so new messages keep scrolling into view.
 const STICK_PX: i32 = 48;
+
+/// How close to the top (in pixels) asks for older messages.
+const LOAD_OLDER_PX: i32 = 200;
 
 /// One room: header, timeline, composer.
 #[component]
 pub fn RoomView(room: RoomName) -> impl IntoView {
     let ui = use_ui();
     let chat = ui.client.chat();
-    let (r1, r2, r3) = (room.clone(), room.clone(), room.clone());
+    let (r1, r2, r3, r4) = (room.clone(), room.clone(), room.clone(), room.clone());
+    let older = Memo::new(move |_| chat.with(|c| c.room(&r4).map(crate::chat::Room::older)));
+    let older_room = room.clone();
+    let fill_room = room.clone();
     let rows = Memo::new(move |_| chat.with(|c| c.room(&r1).map(rows).unwrap_or_default()));
     let phase = Memo::new(move |_| chat.with(|c| c.room(&r2).map(|r| r.phase().clone())));
     let nick = Memo::new(move |_| {
@@ -40,14 +46,46 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
             auto_top.set_value(el.scroll_top());
         }
     };
+    // When older messages are put on top, keep what the reader looks at where it was: the content grew above it.
+    let first_row = StoredValue::new(None::<RowKey>);
+    let last_height = StoredValue::new(0);
     Effect::new(move |_| {
-        rows.track();
-        if stick.get_untracked() {
-            request_animation_frame(to_bottom);
-        }
+        let first = rows.with(|r| {
+            r.iter()
+                .map(Row::key)
+                .find(|k| matches!(k, RowKey::Message(..)))
+        });
+        let prepended = first_row
+            .get_value()
+            .is_some_and(|old| Some(&old) != first.as_ref())
+            && older.get_untracked() != Some(Older::Loading);
+        first_row.set_value(first);
+        let follow = stick.get_untracked();
+        let fill_room = fill_room.clone();
+        request_animation_frame(move || {
+            let Some(el) = scroller.get_untracked() else {
+                return;
+            };
+            if follow {
+                to_bottom();
+            } else if prepended {
+                let grown = el.scroll_height() - last_height.get_value();
+                el.set_scroll_top(el.scroll_top() + grown);
+            }
+            last_height.set_value(el.scroll_height());
+            // Too few messages to scroll (a tall window): fetch older ones until it fills up or the start is here.
+            if el.scroll_top() < LOAD_OLDER_PX {
+                ui.client.load_older(&fill_room);
+            }
+        });
     });
     let on_scroll = move |_| {
         if let Some(el) = scroller.get_untracked() {
+            last_height.set_value(el.scroll_height());
+            // Near the top: fetch the page before it, so scrolling back runs into older messages, not a wall.
+            if el.scroll_top() < LOAD_OLDER_PX {
+                ui.client.load_older(&older_room);
+            }
             let gap = el.scroll_height() - el.scroll_top() - el.client_height();
             let following = gap <= STICK_PX || el.scroll_top() >= auto_top.get_value();
             if !following {
@@ -87,6 +125,17 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                     tabindex="0"
                 >
                     <div class="timeline-inner">
+                        {move || match older.get() {
+                            Some(Older::Complete) if !empty() => Some(
+                                view! { <p class="history-edge">"Beginning of the room's history"</p> }
+                                    .into_any(),
+                            ),
+                            Some(Older::Loading) => Some(
+                                view! { <p class="history-edge" aria-live="polite">"Loading older messages…"</p> }
+                                    .into_any(),
+                            ),
+                            _ => None,
+                        }}
                         {move || match phase.get() {
                             Some(Phase::Failed(reason)) => {
                                 let room = retry_room.clone();
