@@ -8,13 +8,13 @@ use std::collections::hash_map::Entry;
 use shared::validate;
 use shared::{
     ChatMessage, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, PresenceKind, PresenceNotice, RoomName,
-    ServerMsg,
+    ServerMsg, TYPING_EVERY_MS, TypingNotice,
 };
 use tracing::{debug, info, warn};
 
 use crate::AppState;
 use crate::auth::Grant;
-use crate::bus::{Bus, Draft, HistoryQuery, Published, now_ms};
+use crate::bus::{Bus, Draft, HistoryQuery, Notice, Published, now_ms};
 use crate::error::RequestError;
 use crate::ratelimit::TokenBucket;
 use crate::rooms::{ConnId, Member, Outbound};
@@ -55,6 +55,8 @@ struct Joined {
     nick: Nick,
     /// Highest message id delivered in this room; later frames at or below it are duplicates.
     last: Option<MsgId>,
+    /// When this connection's last `typing` in the room was relayed.
+    typed: Option<tokio::time::Instant>,
 }
 
 /// Stored messages a member still has to receive after `joined`, read page by page.
@@ -194,6 +196,7 @@ impl Participant {
             Entry::Vacant(e) => e.insert(Joined {
                 nick: nick.clone(),
                 last: None,
+                typed: None,
             }),
         };
         entry.nick = nick.clone();
@@ -293,6 +296,32 @@ impl Participant {
         })
     }
 
+    /// Relays that the person is typing in a joined room, at most once per [`TYPING_EVERY_MS`] (more are dropped:
+    /// typing is a hint, not a message).
+    pub fn typing(&mut self, room: &str) -> Result<(), RequestError> {
+        let room = RoomName::parse(room)?;
+        let joined = self.rooms.get_mut(&room).ok_or_else(|| not_joined(&room))?;
+        let now = tokio::time::Instant::now();
+        if joined.typed.is_some_and(|at| {
+            now.duration_since(at) < std::time::Duration::from_millis(TYPING_EVERY_MS)
+        }) {
+            return Ok(());
+        }
+        joined.typed = Some(now);
+        let notice = Notice::Typing(TypingNotice {
+            nick: joined.nick.clone(),
+            node: self.state.node.to_string(),
+            conn: self.conn,
+        });
+        let fut = self.state.bus.announce(&room, &notice);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                debug!(%room, error = %e, "typing notice not delivered");
+            }
+        });
+        Ok(())
+    }
+
     /// Leaves a joined room.
     pub fn leave(&mut self, room: &str) -> Result<RoomName, RequestError> {
         let room = RoomName::parse(room)?;
@@ -376,7 +405,7 @@ impl Participant {
             node: self.state.node.to_string(),
             conn: self.conn,
         };
-        let fut = self.state.bus.announce(room, &notice);
+        let fut = self.state.bus.announce(room, &Notice::Presence(notice));
         let room = room.clone();
         tokio::spawn(async move {
             if let Err(e) = fut.await {

@@ -239,6 +239,20 @@ impl Rooms {
                 };
                 (out, skip)
             }
+            BusEvent::Typing { room, notice } => {
+                let skip = (*notice.node == *self.node).then_some(notice.conn);
+                let msg = ServerMsg::Typing {
+                    room: room.clone(),
+                    nick: notice.nick,
+                };
+                let out = Outbound {
+                    room,
+                    id: None,
+                    reset: false,
+                    frame: encode(&msg),
+                };
+                (out, skip)
+            }
             BusEvent::Gap { room, epoch, reset } => {
                 let msg = ServerMsg::Gap {
                     room: room.clone(),

@@ -311,6 +311,11 @@ impl Session {
                 limit,
                 req,
             } => self.participant.older(&room, before, limit, req).await,
+            ClientMsg::Typing { room } => match self.participant.typing(&room) {
+                // Typing is not answered.
+                Ok(()) => return Ok(()),
+                Err(err) => Err(err),
+            },
         };
         reply(sink, result, re).await
     }
@@ -401,7 +406,7 @@ fn decode(text: &str) -> Result<(ClientMsg, RequestRef), (RequestError, RequestR
     };
     if !matches!(
         kind.as_str(),
-        "hello" | "join" | "leave" | "send" | "ping" | "history"
+        "hello" | "join" | "leave" | "send" | "ping" | "history" | "typing"
     ) {
         let err = RequestError::new(
             ErrorCode::UnknownType,
@@ -514,7 +519,7 @@ mod fuzz {
 
         #[test]
         fn random_objects(
-            kind in prop::sample::select(vec!["hello", "join", "leave", "send", "ping", "history", "dance", ""]),
+            kind in prop::sample::select(vec!["hello", "join", "leave", "send", "ping", "history", "typing", "dance", ""]),
             fields in prop::collection::vec((
                 prop::sample::select(vec!["room", "nick", "text", "cid", "since", "epoch", "req", "version", "type", "before", "limit"]),
                 prop_oneof![

@@ -127,7 +127,14 @@ pub struct Room {
     epoch: Option<String>,
     ever_joined: bool,
     older: Older,
+    /// Who else is typing, and when their last `typing` arrived (page clock, ms).
+    typing: Vec<(Nick, u64)>,
+    /// When this client last told the room it is typing (page clock, ms).
+    typed_at: Option<u64>,
 }
+
+/// How often this client says it is typing, while the message box changes.
+pub const TYPING_SEND_EVERY_MS: u64 = 3_000;
 
 /// Scrolling back: whether older messages can be asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +165,18 @@ impl Room {
             epoch: None,
             ever_joined: false,
             older: Older::Idle,
+            typing: Vec::new(),
+            typed_at: None,
         }
+    }
+
+    /// Who else is typing at `now` (page clock, ms), in the order they started.
+    pub fn typists(&self, now: u64) -> Vec<&Nick> {
+        self.typing
+            .iter()
+            .filter(|(nick, at)| *nick != self.nick && now < at + shared::TYPING_SHOWN_MS)
+            .map(|(nick, _)| nick)
+            .collect()
     }
 
     /// Whether older messages can be, are being, or cannot be loaded.
@@ -302,6 +320,8 @@ impl Room {
     }
 
     fn deliver(&mut self, msg: ChatMessage, viewing: bool, count_unread: bool) {
+        // Their message is what they were typing.
+        self.typing.retain(|(nick, _)| *nick != msg.nick);
         let own = msg.nick == self.nick;
         let id = msg.id;
         let new = self.insert(Posted {
@@ -353,6 +373,8 @@ impl Room {
 /// Every room this client is in, which one the person is looking at, and the counters that name own messages.
 #[derive(Debug, Clone)]
 pub struct Chat {
+    /// The page clock (ms) as of the frame being applied; set by [`Chat::set_now`].
+    now: u64,
     rooms: Vec<Room>,
     active: Option<RoomName>,
     next_key: u64,
@@ -389,12 +411,35 @@ impl Chat {
     /// dedupes sends by nick and `cid`, so two tabs of one person must never share one).
     pub fn new(cid_prefix: impl Into<String>) -> Self {
         Self {
+            now: 0,
             rooms: Vec::new(),
             active: None,
             next_key: 0,
             cid_prefix: cid_prefix.into(),
             next_cid: 0,
         }
+    }
+
+    /// Sets the page clock (ms) that typing notices are timed by.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// Whether to tell `name` that this client is typing, at `now`: at most once per [`TYPING_SEND_EVERY_MS`],
+    /// only in a joined room. Records the send when it says yes.
+    pub fn typing_due(&mut self, name: &RoomName, now: u64) -> bool {
+        let Some(room) = self.room_mut(name) else {
+            return false;
+        };
+        if room.phase != Phase::Joined
+            || room
+                .typed_at
+                .is_some_and(|at| now < at + TYPING_SEND_EVERY_MS)
+        {
+            return false;
+        }
+        room.typed_at = Some(now);
+        true
     }
 
     /// The rooms, in the order they were opened.
@@ -591,6 +636,12 @@ impl Chat {
                 complete,
                 ..
             } => self.room_mut(&room)?.prepend(messages, complete),
+            ServerMsg::Typing { room, nick } => {
+                let now = self.now;
+                let room = self.room_mut(&room)?;
+                room.typing.retain(|(n, _)| *n != nick);
+                room.typing.push((nick, now));
+            }
             ServerMsg::Joined {
                 room,
                 nick,
@@ -902,6 +953,43 @@ mod tests {
             chat.start_loading_older(&room("general")),
             Some(MsgId::new(30, 0))
         );
+    }
+
+    #[test]
+    fn typing_shows_for_a_while_and_ends_with_the_message() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let typing = |who: &str| ServerMsg::Typing {
+            room: room("general"),
+            nick: nick(who),
+        };
+        chat.set_now(1_000);
+        chat.apply(typing("bob"));
+        chat.set_now(2_000);
+        chat.apply(typing("carol"));
+        chat.apply(typing("me"));
+        let names = |chat: &Chat, now: u64| -> Vec<String> {
+            general(chat)
+                .typists(now)
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(names(&chat, 2_000), ["bob", "carol"], "never myself");
+        assert_eq!(names(&chat, 6_500), ["carol"], "bob's expired");
+        chat.apply(ServerMsg::Message(msg("general", 10, "carol", "hi")));
+        assert!(
+            names(&chat, 6_500).is_empty(),
+            "carol's message ends her typing"
+        );
+
+        assert!(chat.typing_due(&room("general"), 10_000));
+        assert!(
+            !chat.typing_due(&room("general"), 12_000),
+            "at most every 3 s"
+        );
+        assert!(chat.typing_due(&room("general"), 13_000));
+        assert!(!chat.typing_due(&room("elsewhere"), 20_000));
     }
 
     fn notices(chat: &Chat) -> usize {

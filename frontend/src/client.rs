@@ -143,6 +143,19 @@ impl Client {
         }
     }
 
+    /// Tells the room this person is typing (at most every few seconds; nothing when offline).
+    pub fn typing(&self, room: &RoomName) {
+        if !self.connected() {
+            return;
+        }
+        let now = browser::now();
+        if self.chat.try_update(|chat| chat.typing_due(room, now)) == Some(true) {
+            self.frame(ClientMsg::Typing {
+                room: room.to_string(),
+            });
+        }
+    }
+
     /// Asks for the messages before the oldest one shown (scrolling back), unless a request is out already or the
     /// room's beginning is on screen.
     pub fn load_older(&self, room: &RoomName) {
@@ -411,7 +424,9 @@ impl Client {
             return Ok(());
         }
         // One update for both, so the components redraw once per frame.
+        let now = browser::now();
         let Some((applied, sends)) = self.chat.try_update(|chat| {
+            chat.set_now(now);
             let applied = chat.apply(msg);
             (applied, chat.flush())
         }) else {

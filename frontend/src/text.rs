@@ -97,6 +97,16 @@ fn mention_len(s: &str, me: &str) -> Option<usize> {
     whole_word.then_some(1 + me.len())
 }
 
+/// The typing line: "alice is typing…", "alice and bob are typing…", "Several people are typing…", or nothing.
+pub fn typing(who: &[&shared::Nick]) -> Option<String> {
+    match who {
+        [] => None,
+        [one] => Some(format!("{one} is typing…")),
+        [one, two] => Some(format!("{one} and {two} are typing…")),
+        _ => Some("Several people are typing…".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Segment::{Link, Mention, Text};
@@ -151,6 +161,16 @@ mod tests {
         assert_eq!(segments("@bob", Some("alice")), [t("@bob")]);
         assert!(mentions("ping @alice", "alice"));
         assert!(!mentions("alice without at", "alice"));
+    }
+
+    #[test]
+    fn the_typing_line_names_up_to_two() {
+        let n = |s: &str| shared::Nick::parse(s).unwrap();
+        let (a, b, c) = (n("alice"), n("bob"), n("carol"));
+        assert_eq!(typing(&[]), None);
+        assert_eq!(typing(&[&a]).unwrap(), "alice is typing…");
+        assert_eq!(typing(&[&a, &b]).unwrap(), "alice and bob are typing…");
+        assert_eq!(typing(&[&a, &b, &c]).unwrap(), "Several people are typing…");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod validate;
 pub use id::{MsgId, ParseMsgIdError};
 pub use protocol::{
     BusBody, ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, PresenceEvent,
-    PresenceKind, PresenceNotice, ServerMsg,
+    PresenceKind, PresenceNotice, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS, TypingNotice,
 };
 pub use validate::{Nick, RoomName, ValidationError};
 

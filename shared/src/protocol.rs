@@ -61,6 +61,13 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
     },
+    /// The person is typing in a joined room. Not answered; relayed to the room's other members as `typing`, at
+    /// most one per room every [`TYPING_EVERY_MS`] per connection (more are dropped). Send it again while typing
+    /// goes on: the indicator expires by itself after [`TYPING_SHOWN_MS`].
+    Typing {
+        /// The room.
+        room: String,
+    },
     /// Asks for older messages of a joined room: scrolling back. Answered with `history_page`.
     History {
         /// The room, which the connection must have joined.
@@ -77,6 +84,10 @@ pub enum ClientMsg {
 
 /// The most messages one `history` request returns.
 pub const HISTORY_PAGE_MAX: usize = 200;
+/// A connection's `typing` is relayed at most this often per room.
+pub const TYPING_EVERY_MS: u64 = 2_000;
+/// How long a client shows "… is typing" after the last `typing` it received for that person.
+pub const TYPING_SHOWN_MS: u64 = 5_000;
 
 impl ClientMsg {
     /// The `type` tag of this message, as errors report it.
@@ -88,6 +99,7 @@ impl ClientMsg {
             Self::Send { .. } => "send",
             Self::Ping { .. } => "ping",
             Self::History { .. } => "history",
+            Self::Typing { .. } => "typing",
         }
     }
 }
@@ -166,6 +178,14 @@ pub enum ServerMsg {
         /// points from before are void.
         #[serde(default, skip_serializing_if = "is_false")]
         reset: bool,
+    },
+    /// Someone else in the room is typing (not stored; shown until [`TYPING_SHOWN_MS`] pass without another, or
+    /// their message arrives).
+    Typing {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        nick: Nick,
     },
     /// Answers `history`: older messages, oldest first.
     HistoryPage {
@@ -314,6 +334,19 @@ pub enum BusBody {
     },
     /// A join or leave notice; not stored in history.
     Presence(PresenceNotice),
+    /// Someone is typing; not stored.
+    Typing(TypingNotice),
+}
+
+/// A typing notice as replicas relay it: not stored, best effort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingNotice {
+    /// Who.
+    pub nick: Nick,
+    /// The replica the member is connected to.
+    pub node: String,
+    /// The connection on that replica, which does not receive its own notice.
+    pub conn: u64,
 }
 
 /// A join or leave notice as replicas relay it: not stored, best effort.
@@ -382,6 +415,30 @@ mod tests {
             req: Some("p".into()),
         });
         round_trip(&ClientMsg::Ping { req: None });
+        round_trip(&ClientMsg::Typing {
+            room: "general".into(),
+        });
+        round_trip(&ClientMsg::History {
+            room: "general".into(),
+            before: MsgId::new(5, 1),
+            limit: 50,
+            req: Some("h".into()),
+        });
+        round_trip(&ServerMsg::Typing {
+            room: RoomName::parse("general").unwrap(),
+            nick: Nick::parse("bob").unwrap(),
+        });
+        round_trip(&ServerMsg::HistoryPage {
+            room: RoomName::parse("general").unwrap(),
+            messages: vec![],
+            complete: true,
+            req: None,
+        });
+        round_trip(&BusBody::Typing(TypingNotice {
+            nick: Nick::parse("bob").unwrap(),
+            node: "n".into(),
+            conn: 3,
+        }));
     }
 
     #[test]
@@ -506,7 +563,9 @@ mod tests {
             } else if matches!(
                 value.get("type").and_then(|t| t.as_str()),
                 Some("hello" | "join" | "leave" | "send" | "ping" | "history")
-            ) {
+            ) || (value.get("type").and_then(|t| t.as_str()) == Some("typing")
+                && value.get("nick").is_none())
+            {
                 serde_json::from_value::<ClientMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
                 client += 1;
@@ -518,7 +577,7 @@ mod tests {
         }
         assert_eq!(
             (client, server, bus),
-            (6, 14, 2),
+            (7, 15, 3),
             "every message type has its example"
         );
     }

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{ChatMessage, MsgId, Nick, PresenceNotice, RoomName};
+use shared::{ChatMessage, MsgId, Nick, RoomName};
 use tokio::sync::oneshot;
 
 use super::{
-    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryQuery, Published, Subscribed,
-    new_epoch, now_ms,
+    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryQuery, Notice, Published,
+    Subscribed, new_epoch, now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -138,13 +138,10 @@ impl Bus for MemoryBus {
     fn announce(
         &self,
         room: &RoomName,
-        notice: &PresenceNotice,
+        notice: &Notice,
     ) -> BoxFuture<'static, Result<(), BusError>> {
         if self.lock().subscribed.contains(room) {
-            let _ = self.events.send(BusEvent::Presence {
-                room: room.clone(),
-                notice: notice.clone(),
-            });
+            let _ = self.events.send(notice.clone().event(room.clone()));
         }
         async { Ok(()) }.boxed()
     }

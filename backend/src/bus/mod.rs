@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::BoxFuture;
-use shared::{ChatMessage, MsgId, Nick, PresenceNotice, RoomName};
+use shared::{ChatMessage, MsgId, Nick, PresenceNotice, RoomName, TypingNotice};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why the bus could not carry out a request. Never shown verbatim to clients.
@@ -78,6 +78,33 @@ pub struct History {
     pub truncated: bool,
 }
 
+/// A notice relayed to every replica and not stored.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// Joined or left.
+    Presence(PresenceNotice),
+    /// Typing.
+    Typing(TypingNotice),
+}
+
+impl Notice {
+    /// The bus body it travels as.
+    pub fn body(&self) -> shared::BusBody {
+        match self {
+            Self::Presence(p) => shared::BusBody::Presence(p.clone()),
+            Self::Typing(t) => shared::BusBody::Typing(t.clone()),
+        }
+    }
+
+    /// The event replicas turn it into.
+    pub fn event(self, room: RoomName) -> BusEvent {
+        match self {
+            Self::Presence(notice) => BusEvent::Presence { room, notice },
+            Self::Typing(notice) => BusEvent::Typing { room, notice },
+        }
+    }
+}
+
 /// An event about a room, arriving from the bus.
 #[derive(Debug, Clone)]
 pub enum BusEvent {
@@ -89,6 +116,13 @@ pub enum BusEvent {
         room: RoomName,
         /// Who, where, and what.
         notice: PresenceNotice,
+    },
+    /// Someone is typing; not stored.
+    Typing {
+        /// The room.
+        room: RoomName,
+        /// Who, and where.
+        notice: TypingNotice,
     },
     /// Messages of the room were lost before this replica relayed them and are no longer in history.
     Gap {
@@ -140,11 +174,11 @@ pub trait Bus: Send + Sync + 'static {
         draft: Draft,
     ) -> BoxFuture<'static, Result<Published, BusError>>;
 
-    /// Publishes a presence notice to every replica. Not stored.
+    /// Publishes a notice that is not stored (presence or typing) to every replica.
     fn announce(
         &self,
         room: &RoomName,
-        notice: &PresenceNotice,
+        notice: &Notice,
     ) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Up to `limit` stored messages older than `before`, oldest first: scrolling back through a room.

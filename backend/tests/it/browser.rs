@@ -602,3 +602,45 @@ async fn scrolling_back_reaches_the_first_message() {
     a.screenshot("start").await;
     a.close().await;
 }
+
+/// Typing across replicas: B types without sending; A shows "bob is typing…", and the line clears by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_shows_on_the_other_page_and_clears_by_itself() {
+    let dist = dist_dir();
+    let out = output_dir();
+    let driver = Chromedriver::start().await;
+    let redis = Redis::start().await;
+    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
+    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+    let a = Page::open(&driver, "typing-a", &out).await;
+    let b = Page::open(&driver, "typing-b", &out).await;
+    a.enter_room(one.addr, "alice").await;
+    b.enter_room(two.addr, "bob").await;
+    a.wait_connected("replica-1").await;
+    b.wait_connected("replica-2").await;
+
+    let input = b
+        .client
+        .find(Locator::Css("#composer-input"))
+        .await
+        .unwrap();
+    input.send_keys("I am writing someth").await.unwrap();
+    let line = "return document.querySelector('.typing')?.textContent ?? '';";
+    a.wait_until(
+        "\"bob is typing…\" on A",
+        "return (document.querySelector('.typing')?.textContent ?? '') === arguments[0];",
+        json!("bob is typing…"),
+    )
+    .await;
+    let own: String = b.js(line, Value::Null).await;
+    assert_eq!(own, "", "B does not see itself typing");
+    a.screenshot("typing").await;
+    a.wait_until(
+        "the typing line to clear by itself",
+        "return (document.querySelector('.typing')?.textContent ?? '') === '';",
+        Value::Null,
+    )
+    .await;
+    a.close().await;
+    b.close().await;
+}

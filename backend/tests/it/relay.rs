@@ -76,6 +76,45 @@ on_both_buses! {
     },
     shutdown_sends_going_away,
     history_pages_reach_back_to_the_first_message,
+    typing_reaches_the_others_once_per_interval,
+}
+
+/// `typing` is relayed to the room's other members (on any replica), not to the typist, at most once per
+/// interval; typing in a room not joined is refused.
+async fn typing_reaches_the_others_once_per_interval(cluster: Cluster) {
+    let mut a = cluster.client(0).await;
+    let mut b = cluster.client(1).await;
+    a.join("keys", "alice", None).await;
+    b.join("keys", "bob", None).await;
+    let typing = shared::ClientMsg::Typing {
+        room: "keys".into(),
+    };
+    a.send(&typing).await;
+    let who = b
+        .take(|m| match m {
+            ServerMsg::Typing { room, nick } if room.as_str() == "keys" => Some(nick.to_string()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(who, "alice");
+    // Within the interval: dropped. The message that follows arrives with no typing frame before it.
+    a.send(&typing).await;
+    let id = a.say("keys", "done typing").await;
+    assert_eq!(b.message_in("keys").await.id, id);
+    for (name, c) in [("bob", &b), ("alice", &a)] {
+        assert!(
+            !c.pending()
+                .iter()
+                .any(|m| matches!(m, ServerMsg::Typing { .. })),
+            "{name} got a typing frame it should not have"
+        );
+    }
+    a.send(&shared::ClientMsg::Typing {
+        room: "elsewhere".into(),
+    })
+    .await;
+    let (code, _, _) = a.error().await;
+    assert_eq!(code, shared::ErrorCode::NotJoined);
 }
 
 /// The answer to one `history` request: its messages and `complete`, or the error code.

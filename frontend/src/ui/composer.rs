@@ -49,6 +49,7 @@ pub fn Composer(room: RoomName) -> impl IntoView {
     });
 
     let placeholder = format!("Message #{room}");
+    let typing_room = room.clone();
     let send = move || {
         let value = text.get_untracked();
         match ui.client.send(&room, &value) {
@@ -84,7 +85,12 @@ pub fn Composer(room: RoomName) -> impl IntoView {
                     enterkeyhint="send"
                     aria-describedby="composer-msg"
                     aria-invalid=move || error.with(Option::is_some).to_string()
-                    on:input=move |_| tried.set(false)
+                    on:input=move |ev| {
+                        tried.set(false);
+                        if !event_target_value(&ev).is_empty() {
+                            ui.client.typing(&typing_room);
+                        }
+                    }
                     on:keydown=move |ev| {
                         if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
                             ev.prevent_default();

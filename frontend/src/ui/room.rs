@@ -9,6 +9,7 @@ use super::composer::Composer;
 use super::sidebar::{JoinForm, Logo};
 use super::timeline::{Row, RowKey, row_view, rows};
 use crate::app::use_ui;
+use crate::browser;
 use crate::chat::{Older, Phase};
 
 /// How close to the bottom (in pixels) still counts as "at the bottom", so new messages keep scrolling into view.
@@ -25,6 +26,23 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     let (r1, r2, r3, r4) = (room.clone(), room.clone(), room.clone(), room.clone());
     let older = Memo::new(move |_| chat.with(|c| c.room(&r4).map(crate::chat::Room::older)));
     let older_room = room.clone();
+    // Who else is typing, re-checked every second so the line clears by itself.
+    let clock = RwSignal::new(browser::now());
+    if let Ok(handle) = set_interval_with_handle(
+        move || clock.set(browser::now()),
+        std::time::Duration::from_secs(1),
+    ) {
+        on_cleanup(move || handle.clear());
+    }
+    let typing_room = room.clone();
+    let typing_line = Memo::new(move |_| {
+        let now = clock.get();
+        chat.with(|c| {
+            c.room(&typing_room)
+                .map(|r| crate::text::typing(&r.typists(now)))
+        })
+        .flatten()
+    });
     let fill_room = room.clone();
     let rows = Memo::new(move |_| chat.with(|c| c.room(&r1).map(rows).unwrap_or_default()));
     let phase = Memo::new(move |_| chat.with(|c| c.room(&r2).map(|r| r.phase().clone())));
@@ -186,6 +204,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                     </button>
                 </Show>
             </div>
+            <p class="typing" aria-live="polite">{move || typing_line.get()}</p>
             <Composer room />
         </section>
     }

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{BusBody, ChatMessage, MsgId, PresenceNotice, RoomName};
+use shared::{BusBody, ChatMessage, MsgId, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Bus, BusError, Draft, EventSink, History, HistoryQuery, Published, Subscribed, new_epoch,
+    Bus, BusError, Draft, EventSink, History, HistoryQuery, Notice, Published, Subscribed,
+    new_epoch,
 };
 pub use keys::Keys;
 use link::{Conn, Link};
@@ -438,9 +439,9 @@ impl Bus for RedisBus {
     fn announce(
         &self,
         room: &RoomName,
-        notice: &PresenceNotice,
+        notice: &Notice,
     ) -> BoxFuture<'static, Result<(), BusError>> {
-        let body = BusBody::Presence(notice.clone());
+        let body = notice.body();
         let payload = format!(
             "- {}",
             serde_json::to_string(&body).expect("bus bodies always serialize")
@@ -611,7 +612,9 @@ fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<StoredEntry, Bus
                 ts: msg_id.ms,
             },
         }),
-        BusBody::Presence(_) => Err(bad("presence events are never stored".into())),
+        BusBody::Presence(_) | BusBody::Typing(_) => {
+            Err(bad("presence and typing notices are never stored".into()))
+        }
     }
 }
 

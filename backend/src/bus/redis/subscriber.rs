@@ -67,7 +67,7 @@ enum Incoming {
         epoch: Arc<str>,
         message: ChatMessage,
     },
-    Presence(shared::PresenceNotice),
+    Notice(crate::bus::Notice),
 }
 
 /// Owns the Pub/Sub connection; see the module docs.
@@ -289,9 +289,9 @@ impl Subscriber {
             return Ok(());
         };
         match decode_payload(&room, payload) {
-            Ok(Incoming::Presence(notice)) => {
+            Ok(Incoming::Notice(notice)) => {
                 if self.rooms.contains_key(&room) {
-                    let _ = self.events.send(BusEvent::Presence { room, notice });
+                    let _ = self.events.send(notice.event(room));
                 }
                 Ok(())
             }
@@ -463,7 +463,8 @@ fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming, String> {
     let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
     if let Some(json) = text.strip_prefix("- ") {
         return match serde_json::from_str(json).map_err(|e| e.to_string())? {
-            BusBody::Presence(notice) => Ok(Incoming::Presence(notice)),
+            BusBody::Presence(notice) => Ok(Incoming::Notice(crate::bus::Notice::Presence(notice))),
+            BusBody::Typing(notice) => Ok(Incoming::Notice(crate::bus::Notice::Typing(notice))),
             BusBody::Message { .. } => Err("a stored message without an id".into()),
         };
     }
@@ -491,7 +492,7 @@ fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming, String> {
                 ts: id.ms,
             },
         }),
-        BusBody::Presence(_) => Err("a presence notice with an id".into()),
+        BusBody::Presence(_) | BusBody::Typing(_) => Err("a notice with an id".into()),
     }
 }
 
@@ -531,7 +532,7 @@ mod tests {
                 &room,
                 br#"- {"kind":"presence","nick":"a","event":"joined","ts":1,"node":"n","conn":2}"#,
             ),
-            Ok(Incoming::Presence(_))
+            Ok(Incoming::Notice(crate::bus::Notice::Presence(_)))
         ));
         assert!(decode_payload(&room, b"garbage").is_err());
         assert!(decode_payload(&room, b"x-1 1 e {}").is_err());
