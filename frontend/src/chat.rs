@@ -131,6 +131,8 @@ pub struct Room {
     typing: Vec<(Nick, u64)>,
     /// When this client last told the room it is typing (page clock, ms).
     typed_at: Option<u64>,
+    /// The first message that arrived while another room was on screen, for the "New messages" divider.
+    first_unread: Option<MsgId>,
 }
 
 /// How often this client says it is typing, while the message box changes.
@@ -167,7 +169,14 @@ impl Room {
             older: Older::Idle,
             typing: Vec::new(),
             typed_at: None,
+            first_unread: None,
         }
+    }
+
+    /// Where the "New messages" divider goes: before this message, the first that arrived while the person was
+    /// in another room. It stays while they read the room and goes when they leave it for another, or write.
+    pub fn first_unread(&self) -> Option<MsgId> {
+        self.first_unread
     }
 
     /// Who else is typing at `now` (page clock, ms), in the order they started.
@@ -335,6 +344,9 @@ impl Room {
         self.resume = self.resume.max(Some(id));
         if new && !own && !viewing && count_unread {
             self.unread += 1;
+            if self.first_unread.is_none() {
+                self.first_unread = Some(id);
+            }
         }
     }
 
@@ -492,6 +504,13 @@ impl Chat {
 
     /// Puts a room on screen (or none) and clears its unread count: the person is reading it now.
     pub fn view(&mut self, name: Option<RoomName>) {
+        if name != self.active
+            && let Some(left) = self.active.clone()
+            && let Some(room) = self.room_mut(&left)
+        {
+            // Read: the divider goes when the person moves on.
+            room.first_unread = None;
+        }
         self.active = name;
         if let Some(name) = self.active.clone()
             && let Some(room) = self.room_mut(&name)
@@ -537,6 +556,8 @@ impl Chat {
     pub fn queue_send(&mut self, room: &RoomName, text: String) -> Option<String> {
         let cid = self.fresh_cid();
         let room = self.room_mut(room)?;
+        // Writing in the room means what came before was read.
+        room.first_unread = None;
         room.outbox.push(Outgoing {
             cid: cid.clone(),
             text,
@@ -990,6 +1011,44 @@ mod tests {
         );
         assert!(chat.typing_due(&room("general"), 13_000));
         assert!(!chat.typing_due(&room("elsewhere"), 20_000));
+    }
+
+    #[test]
+    fn the_new_messages_divider_marks_where_reading_stopped() {
+        let mut chat = chat();
+        chat.open(room("other"), nick("me"));
+        chat.apply(joined("general", vec![msg("general", 1, "bob", "old")]));
+        chat.view(Some(room("other")));
+        chat.apply(ServerMsg::Message(msg("general", 2, "me", "mine")));
+        assert_eq!(
+            general(&chat).first_unread(),
+            None,
+            "own messages are not unread"
+        );
+        chat.apply(ServerMsg::Message(msg("general", 3, "bob", "new 1")));
+        chat.apply(ServerMsg::Message(msg("general", 4, "bob", "new 2")));
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(3, 0)));
+        chat.view(Some(room("general")));
+        assert_eq!(general(&chat).unread(), 0);
+        assert_eq!(
+            general(&chat).first_unread(),
+            Some(MsgId::new(3, 0)),
+            "stays while reading"
+        );
+        chat.view(Some(room("other")));
+        assert_eq!(
+            general(&chat).first_unread(),
+            None,
+            "gone once the person moved on"
+        );
+        chat.apply(ServerMsg::Message(msg("general", 5, "bob", "new 3")));
+        chat.view(Some(room("general")));
+        chat.queue_send(&room("general"), "reply".into());
+        assert_eq!(
+            general(&chat).first_unread(),
+            None,
+            "writing means it was read"
+        );
     }
 
     fn notices(chat: &Chat) -> usize {

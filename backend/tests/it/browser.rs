@@ -644,3 +644,55 @@ async fn typing_shows_on_the_other_page_and_clears_by_itself() {
     a.close().await;
     b.close().await;
 }
+
+/// The "New messages" divider: A reads another room while bob writes in e2e; back in e2e, the divider sits right
+/// before the first message A has not seen, and the room opens there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unread_divider_marks_where_reading_stopped() {
+    let dist = dist_dir();
+    let out = output_dir();
+    let driver = Chromedriver::start().await;
+    let redis = Redis::start().await;
+    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
+    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+    let mut bob = two.client().await;
+    bob.join(ROOM, "bob", None).await;
+    bob.say(ROOM, "seen before").await;
+
+    let a = Page::open(&driver, "unread", &out).await;
+    a.enter_room(one.addr, "alice").await;
+    a.wait_message("bob", "seen before").await;
+    let join = a.client.find(Locator::Css("#join-side")).await.unwrap();
+    join.send_keys(&format!("side{ENTER}")).await.unwrap();
+    a.wait_until(
+        "room side on screen",
+        "return location.pathname === '/r/side';",
+        Value::Null,
+    )
+    .await;
+    bob.say(ROOM, "while away 1").await;
+    bob.say(ROOM, "while away 2").await;
+    a.wait_until(
+        "the unread count of e2e",
+        "return [...document.querySelectorAll('.room-link')].some(l => /2/.test(l.textContent));",
+        Value::Null,
+    )
+    .await;
+    a.client
+        .find(Locator::Css(&format!(".room-link[href='/r/{ROOM}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    a.wait_until(
+        "the divider right before the first unread message",
+        "const d = document.querySelector('.timeline .unread-divider');
+         const next = d && d.nextElementSibling;
+         return !!next && next.querySelector('.text')?.textContent === arguments[0];",
+        json!("while away 1"),
+    )
+    .await;
+    a.screenshot("divider").await;
+    a.close().await;
+}

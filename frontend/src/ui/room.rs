@@ -15,6 +15,9 @@ use crate::chat::{Older, Phase};
 /// How close to the bottom (in pixels) still counts as "at the bottom", so new messages keep scrolling into view.
 const STICK_PX: i32 = 48;
 
+/// Space left above the "New messages" divider when a room opens at it.
+const UNREAD_MARGIN_PX: i32 = 48;
+
 /// How close to the top (in pixels) asks for older messages.
 const LOAD_OLDER_PX: i32 = 200;
 
@@ -66,6 +69,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     };
     // When older messages are put on top, keep what the reader looks at where it was: the content grew above it.
     let first_row = StoredValue::new(None::<RowKey>);
+    let jumped = StoredValue::new(false);
     let last_height = StoredValue::new(0);
     Effect::new(move |_| {
         let first = rows.with(|r| {
@@ -84,6 +88,23 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
             let Some(el) = scroller.get_untracked() else {
                 return;
             };
+            if !jumped.get_value() {
+                // Opening a room with unread messages starts at the first of them, not at the bottom.
+                jumped.set_value(true);
+                let divider = el
+                    .query_selector(".unread-divider")
+                    .ok()
+                    .flatten()
+                    .and_then(|d| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(d).ok());
+                if let Some(divider) = divider {
+                    el.set_scroll_top(divider.offset_top() - UNREAD_MARGIN_PX);
+                    auto_top.set_value(el.scroll_top());
+                    let gap = el.scroll_height() - el.scroll_top() - el.client_height();
+                    stick.set(gap <= STICK_PX);
+                    last_height.set_value(el.scroll_height());
+                    return;
+                }
+            }
             if follow {
                 to_bottom();
             } else if prepended {

@@ -19,6 +19,8 @@ const GROUP_MS: u64 = 5 * 60 * 1000;
 pub enum Row {
     /// A day separator.
     Day(String),
+    /// "New messages": the first message that arrived while the person was elsewhere follows.
+    Unread,
     /// A stored message; `cont` when it continues the previous sender's group.
     Message { posted: Posted, cont: bool },
     /// Someone joined or left.
@@ -40,6 +42,8 @@ pub enum Row {
 pub enum RowKey {
     /// A day separator, by its label.
     Day(String),
+    /// The unread divider (one at most).
+    Unread,
     /// A message: id, own, acked, continues a group.
     Message(MsgId, bool, bool, bool),
     /// A presence notice, by its local key.
@@ -55,6 +59,7 @@ impl Row {
     pub fn key(&self) -> RowKey {
         match self {
             Self::Day(label) => RowKey::Day(label.clone()),
+            Self::Unread => RowKey::Unread,
             Self::Message { posted, cont } => {
                 RowKey::Message(posted.id, posted.own, posted.acked, *cont)
             }
@@ -90,6 +95,14 @@ pub fn rows(room: &Room) -> Vec<Row> {
             }
         }
         match item {
+            Item::Message(m) if Some(m.id) == room.first_unread() => {
+                rows.push(Row::Unread);
+                rows.push(Row::Message {
+                    posted: m.clone(),
+                    cont: false,
+                });
+                last = Some((&m.nick, m.ts));
+            }
             Item::Message(m) => {
                 let cont = last.is_some_and(|(nick, at)| {
                     nick == &m.nick && m.ts.saturating_sub(at) < GROUP_MS
@@ -140,6 +153,12 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
         Row::Day(label) => view! {
             <div class="day" role="separator" aria-label=label.clone()>
                 <span>{label.clone()}</span>
+            </div>
+        }
+        .into_any(),
+        Row::Unread => view! {
+            <div class="day unread-divider" role="separator" aria-label="New messages">
+                <span>"New messages"</span>
             </div>
         }
         .into_any(),
