@@ -211,6 +211,11 @@ impl Rooms {
         }
     }
 
+    /// The connection a notice came from, when it is one of this replica's: it does not hear its own notice.
+    fn own_conn(&self, node: &str, conn: ConnId) -> Option<ConnId> {
+        (*node == *self.node).then_some(conn)
+    }
+
     /// The frame one bus event becomes, and the connection that must not receive it (its own presence notice).
     fn outbound(&self, event: BusEvent) -> (Arc<Outbound>, Option<ConnId>) {
         let (out, skip) = match event {
@@ -224,34 +229,22 @@ impl Rooms {
                 (out, None)
             }
             BusEvent::Presence { room, notice } => {
-                let skip = (*notice.node == *self.node).then_some(notice.conn);
+                let skip = self.own_conn(&notice.node, notice.conn);
                 let msg = ServerMsg::Presence(PresenceEvent {
                     room: room.clone(),
                     nick: notice.nick,
                     event: notice.event,
                     ts: notice.ts,
                 });
-                let out = Outbound {
-                    room,
-                    id: None,
-                    reset: false,
-                    frame: encode(&msg),
-                };
-                (out, skip)
+                (notice_frame(room, &msg), skip)
             }
             BusEvent::Typing { room, notice } => {
-                let skip = (*notice.node == *self.node).then_some(notice.conn);
+                let skip = self.own_conn(&notice.node, notice.conn);
                 let msg = ServerMsg::Typing {
                     room: room.clone(),
                     nick: notice.nick,
                 };
-                let out = Outbound {
-                    room,
-                    id: None,
-                    reset: false,
-                    frame: encode(&msg),
-                };
-                (out, skip)
+                (notice_frame(room, &msg), skip)
             }
             BusEvent::Gap { room, epoch, reset } => {
                 let msg = ServerMsg::Gap {
@@ -368,6 +361,16 @@ impl Waves {
                 due.extend(frames);
             }
         }
+    }
+}
+
+/// A frame that carries no stored message (presence, typing).
+fn notice_frame(room: RoomName, msg: &ServerMsg) -> Outbound {
+    Outbound {
+        room,
+        id: None,
+        reset: false,
+        frame: encode(msg),
     }
 }
 

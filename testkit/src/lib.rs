@@ -3,6 +3,7 @@
 //! `roomcast` replica as a separate process, and small waiting helpers. Never the default Redis port; everything it
 //! starts is killed when dropped.
 
+pub mod local_nginx;
 mod topologies;
 
 use std::net::SocketAddr;
@@ -361,37 +362,13 @@ impl Nginx {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("roomcast-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        std::fs::copy(conf, dir.join("nginx.conf")).expect("copy nginx.conf");
-        std::fs::write(
-            dir.join("roomcast-server.conf"),
-            format!("listen 127.0.0.1:{port};\nset $roomcast roomcast_replicas;\n"),
-        )
-        .unwrap();
-        let servers: String = upstreams
-            .iter()
-            .map(|a| format!("    server {a};\n"))
-            .collect();
-        std::fs::write(
-            dir.join("roomcast-http.conf"),
-            format!("upstream roomcast_replicas {{\n{servers}}}\n"),
-        )
-        .unwrap();
-        let child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-g")
-            .arg(format!(
-                "daemon off; master_process off; pid {0}/nginx.pid; error_log {0}/logs/error.log warn;",
-                dir.display()
-            ))
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = local_nginx::command(conf, &dir, addr, upstreams)
+            .expect("prepare nginx's directory")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            .expect("start nginx: apt-get install nginx-light");
         let nginx = Self {
             addr,
             child: Some(child),
@@ -418,19 +395,6 @@ impl Drop for Nginx {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The nginx binary: on `PATH` or Debian's `/usr/sbin/nginx`.
-pub fn nginx_binary() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file());
-    found.expect(
-        "nginx not found: apt-get install nginx (or run cargo xtask test, which installs it)",
-    )
 }
 
 /// Retries `f` until it returns `Some`, for state that settles asynchronously (e.g. a Redis reconnect).

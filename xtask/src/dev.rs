@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::tools::{self, Need};
+
+/// Shared with the test kit's `Nginx`, without depending on it.
+#[path = "../../testkit/src/local_nginx.rs"]
+mod local_nginx;
 use crate::{build_frontend, exec, step};
 
 /// Options of `cargo xtask dev`.
@@ -41,42 +45,6 @@ pub struct StackArgs {
 /// `cargo xtask stack`: Redis, the replicas and nginx with `deploy/nginx.conf`.
 pub fn stack(root: &Path, args: &StackArgs) -> anyhow::Result<()> {
     run_with(root, &args.dev, Some(args.nginx_port))
-}
-
-/// Copies `deploy/nginx.conf` unchanged into `dir`, next to the two files it includes (where to listen, which
-/// replicas), and returns the command that runs it in the foreground.
-fn nginx_command(root: &Path, dir: &Path, port: u16, replicas: &[u16]) -> anyhow::Result<Command> {
-    std::fs::create_dir_all(dir.join("logs"))?;
-    std::fs::copy(root.join("deploy/nginx.conf"), dir.join("nginx.conf"))
-        .context("copy deploy/nginx.conf")?;
-    std::fs::write(
-        dir.join("roomcast-server.conf"),
-        format!("listen 127.0.0.1:{port};\nset $roomcast roomcast_replicas;\n"),
-    )?;
-    let servers: String = replicas
-        .iter()
-        .map(|p| format!("    server 127.0.0.1:{p};\n"))
-        .collect();
-    std::fs::write(
-        dir.join("roomcast-http.conf"),
-        format!("upstream roomcast_replicas {{\n{servers}}}\n"),
-    )?;
-    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .map_or_else(|| Path::new("nginx").to_path_buf(), Path::to_path_buf);
-    let mut cmd = Command::new(nginx);
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-g")
-        .arg(format!(
-            "daemon off; master_process off; pid {0}/nginx.pid; error_log {0}/logs/error.log warn;",
-            dir.display()
-        ));
-    Ok(cmd)
 }
 
 /// The processes started, stopped together.
@@ -216,9 +184,16 @@ fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result
         step(&format!(
             "starting nginx on port {port} with deploy/nginx.conf"
         ));
-        let mut child = nginx_command(root, &dir, port, &replicas)?
-            .spawn()
-            .context("cannot start nginx: apt-get install nginx-light")?;
+        let upstreams: Vec<std::net::SocketAddr> = replicas
+            .iter()
+            .map(|p| ([127, 0, 0, 1], *p).into())
+            .collect();
+        let listen = ([127, 0, 0, 1], port).into();
+        let mut child =
+            local_nginx::command(&root.join("deploy/nginx.conf"), &dir, listen, &upstreams)
+                .context("prepare nginx's directory")?
+                .spawn()
+                .context("cannot start nginx: apt-get install nginx-light")?;
         wait_for_port("nginx", port, &mut child)?;
         fleet.0.push(("nginx".into(), child));
         println!();

@@ -236,32 +236,19 @@ async fn the_cli_publishes_through_the_same_rules() {
     let mut member = replica.client().await;
     member.join("ops", "reader", None).await;
 
-    let (code, out, err) = cli(
-        &redis,
-        &[
-            "--room",
-            "ops",
-            "--nick",
-            "cron",
-            "--cid",
-            "backup-1",
-            "backup done",
-        ],
-    );
+    let backup = [
+        "--room",
+        "ops",
+        "--nick",
+        "cron",
+        "--cid",
+        "backup-1",
+        "backup done",
+    ];
+    let (code, out, err) = cli(&redis, &backup);
     assert_eq!(code, Some(0), "{err}");
     let id: MsgId = out.parse().expect("prints the id");
-    let (code, out, err) = cli(
-        &redis,
-        &[
-            "--room",
-            "ops",
-            "--nick",
-            "cron",
-            "--cid",
-            "backup-1",
-            "backup done",
-        ],
-    );
+    let (code, out, err) = cli(&redis, &backup);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, format!("{id} (already stored: duplicate cid)"));
     let (code, _, err) = cli(&redis, &["--room", "ops", "--nick", "", "x"]);

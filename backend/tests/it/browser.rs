@@ -388,6 +388,35 @@ impl Page {
 }
 
 /// A test replica on the Redis bus serving the browser client, named so its status line can be recognised.
+/// What every browser test starts with: chromedriver, Redis, and two replicas serving the built client.
+struct Stage {
+    dist: PathBuf,
+    out: PathBuf,
+    driver: Chromedriver,
+    redis: Redis,
+    one: Replica,
+    two: Replica,
+}
+
+impl Stage {
+    async fn start() -> Self {
+        let dist = dist_dir();
+        let out = output_dir();
+        let driver = Chromedriver::start().await;
+        let redis = Redis::start().await;
+        let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
+        let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+        Self {
+            dist,
+            out,
+            driver,
+            redis,
+            one,
+            two,
+        }
+    }
+}
+
 fn replica_config(redis: &Redis, dist: &Path, node: &str, port: u16) -> backend::Config {
     let mut c = config(Some(&redis.url()));
     c.static_dir = dist.to_path_buf();
@@ -400,12 +429,14 @@ fn replica_config(redis: &Redis, dist: &Path, node: &str, port: u16) -> backend:
 /// markup kept as text; then one replica restarts and its page reconnects by itself and catches up exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting() {
-    let dist = dist_dir();
-    let out = output_dir();
-    let driver = Chromedriver::start().await;
-    let redis = Redis::start().await;
-    let mut one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
-    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+    let Stage {
+        dist,
+        out,
+        driver,
+        redis,
+        mut one,
+        two,
+    } = Stage::start().await;
     let a = Page::open(&driver, "A", &out).await;
     let b = Page::open(&driver, "B", &out).await;
 
@@ -530,17 +561,12 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
 /// mistaken for the reader scrolling up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_at_the_bottom_follows_a_burst() {
-    let dist = dist_dir();
-    let out = output_dir();
-    let driver = Chromedriver::start().await;
-    let redis = Redis::start().await;
-    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
-    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
-    let a = Page::open(&driver, "burst", &out).await;
-    a.enter_room(one.addr, "alice").await;
+    let stage = Stage::start().await;
+    let a = Page::open(&stage.driver, "burst", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
     a.wait_connected("replica-1").await;
 
-    let mut bob = two.client().await;
+    let mut bob = stage.two.client().await;
     bob.join(ROOM, "bob", None).await;
     for i in 0..200 {
         bob.send(&shared::ClientMsg::Send {
@@ -568,21 +594,16 @@ async fn a_reader_at_the_bottom_follows_a_burst() {
 /// once each, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrolling_back_reaches_the_first_message() {
-    let dist = dist_dir();
-    let out = output_dir();
-    let driver = Chromedriver::start().await;
-    let redis = Redis::start().await;
-    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
-    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
-    let mut bob = two.client().await;
+    let stage = Stage::start().await;
+    let mut bob = stage.two.client().await;
     bob.join(ROOM, "bob", None).await;
     let texts: Vec<String> = (0..120).map(|i| format!("old {i}")).collect();
     for text in &texts {
         bob.say(ROOM, text).await;
     }
 
-    let a = Page::open(&driver, "scrollback", &out).await;
-    a.enter_room(one.addr, "alice").await;
+    let a = Page::open(&stage.driver, "scrollback", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
     a.wait_message("bob", "old 119").await;
     a.wait_until(
         "scrolling to the top to reach the beginning of the room's history",
@@ -606,16 +627,11 @@ async fn scrolling_back_reaches_the_first_message() {
 /// Typing across replicas: B types without sending; A shows "bob is typing…", and the line clears by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_shows_on_the_other_page_and_clears_by_itself() {
-    let dist = dist_dir();
-    let out = output_dir();
-    let driver = Chromedriver::start().await;
-    let redis = Redis::start().await;
-    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
-    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
-    let a = Page::open(&driver, "typing-a", &out).await;
-    let b = Page::open(&driver, "typing-b", &out).await;
-    a.enter_room(one.addr, "alice").await;
-    b.enter_room(two.addr, "bob").await;
+    let stage = Stage::start().await;
+    let a = Page::open(&stage.driver, "typing-a", &stage.out).await;
+    let b = Page::open(&stage.driver, "typing-b", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    b.enter_room(stage.two.addr, "bob").await;
     a.wait_connected("replica-1").await;
     b.wait_connected("replica-2").await;
 
@@ -649,18 +665,13 @@ async fn typing_shows_on_the_other_page_and_clears_by_itself() {
 /// before the first message A has not seen, and the room opens there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unread_divider_marks_where_reading_stopped() {
-    let dist = dist_dir();
-    let out = output_dir();
-    let driver = Chromedriver::start().await;
-    let redis = Redis::start().await;
-    let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
-    let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
-    let mut bob = two.client().await;
+    let stage = Stage::start().await;
+    let mut bob = stage.two.client().await;
     bob.join(ROOM, "bob", None).await;
     bob.say(ROOM, "seen before").await;
 
-    let a = Page::open(&driver, "unread", &out).await;
-    a.enter_room(one.addr, "alice").await;
+    let a = Page::open(&stage.driver, "unread", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
     a.wait_message("bob", "seen before").await;
     let join = a.client.find(Locator::Css("#join-side")).await.unwrap();
     join.send_keys(&format!("side{ENTER}")).await.unwrap();

@@ -9,12 +9,8 @@
 use std::collections::HashSet;
 use std::process::Command;
 
-use futures_util::StreamExt;
-use shared::ServerMsg;
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::faults::run_traffic;
-use crate::harness::eventually;
+use crate::faults::through_one_address;
+use crate::harness::{eventually, node_behind};
 
 /// What `cargo xtask stack-test` tells the test.
 struct Stack {
@@ -84,20 +80,6 @@ impl Stack {
     }
 }
 
-/// The node that answers a fresh WebSocket, from its `welcome`.
-async fn node_behind(url: &str) -> String {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect through nginx");
-    let Some(Ok(Message::Text(text))) = ws.next().await else {
-        panic!("no welcome through nginx")
-    };
-    match serde_json::from_str::<ServerMsg>(&text).expect("a server frame") {
-        ServerMsg::Welcome { node, .. } => node,
-        other => panic!("expected welcome, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the compose stack: run by `cargo xtask stack-test` (and `cargo xtask test` where dockerd starts)"]
 async fn compose_stack_chats_through_nginx_and_survives_stop_and_kill() {
@@ -121,24 +103,9 @@ async fn compose_stack_chats_through_nginx_and_survives_stop_and_kill() {
         // Then the other one dies abruptly.
         stack.docker(&["kill", second]);
     };
-    let outcome = run_traffic(
-        "compose-stop-kill",
-        "compose",
-        vec![url.clone()],
-        vec![
-            vec![url.clone()],
-            vec![url.clone()],
-            vec![url.clone()],
-            vec![url.clone()],
-        ],
-        300,
-        100,
-        faults,
-    )
-    .await;
+    let outcome = through_one_address("compose-stop-kill", "compose", &url, faults).await;
     outcome.assert_exact();
-    let moved =
-        outcome.members.iter().map(|m| m.reconnects).sum::<usize>() + outcome.sent.reconnects;
+    let moved = outcome.reconnects();
     assert!(
         moved >= 2,
         "clients moved between containers through nginx ({moved} reconnects)"

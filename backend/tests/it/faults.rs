@@ -340,6 +340,11 @@ impl Outcome {
         (lost, duplicated)
     }
 
+    /// How many times clients (members and the sender) reconnected.
+    pub fn reconnects(&self) -> usize {
+        self.members.iter().map(|m| m.reconnects).sum::<usize>() + self.sent.reconnects
+    }
+
     /// Every acked message reached every member exactly once, in id order, and nothing else arrived.
     pub fn assert_exact(&self) {
         let (lost, duplicated) = self.report();
@@ -402,6 +407,18 @@ pub async fn run_traffic<F: Future<Output = ()>>(
         sent,
         members,
     }
+}
+
+/// [`run_traffic`] with everyone — one sender, four members — going through one address (a load balancer), 300
+/// messages with `fault` after the 100th.
+pub async fn through_one_address<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    url: &str,
+    fault: F,
+) -> Outcome {
+    let members = vec![vec![url.to_owned()]; 4];
+    run_traffic(name, room, vec![url.to_owned()], members, 300, 100, fault).await
 }
 
 async fn three_replicas(redis: &Redis) -> Vec<ReplicaProcess> {

@@ -456,3 +456,18 @@ impl Client {
         &self.inbox
     }
 }
+
+/// The node that answers a fresh WebSocket at `url` (a replica, or a load balancer in front of several), from its
+/// `welcome`.
+pub async fn node_behind(url: &str) -> String {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("no welcome from {url}")
+    };
+    match serde_json::from_str::<ServerMsg>(&text).expect("a server frame") {
+        ServerMsg::Welcome { node, .. } => node,
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}

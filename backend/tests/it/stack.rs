@@ -7,30 +7,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use shared::ServerMsg;
 use testkit::Nginx;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::faults::run_traffic;
-use crate::harness::{Redis, replica_process};
+use crate::faults::through_one_address;
+use crate::harness::{Redis, node_behind, replica_process};
 
 fn nginx_conf() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf"))
-}
-
-/// The node that answers a fresh WebSocket through `url`, from its `welcome`.
-async fn node_behind(url: &str) -> String {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect through nginx");
-    let Some(Ok(Message::Text(text))) = ws.next().await else {
-        panic!("no welcome through nginx")
-    };
-    match serde_json::from_str::<ServerMsg>(&text).expect("a server frame") {
-        ServerMsg::Welcome { node, .. } => node,
-        other => panic!("expected welcome, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,24 +43,9 @@ async fn nginx_balances_without_sticky_sessions_and_a_draining_replica_loses_not
             "replica A drained and exited by itself"
         );
     };
-    let outcome = run_traffic(
-        "nginx-sigterm",
-        "stack",
-        vec![url.clone()],
-        vec![
-            vec![url.clone()],
-            vec![url.clone()],
-            vec![url.clone()],
-            vec![url.clone()],
-        ],
-        300,
-        100,
-        drain,
-    )
-    .await;
+    let outcome = through_one_address("nginx-sigterm", "stack", &url, drain).await;
     outcome.assert_exact();
-    let moved =
-        outcome.members.iter().map(|m| m.reconnects).sum::<usize>() + outcome.sent.reconnects;
+    let moved = outcome.reconnects();
     assert!(moved > 0, "clients on replica A reconnected through nginx");
     assert_eq!(
         node_behind(&url).await,
