@@ -387,6 +387,8 @@ impl Room {
 pub struct Chat {
     /// The page clock (ms) as of the frame being applied; set by [`Chat::set_now`].
     now: u64,
+    /// The tab is hidden (another tab or window is in front).
+    hidden: bool,
     rooms: Vec<Room>,
     active: Option<RoomName>,
     next_key: u64,
@@ -424,11 +426,23 @@ impl Chat {
     pub fn new(cid_prefix: impl Into<String>) -> Self {
         Self {
             now: 0,
+            hidden: false,
             rooms: Vec::new(),
             active: None,
             next_key: 0,
             cid_prefix: cid_prefix.into(),
             next_cid: 0,
+        }
+    }
+
+    /// The tab was hidden or shown again. Shown again, the room on screen counts as read.
+    pub fn set_hidden(&mut self, hidden: bool) {
+        self.hidden = hidden;
+        if !hidden
+            && let Some(name) = self.active.clone()
+            && let Some(room) = self.room_mut(&name)
+        {
+            room.unread = 0;
         }
     }
 
@@ -648,7 +662,12 @@ impl Chat {
 
     /// [`Chat::apply`], returning early (with `None`) when the frame names a room this client is not in.
     fn update(&mut self, msg: ServerMsg, applied: &mut Applied) -> Option<()> {
-        let active = self.active.clone();
+        // A room on screen in a hidden tab is not being read: what arrives there counts as unread too.
+        let active = if self.hidden {
+            None
+        } else {
+            self.active.clone()
+        };
         match msg {
             ServerMsg::Welcome { .. } | ServerMsg::Left { .. } | ServerMsg::Pong { .. } => {}
             ServerMsg::HistoryPage {
@@ -1011,6 +1030,23 @@ mod tests {
         );
         assert!(chat.typing_due(&room("general"), 13_000));
         assert!(!chat.typing_due(&room("elsewhere"), 20_000));
+    }
+
+    #[test]
+    fn a_hidden_tab_counts_what_arrives_in_the_room_on_screen() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        chat.set_hidden(true);
+        chat.apply(ServerMsg::Message(msg("general", 1, "bob", "while hidden")));
+        assert_eq!(chat.unread_total(), 1, "the title shows (1)");
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(1, 0)));
+        chat.set_hidden(false);
+        assert_eq!(chat.unread_total(), 0);
+        assert_eq!(
+            general(&chat).first_unread(),
+            Some(MsgId::new(1, 0)),
+            "the divider shows where it began"
+        );
     }
 
     #[test]

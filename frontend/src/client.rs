@@ -96,6 +96,13 @@ impl Client {
         };
         window_event_listener(leptos::ev::online, move |_| client.post(Cmd::Wake));
         window_event_listener(leptos::ev::offline, move |_| client.post(Cmd::Drop));
+        client
+            .chat
+            .update(|chat| chat.set_hidden(document().hidden()));
+        window_event_listener(leptos::ev::visibilitychange, move |_| {
+            let hidden = document().hidden();
+            client.chat.update(|chat| chat.set_hidden(hidden));
+        });
         leptos::task::spawn_local(client.run(rx));
         client
     }
