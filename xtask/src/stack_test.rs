@@ -310,11 +310,15 @@ pub fn run(root: &Path, _tools: &Tools) -> anyhow::Result<Outcome> {
         ("ROOMCAST_SEND_BURST".into(), "10000".into()),
     ];
     step(&format!(
-        "docker-compose up -d (project {PROJECT}, nginx on 127.0.0.1:{port})"
+        "docker-compose up -d --scale replica=3 (project {PROJECT}, nginx on 127.0.0.1:{port})"
     ));
     engine.compose_up = true;
-    exec(engine.compose(root).args(["up", "-d", "--no-build"]))
-        .context("docker-compose up failed")?;
+    exec(
+        engine
+            .compose(root)
+            .args(["up", "-d", "--no-build", "--scale", "replica=3"]),
+    )
+    .context("docker-compose up failed")?;
     let deadline = Instant::now() + Duration::from_secs(90);
     while !ready(port) {
         if Instant::now() > deadline {

@@ -2,7 +2,8 @@
 //! private Docker engine. `cargo xtask stack-test` builds the images, brings the stack up and runs this test with
 //! `--ignored`, telling it where the stack is; it also tears everything down afterwards.
 //!
-//! Through nginx's published port: clients land on both containers; then, under traffic, one replica container is
+//! The stack runs scaled to three replica containers (`--scale replica=3`). Through nginx's published port:
+//! clients land on all three; then, under traffic, one replica container is
 //! stopped (`docker stop`: SIGTERM, drain), started again, and the other is killed (`docker kill`). Clients resume
 //! through nginx each time; every acked message reaches every member exactly once.
 
@@ -86,13 +87,17 @@ async fn compose_stack_chats_through_nginx_and_survives_stop_and_kill() {
     let stack = Stack::from_env();
     let url = stack.ws_url();
     let replicas = stack.replicas();
-    assert_eq!(replicas.len(), 2, "two replica containers: {replicas:?}");
+    assert_eq!(replicas.len(), 3, "the scaled service: {replicas:?}");
 
     let mut nodes = HashSet::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         nodes.insert(node_behind(&url).await);
     }
-    assert_eq!(nodes.len(), 2, "nginx reaches both containers: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "nginx reaches every container of the scaled service: {nodes:?}"
+    );
 
     let (first, second) = (&replicas[0], &replicas[1]);
     let faults = async {
