@@ -521,6 +521,12 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
         Value::Null,
     )
     .await;
+    a.wait_for(
+        "the outage banner over the room",
+        ".room .outage[role=alert]",
+    )
+    .await;
+    a.screenshot("outage").await;
     let missed = "Sent while replica one was down.";
     b.send(missed).await;
     // A types while offline: the message waits in A's outbox instead of failing.
@@ -536,6 +542,12 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
     // itself; every page shows every message exactly once.
     let _one = Replica::start_with(replica_config(&redis, &dist, "replica-1", port)).await;
     a.wait_connected("replica-1").await;
+    a.wait_until(
+        "the outage banner to go",
+        "return document.querySelector('.outage') === null;",
+        Value::Null,
+    )
+    .await;
     a.wait_message("bob", missed).await;
     b.wait_message("alice", offline).await;
     a.wait_acked(offline).await;

@@ -7,6 +7,7 @@ use shared::RoomName;
 
 use super::composer::Composer;
 use super::sidebar::{JoinForm, Logo};
+use super::status::OutageBanner;
 use super::timeline::{Row, RowKey, row_view, rows};
 use crate::app::use_ui;
 use crate::browser;
@@ -154,6 +155,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                     "Leave"
                 </button>
             </header>
+            <OutageBanner />
             <div class="timeline-wrap">
                 <div
                     class="timeline"
