@@ -179,6 +179,20 @@ impl Room {
         self.first_unread
     }
 
+    /// Who wrote here, most recent first, without repeats and without this client: the nicks Tab completes.
+    pub fn recent_authors(&self) -> Vec<&str> {
+        let mut seen = Vec::new();
+        for item in self.items.iter().rev() {
+            if let Item::Message(m) = item
+                && m.nick != self.nick
+                && !seen.contains(&m.nick.as_str())
+            {
+                seen.push(m.nick.as_str());
+            }
+        }
+        seen
+    }
+
     /// Who else is typing at `now` (page clock, ms), in the order they started.
     pub fn typists(&self, now: u64) -> Vec<&Nick> {
         self.typing
@@ -1030,6 +1044,21 @@ mod tests {
         );
         assert!(chat.typing_due(&room("general"), 13_000));
         assert!(!chat.typing_due(&room("elsewhere"), 20_000));
+    }
+
+    #[test]
+    fn recent_authors_come_latest_first_without_me() {
+        let mut chat = chat();
+        chat.apply(joined(
+            "general",
+            vec![
+                msg("general", 1, "alice", "a"),
+                msg("general", 2, "bob", "b"),
+                msg("general", 3, "me", "c"),
+                msg("general", 4, "alice", "d"),
+            ],
+        ));
+        assert_eq!(general(&chat).recent_authors(), ["alice", "bob"]);
     }
 
     #[test]

@@ -97,6 +97,23 @@ fn mention_len(s: &str, me: &str) -> Option<usize> {
     whole_word.then_some(1 + me.len())
 }
 
+/// Tab completion in the message box: when `text` ends in a word that starts a nick of `nicks` (ASCII letters in
+/// any case, an optional `@` before it), that word becomes `@nick ` with the first such nick. `nicks` come most
+/// recent speaker first, so the person being answered wins.
+pub fn complete_nick(text: &str, nicks: &[&str]) -> Option<String> {
+    let start = text.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    let word = &text[start..];
+    let prefix = word.strip_prefix('@').unwrap_or(word);
+    if prefix.is_empty() {
+        return None;
+    }
+    let nick = nicks.iter().find(|n| {
+        n.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })?;
+    Some(format!("{}@{nick} ", &text[..start]))
+}
+
 /// The typing line: "alice is typing…", "alice and bob are typing…", "Several people are typing…", or nothing.
 pub fn typing(who: &[&shared::Nick]) -> Option<String> {
     match who {
@@ -161,6 +178,25 @@ mod tests {
         assert_eq!(segments("@bob", Some("alice")), [t("@bob")]);
         assert!(mentions("ping @alice", "alice"));
         assert!(!mentions("alice without at", "alice"));
+    }
+
+    #[test]
+    fn tab_completes_the_last_word_as_a_mention() {
+        let nicks = ["bob", "alice", "alfred"];
+        assert_eq!(complete_nick("hi al", &nicks).unwrap(), "hi @alice ");
+        assert_eq!(complete_nick("@Bo", &nicks).unwrap(), "@bob ");
+        assert_eq!(
+            complete_nick("thanks @alf", &nicks).unwrap(),
+            "thanks @alfred "
+        );
+        assert_eq!(complete_nick("hi zed", &nicks), None);
+        assert_eq!(
+            complete_nick("hi ", &nicks),
+            None,
+            "nothing to complete: Tab moves focus"
+        );
+        assert_eq!(complete_nick("", &nicks), None);
+        assert_eq!(complete_nick("@", &nicks), None);
     }
 
     #[test]

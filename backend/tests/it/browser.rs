@@ -21,6 +21,8 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// WebDriver's key code for Enter.
 const ENTER: &str = "\u{e007}";
+/// The WebDriver key code of Tab.
+const TAB: &str = "\u{e004}";
 
 /// Every chat message on a page, as `[nick, text]`, oldest first. A message that continues its sender's group has no
 /// header of its own, so it takes the nickname of the header above it.
@@ -717,5 +719,20 @@ async fn the_unread_divider_marks_where_reading_stopped() {
     )
     .await;
     a.screenshot("divider").await;
+
+    // Tab completes a nick of someone who wrote here, as a mention.
+    let input = a
+        .client
+        .find(Locator::Css("#composer-input"))
+        .await
+        .unwrap();
+    input.send_keys("thanks bo").await.unwrap();
+    input.send_keys(TAB).await.unwrap();
+    a.wait_until(
+        "Tab to complete bob's nick",
+        "return document.querySelector('#composer-input').value === arguments[0];",
+        json!("thanks @bob "),
+    )
+    .await;
     a.close().await;
 }

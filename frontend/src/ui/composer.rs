@@ -50,6 +50,7 @@ pub fn Composer(room: RoomName) -> impl IntoView {
 
     let placeholder = format!("Message #{room}");
     let typing_room = room.clone();
+    let complete_room = room.clone();
     let send = move || {
         let value = text.get_untracked();
         match ui.client.send(&room, &value) {
@@ -95,6 +96,19 @@ pub fn Composer(room: RoomName) -> impl IntoView {
                         if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
                             ev.prevent_default();
                             send();
+                        } else if ev.key() == "Tab" && !ev.shift_key() {
+                            // Complete a nick at the end of the message; otherwise Tab moves on as usual.
+                            let completed = ui.client.chat().with_untracked(|c| {
+                                let authors = c
+                                    .room(&complete_room)
+                                    .map(crate::chat::Room::recent_authors)
+                                    .unwrap_or_default();
+                                text.with_untracked(|t| crate::text::complete_nick(t, &authors))
+                            });
+                            if let Some(completed) = completed {
+                                ev.prevent_default();
+                                text.set(completed);
+                            }
                         }
                     }
                 ></textarea>
