@@ -126,6 +126,7 @@ pub async fn run(
                 .dispatch(
                     events_rx,
                     Duration::from_millis(config.fanout_max_delay_ms.into()),
+                    config.queue_capacity as usize,
                 )
                 .in_current_span(),
         );

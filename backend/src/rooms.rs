@@ -177,18 +177,24 @@ impl Rooms {
     /// goes out at once, and so does every message of a small room; a big busy room delivers several frames per
     /// member per wave, so each member's session wakes once and writes them in one syscall instead of one each —
     /// on loopback the kernel's per-write cost is most of the fan-out cost. A zero `max_delay` turns waves off.
+    ///
+    /// At most half a member queue's worth of events (`queue_capacity / 2`, up to [`DISPATCH_BATCH`]) is taken per
+    /// round, and the dispatcher yields between rounds: when it fell behind (a starved CPU), the backlog reaches
+    /// members in slices their sessions can drain in between, so a healthy reader is not mistaken for a slow one.
     pub async fn dispatch(
         self,
         mut events: mpsc::UnboundedReceiver<BusEvent>,
         max_delay: Duration,
+        queue_capacity: usize,
     ) {
-        let mut incoming = Vec::with_capacity(DISPATCH_BATCH);
+        let per_round = (queue_capacity / 2).clamp(1, DISPATCH_BATCH);
+        let mut incoming = Vec::with_capacity(per_round);
         let mut waves = Waves::new(max_delay);
         let mut due = Vec::new();
         loop {
             let next_wave = waves.next_deadline();
             tokio::select! {
-                received = events.recv_many(&mut incoming, DISPATCH_BATCH) => {
+                received = events.recv_many(&mut incoming, per_round) => {
                     if received == 0 {
                         break;
                     }
@@ -207,6 +213,8 @@ impl Rooms {
                     waves.fanned_out(room, members, now);
                 }
                 due.clear();
+                // Let the sessions just woken write before the next slice.
+                tokio::task::yield_now().await;
             }
         }
     }
