@@ -63,6 +63,14 @@ struct Session {
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Resolves when the connection's token has expired (plus grace); never without a token.
+async fn token_expiry(expired: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expired {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A write failed or timed out: the peer is gone.
 struct Gone;
 
@@ -114,19 +122,15 @@ impl Session {
         let expires = self.participant.grant().map(|g| {
             Instant::now() + g.remaining(Duration::from_secs(self.state.config.jwt_grace_secs))
         });
-        let mut expired = pin!(async move {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        });
+        // Boxed, and only with a token: a timer inline would enlarge every connection's task, tokens or not.
+        let mut expired = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
 
         let end = loop {
             let step = tokio::select! {
                 biased;
                 () = &mut shutdown => Err(shutting_down()),
                 () = &mut too_slow => Err(too_slow_end()),
-                () = &mut expired => Err(End::Closed(
+                () = token_expiry(&mut expired) => Err(End::Closed(
                     close_code::TOKEN_EXPIRED,
                     "token expired: reconnect with a fresh token".into(),
                 )),
