@@ -111,6 +111,16 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_FANOUT_MAX_DELAY_MS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub fanout_max_delay_ms: u32,
 
+    /// How long a member stays in a room's member list after their last connection closed: a reload or a
+    /// reconnect within it announces nothing. 0 announces every leave at once.
+    #[arg(long, env = "ROOMCAST_PRESENCE_GRACE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub presence_grace_ms: u64,
+
+    /// How often the replica tells Redis its members are still online. A replica silent for 3 of these (it
+    /// crashed) loses its members from the member lists.
+    #[arg(long, env = "ROOMCAST_PRESENCE_HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub presence_heartbeat_ms: u64,
+
     /// Sustained sends per second allowed per connection.
     #[arg(long, env = "ROOMCAST_SENDS_PER_SEC", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub sends_per_sec: u32,

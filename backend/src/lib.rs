@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 pub mod ratelimit;
 pub mod relay;
 pub mod rooms;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub api_buckets: api::KeyBuckets,
     /// Verifies WebSocket tokens; `None` when authentication is off.
     pub auth: Option<auth::Verifier>,
+    /// Grace-period checks pending on this replica.
+    pub sweeps: presence::Sweeps,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -150,7 +153,9 @@ pub async fn run(
             next_conn: Arc::new(AtomicU64::new(1)),
             api_buckets: api::KeyBuckets::default(),
             auth,
+            sweeps: presence::Sweeps::default(),
         };
+        tokio::spawn(presence::heartbeat(state.clone()).in_current_span());
         let tracker = state.tracker.clone();
         info!(%addr, "listening");
         // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.

@@ -7,15 +7,16 @@ use std::collections::hash_map::Entry;
 
 use shared::validate;
 use shared::{
-    ChatMessage, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, PresenceKind, PresenceNotice, RoomName,
-    ServerMsg, TYPING_EVERY_MS, TypingNotice,
+    ChatMessage, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, RoomName, ServerMsg, TYPING_EVERY_MS,
+    TypingNotice,
 };
 use tracing::{debug, info, warn};
 
 use crate::AppState;
 use crate::auth::Grant;
-use crate::bus::{Bus, Draft, HistoryQuery, Notice, Published, now_ms};
+use crate::bus::{Bus, Draft, HistoryQuery, Notice, Published, RosterOp};
 use crate::error::RequestError;
+use crate::presence;
 use crate::ratelimit::TokenBucket;
 use crate::rooms::{ConnId, Member, Outbound};
 
@@ -123,12 +124,25 @@ impl Participant {
         &mut self,
         room: &str,
         nick: &str,
+        person: Option<String>,
         since: Option<MsgId>,
         epoch: Option<String>,
         req: Option<String>,
     ) -> Result<JoinAnswer, RequestError> {
         let room = RoomName::parse(room)?;
         let nick = Nick::parse(nick)?;
+        if let Some(person) = &person
+            && !validate::person(person)
+        {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "person must be {} to {} letters, digits, '-' or '_'",
+                    validate::PERSON_MIN_CHARS,
+                    validate::PERSON_MAX_CHARS
+                ),
+            ));
+        }
         if let Some(grant) = &self.grant {
             if grant.nick != nick.as_str() {
                 return Err(RequestError::new(
@@ -187,6 +201,34 @@ impl Participant {
                 return Err(e.into());
             }
         };
+        let previous = self.rooms.get(&room).map(|j| j.nick.clone());
+        let op = match previous {
+            None => RosterOp::Join {
+                nick: nick.clone(),
+                person,
+            },
+            Some(from) if from != nick => RosterOp::Rename {
+                from,
+                to: nick.clone(),
+                person,
+            },
+            Some(_) => RosterOp::Refresh,
+        };
+        let roster = match presence::apply(&self.state, &room, self.conn, op).await {
+            Ok(change) if !change.taken => change,
+            outcome => {
+                if !rejoin {
+                    self.state.rooms.leave(&room, self.conn);
+                }
+                return Err(match outcome {
+                    Err(e) => e.into(),
+                    Ok(_) => RequestError::new(
+                        ErrorCode::NickTaken,
+                        format!("someone else is {nick} in this room; choose another nickname"),
+                    ),
+                });
+            }
+        };
         let resumed = since.is_some() && !history.reset;
         let after = (resumed && history.messages.len() >= CATCH_UP_PAGE)
             .then(|| history.messages.last().map(|m| m.id))
@@ -207,7 +249,6 @@ impl Participant {
         entry.last = entry.last.max(seen);
         if !rejoin {
             info!(%room, %nick, history = history.messages.len(), ?since, reset = history.reset, truncated = history.truncated, "joined");
-            self.announce(&room, &nick, PresenceKind::Joined);
         }
         let mut messages = history.messages;
         let fit = fitting(&messages, JOINED_BUDGET_BYTES);
@@ -226,6 +267,8 @@ impl Participant {
                 epoch: history.epoch.to_string(),
                 reset: history.reset,
                 truncated: history.truncated,
+                members: roster.members,
+                online: roster.online,
                 req,
             },
             backlog,
@@ -328,7 +371,7 @@ impl Participant {
         let joined = self.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
         self.state.rooms.leave(&room, self.conn);
         info!(%room, nick = %joined.nick, "left");
-        self.announce(&room, &joined.nick, PresenceKind::Left);
+        self.release(&room, joined.nick);
         Ok(room)
     }
 
@@ -392,24 +435,17 @@ impl Participant {
     pub fn leave_all(&mut self) {
         for (room, joined) in std::mem::take(&mut self.rooms) {
             self.state.rooms.leave(&room, self.conn);
-            self.announce(&room, &joined.nick, PresenceKind::Left);
+            self.release(&room, joined.nick);
         }
     }
 
-    /// Tells the room's other members, on every replica, that `nick` joined or left. Best effort: not stored.
-    fn announce(&self, room: &RoomName, nick: &Nick, event: PresenceKind) {
-        let notice = PresenceNotice {
-            nick: nick.clone(),
-            event,
-            ts: now_ms(),
-            node: self.state.node.to_string(),
-            conn: self.conn,
-        };
-        let fut = self.state.bus.announce(room, &Notice::Presence(notice));
-        let room = room.clone();
+    /// Takes this connection out of the room's members (in the background: the connection may be closing). Its nick
+    /// stays a member for the grace period if it was the last connection using it.
+    fn release(&self, room: &RoomName, nick: Nick) {
+        let (state, room, conn) = (self.state.clone(), room.clone(), self.conn);
         tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                debug!(%room, error = %e, "presence notice not delivered");
+            if let Err(e) = presence::apply(&state, &room, conn, RosterOp::Leave { nick }).await {
+                debug!(%room, error = %e, "leave not recorded in the roster; the member expires with the heartbeat");
             }
         });
     }

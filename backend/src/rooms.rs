@@ -105,6 +105,11 @@ impl Rooms {
             .unwrap_or_else(|_| Err(BusError::Unavailable("bus stopped".into())))
     }
 
+    /// The rooms with local members now.
+    pub fn names(&self) -> Vec<RoomName> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Removes a member; the replica unsubscribes when the room's last local member leaves.
     pub fn leave(&self, room: &RoomName, conn: ConnId) {
         let mut rooms = self.lock();
@@ -242,6 +247,7 @@ impl Rooms {
                     room: room.clone(),
                     nick: notice.nick,
                     event: notice.event,
+                    from: notice.from,
                     ts: notice.ts,
                 });
                 (notice_frame(room, &msg), skip)

@@ -294,11 +294,16 @@ impl Session {
             ClientMsg::Join {
                 room,
                 nick,
+                person,
                 since,
                 epoch,
                 req,
             } => {
-                return match self.participant.join(&room, &nick, since, epoch, req).await {
+                return match self
+                    .participant
+                    .join(&room, &nick, person, since, epoch, req)
+                    .await
+                {
                     Ok(answer) => self.write_join(sink, answer).await,
                     Err(err) => reply(sink, Err(err), re).await,
                 };

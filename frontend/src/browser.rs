@@ -9,6 +9,7 @@ use wasm_bindgen::JsValue;
 const NICK_KEY: &str = "roomcast.nick";
 const TOKEN_KEY: &str = "roomcast.token";
 const ROOMS_KEY: &str = "roomcast.rooms";
+const PERSON_KEY: &str = "roomcast.person";
 const ROOM_PREFIX: &str = "/r/";
 
 fn storage() -> Option<web_sys::Storage> {
@@ -26,6 +27,23 @@ pub fn save_nick(nick: &Nick) {
     if let Some(storage) = storage() {
         let _ = storage.set_item(NICK_KEY, nick.as_str());
     }
+}
+
+/// Who this browser is to the server (`join`'s `person`): made once at random and kept, so every tab and every
+/// reconnect of this person is one member, and another person cannot take the nick meanwhile. Without storage it
+/// lasts as long as the page.
+pub fn person() -> String {
+    let stored = storage().and_then(|s| s.get_item(PERSON_KEY).ok().flatten());
+    if let Some(person) = stored.filter(|p| shared::validate::person(p)) {
+        return person;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let part = || (random() * f64::from(u32::MAX)) as u32;
+    let person = format!("p-{:08x}{:08x}{:08x}", part(), part(), part());
+    if let Some(storage) = storage() {
+        let _ = storage.set_item(PERSON_KEY, &person);
+    }
+    person
 }
 
 /// The sign-in token: from the URL fragment (then remembered, and the fragment cleared from the address bar), else
@@ -159,6 +177,15 @@ pub fn online() -> bool {
 pub fn fine_pointer() -> bool {
     window()
         .match_media("(pointer: fine)")
+        .ok()
+        .flatten()
+        .is_some_and(|mq| mq.matches())
+}
+
+/// Whether the window is wide enough for side panels next to the conversation (else they open as sheets).
+pub fn wide() -> bool {
+    window()
+        .match_media("(min-width: 961px)")
         .ok()
         .flatten()
         .is_some_and(|mq| mq.matches())

@@ -57,8 +57,10 @@ pub enum Item {
         key: u64,
         /// Who.
         nick: Nick,
-        /// Joined or left.
+        /// Joined, left or renamed.
         event: PresenceKind,
+        /// For a rename: the nick before.
+        from: Option<Nick>,
         /// Server time, milliseconds since the Unix epoch.
         ts: u64,
     },
@@ -131,6 +133,10 @@ pub struct Room {
     typing: Vec<(Nick, u64)>,
     /// When this client last told the room it is typing (page clock, ms).
     typed_at: Option<u64>,
+    /// Who is in the room (the first ones the server listed, then kept current by presence), in arrival order.
+    members: Vec<Nick>,
+    /// How many members the room has, also beyond those listed.
+    online: u32,
     /// The first message that arrived while another room was on screen, for the "New messages" divider.
     first_unread: Option<MsgId>,
 }
@@ -169,7 +175,47 @@ impl Room {
             older: Older::Idle,
             typing: Vec::new(),
             typed_at: None,
+            members: Vec::new(),
+            online: 0,
             first_unread: None,
+        }
+    }
+
+    /// Who is in the room, in the order they arrived (the server lists the first [`shared::MEMBERS_SHOWN`]).
+    pub fn members(&self) -> &[Nick] {
+        &self.members
+    }
+
+    /// How many people are in the room, each nick once, this client included.
+    pub fn online(&self) -> u32 {
+        self.online
+    }
+
+    fn presence(&mut self, nick: &Nick, event: PresenceKind, from: Option<&Nick>) {
+        match event {
+            PresenceKind::Joined => {
+                if !self.members.contains(nick) {
+                    self.members.push(nick.clone());
+                    self.online += 1;
+                }
+            }
+            PresenceKind::Left => {
+                if let Some(at) = self.members.iter().position(|m| m == nick) {
+                    self.members.remove(at);
+                }
+                self.online = self.online.saturating_sub(1);
+            }
+            PresenceKind::Renamed => {
+                match from.and_then(|f| self.members.iter().position(|m| m == f)) {
+                    Some(at) => self.members[at] = nick.clone(),
+                    None if !self.members.contains(nick) => {
+                        self.members.push(nick.clone());
+                        self.online += 1;
+                    }
+                    None => {}
+                }
+                self.typing.retain(|(n, _)| Some(n) != from);
+            }
         }
     }
 
@@ -287,6 +333,7 @@ impl Room {
         Rejoin {
             room: self.name.clone(),
             nick: self.nick.clone(),
+            person: None,
             since: self.resume,
             // The epoch only qualifies a resume point; without one there is nothing it could say was lost.
             epoch: self.resume.and(self.epoch.clone()),
@@ -408,6 +455,7 @@ pub struct Chat {
     next_key: u64,
     cid_prefix: String,
     next_cid: u64,
+    person: Option<String>,
 }
 
 /// A join to (re)send: the room, the nickname, and where to resume.
@@ -417,6 +465,8 @@ pub struct Rejoin {
     pub room: RoomName,
     /// The nickname to use.
     pub nick: Nick,
+    /// Who this browser is (see [`Chat::with_person`]).
+    pub person: Option<String>,
     /// The last id seen there, if any.
     pub since: Option<MsgId>,
     /// The history epoch `since` belongs to; present only with `since`.
@@ -446,7 +496,20 @@ impl Chat {
             next_key: 0,
             cid_prefix: cid_prefix.into(),
             next_cid: 0,
+            person: None,
         }
+    }
+
+    /// Joins as `person` from now on: the server counts every connection of one person and nick as one member.
+    #[must_use]
+    pub fn with_person(mut self, person: String) -> Self {
+        self.person = Some(person);
+        self
+    }
+
+    /// Who this browser is, if known.
+    pub fn person(&self) -> Option<&str> {
+        self.person.as_deref()
     }
 
     /// The tab was hidden or shown again. Shown again, the room on screen counts as read.
@@ -557,7 +620,13 @@ impl Chat {
 
     /// The joins that restore every room on a fresh connection, each resuming after the last id seen, in its epoch.
     pub fn rejoins(&self) -> Vec<Rejoin> {
-        self.rooms.iter().map(Room::rejoin).collect()
+        self.rooms
+            .iter()
+            .map(|room| Rejoin {
+                person: self.person.clone(),
+                ..room.rejoin()
+            })
+            .collect()
     }
 
     /// Marks a room as loading older messages and returns the id to ask before, unless a request is already out,
@@ -576,7 +645,11 @@ impl Chat {
     pub fn rejoining(&mut self, name: &RoomName) -> Option<Rejoin> {
         let room = self.room_mut(name)?;
         room.phase = Phase::Joining;
-        Some(room.rejoin())
+        let rejoin = room.rejoin();
+        Some(Rejoin {
+            person: self.person.clone(),
+            ..rejoin
+        })
     }
 
     /// Queues an own message at the end of its room's outbox and returns its client message id. It goes on the
@@ -703,6 +776,8 @@ impl Chat {
                 epoch,
                 reset,
                 truncated,
+                members,
+                online,
                 ..
             } => {
                 let viewing = active.as_ref() == Some(&room);
@@ -711,6 +786,8 @@ impl Chat {
                 room.nick = nick;
                 room.phase = Phase::Joined;
                 room.epoch = Some(epoch);
+                room.members = members;
+                room.online = online;
                 if room.older == Older::Loading {
                     // Asked on a connection that is gone: the answer will not come.
                     room.older = Older::Idle;
@@ -742,10 +819,12 @@ impl Chat {
             ServerMsg::Presence(p) => {
                 let key = self.next_key();
                 let room = self.room_mut(&p.room)?;
+                room.presence(&p.nick, p.event, p.from.as_ref());
                 room.items.push(Item::Presence {
                     key,
                     nick: p.nick,
                     event: p.event,
+                    from: p.from,
                     ts: p.ts,
                 });
                 room.trim();
@@ -867,6 +946,8 @@ mod tests {
             epoch: epoch.into(),
             reset,
             truncated,
+            members: vec![nick("me")],
+            online: 1,
             req: None,
         }
     }
@@ -1238,6 +1319,7 @@ mod tests {
             Rejoin {
                 room: room("general"),
                 nick: nick("me"),
+                person: None,
                 since: Some(MsgId::new(1, 0)),
                 epoch: Some("e7".into()),
             }
@@ -1607,6 +1689,61 @@ mod tests {
         assert_eq!(sent(&chat.flush()).len(), 3);
     }
 
+    fn presence(nick_: &str, event: PresenceKind, from: Option<&str>) -> ServerMsg {
+        ServerMsg::Presence(shared::PresenceEvent {
+            room: room("general"),
+            nick: nick(nick_),
+            event,
+            from: from.map(nick),
+            ts: 1,
+        })
+    }
+
+    #[test]
+    fn the_member_list_follows_joined_and_presence() {
+        let mut chat = chat();
+        chat.apply(ServerMsg::Joined {
+            room: room("general"),
+            nick: nick("me"),
+            history: vec![],
+            epoch: "e".into(),
+            reset: false,
+            truncated: false,
+            members: vec![nick("ann"), nick("me")],
+            online: 150,
+            req: None,
+        });
+        let members = |chat: &Chat| {
+            let r = general(chat);
+            (
+                r.members()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                r.online(),
+            )
+        };
+        assert_eq!(members(&chat), (vec!["ann".into(), "me".into()], 150));
+        chat.apply(presence("bob", PresenceKind::Joined, None));
+        chat.apply(presence("bob", PresenceKind::Joined, None));
+        assert_eq!(
+            members(&chat),
+            (vec!["ann".into(), "me".into(), "bob".into()], 151)
+        );
+        chat.apply(presence("robert", PresenceKind::Renamed, Some("bob")));
+        assert_eq!(
+            members(&chat),
+            (vec!["ann".into(), "me".into(), "robert".into()], 151)
+        );
+        chat.apply(presence("ann", PresenceKind::Left, None));
+        // Someone beyond the listed ones left: the count still drops.
+        chat.apply(presence("zed", PresenceKind::Left, None));
+        assert_eq!(members(&chat), (vec!["me".into(), "robert".into()], 149));
+        // A fresh joined replaces whatever was kept.
+        chat.apply(joined("general", vec![]));
+        assert_eq!(members(&chat), (vec!["me".into()], 1));
+    }
+
     #[test]
     fn unread_counts_only_others_messages_in_rooms_not_on_screen() {
         let mut chat = chat();
@@ -1652,6 +1789,7 @@ mod tests {
             room: room("general"),
             nick: nick("bob"),
             event: PresenceKind::Joined,
+            from: None,
             ts: 2,
         }));
         chat.apply(ServerMsg::Message(msg("general", 3, "bob", "hi")));

@@ -89,7 +89,7 @@ impl Client {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let tag = (browser::random() * f64::from(u32::MAX)) as u32;
         let client = Self {
-            chat: RwSignal::new(Chat::new(format!("{tag:08x}"))),
+            chat: RwSignal::new(Chat::new(format!("{tag:08x}")).with_person(browser::person())),
             status: RwSignal::new(Status::Connecting),
             notice: RwSignal::new(None),
             cmds: StoredValue::new(tx),
@@ -134,9 +134,13 @@ impl Client {
             .try_update(|chat| chat.open(room.clone(), nick.clone()))
             .unwrap_or(false);
         if added {
+            let person = self
+                .chat
+                .with_untracked(|chat| chat.person().map(str::to_owned));
             self.frame(join_msg(Rejoin {
                 room,
                 nick,
+                person,
                 since: None,
                 epoch: None,
             }));
@@ -461,6 +465,7 @@ fn join_msg(rejoin: Rejoin) -> ClientMsg {
     ClientMsg::Join {
         room: rejoin.room.to_string(),
         nick: rejoin.nick.to_string(),
+        person: rejoin.person,
         since: rejoin.since,
         epoch: rejoin.epoch,
         req: None,

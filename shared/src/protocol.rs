@@ -31,6 +31,11 @@ pub enum ClientMsg {
         /// matches, the history the client knew was lost and `joined` says `reset`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        /// Who is behind the nick: a random id the client keeps (the browser: in localStorage), 8 to 64 letters,
+        /// digits, `-` or `_`. Several connections with one nick and one `person` (tabs, reconnects) are one member;
+        /// a nick another `person` holds in the room is refused with `nick_taken`. Without it, no such check.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        person: Option<String>,
         /// Correlation id echoed in the answer, chosen by the client.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
@@ -88,6 +93,8 @@ pub const HISTORY_PAGE_MAX: usize = 200;
 pub const TYPING_EVERY_MS: u64 = 2_000;
 /// How long a client shows "… is typing" after the last `typing` it received for that person.
 pub const TYPING_SHOWN_MS: u64 = 5_000;
+/// How many nicks `joined` lists at most; `online` counts them all.
+pub const MEMBERS_SHOWN: usize = 100;
 
 impl ClientMsg {
     /// The `type` tag of this message, as errors report it.
@@ -137,6 +144,13 @@ pub enum ServerMsg {
         /// missing; `history` starts at the oldest one still kept.
         #[serde(default, skip_serializing_if = "is_false")]
         truncated: bool,
+        /// Who is in the room now, across all replicas, this connection included: the first
+        /// [`MEMBERS_SHOWN`] nicks in the order they arrived. `presence` events keep it current.
+        #[serde(default)]
+        members: Vec<Nick>,
+        /// How many members the room has (each nick once), also when `members` lists only the first ones.
+        #[serde(default)]
+        online: u32,
         /// The request's correlation id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
@@ -245,20 +259,26 @@ pub struct PresenceEvent {
     pub room: RoomName,
     /// Who.
     pub nick: Nick,
-    /// Joined or left.
+    /// Joined, left or renamed.
     pub event: PresenceKind,
+    /// For `renamed`: the nick the member had before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Nick>,
     /// Server timestamp, milliseconds since the Unix epoch.
     pub ts: u64,
 }
 
-/// Whether a presence event is a join or a leave.
+/// What a presence event says. A member is a nick, not a connection: several tabs count once, and a reconnect within
+/// the grace period announces nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceKind {
     /// A member joined.
     Joined,
-    /// A member left (or disconnected).
+    /// A member left: their last connection closed more than the grace period ago (or their replica stopped).
     Left,
+    /// A member changed nick (`from` is the old one) and nobody else uses the old one in the room.
+    Renamed,
 }
 
 /// The limits a replica enforces, announced in `welcome` so clients can check before sending.
@@ -312,6 +332,8 @@ pub enum ErrorCode {
     CidReused,
     /// The connection's token does not allow this: another nick than the token's, or a room outside its `rooms`.
     Forbidden,
+    /// `join` asked for a nick another person is using in the room (see `person`). Choose another nick.
+    NickTaken,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
@@ -349,13 +371,16 @@ pub struct TypingNotice {
     pub conn: u64,
 }
 
-/// A join or leave notice as replicas relay it: not stored, best effort.
+/// A presence notice (join, leave, rename) as replicas relay it: not stored, best effort.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceNotice {
     /// Who.
     pub nick: Nick,
-    /// Joined or left.
+    /// Joined, left or renamed.
     pub event: PresenceKind,
+    /// For `renamed`: the old nick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Nick>,
     /// Server timestamp, milliseconds since the Unix epoch.
     pub ts: u64,
     /// The replica the member is connected to.
@@ -389,6 +414,7 @@ mod tests {
     fn client_messages_round_trip() {
         round_trip(&ClientMsg::Hello { version: 1 });
         round_trip(&ClientMsg::Join {
+            person: None,
             room: "general".into(),
             nick: "alice".into(),
             since: Some(MsgId::new(1, 2)),
@@ -396,6 +422,7 @@ mod tests {
             req: Some("r1".into()),
         });
         round_trip(&ClientMsg::Join {
+            person: None,
             room: "general".into(),
             nick: "alice".into(),
             since: None,
@@ -469,6 +496,8 @@ mod tests {
             epoch: "e".into(),
             reset: false,
             truncated: false,
+            members: vec![nick()],
+            online: 1,
             req: Some("r".into()),
         });
         round_trip(&ServerMsg::Joined {
@@ -478,6 +507,8 @@ mod tests {
             epoch: "e".into(),
             reset: true,
             truncated: true,
+            members: vec![],
+            online: 150,
             req: None,
         });
         round_trip(&ServerMsg::Left {
@@ -502,7 +533,15 @@ mod tests {
             room: room(),
             nick: nick(),
             event: PresenceKind::Left,
+            from: None,
             ts: 3,
+        }));
+        round_trip(&ServerMsg::Presence(PresenceEvent {
+            room: room(),
+            nick: nick(),
+            event: PresenceKind::Renamed,
+            from: Some(Nick::parse("old").unwrap()),
+            ts: 4,
         }));
         round_trip(&ServerMsg::Error {
             code: ErrorCode::NotJoined,
@@ -522,6 +561,7 @@ mod tests {
         round_trip(&BusBody::Presence(PresenceNotice {
             nick: nick(),
             event: PresenceKind::Joined,
+            from: None,
             ts: 1,
             node: "n".into(),
             conn: 7,
@@ -577,7 +617,7 @@ mod tests {
         }
         assert_eq!(
             (client, server, bus),
-            (7, 15, 3),
+            (7, 16, 3),
             "every message type has its example"
         );
     }

@@ -212,6 +212,19 @@ pub fn client_id(cid: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Shortest person id (see `join`'s `person`).
+pub const PERSON_MIN_CHARS: usize = 8;
+/// Longest person id.
+pub const PERSON_MAX_CHARS: usize = 64;
+
+/// Whether `person` is a valid person id: 8 to 64 ASCII letters, digits, `-` or `_`.
+pub fn person(person: &str) -> bool {
+    (PERSON_MIN_CHARS..=PERSON_MAX_CHARS).contains(&person.len())
+        && person
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

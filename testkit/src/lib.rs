@@ -473,6 +473,7 @@ pub async fn join_ws(url: &str, room: &str, nick: &str) -> Ws {
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     let join = shared::ClientMsg::Join {
+        person: None,
         room: room.into(),
         nick: nick.into(),
         since: None,

@@ -9,9 +9,10 @@ use futures_util::future::{BoxFuture, FutureExt};
 use shared::{ChatMessage, MsgId, Nick, RoomName};
 use tokio::sync::oneshot;
 
+use super::roster::Roster;
 use super::{
     Bus, BusError, BusEvent, Draft, EventSink, History, HistoryQuery, Notice, Published,
-    Subscribed, new_epoch, now_ms,
+    RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch, now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -44,6 +45,8 @@ struct Inner {
     cids: HashMap<CidKey, (MsgId, u64)>,
     /// Cids in the order they expire.
     expiries: VecDeque<(Instant, CidKey)>,
+    /// Members online, per room.
+    rosters: HashMap<RoomName, Roster>,
 }
 
 impl MemoryBus {
@@ -144,6 +147,22 @@ impl Bus for MemoryBus {
             let _ = self.events.send(notice.clone().event(room.clone()));
         }
         async { Ok(()) }.boxed()
+    }
+
+    fn roster(
+        &self,
+        room: &RoomName,
+        conn: u64,
+        op: RosterOp,
+        timing: RosterTiming,
+    ) -> BoxFuture<'static, Result<RosterChange, BusError>> {
+        let mut inner = self.lock();
+        let roster = inner.rosters.entry(room.clone()).or_default();
+        let change = roster.apply(conn, op, now_ms(), timing);
+        if roster.is_empty() {
+            inner.rosters.remove(room);
+        }
+        async move { Ok(change) }.boxed()
     }
 
     fn older(

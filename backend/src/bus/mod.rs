@@ -7,6 +7,7 @@
 
 pub mod memory;
 pub mod redis;
+mod roster;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -105,6 +106,61 @@ impl Notice {
     }
 }
 
+/// A change to a room's members online. A member is a nick: its connections (tabs, reconnects, replicas) count
+/// once, and it stays a member for a grace period after its last connection closed, so a reconnect announces
+/// nothing.
+#[derive(Debug, Clone)]
+pub enum RosterOp {
+    /// A connection enters the room as `nick`; `person` (from the client) says who is behind it.
+    Join {
+        /// The nick.
+        nick: Nick,
+        /// The client's person id, if it sent one: a nick another person holds is refused.
+        person: Option<String>,
+    },
+    /// A connection of the room takes another nick; the old one goes at once if no connection uses it any more.
+    Rename {
+        /// The nick until now.
+        from: Nick,
+        /// The new nick.
+        to: Nick,
+        /// The client's person id, if any.
+        person: Option<String>,
+    },
+    /// A connection leaves; when it was the nick's last, the nick's grace period starts.
+    Leave {
+        /// The nick it had.
+        nick: Nick,
+    },
+    /// Only the upkeep every op does: this replica is alive; replicas that stopped refreshing lose their
+    /// connections; members whose grace ran out are removed.
+    Refresh,
+}
+
+/// How long members last without a sign of life.
+#[derive(Debug, Clone, Copy)]
+pub struct RosterTiming {
+    /// A nick stays a member this long after its last connection closed.
+    pub grace_ms: u64,
+    /// A replica's connections count until this long after its last refresh (it refreshes well within it).
+    pub alive_ms: u64,
+}
+
+/// What a [`RosterOp`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RosterChange {
+    /// The nick is held by another person in the room: nothing changed.
+    pub taken: bool,
+    /// The op's nick was not a member before (nor within its grace period): announce it.
+    pub arrived: bool,
+    /// Nicks that stopped being members with this op, each reported by exactly one op across all replicas.
+    pub departed: Vec<Nick>,
+    /// The first [`shared::MEMBERS_SHOWN`] members in arrival order (empty for `Leave`).
+    pub members: Vec<Nick>,
+    /// How many members the room has.
+    pub online: u32,
+}
+
 /// An event about a room, arriving from the bus.
 #[derive(Debug, Clone)]
 pub enum BusEvent {
@@ -180,6 +236,16 @@ pub trait Bus: Send + Sync + 'static {
         room: &RoomName,
         notice: &Notice,
     ) -> BoxFuture<'static, Result<(), BusError>>;
+
+    /// Applies a change to the room's members online for this replica's connection `conn`, atomically across
+    /// replicas.
+    fn roster(
+        &self,
+        room: &RoomName,
+        conn: u64,
+        op: RosterOp,
+        timing: RosterTiming,
+    ) -> BoxFuture<'static, Result<RosterChange, BusError>>;
 
     /// Up to `limit` stored messages older than `before`, oldest first: scrolling back through a room.
     fn older(

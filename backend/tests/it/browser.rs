@@ -736,3 +736,78 @@ async fn the_unread_divider_marks_where_reading_stopped() {
     .await;
     a.close().await;
 }
+
+/// What the member list shows: the listed nicks and the header's count, as `alice,bob | 2 online`.
+const MEMBER_LIST: &str = r"return [...document.querySelectorAll('#members .member-nick')].map(n => n.textContent).join(',')
+    + ' | ' + (document.querySelector('.online-button')?.textContent ?? '') === arguments[0];";
+
+/// The member list across replicas: A and B each see both, with the count in the header; a second tab of B is
+/// still one member; when B closes, A's list drops B once the grace period is over, and A's timeline says so once.
+/// The list is a side panel on a wide window and a sheet on a phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_list_shows_who_is_here_on_every_replica() {
+    let stage = Stage::start().await;
+    let a = Page::open(&stage.driver, "members-a", &stage.out).await;
+    let b = Page::open(&stage.driver, "members-b", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    b.enter_room(stage.two.addr, "bob").await;
+    let both = json!("alice,bob | 2 online");
+    a.wait_until("A's member list: alice and bob", MEMBER_LIST, both.clone())
+        .await;
+    b.wait_until("B's member list: alice and bob", MEMBER_LIST, both.clone())
+        .await;
+    // A second tab of bob (the same browser and origin, so the same person; a new connection): still one member.
+    let first_tab = b.client.window().await.unwrap();
+    let tab = b.client.new_window(true).await.unwrap();
+    b.client.switch_to_window(tab.handle).await.unwrap();
+    b.client
+        .goto(&format!("http://{}/r/{ROOM}", stage.two.addr))
+        .await
+        .unwrap();
+    b.wait_until("bob's second tab: alice and bob", MEMBER_LIST, both.clone())
+        .await;
+    b.client.close_window().await.unwrap();
+    b.client.switch_to_window(first_tab).await.unwrap();
+    a.screenshot("members").await;
+    // A phone-sized window shows the list as a sheet, opened from the header's count (close it first if the wide
+    // window had it open).
+    a.client.set_window_size(390, 844).await.unwrap();
+    let toggle = "document.querySelector('.online-button').click(); return true;";
+    if a.js::<bool>(
+        "return document.querySelector('#members.open') !== null;",
+        Value::Null,
+    )
+    .await
+    {
+        a.js::<bool>(toggle, Value::Null).await;
+    }
+    a.wait_until(
+        "the member sheet to be closed",
+        "return document.querySelector('#members.open') === null;",
+        Value::Null,
+    )
+    .await;
+    a.js::<bool>(toggle, Value::Null).await;
+    a.wait_for("the member sheet", "#members.open").await;
+    a.screenshot("members-phone").await;
+    a.client.set_window_size(1200, 800).await.unwrap();
+    b.close().await;
+    a.wait_until(
+        "A's member list without bob",
+        MEMBER_LIST,
+        json!("alice | 1 online"),
+    )
+    .await;
+    let lines: Vec<String> = a
+        .js(
+            "return [...document.querySelectorAll('.timeline .presence')].map(p => p.textContent.split(' · ')[0]);",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        lines,
+        ["bob joined", "bob left"],
+        "one join and one leave for bob, whatever his tabs did"
+    );
+    a.close().await;
+}

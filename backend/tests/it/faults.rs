@@ -86,6 +86,7 @@ async fn join(
     for attempt in 0..400 {
         let req = format!("j{attempt}");
         let msg = ClientMsg::Join {
+            person: None,
             room: room.into(),
             nick: nick.into(),
             since: resume.since,
@@ -645,6 +646,7 @@ async fn redis_restarted_empty_tells_every_member() {
     let mut returning = Client::connect(&b.ws_url()).await;
     returning
         .send(&ClientMsg::Join {
+            person: None,
             room: "lost".into(),
             nick: "returning".into(),
             since: Some(resume_from),
@@ -701,6 +703,7 @@ async fn redis_restarted_empty_tells_every_member() {
 
 async fn joined_epoch(c: &mut Client, room: &str) -> String {
     c.send(&ClientMsg::Join {
+        person: None,
         room: room.into(),
         nick: "m".into(),
         since: None,
@@ -897,4 +900,63 @@ async fn several_mib_of_long_messages_are_joined_and_resumed_exactly() {
         got.len(),
         tail.len()
     );
+}
+
+/// A member whose replica is killed leaves the member lists once that replica has missed three heartbeats: a
+/// surviving replica announces the leave, once, and later joiners no longer see the member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_members_leave_the_lists() {
+    let redis = Redis::start().await;
+    let flags = [
+        "--presence-heartbeat-ms",
+        "200",
+        "--presence-grace-ms",
+        "300",
+    ];
+    let a = replica_process(&redis.url(), "pa", &flags).await;
+    let mut b = replica_process(&redis.url(), "pb", &flags).await;
+    let mut alice = Client::connect(&a.ws_url()).await;
+    alice
+        .join_as("hall", "alice", "person-alice")
+        .await
+        .unwrap();
+    let mut bob = Client::connect(&b.ws_url()).await;
+    let (members, online) = bob.join_as("hall", "bob", "person-bob").await.unwrap();
+    assert_eq!((members, online), (vec!["alice".into(), "bob".into()], 2));
+    let presence = |m: &ServerMsg| match m {
+        ServerMsg::Presence(p) => Some((p.nick.to_string(), p.event)),
+        _ => None,
+    };
+    assert_eq!(
+        alice.take(presence).await,
+        ("bob".into(), shared::PresenceKind::Joined)
+    );
+    b.kill9();
+    let killed = std::time::Instant::now();
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, alice.take(presence))
+            .await
+            .expect("bob's leave was never announced"),
+        ("bob".into(), shared::PresenceKind::Left)
+    );
+    println!(
+        "bob's leave announced {} ms after his replica was killed (bound: 3 heartbeats of 200 ms + one more)",
+        killed.elapsed().as_millis()
+    );
+    let mut carol = Client::connect(&a.ws_url()).await;
+    let (members, online) = carol
+        .join_as("hall", "carol", "person-carol")
+        .await
+        .unwrap();
+    assert_eq!((members, online), (vec!["alice".into(), "carol".into()], 2));
+    // Once only: a marker after a few more heartbeats finds no second leave.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let marker = alice.say("hall", "marker").await;
+    while alice.message_in("hall").await.id != marker {}
+    let lefts = alice
+        .pending()
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::Presence(p) if p.event == shared::PresenceKind::Left))
+        .count();
+    assert_eq!(lefts, 0, "bob's leave was announced more than once");
 }

@@ -264,6 +264,7 @@ impl Client {
     ) -> Result<Vec<ChatMessage>, (ErrorCode, String)> {
         let req = format!("join-{room}");
         self.send(&ClientMsg::Join {
+            person: None,
             room: room.into(),
             nick: nick.into(),
             since,
@@ -277,6 +278,44 @@ impl Client {
                 history,
                 ..
             } if *r == req => Some(Ok(history.clone())),
+            ServerMsg::Error {
+                req: Some(r),
+                code,
+                message,
+                ..
+            } if *r == req => Some(Err((*code, message.clone()))),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Joins a room as `person` and returns the members and online count `joined` reported, or the error.
+    pub async fn join_as(
+        &mut self,
+        room: &str,
+        nick: &str,
+        person: &str,
+    ) -> Result<(Vec<String>, u32), (ErrorCode, String)> {
+        let req = format!("join-{room}-{nick}");
+        self.send(&ClientMsg::Join {
+            person: Some(person.into()),
+            room: room.into(),
+            nick: nick.into(),
+            since: None,
+            epoch: None,
+            req: Some(req.clone()),
+        })
+        .await;
+        self.take(|m| match m {
+            ServerMsg::Joined {
+                req: Some(r),
+                members,
+                online,
+                ..
+            } if *r == req => Some(Ok((
+                members.iter().map(ToString::to_string).collect(),
+                *online,
+            ))),
             ServerMsg::Error {
                 req: Some(r),
                 code,

@@ -51,6 +51,7 @@ async fn matching_hello_is_accepted_silently() {
         .await;
     client
         .send(&ClientMsg::Join {
+            person: None,
             room: "r".into(),
             nick: "n".into(),
             since: None,
@@ -191,6 +192,7 @@ async fn room_count_per_connection_is_limited() {
     client.join("two", "renamed", None).await; // Re-joining is not a new room.
     client
         .send(&ClientMsg::Join {
+            person: None,
             room: "three".into(),
             nick: "n".into(),
             since: None,

@@ -129,6 +129,7 @@ async fn replicas_survive_redis_restart_and_relay_again() {
     assert!(health.contains("\"status\":\"ok\""));
     let mut late = r1.client().await;
     late.send(&shared::ClientMsg::Join {
+        person: None,
         room: "late".into(),
         nick: "l".into(),
         since: None,
@@ -169,6 +170,7 @@ async fn a_replica_started_without_redis_serves_and_recovers() {
     let mut client = replica.client().await;
     client
         .send(&shared::ClientMsg::Join {
+            person: None,
             room: "early".into(),
             nick: "e".into(),
             since: None,

@@ -68,7 +68,8 @@ on_both_buses! {
     ids_strictly_increase_and_match_acks,
     join_since_returns_exactly_the_missed_messages,
     join_during_traffic_has_no_gap_and_no_duplicate,
-    presence_notices_reach_the_others,
+    presence_notices_reach_the_others with super::quick_presence,
+    members_are_people_not_connections with super::quick_presence,
     leave_stops_delivery,
     slow_consumer_is_closed_and_resumes_without_loss with |c: &mut backend::Config| {
         c.queue_capacity = 32;
@@ -376,6 +377,101 @@ async fn join_during_traffic_has_no_gap_and_no_duplicate(cluster: Cluster) {
         &acks[1..],
         "history then live: every message after since exactly once, in order"
     );
+}
+
+/// Presence with short periods, so the tests see grace periods end: 300 ms of grace, a heartbeat every 100 ms.
+fn quick_presence(c: &mut backend::Config) {
+    c.presence_grace_ms = 300;
+    c.presence_heartbeat_ms = 100;
+}
+
+/// A member is a nick held by one person: tabs and reconnects within the grace period count once and announce
+/// nothing, another person cannot take the nick, a rename is one event, and the member list in `joined` is the same
+/// from every replica.
+async fn members_are_people_not_connections(cluster: Cluster) {
+    let mut alice = cluster.client(0).await;
+    assert_eq!(
+        alice
+            .join_as("hall", "alice", "person-alice")
+            .await
+            .unwrap(),
+        (vec!["alice".to_string()], 1)
+    );
+    let mut bob = cluster.client(1).await;
+    let both = (vec!["alice".to_string(), "bob".to_string()], 2);
+    assert_eq!(
+        bob.join_as("hall", "bob", "person-bob").await.unwrap(),
+        both
+    );
+    // A second tab of bob, on another replica: the same member.
+    let mut bob_tab = cluster.client(2).await;
+    assert_eq!(
+        bob_tab.join_as("hall", "bob", "person-bob").await.unwrap(),
+        both
+    );
+    // Someone else cannot be bob while bob is here, on any replica.
+    let mut mallory = cluster.client(0).await;
+    let (code, message) = mallory
+        .join_as("hall", "bob", "person-mallory")
+        .await
+        .unwrap_err();
+    assert_eq!(code, shared::ErrorCode::NickTaken, "{message}");
+    // bob closes the first tab, then the second, and comes back within the grace period: nothing to announce.
+    drop(bob);
+    drop(bob_tab);
+    let mut bob = cluster.client(1).await;
+    assert_eq!(
+        bob.join_as("hall", "bob", "person-bob").await.unwrap(),
+        both
+    );
+    // A rename is one event, and the old nick is free at once.
+    assert_eq!(
+        bob.join_as("hall", "robert", "person-bob").await.unwrap(),
+        (vec!["alice".to_string(), "robert".to_string()], 2)
+    );
+    // robert leaves for good: announced once the grace period is over.
+    drop(bob);
+    let marker = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if alice
+                .pending()
+                .iter()
+                .any(|m| matches!(m, ServerMsg::Presence(p) if p.event == PresenceKind::Left))
+            {
+                break;
+            }
+            alice.say("hall", "tick").await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(marker.is_ok(), "robert's leave was never announced");
+    // Wait a few more grace periods: nothing else may arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let last = alice.say("hall", "marker").await;
+    while alice.message_in("hall").await.id != last {}
+    let heard: Vec<(String, PresenceKind, Option<String>)> = alice
+        .pending()
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Presence(p) => Some((
+                p.nick.to_string(),
+                p.event,
+                p.from.as_ref().map(ToString::to_string),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        heard,
+        vec![
+            ("bob".into(), PresenceKind::Joined, None),
+            ("robert".into(), PresenceKind::Renamed, Some("bob".into())),
+            ("robert".into(), PresenceKind::Left, None),
+        ],
+        "alice must hear one join, one rename and one leave"
+    );
+    drop(mallory);
 }
 
 async fn presence(c: &mut Client) -> (String, PresenceKind) {

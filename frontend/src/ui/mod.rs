@@ -3,6 +3,7 @@
 
 mod composer;
 mod fields;
+mod members;
 mod room;
 mod sidebar;
 mod status;

@@ -6,6 +6,7 @@ use leptos::prelude::*;
 use shared::RoomName;
 
 use super::composer::Composer;
+use super::members::{MembersPanel, OnlineButton};
 use super::sidebar::{JoinForm, Logo};
 use super::status::OutageBanner;
 use super::timeline::{Row, RowKey, row_view, rows};
@@ -138,6 +139,9 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
 
     let title = room.to_string();
     let (leave_room, retry_room, row_room) = (room.clone(), room.clone(), room.clone());
+    // The member list starts open where there is room for it beside the conversation.
+    let members_open = RwSignal::new(browser::wide());
+    let (online_room, members_room) = (room.clone(), room.clone());
     let empty = move || rows.with(Vec::is_empty);
     view! {
         <section class="room" aria-labelledby="room-title">
@@ -151,11 +155,16 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                     </h1>
                     <p class="room-sub muted">"You are " <strong>{nick}</strong> " here"</p>
                 </div>
-                <button class="button ghost small" on:click=move |_| ui.leave(&leave_room)>
-                    "Leave"
-                </button>
+                <div class="room-actions">
+                    <OnlineButton room=online_room open=members_open />
+                    <button class="button ghost small" on:click=move |_| ui.leave(&leave_room)>
+                        "Leave"
+                    </button>
+                </div>
             </header>
             <OutageBanner />
+            <div class="room-body">
+            <div class="room-main">
             <div class="timeline-wrap">
                 <div
                     class="timeline"
@@ -229,6 +238,9 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
             </div>
             <p class="typing" aria-live="polite">{move || typing_line.get()}</p>
             <Composer room />
+            </div>
+            <MembersPanel room=members_room open=members_open />
+            </div>
         </section>
     }
 }

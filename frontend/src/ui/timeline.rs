@@ -28,6 +28,7 @@ pub enum Row {
         key: u64,
         nick: Nick,
         event: PresenceKind,
+        from: Option<Nick>,
         ts: u64,
     },
     /// A note from the client, such as lost history.
@@ -117,12 +118,14 @@ pub fn rows(room: &Room) -> Vec<Row> {
                 key,
                 nick,
                 event,
+                from,
                 ts,
             } => {
                 rows.push(Row::Presence {
                     key: *key,
                     nick: nick.clone(),
                     event: *event,
+                    from: from.clone(),
                     ts: *ts,
                 });
                 last = None;
@@ -163,17 +166,27 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
         }
         .into_any(),
         Row::Presence {
-            nick, event, ts, ..
+            nick,
+            event,
+            from,
+            ts,
+            ..
         } => {
-            let verb = match event {
-                PresenceKind::Joined => "joined",
-                PresenceKind::Left => "left",
+            // "bob joined", "bob left", "bob is now robert".
+            let (who, verb, after) = match (event, from) {
+                (PresenceKind::Joined, _) => (nick.to_string(), "joined", None),
+                (PresenceKind::Left, _) => (nick.to_string(), "left", None),
+                (PresenceKind::Renamed, Some(from)) => {
+                    (from.to_string(), "is now", Some(nick.to_string()))
+                }
+                (PresenceKind::Renamed, None) => (nick.to_string(), "renamed", None),
             };
             view! {
                 <p class="presence" class:left=event == PresenceKind::Left>
-                    <strong>{nick.to_string()}</strong>
+                    <strong>{who}</strong>
                     " "
                     {verb}
+                    {after.map(|to| view! { " " <strong>{to}</strong> })}
                     " · "
                     <time datetime=browser::iso_time(ts) title=browser::full_time(ts)>
                         {browser::clock(ts)}

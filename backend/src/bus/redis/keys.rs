@@ -36,6 +36,12 @@ impl Keys {
         format!("{}:{{{room}}}:cid:{nick}:{cid}", self.prefix)
     }
 
+    /// The room's members online (see `roster.lua`): instances, connections, counts, members, leaving, holders.
+    pub fn roster(&self, room: &RoomName) -> [String; 6] {
+        ["inst", "conns", "counts", "members", "leaving", "holders"]
+            .map(|part| format!("{}:{{{room}}}:roster:{part}", self.prefix))
+    }
+
     /// The room's live relay channel.
     pub fn channel(&self, room: &RoomName) -> String {
         format!("{}:{{{room}}}:live", self.prefix)
@@ -64,6 +70,7 @@ mod tests {
         assert_eq!(keys.meta(&room), "rc:{general}:meta");
         let nick = Nick::parse("Al ice").unwrap();
         assert_eq!(keys.cid(&room, &nick, "c-1"), "rc:{general}:cid:Al ice:c-1");
+        assert_eq!(keys.roster(&room)[3], "rc:{general}:roster:members");
         assert_eq!(keys.room_of_channel("rc:{general}:live"), Some(room));
         assert_eq!(keys.room_of_channel("other:{general}:live"), None);
         assert_eq!(keys.room_of_channel("rc:{Bad Room}:live"), None);

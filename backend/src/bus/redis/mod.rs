@@ -19,14 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{BusBody, ChatMessage, MsgId, RoomName};
+use shared::{BusBody, ChatMessage, MsgId, Nick, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Bus, BusError, Draft, EventSink, History, HistoryQuery, Notice, Published, Subscribed,
-    new_epoch,
+    Bus, BusError, Draft, EventSink, History, HistoryQuery, Notice, Published, RosterChange,
+    RosterOp, RosterTiming, Subscribed, new_epoch,
 };
 pub use keys::Keys;
 use link::{Conn, Link};
@@ -38,6 +38,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnect delays of the subscriber (exponential, with jitter).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Members online: join, rename, leave and the upkeep that expires crashed replicas and ended grace periods.
+const ROSTER_SCRIPT: &str = include_str!("roster.lua");
 
 /// Stores a message at most once per cid, then relays it. Channel payload: `<id> <offset> <epoch> <body>`.
 ///
@@ -112,6 +115,7 @@ pub(crate) struct Store {
     publish: redis::Script,
     position: redis::Script,
     history: redis::Script,
+    roster: redis::Script,
     /// `PUBLISH`, or `SPUBLISH` (sharded Pub/Sub) on a Cluster.
     publish_cmd: &'static str,
 }
@@ -245,6 +249,9 @@ pub struct RedisBus {
     kind: &'static str,
     commands: mpsc::UnboundedSender<Command>,
     up: Arc<AtomicBool>,
+    /// This process among the replicas: the node id plus a random part, so a replica restarted under the same name
+    /// never refreshes the connections its previous run left in a roster.
+    instance: Arc<str>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -275,10 +282,12 @@ impl RedisBus {
             publish: redis::Script::new(PUBLISH_SCRIPT),
             position: redis::Script::new(POSITION_SCRIPT),
             history: redis::Script::new(HISTORY_SCRIPT),
+            roster: redis::Script::new(ROSTER_SCRIPT),
             publish_cmd: if cluster { "SPUBLISH" } else { "PUBLISH" },
         };
         let (commands, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
+        let instance: Arc<str> = format!("{}#{}", options.node, new_epoch()).into();
         let subscriber = Subscriber::new(
             topology,
             options.node,
@@ -297,6 +306,7 @@ impl RedisBus {
             kind,
             commands,
             up,
+            instance,
         })
     }
 }
@@ -460,6 +470,63 @@ impl Bus for RedisBus {
                 })
                 .await?;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn roster(
+        &self,
+        room: &RoomName,
+        conn: u64,
+        op: RosterOp,
+        timing: RosterTiming,
+    ) -> BoxFuture<'static, Result<RosterChange, BusError>> {
+        let ks = self.store.keys.roster(room);
+        let (name, nick, person, from) = match op {
+            RosterOp::Join { nick, person } => ("join", Some(nick), person, None),
+            RosterOp::Rename { from, to, person } => ("rename", Some(to), person, Some(from)),
+            RosterOp::Leave { nick } => ("leave", Some(nick), None, None),
+            RosterOp::Refresh => ("refresh", None, None, None),
+        };
+        let instance = self.instance.clone();
+        let store = self.store.clone();
+        async move {
+            let script = store.roster.clone();
+            let (taken, arrived, departed, online, members): (
+                i64,
+                i64,
+                Vec<String>,
+                u32,
+                Vec<String>,
+            ) = store
+                .run(|mut conn_| async move {
+                    let mut invocation = script.key(&ks[..]);
+                    invocation
+                        .arg(name)
+                        .arg(&*instance)
+                        .arg(conn)
+                        .arg(nick.as_ref().map_or("", Nick::as_str))
+                        .arg(person.as_deref().unwrap_or(""))
+                        .arg(timing.grace_ms)
+                        .arg(timing.alive_ms)
+                        .arg(shared::MEMBERS_SHOWN)
+                        .arg(from.as_ref().map_or("", Nick::as_str));
+                    invocation.invoke_async(&mut conn_).await
+                })
+                .await?;
+            let nicks = |names: Vec<String>| -> Result<Vec<Nick>, BusError> {
+                names
+                    .into_iter()
+                    .map(|n| Nick::parse(&n).map_err(protocol))
+                    .collect()
+            };
+            Ok(RosterChange {
+                taken: taken == 1,
+                arrived: arrived == 1,
+                departed: nicks(departed)?,
+                members: nicks(members)?,
+                online,
+            })
         }
         .boxed()
     }

@@ -1,0 +1,156 @@
+//! Members online: runs the roster changes the room rules ask for, announces what they changed (joined, left,
+//! renamed) to every replica, ends grace periods on time, and keeps this replica's members alive with a heartbeat.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use shared::{Nick, PresenceKind, PresenceNotice, RoomName};
+use tracing::debug;
+
+use crate::AppState;
+use crate::bus::{BusError, Notice, RosterChange, RosterOp, RosterTiming, now_ms};
+use crate::config::Config;
+use crate::rooms::ConnId;
+
+/// The connection a notice comes from when no connection caused it (a grace period ended, a replica vanished):
+/// every member hears it.
+const NOBODY: ConnId = u64::MAX;
+
+/// A replica's connections count in rosters until this many heartbeats went missing.
+const HEARTBEATS_MISSED: u64 = 3;
+
+/// Rooms with a grace-period check pending on this replica, so a crowd leaving at once schedules one check per room.
+#[derive(Debug, Clone, Default)]
+pub struct Sweeps(Arc<Mutex<HashSet<RoomName>>>);
+
+impl Sweeps {
+    fn claim(&self, room: &RoomName) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(room.clone())
+    }
+
+    fn release(&self, room: &RoomName) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(room);
+    }
+}
+
+/// The roster timing the configuration asks for.
+pub fn timing(config: &Config) -> RosterTiming {
+    RosterTiming {
+        grace_ms: config.presence_grace_ms,
+        alive_ms: config.presence_heartbeat_ms * HEARTBEATS_MISSED,
+    }
+}
+
+/// Applies `op` for connection `conn` and tells the room what changed. A refused nick (`taken`) changes nothing.
+pub async fn apply(
+    state: &AppState,
+    room: &RoomName,
+    conn: ConnId,
+    op: RosterOp,
+) -> Result<RosterChange, BusError> {
+    let (nick, from) = match &op {
+        RosterOp::Join { nick, .. } => (Some(nick.clone()), None),
+        RosterOp::Rename { from, to, .. } => (Some(to.clone()), Some(from.clone())),
+        RosterOp::Leave { .. } | RosterOp::Refresh => (None, None),
+    };
+    let leaving = matches!(op, RosterOp::Leave { .. });
+    let timing = timing(&state.config);
+    let change = state.bus.roster(room, conn, op, timing).await?;
+    if change.taken {
+        return Ok(change);
+    }
+    let mut departed = change.departed.clone();
+    if let (true, Some(nick)) = (change.arrived, nick) {
+        // The old nick went with this very change: the others see one rename, not a join and a leave.
+        let renamed = from.filter(|f| departed.contains(f));
+        departed.retain(|d| Some(d) != renamed.as_ref());
+        let event = if renamed.is_some() {
+            PresenceKind::Renamed
+        } else {
+            PresenceKind::Joined
+        };
+        announce(state, room, nick, event, renamed, conn);
+    }
+    for nick in departed {
+        announce(state, room, nick, PresenceKind::Left, None, NOBODY);
+    }
+    if leaving && timing.grace_ms > 0 {
+        sweep_later(state, room, timing.grace_ms);
+    }
+    Ok(change)
+}
+
+/// After a leave: once the grace period is over, checks the room again so a member who did not come back is
+/// announced as gone on time (any replica's check does it, exactly once).
+fn sweep_later(state: &AppState, room: &RoomName, grace_ms: u64) {
+    if !state.sweeps.claim(room) {
+        return;
+    }
+    let (state, room) = (state.clone(), room.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(grace_ms + 50)).await;
+        state.sweeps.release(&room);
+        if let Err(e) = apply(&state, &room, NOBODY, RosterOp::Refresh).await {
+            debug!(%room, error = %e, "grace check failed; the next heartbeat retries");
+        }
+    });
+}
+
+/// Tells the room's members on every replica about a change. Best effort: not stored.
+fn announce(
+    state: &AppState,
+    room: &RoomName,
+    nick: Nick,
+    event: PresenceKind,
+    from: Option<Nick>,
+    conn: ConnId,
+) {
+    let notice = PresenceNotice {
+        nick,
+        event,
+        from,
+        ts: now_ms(),
+        node: state.node.to_string(),
+        conn,
+    };
+    let fut = state.bus.announce(room, &Notice::Presence(notice));
+    let room = room.clone();
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            debug!(%room, error = %e, "presence notice not delivered");
+        }
+    });
+}
+
+/// Every heartbeat, for each room with local members: this replica is alive, and members whose grace ended or
+/// whose replica vanished are announced as gone. Runs until shutdown.
+pub async fn heartbeat(state: AppState) {
+    let every = Duration::from_millis(state.config.presence_heartbeat_ms);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let rooms = state.rooms.names();
+        let refreshes = rooms
+            .iter()
+            .map(|room| apply(&state, room, NOBODY, RosterOp::Refresh));
+        for (room, result) in rooms
+            .iter()
+            .zip(futures_util::future::join_all(refreshes).await)
+        {
+            if let Err(e) = result {
+                debug!(%room, error = %e, "presence heartbeat failed");
+            }
+        }
+    }
+}
