@@ -182,6 +182,36 @@ pub fn fine_pointer() -> bool {
         .is_some_and(|mq| mq.matches())
 }
 
+/// Where browser notifications stand: `None` when the browser has none (or forbids them here, as on plain HTTP).
+pub fn notifications() -> Option<web_sys::NotificationPermission> {
+    let supported =
+        js_sys::Reflect::has(&window(), &JsValue::from_str("Notification")).unwrap_or(false);
+    supported.then(web_sys::Notification::permission)
+}
+
+/// Asks the person to allow notifications; `done` gets the answer.
+pub fn ask_for_notifications(done: impl FnOnce(web_sys::NotificationPermission) + 'static) {
+    use wasm_bindgen::closure::Closure;
+    let Ok(promise) = web_sys::Notification::request_permission() else {
+        return;
+    };
+    let answer = Closure::once(move |_: JsValue| done(web_sys::Notification::permission()));
+    let _ = promise.then(&answer);
+    answer.forget();
+}
+
+/// Shows a notification if the person allowed them. `tag` groups them: a newer one with the same tag replaces the
+/// older (one per room, not a pile).
+pub fn notify(title: &str, body: &str, tag: &str) {
+    if notifications() != Some(web_sys::NotificationPermission::Granted) {
+        return;
+    }
+    let options = web_sys::NotificationOptions::new();
+    options.set_body(body);
+    options.set_tag(tag);
+    let _ = web_sys::Notification::new_with_options(title, &options);
+}
+
 /// Whether the window is wide enough for side panels next to the conversation (else they open as sheets).
 pub fn wide() -> bool {
     window()

@@ -389,7 +389,8 @@ impl Room {
         }
     }
 
-    fn deliver(&mut self, msg: ChatMessage, viewing: bool, count_unread: bool) {
+    /// Adds a delivered message; returns whether it was new to this timeline.
+    fn deliver(&mut self, msg: ChatMessage, viewing: bool, count_unread: bool) -> bool {
         // Their message is what they were typing.
         self.typing.retain(|(nick, _)| *nick != msg.nick);
         let own = msg.nick == self.nick;
@@ -409,6 +410,7 @@ impl Room {
                 self.first_unread = Some(id);
             }
         }
+        new
     }
 
     /// The server stored the message sent with `cid` (now, or earlier for a `duplicate` ack) under `id`.
@@ -482,6 +484,8 @@ pub struct Applied {
     /// A transient refusal put a room's outbox on hold: call [`Chat::release_holds`] and [`Chat::flush`] after this
     /// long. Set only by the refusal that started the hold, so one timer serves a burst of refusals.
     pub retry_after: Option<Duration>,
+    /// Messages that mention this client's nick, arrived live while the tab was hidden: worth a notification.
+    pub mentions: Vec<ChatMessage>,
 }
 
 impl Chat {
@@ -686,6 +690,32 @@ impl Chat {
         true
     }
 
+    /// Queues every failed message of the room again, in the order they were written, each under its own client
+    /// message id. Returns how many.
+    pub fn retry_all(&mut self, room: &RoomName) -> usize {
+        let Some(room) = self.room_mut(room) else {
+            return 0;
+        };
+        let (mut failed, rest): (Vec<Outgoing>, Vec<Outgoing>) = std::mem::take(&mut room.outbox)
+            .into_iter()
+            .partition(|out| matches!(out.status, SendStatus::Failed { .. }));
+        room.outbox = rest;
+        let count = failed.len();
+        for out in &mut failed {
+            out.status = SendStatus::Queued;
+        }
+        room.outbox.extend(failed);
+        count
+    }
+
+    /// Drops every failed message of the room (the ones still on their way stay).
+    pub fn discard_failed(&mut self, room: &RoomName) {
+        if let Some(room) = self.room_mut(room) {
+            room.outbox
+                .retain(|out| !matches!(out.status, SendStatus::Failed { .. }));
+        }
+    }
+
     /// Drops a message the person no longer wants to send.
     pub fn discard(&mut self, room: &RoomName, cid: &str) {
         if let Some(room) = self.room_mut(room) {
@@ -809,8 +839,17 @@ impl Chat {
             ServerMsg::Message(msg) => {
                 // Also the rest of a `joined` history too large for one frame: it follows as ordinary messages.
                 let viewing = active.as_ref() == Some(&msg.room);
+                let hidden = self.hidden;
                 let room = self.room_mut(&msg.room)?;
-                room.deliver(msg, viewing, true);
+                let mention = (hidden
+                    && msg.nick != room.nick
+                    && crate::text::mentions(&msg.text, room.nick.as_str()))
+                .then(|| msg.clone());
+                if room.deliver(msg, viewing, true)
+                    && let Some(mention) = mention
+                {
+                    applied.mentions.push(mention);
+                }
             }
             // A `duplicate` ack means an earlier attempt was stored: it settles the message just the same.
             ServerMsg::Ack {
@@ -1697,6 +1736,68 @@ mod tests {
             from: from.map(nick),
             ts: 1,
         })
+    }
+
+    #[test]
+    fn a_mention_in_a_hidden_tab_asks_for_a_notification_once() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let mention = |id| ServerMsg::Message(msg("general", id, "ann", "hey @me, look"));
+        assert!(
+            chat.apply(mention(1)).mentions.is_empty(),
+            "the tab is on screen"
+        );
+        chat.set_hidden(true);
+        assert_eq!(chat.apply(mention(2)).mentions.len(), 1);
+        assert!(chat.apply(mention(2)).mentions.is_empty(), "a duplicate");
+        let plain = ServerMsg::Message(msg("general", 3, "ann", "nothing for you"));
+        assert!(chat.apply(plain).mentions.is_empty());
+        let own = ServerMsg::Message(msg("general", 4, "me", "talking to @me"));
+        assert!(chat.apply(own).mentions.is_empty(), "my own message");
+    }
+
+    #[test]
+    fn retry_all_and_discard_all_act_on_the_failed_messages_only() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        let cids: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|t| chat.queue_send(&room("general"), (*t).to_string()).unwrap())
+            .collect();
+        let sent = chat.flush();
+        assert_eq!(sent.len(), 3);
+        chat.apply(send_error(&cids[0], ErrorCode::InvalidText, "no"));
+        chat.apply(send_error(&cids[2], ErrorCode::InvalidText, "no"));
+        let statuses = |chat: &Chat| {
+            general(chat)
+                .outbox()
+                .iter()
+                .map(|o| {
+                    (
+                        o.text.clone(),
+                        matches!(o.status, SendStatus::Failed { .. }),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            statuses(&chat),
+            [("a".into(), true), ("b".into(), false), ("c".into(), true)]
+        );
+        assert_eq!(chat.retry_all(&room("general")), 2);
+        // In the order they were written, same cids: nothing doubles.
+        let again: Vec<String> = chat
+            .flush()
+            .into_iter()
+            .map(|m| match m {
+                ClientMsg::Send { cid, .. } => cid,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(again, [cids[0].clone(), cids[2].clone()]);
+        chat.apply(send_error(&cids[0], ErrorCode::InvalidText, "no"));
+        chat.discard_failed(&room("general"));
+        assert_eq!(statuses(&chat), [("b".into(), false), ("c".into(), false)]);
     }
 
     #[test]

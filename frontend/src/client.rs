@@ -235,6 +235,23 @@ impl Client {
         }
     }
 
+    /// Sends every failed message of a room again, in order, each under its own client message id.
+    pub fn retry_all(&self, room: &RoomName) {
+        if self
+            .chat
+            .try_update(|chat| chat.retry_all(room))
+            .unwrap_or(0)
+            > 0
+        {
+            self.post(Cmd::Flush);
+        }
+    }
+
+    /// Drops every failed message of a room.
+    pub fn discard_failed(&self, room: &RoomName) {
+        self.chat.update(|chat| chat.discard_failed(room));
+    }
+
     /// Drops a failed message.
     pub fn discard(&self, room: &RoomName, cid: &str) {
         self.chat.update(|chat| chat.discard(room, cid));
@@ -445,6 +462,13 @@ impl Client {
         };
         if let Some(notice) = applied.notice {
             self.notice.set(Some(notice));
+        }
+        for mention in applied.mentions {
+            browser::notify(
+                &format!("{} in #{}", mention.nick, mention.room),
+                &mention.text,
+                mention.room.as_str(),
+            );
         }
         if let Some(hold) = applied.retry_after {
             let client = *self;

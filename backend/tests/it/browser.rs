@@ -185,6 +185,16 @@ struct Page {
 impl Page {
     /// Opens a fresh Chromium with an empty profile.
     async fn open(driver: &Chromedriver, name: &'static str, out: &Path) -> Self {
+        Self::open_with_prefs(driver, name, out, json!({})).await
+    }
+
+    /// [`Page::open`] with Chromium preferences set in the profile (what a person would have allowed).
+    async fn open_with_prefs(
+        driver: &Chromedriver,
+        name: &'static str,
+        out: &Path,
+        prefs: Value,
+    ) -> Self {
         let profile = driver.new_profile(name);
         let mut caps = Capabilities::new();
         caps.insert("browserName".into(), json!("chrome"));
@@ -203,6 +213,7 @@ impl Page {
                     "--window-size=1200,800",
                     format!("--user-data-dir={}", profile.display()),
                 ],
+                "prefs": prefs,
             }),
         );
         let client = ClientBuilder::rustls()
@@ -809,5 +820,77 @@ async fn the_member_list_shows_who_is_here_on_every_replica() {
         ["bob joined", "bob left"],
         "one join and one leave for bob, whatever his tabs did"
     );
+    a.close().await;
+}
+
+/// Mentions while the tab is hidden: the title counts what arrived, and a mention (only a mention) shows a browser
+/// notification once the person allowed them. Chromium's own `Notification` is wrapped to record what the page shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
+    let stage = Stage::start().await;
+    let a = Page::open_with_prefs(
+        &stage.driver,
+        "mention",
+        &stage.out,
+        json!({"profile.default_content_setting_values.notifications": 1}),
+    )
+    .await;
+    a.enter_room(stage.one.addr, "alice").await;
+    a.wait_for("the sidebar to say mentions notify", ".notify-state")
+        .await;
+    let mut bob = stage.two.client().await;
+    bob.join(ROOM, "bob", None).await;
+    let _: bool = a
+        .js(
+            r"const Real = window.Notification;
+            window.shown = [];
+            function Recorded(title, options) {
+                window.shown.push([title, options && options.body]);
+                return new Real(title, options);
+            }
+            Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
+            Recorded.requestPermission = (...args) => Real.requestPermission(...args);
+            window.Notification = Recorded;
+            Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+            Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+            document.dispatchEvent(new Event('visibilitychange', { bubbles: true }));
+            return true;",
+            Value::Null,
+        )
+        .await;
+    bob.say(ROOM, "nothing for anyone").await;
+    bob.say(ROOM, "hey @alice, look at this").await;
+    a.wait_message("bob", "hey @alice, look at this").await;
+    a.wait_until(
+        "the title to count two unread messages",
+        "return document.title.startsWith('(2) ');",
+        Value::Null,
+    )
+    .await;
+    let shown: Vec<(String, String)> = a.js("return window.shown;", Value::Null).await;
+    assert_eq!(
+        shown,
+        [(
+            "bob in #e2e".to_string(),
+            "hey @alice, look at this".to_string()
+        )],
+        "one notification, for the mention only"
+    );
+    // Back on the tab: read, so the badge goes.
+    let _: bool = a
+        .js(
+            r"Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+            Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'visible' });
+            document.dispatchEvent(new Event('visibilitychange', { bubbles: true }));
+            return true;",
+            Value::Null,
+        )
+        .await;
+    a.wait_until(
+        "the title without a badge",
+        "return !document.title.startsWith('(');",
+        Value::Null,
+    )
+    .await;
     a.close().await;
 }

@@ -142,6 +142,19 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     // The member list starts open where there is room for it beside the conversation.
     let members_open = RwSignal::new(browser::wide());
     let (online_room, members_room) = (room.clone(), room.clone());
+    // Messages refused for good: with more than one, one pair of buttons acts on all of them.
+    let failed_room = room.clone();
+    let failed = Memo::new(move |_| {
+        chat.with(|c| {
+            c.room(&failed_room).map_or(0, |r| {
+                r.outbox()
+                    .iter()
+                    .filter(|o| matches!(o.status, crate::chat::SendStatus::Failed { .. }))
+                    .count()
+            })
+        })
+    });
+    let (retry_all_room, discard_all_room) = (room.clone(), room.clone());
     let empty = move || rows.with(Vec::is_empty);
     view! {
         <section class="room" aria-labelledby="room-title">
@@ -237,6 +250,29 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                 </Show>
             </div>
             <p class="typing" aria-live="polite">{move || typing_line.get()}</p>
+            <Show when=move || { failed.get() > 1 }>
+                <div class="outbox-bar" role="status">
+                    <span>{move || format!("{} messages not sent", failed.get())}</span>
+                    <button
+                        class="button small"
+                        on:click={
+                            let room = retry_all_room.clone();
+                            move |_| ui.client.retry_all(&room)
+                        }
+                    >
+                        "Retry all"
+                    </button>
+                    <button
+                        class="button ghost small"
+                        on:click={
+                            let room = discard_all_room.clone();
+                            move |_| ui.client.discard_failed(&room)
+                        }
+                    >
+                        "Discard all"
+                    </button>
+                </div>
+            </Show>
             <Composer room />
             </div>
             <MembersPanel room=members_room open=members_open />

@@ -55,6 +55,7 @@ pub fn Sidebar() -> impl IntoView {
             <div id="sidebar-more" class="sidebar-more">
                 <JoinForm id="join-side" />
                 <NickControl />
+                <MentionNotifications />
                 <p class="muted small shortcut-hint">
                     <kbd>"Alt"</kbd>
                     " + "
@@ -184,6 +185,36 @@ pub fn JoinForm(
 }
 
 /// Shows the nickname, and lets the person change it in place.
+/// Offers browser notifications for mentions of the person's nick while the tab is in the background, and says
+/// where they stand once decided.
+#[component]
+fn MentionNotifications() -> impl IntoView {
+    use web_sys::NotificationPermission as P;
+    let state = RwSignal::new(browser::notifications());
+    let ask = move |_| browser::ask_for_notifications(move |answer| state.set(Some(answer)));
+    move || {
+        match state.get() {
+        Some(P::Default) => Some(
+            view! {
+                <button class="link-button small notify-button" on:click=ask>
+                    "Notify me when I am mentioned"
+                </button>
+            }
+            .into_any(),
+        ),
+        Some(P::Granted) => Some(
+            view! { <p class="muted small notify-state">"Mentions notify you while this tab is hidden"</p> }
+                .into_any(),
+        ),
+        Some(P::Denied) => Some(
+            view! { <p class="muted small notify-state">"Notifications are blocked in the browser's settings"</p> }
+                .into_any(),
+        ),
+        _ => None,
+    }
+    }
+}
+
 #[component]
 fn NickControl() -> impl IntoView {
     let ui = use_ui();
