@@ -103,6 +103,22 @@ async fn tokens_are_required_checked_and_their_claims_enforced() {
         .expect("bearer accepted");
     let mut bob = Client::welcomed(ws).await;
     bob.join("anywhere", "bob", None).await;
+
+    // One user on two devices (two browsers, so two person ids) is one member: the token proves the nick.
+    let laptop_token = token(&good, SECRET);
+    let mut laptop = connect(&format!("{base}?token={laptop_token}")).await;
+    laptop
+        .join_as("team", "alice", "device-laptop")
+        .await
+        .unwrap();
+    let mut phone = connect(&format!("{base}?token={laptop_token}")).await;
+    assert_eq!(
+        phone
+            .join_as("team", "alice", "device-phone")
+            .await
+            .unwrap(),
+        (vec!["alice".to_string()], 1)
+    );
 }
 
 #[tokio::test]
