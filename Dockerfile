@@ -1,5 +1,6 @@
 # Roomcast replica image: the backend binary plus the compiled frontend it serves.
-#   docker build -t roomcast .                          (everything from source, in the Rust image)
+#   docker build -t roomcast .                          (everything from source, in the Rust image; also what
+#                                                        `docker compose up --build` does)
 #   docker build --target prebuilt -t roomcast CONTEXT  (CONTEXT holds roomcast + dist/ built outside, e.g. by
 #                                                        cargo xtask; the same runtime stage)
 # Base images are arguments so a registry mirror (or a locally imported Debian) can stand in for Docker Hub.
@@ -16,18 +17,50 @@ EXPOSE 3000
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/roomcast"]
 
-# Binaries built outside Docker. Comes before the Rust stages, so the classic builder (Compose v1) stops here
-# without pulling the Rust image.
+# Binaries built outside Docker (cargo xtask stack-test makes such a context: `roomcast` and `dist/`). The classic
+# builder (Compose v1) passes through every stage before its target, so a source build comes through here too, with
+# neither file: the wildcards let it (a pattern that matches nothing is skipped; the Dockerfile always matches).
+# Being first, this stage needs no Rust image.
 FROM runtime-base AS prebuilt
-COPY roomcast /usr/local/bin/roomcast
-COPY dist /srv/roomcast/dist
+COPY Dockerfile roomcas[t] /usr/local/bin/
+COPY Dockerfile dis[t] /srv/roomcast/dist/
+RUN rm /usr/local/bin/Dockerfile /srv/roomcast/dist/Dockerfile
 USER roomcast
 
-FROM ${RUST_IMAGE} AS build
+# The build image: Rust plus the frontend's tools. Layers go from what changes least to what changes most, so a
+# code change rebuilds only our own crates: tools (pinned here and in xtask/src/tools.rs, checked equal by
+# `cargo xtask test`), then the dependencies of the recipe (cargo-chef: every Cargo.toml and Cargo.lock, no code),
+# then the code.
+FROM ${RUST_IMAGE} AS toolchain
+ARG CARGO_CHEF_VERSION=0.1.78
+ARG TRUNK_VERSION=0.21.14
+ARG WASM_BINDGEN_VERSION=0.2.130
+ARG BINARYEN_VERSION=132
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm \
+ && rm -rf /var/lib/apt/lists/*
+RUN rustup target add wasm32-unknown-unknown \
+ && cargo install --locked cargo-chef --version ${CARGO_CHEF_VERSION} \
+ && cargo install --locked trunk --version ${TRUNK_VERSION} \
+ && cargo install wasm-bindgen-cli --version ${WASM_BINDGEN_VERSION} \
+ && npm install --silent --no-audit --no-fund --prefix /src/.tools binaryen@${BINARYEN_VERSION} \
+ && rm -rf /usr/local/cargo/registry /root/.npm
 WORKDIR /src
+
+FROM toolchain AS planner
 COPY . .
-# xtask installs what the frontend build needs (wasm32 target, trunk, wasm-bindgen-cli, npm's binaryen) and writes
-# brotli and gzip copies of the assets.
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM toolchain AS build
+COPY --from=planner /src/recipe.json recipe.json
+# Dependencies only: the replica (release), the browser client (release, wasm32) and xtask, which drives the
+# frontend build.
+RUN cargo chef cook --release --locked --recipe-path recipe.json -p backend --bin roomcast \
+ && cargo chef cook --release --locked --recipe-path recipe.json -p frontend --target wasm32-unknown-unknown \
+ && cargo chef cook --locked --recipe-path recipe.json -p xtask
+COPY . .
+# xtask finds the tools above (and installs none), builds the frontend with trunk and writes brotli and gzip copies
+# of the assets.
 RUN cargo xtask frontend && cargo build --release --locked -p backend --bin roomcast
 
 FROM runtime-base AS runtime

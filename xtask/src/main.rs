@@ -27,7 +27,7 @@ enum Task {
     /// `dev` plus nginx in front (deploy/nginx.conf, as in docker-compose): the compose topology without Docker.
     Stack(dev::StackArgs),
     /// Run docker-compose.yml for real under a private Docker engine and test chat, stop and kill through nginx.
-    StackTest,
+    StackTest(stack_test::Args),
     /// Install what is missing, build the frontend, then fmt, clippy (native and wasm32) and every test.
     Test,
     /// Install the toolchain pieces and packages the project needs, and nothing else.
@@ -45,12 +45,12 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Dev(args) => dev::run(&root, &args),
         Task::Stack(args) => dev::stack(&root, &args),
-        Task::StackTest => {
+        Task::StackTest(args) => {
             let tools = tools::ensure_all(&root, tools::Need::Everything)?;
             if !Path::new("dist/index.html").is_file() {
                 build_frontend(&tools)?;
             }
-            match stack_test::run(&root, &tools)? {
+            match stack_test::run(&root, &tools, &args)? {
                 stack_test::Outcome::Ran { passed, failed } => {
                     println!("tests: {passed} passed, {failed} failed");
                     Ok(())

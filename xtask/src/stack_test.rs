@@ -24,6 +24,20 @@ const BASE_IMAGE: &str = "roomcast-test/bookworm:base";
 const REDIS_IMAGE: &str = "roomcast-test/redis:7";
 const NGINX_IMAGE: &str = "roomcast-test/nginx:1.22";
 const ROOMCAST_IMAGE: &str = "roomcast:stack-test";
+/// Stands in for Docker Hub's `rust:1.95-bookworm`: the base image plus this machine's Rust toolchain.
+const RUST_IMAGE: &str = "roomcast-test/rust:bookworm-2";
+const SOURCE_IMAGE: &str = "roomcast:from-source";
+
+/// Options of `cargo xtask stack-test`.
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// Build the Roomcast image from source the way `docker compose up --build` does (docker-compose build: the
+    /// Dockerfile's Rust stages), on a Rust image made from this machine's toolchain; build it again after a code
+    /// change and check that only our crates were rebuilt (tools and dependency layers reused); then run the same
+    /// test against that image. The first build takes about half an hour on 2 cores.
+    #[arg(long)]
+    pub from_source: bool,
+}
 
 /// How the stack test ended.
 pub enum Outcome {
@@ -265,6 +279,218 @@ fn roomcast_image(engine: &Engine, root: &Path, state: &Path) -> anyhow::Result<
     )
 }
 
+/// Makes the stand-in for Docker Hub's Rust image: the base image, a C toolchain, and this machine's Rust toolchain
+/// where the official image keeps it (`/usr/local/rustup`, `/usr/local/cargo`).
+fn rust_image(engine: &Engine, state: &Path) -> anyhow::Result<()> {
+    if engine.has_image(RUST_IMAGE) {
+        return Ok(());
+    }
+    step(&format!(
+        "making {RUST_IMAGE} from {BASE_IMAGE} and this machine's Rust toolchain (once)"
+    ));
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("rustc --print sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let toolchain = sysroot
+        .file_name()
+        .context("the sysroot has a toolchain name")?
+        .to_string_lossy()
+        .into_owned();
+    let rustup = Command::new("rustup")
+        .args(["which", "rustup"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .or_else(|| std::env::var_os("CARGO_HOME").map(|h| PathBuf::from(h).join("bin/rustup")))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin/rustup")
+        });
+    let dir = state.join("image-rust");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(&rustup, dir.join("rustup"))
+        .with_context(|| format!("copy {}", rustup.display()))?;
+    exec(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&sysroot)
+            .arg(dir.join("toolchain")),
+    )?;
+    // This machine's extra certificate authorities (an egress proxy's, say), so cargo and npm inside trust what
+    // they trust here.
+    std::fs::create_dir_all(dir.join("ca"))?;
+    if let Ok(entries) = std::fs::read_dir("/usr/local/share/ca-certificates") {
+        for entry in entries.flatten() {
+            std::fs::copy(entry.path(), dir.join("ca").join(entry.file_name()))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir.join("toolchain/share/doc"));
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {BASE_IMAGE}\n\
+             RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+             --no-install-recommends ca-certificates curl gcc libc6-dev pkg-config git \
+             && rm -rf /var/lib/apt/lists/*\n\
+             COPY ca/ /usr/local/share/ca-certificates/\n\
+             RUN update-ca-certificates\n\
+             ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo \
+             PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             COPY rustup /usr/local/cargo/bin/rustup\n\
+             COPY toolchain /usr/local/rustup/toolchains/{toolchain}\n\
+             RUN printf 'version = \"12\"\\ndefault_toolchain = \"{toolchain}\"\\nprofile = \"minimal\"\\n' \
+             > /usr/local/rustup/settings.toml \
+             && for p in cargo rustc rustdoc rustfmt cargo-clippy clippy-driver; do \
+             ln -s rustup /usr/local/cargo/bin/$p; done && cargo --version\n"
+        ),
+    )?;
+    exec(
+        engine
+            .docker()
+            .args(["build", "-q", "--network", "host", "-t", RUST_IMAGE])
+            .arg(&dir)
+            .stdout(Stdio::null()),
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One `docker-compose build` of the replica service from `context`'s Dockerfile; returns the builder's output
+/// and how long it took.
+fn compose_build(engine: &Engine, context: &Path) -> anyhow::Result<(String, Duration)> {
+    let started = Instant::now();
+    let out = Command::new("docker-compose")
+        .current_dir(context)
+        .args([
+            "-p",
+            PROJECT,
+            "-f",
+            "docker-compose.yml",
+            "build",
+            "replica",
+        ])
+        .env("DOCKER_HOST", &engine.socket)
+        .env("RUST_IMAGE", RUST_IMAGE)
+        .env("RUNTIME_IMAGE", BASE_IMAGE)
+        .env("ROOMCAST_IMAGE", SOURCE_IMAGE)
+        .env("ROOMCAST_BUILD_NETWORK", "host")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("docker-compose build")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let lines: Vec<&str> = text.lines().collect();
+        bail!(
+            "docker-compose build failed:\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    Ok((text, started.elapsed()))
+}
+
+/// The classic builder's steps (`Step 7/25 : RUN …`) and whether each came from the cache.
+fn build_steps(output: &str) -> Vec<(String, bool)> {
+    let mut steps: Vec<(String, bool)> = Vec::new();
+    for line in output.lines() {
+        if let Some(rest) = line.strip_prefix("Step ") {
+            let instruction = rest.split_once(" : ").map_or(rest, |(_, i)| i);
+            steps.push((instruction.to_owned(), false));
+        } else if line.contains("Using cache")
+            && let Some(last) = steps.last_mut()
+        {
+            last.1 = true;
+        }
+    }
+    steps
+}
+
+/// Builds the image from source as `docker compose up --build` does, twice: once as it is, once after a change to
+/// the replica's code. The second build must take the tools and the dependencies from the cache and rebuild our
+/// own code.
+fn source_image(engine: &Engine, root: &Path, state: &Path) -> anyhow::Result<()> {
+    let context = state.join("source");
+    let _ = std::fs::remove_dir_all(&context);
+    std::fs::create_dir_all(&context)?;
+    let files = Command::new("git")
+        .current_dir(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .context("git ls-files")?;
+    for file in files.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let file = Path::new(std::str::from_utf8(file)?);
+        if !root.join(file).is_file() {
+            continue;
+        }
+        let to = context.join(file);
+        std::fs::create_dir_all(to.parent().context("a file has a parent")?)?;
+        std::fs::copy(root.join(file), &to)?;
+    }
+    step("docker-compose build replica: the image from source (Rust stages of the Dockerfile)");
+    let (_, first) = compose_build(engine, &context)?;
+    step(&format!(
+        "built from source in {:.0} s; now a code change (backend/src/lib.rs) and the same build again",
+        first.as_secs_f64()
+    ));
+    // A change the binary must show (a comment alone may compile to the very same bytes).
+    let lib = context.join("backend/src/lib.rs");
+    let code = std::fs::read_to_string(&lib)?;
+    let changed = code.replacen("\"listening\"", "\"listening (layer-cache check)\"", 1);
+    if changed == code {
+        bail!(
+            "backend/src/lib.rs no longer logs \"listening\": update the code change of this check"
+        );
+    }
+    std::fs::write(&lib, changed)?;
+    let (output, second) = compose_build(engine, &context)?;
+    let steps = build_steps(&output);
+    let ran: Vec<&str> = steps
+        .iter()
+        .filter(|(_, cached)| !cached)
+        .map(|(i, _)| i.as_str())
+        .collect();
+    println!(
+        "rebuilt after a code change in {:.0} s (first build {:.0} s); steps not from the cache:",
+        second.as_secs_f64(),
+        first.as_secs_f64()
+    );
+    for instruction in ran
+        .iter()
+        .filter(|i| !i.starts_with("ARG ") && !i.starts_with("FROM "))
+    {
+        println!("    {instruction}");
+    }
+    for (what, marker) in [
+        ("the tools", "cargo install"),
+        ("the dependencies", "cargo chef cook"),
+    ] {
+        if ran.iter().any(|i| i.contains(marker)) {
+            bail!(
+                "a code change rebuilt {what} ({marker}): the Dockerfile's layer caching is broken"
+            );
+        }
+        if !steps.iter().any(|(i, _)| i.contains(marker)) {
+            bail!("no step of the build runs {marker}: the Dockerfile changed; update this check");
+        }
+    }
+    if !ran.iter().any(|i| i.contains("cargo build"))
+        || !ran
+            .iter()
+            .any(|i| i.starts_with("COPY --from=build /src/target/release/roomcast"))
+    {
+        bail!("the code change did not rebuild the replica: the image would be stale");
+    }
+    Ok(())
+}
+
 /// Whether `GET /readyz` through nginx answers 200.
 fn ready(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -288,7 +514,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Runs the whole stack test. `Outcome::NoEngine` when dockerd cannot start on this machine.
-pub fn run(root: &Path, _tools: &Tools) -> anyhow::Result<Outcome> {
+pub fn run(root: &Path, _tools: &Tools, args: &Args) -> anyhow::Result<Outcome> {
     let state = root.join("target/stack-test");
     std::fs::create_dir_all(&state)?;
     step("starting a private Docker engine (dockerd on its own socket)");
@@ -297,11 +523,18 @@ pub fn run(root: &Path, _tools: &Tools) -> anyhow::Result<Outcome> {
         Err(why) => return Ok(Outcome::NoEngine(why)),
     };
     base_images(&engine, &state)?;
-    roomcast_image(&engine, root, &state)?;
+    let image = if args.from_source {
+        rust_image(&engine, &state)?;
+        source_image(&engine, root, &state)?;
+        SOURCE_IMAGE
+    } else {
+        roomcast_image(&engine, root, &state)?;
+        ROOMCAST_IMAGE
+    };
 
     let port = free_port()?;
     engine.env = vec![
-        ("ROOMCAST_IMAGE".into(), ROOMCAST_IMAGE.into()),
+        ("ROOMCAST_IMAGE".into(), image.into()),
         ("REDIS_IMAGE".into(), REDIS_IMAGE.into()),
         ("NGINX_IMAGE".into(), NGINX_IMAGE.into()),
         ("ROOMCAST_HTTP_PORT".into(), port.to_string()),

@@ -63,8 +63,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     next("shared has no async or web dependencies");
     check_shared_deps()?;
 
-    next("docker-compose.yml is valid");
+    next("docker-compose.yml is valid, the Dockerfile pins xtask's tool versions");
     check_compose(&tools)?;
+    check_dockerfile_pins(root)?;
 
     next("cargo test (workspace: unit, protocol, relay over real Redis, browser)");
     let mut test = Command::new("cargo");
@@ -77,7 +78,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let (mut passed, mut failed) = run_counting(&mut test)?;
 
     next("docker-compose.yml under a private Docker engine (cargo xtask stack-test)");
-    match crate::stack_test::run(root, &tools)? {
+    match crate::stack_test::run(root, &tools, &Default::default())? {
         crate::stack_test::Outcome::Ran {
             passed: p,
             failed: f,
@@ -166,6 +167,30 @@ fn check_compose(tools: &tools::Tools) -> anyhow::Result<()> {
             .output();
         check_compose_output(profile, out)?;
     }
+    Ok(())
+}
+
+/// The Dockerfile installs the frontend's tools in their own layer, before any of our files are copied, so it names
+/// their versions itself; they must stay the ones xtask installs.
+fn check_dockerfile_pins(root: &Path) -> anyhow::Result<()> {
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).context("read Dockerfile")?;
+    for (arg, want) in [
+        ("TRUNK_VERSION", tools::TRUNK_VERSION),
+        ("WASM_BINDGEN_VERSION", tools::WASM_BINDGEN_VERSION),
+        ("BINARYEN_VERSION", tools::BINARYEN_VERSION),
+    ] {
+        let line = format!("ARG {arg}=");
+        let found = dockerfile
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&line))
+            .map(str::trim);
+        if found != Some(want) {
+            bail!(
+                "the Dockerfile's {line}{found:?} differs from xtask's {want} (xtask/src/tools.rs)"
+            );
+        }
+    }
+    println!("Dockerfile: trunk, wasm-bindgen-cli and binaryen pinned as in xtask");
     Ok(())
 }
 
