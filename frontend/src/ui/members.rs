@@ -70,19 +70,23 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                 </button>
             </div>
             <ul class="member-list">
-                <For
-                    each=move || members.get().0
-                    key=|(nick, me)| (nick.clone(), *me)
-                    children=move |(nick, me)| {
-                        view! {
-                            <li class="member" class:me=me>
-                                <Avatar nick=nick.clone() small=true />
-                                <span class="member-nick">{nick}</span>
-                                {me.then(|| view! { <span class="muted member-you">"you"</span> })}
-                            </li>
-                        }
-                    }
-                />
+                // At most 100 short rows: redrawn whole when someone comes or goes.
+                {move || {
+                    members
+                        .get()
+                        .0
+                        .into_iter()
+                        .map(|(nick, me)| {
+                            view! {
+                                <li class="member" class:me=me>
+                                    <Avatar nick=nick.clone() small=true />
+                                    <span class="member-nick">{nick}</span>
+                                    {me.then(|| view! { <span class="muted member-you">"you"</span> })}
+                                </li>
+                            }
+                        })
+                        .collect_view()
+                }}
             </ul>
             {move || {
                 let more = members.with(|(_, more)| *more);
