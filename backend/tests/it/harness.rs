@@ -262,31 +262,10 @@ impl Client {
         nick: &str,
         since: Option<MsgId>,
     ) -> Result<Vec<ChatMessage>, (ErrorCode, String)> {
-        let req = format!("join-{room}");
-        self.send(&ClientMsg::Join {
-            person: None,
-            room: room.into(),
-            nick: nick.into(),
-            since,
-            epoch: None,
-            req: Some(req.clone()),
-        })
-        .await;
-        self.take(|m| match m {
-            ServerMsg::Joined {
-                req: Some(r),
-                history,
-                ..
-            } if *r == req => Some(Ok(history.clone())),
-            ServerMsg::Error {
-                req: Some(r),
-                code,
-                message,
-                ..
-            } if *r == req => Some(Err((*code, message.clone()))),
-            _ => None,
-        })
-        .await
+        match self.join_answer(room, nick, None, since).await? {
+            ServerMsg::Joined { history, .. } => Ok(history),
+            _ => unreachable!("join_answer returns joined frames"),
+        }
     }
 
     /// Joins a room as `person` and returns the members and online count `joined` reported, or the error.
@@ -296,26 +275,34 @@ impl Client {
         nick: &str,
         person: &str,
     ) -> Result<(Vec<String>, u32), (ErrorCode, String)> {
+        match self.join_answer(room, nick, Some(person), None).await? {
+            ServerMsg::Joined {
+                members, online, ..
+            } => Ok((members.iter().map(ToString::to_string).collect(), online)),
+            _ => unreachable!("join_answer returns joined frames"),
+        }
+    }
+
+    /// Sends a join and waits for its answer: the `joined` frame, or the error's code and message.
+    async fn join_answer(
+        &mut self,
+        room: &str,
+        nick: &str,
+        person: Option<&str>,
+        since: Option<MsgId>,
+    ) -> Result<ServerMsg, (ErrorCode, String)> {
         let req = format!("join-{room}-{nick}");
         self.send(&ClientMsg::Join {
-            person: Some(person.into()),
+            person: person.map(Into::into),
             room: room.into(),
             nick: nick.into(),
-            since: None,
+            since,
             epoch: None,
             req: Some(req.clone()),
         })
         .await;
         self.take(|m| match m {
-            ServerMsg::Joined {
-                req: Some(r),
-                members,
-                online,
-                ..
-            } if *r == req => Some(Ok((
-                members.iter().map(ToString::to_string).collect(),
-                *online,
-            ))),
+            ServerMsg::Joined { req: Some(r), .. } if *r == req => Some(Ok(m.clone())),
             ServerMsg::Error {
                 req: Some(r),
                 code,
