@@ -243,14 +243,16 @@ impl ReplicaProcess {
     /// `extra` flags, and waits until `/healthz` answers.
     pub async fn start(binary: &Path, redis_url: &str, node: &str, extra: &[&str]) -> Self {
         let port = free_port();
+        // No browser client unless `extra` names one.
+        let static_dir = if extra.contains(&"--static-dir") {
+            &[][..]
+        } else {
+            &["--static-dir", "/nonexistent-roomcast-static"][..]
+        };
         let child = Command::new(binary)
             .args(["--port", &port.to_string(), "--redis-url", redis_url])
-            .args([
-                "--node-id",
-                node,
-                "--static-dir",
-                "/nonexistent-roomcast-static",
-            ])
+            .args(["--node-id", node])
+            .args(static_dir)
             .args(["--sends-per-sec", "10000", "--send-burst", "10000"])
             .args(extra)
             .env(

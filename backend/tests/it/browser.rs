@@ -11,7 +11,7 @@ use fantoccini::{ClientBuilder, Locator};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::harness::{PATIENCE, Redis, Replica, config, free_port};
+use crate::harness::{PATIENCE, Redis, Replica, config, free_port, replica_process};
 
 /// The room both pages meet in (a fresh Redis per test, so no other test shares it).
 const ROOM: &str = "e2e";
@@ -893,4 +893,50 @@ async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
     )
     .await;
     a.close().await;
+}
+
+/// A replica killed under a page (SIGKILL: no goodbye): the other replica's page drops that person from its member
+/// list once the killed replica has missed 3 heartbeats, and says once that they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_people_leave_the_member_list() {
+    let stage = Stage::start().await;
+    let dist = stage.dist.to_string_lossy().into_owned();
+    let mut doomed = replica_process(
+        &stage.redis.url(),
+        "replica-doomed",
+        &["--static-dir", &dist, "--presence-heartbeat-ms", "500"],
+    )
+    .await;
+    let a = Page::open(&stage.driver, "kill-a", &stage.out).await;
+    let b = Page::open(&stage.driver, "kill-b", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    b.enter_room(doomed.addr, "bob").await;
+    a.wait_until(
+        "A's member list: alice and bob",
+        MEMBER_LIST,
+        json!("alice,bob | 2 online"),
+    )
+    .await;
+    doomed.kill9();
+    let killed = std::time::Instant::now();
+    a.wait_until(
+        "A's member list without bob",
+        MEMBER_LIST,
+        json!("alice | 1 online"),
+    )
+    .await;
+    println!(
+        "bob left A's member list {} ms after his replica was killed (its 3 heartbeats of 500 ms, then A's replica's \
+         next heartbeat, every 5 s)",
+        killed.elapsed().as_millis()
+    );
+    let lines: Vec<String> = a
+        .js(
+            "return [...document.querySelectorAll('.timeline .presence')].map(p => p.textContent.split(' · ')[0]);",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(lines, ["bob joined", "bob left"]);
+    a.close().await;
+    b.close().await;
 }
