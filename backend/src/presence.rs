@@ -58,7 +58,7 @@ pub async fn apply(
     let (nick, from) = match &op {
         RosterOp::Join { nick, .. } => (Some(nick.clone()), None),
         RosterOp::Rename { from, to, .. } => (Some(to.clone()), Some(from.clone())),
-        RosterOp::Leave { .. } | RosterOp::Refresh => (None, None),
+        RosterOp::Leave { .. } | RosterOp::Refresh | RosterOp::List => (None, None),
     };
     let leaving = matches!(op, RosterOp::Leave { .. });
     let timing = timing(&state.config);

@@ -192,15 +192,6 @@ impl Participant {
             recent: self.state.config.history_on_join as usize,
             limit: CATCH_UP_PAGE,
         };
-        let history = match self.state.bus.history(&room, query).await {
-            Ok(history) => history,
-            Err(e) => {
-                if !rejoin {
-                    self.state.rooms.leave(&room, self.conn);
-                }
-                return Err(e.into());
-            }
-        };
         // With a token the nick is proven: nobody else can hold it, whatever device they use, so no person check.
         let person = if self.grant.is_some() { None } else { person };
         let previous = self.rooms.get(&room).map(|j| j.nick.clone());
@@ -214,20 +205,38 @@ impl Participant {
                 to: nick.clone(),
                 person,
             },
-            Some(_) => RosterOp::Refresh,
+            Some(_) => RosterOp::List,
         };
-        let roster = match presence::apply(&self.state, &room, self.conn, op).await {
-            Ok(change) if !change.taken => change,
-            outcome => {
+        // History and members at once: a join costs one round trip to the store, not two. The roster change is
+        // boxed, so its state does not enlarge every connection's task for good.
+        let (history, roster) = tokio::join!(
+            self.state.bus.history(&room, query),
+            Box::pin(presence::apply(&self.state, &room, self.conn, op)),
+        );
+        let refused = match &roster {
+            Err(e) => Some(RequestError::from(e.clone())),
+            Ok(change) if change.taken => Some(RequestError::new(
+                ErrorCode::NickTaken,
+                format!("someone else is {nick} in this room; choose another nickname"),
+            )),
+            Ok(_) => None,
+        };
+        let (history, roster) = match (history, roster, refused) {
+            (Ok(history), Ok(roster), None) => (history, roster),
+            (history, roster, refused) => {
                 if !rejoin {
                     self.state.rooms.leave(&room, self.conn);
+                    if matches!(roster, Ok(ref change) if !change.taken) {
+                        // The roster took this connection in: take it out again.
+                        self.release(&room, nick.clone());
+                    }
                 }
-                return Err(match outcome {
-                    Err(e) => e.into(),
-                    Ok(_) => RequestError::new(
-                        ErrorCode::NickTaken,
-                        format!("someone else is {nick} in this room; choose another nickname"),
-                    ),
+                return Err(match (refused, history) {
+                    (Some(refused), _) => refused,
+                    (None, Err(e)) => e.into(),
+                    (None, Ok(_)) => {
+                        unreachable!("a join fails by its history or its roster change")
+                    }
                 });
             }
         };

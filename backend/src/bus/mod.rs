@@ -133,8 +133,10 @@ pub enum RosterOp {
         nick: Nick,
     },
     /// Only the upkeep every op does: this replica is alive; replicas that stopped refreshing lose their
-    /// connections; members whose grace ran out are removed.
+    /// connections; members whose grace ran out are removed. Lists no members (the heartbeat's op).
     Refresh,
+    /// [`RosterOp::Refresh`], and the members listed: what a re-join with the same nick answers with.
+    List,
 }
 
 /// How long members last without a sign of life.
@@ -155,7 +157,7 @@ pub struct RosterChange {
     pub arrived: bool,
     /// Nicks that stopped being members with this op, each reported by exactly one op across all replicas.
     pub departed: Vec<Nick>,
-    /// The first [`shared::MEMBERS_SHOWN`] members in arrival order (empty for `Leave`).
+    /// The first [`shared::MEMBERS_SHOWN`] members in arrival order (only for `Join`, `Rename` and `List`).
     pub members: Vec<Nick>,
     /// How many members the room has.
     pub online: u32,

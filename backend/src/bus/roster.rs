@@ -38,7 +38,7 @@ impl Roster {
     ) -> RosterChange {
         let mut change = RosterChange::default();
         self.settle(now, &mut change.departed);
-        let listed = !matches!(op, RosterOp::Leave { .. });
+        let listed = !matches!(op, RosterOp::Leave { .. } | RosterOp::Refresh);
         match op {
             RosterOp::Join { nick, person } => {
                 if self.taken(&nick, person.as_deref()) {
@@ -65,7 +65,7 @@ impl Roster {
                     self.release(&nick, now, timing, &mut change.departed);
                 }
             }
-            RosterOp::Refresh => {}
+            RosterOp::Refresh | RosterOp::List => {}
         }
         if listed {
             change.members = self.order.iter().take(MEMBERS_SHOWN).cloned().collect();

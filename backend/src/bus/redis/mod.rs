@@ -487,6 +487,7 @@ impl Bus for RedisBus {
             RosterOp::Rename { from, to, person } => ("rename", Some(to), person, Some(from)),
             RosterOp::Leave { nick } => ("leave", Some(nick), None, None),
             RosterOp::Refresh => ("refresh", None, None, None),
+            RosterOp::List => ("list", None, None, None),
         };
         let instance = self.instance.clone();
         let store = self.store.clone();

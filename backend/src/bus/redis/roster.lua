@@ -2,7 +2,7 @@
 -- KEYS: 1 instances (hash: replica instance -> alive until, ms), 2 conns (hash: "instance|conn" -> nick),
 --       3 counts (hash: nick -> live connections), 4 members (zset: nick -> arrival ms, members within their grace
 --       included), 5 leaving (zset: nick -> end of grace, ms), 6 holders (hash: nick -> person)
--- ARGV: op (join | rename | leave | refresh), instance, conn, nick, person ('' = none), grace ms, alive ms,
+-- ARGV: op (join | rename | leave | refresh | list), instance, conn, nick, person ('' = none), grace ms, alive ms,
 --       members to list, old nick (rename)
 -- Returns {taken, arrived, departed nicks, online, listed nicks}.
 local op, inst, conn, nick, person = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -97,5 +97,5 @@ end
 local ttl = 4 * alive + grace
 for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local listed = {}
-if op ~= 'leave' then listed = redis.call('ZRANGE', KEYS[4], 0, shown - 1) end
+if op ~= 'leave' and op ~= 'refresh' then listed = redis.call('ZRANGE', KEYS[4], 0, shown - 1) end
 return {is_taken, arrived, departed, redis.call('ZCARD', KEYS[4]), listed}
