@@ -17,6 +17,9 @@ use crate::rooms::ConnId;
 /// every member hears it.
 const NOBODY: ConnId = u64::MAX;
 
+/// Rooms refreshed together by the heartbeat.
+const HEARTBEAT_BATCH: usize = 32;
+
 /// A replica's connections count in rosters until this many heartbeats went missing.
 const HEARTBEATS_MISSED: u64 = 3;
 
@@ -140,17 +143,24 @@ pub async fn heartbeat(state: AppState) {
             () = state.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        // Spread over half the interval in small batches: a burst of one script per room would queue every
+        // message published meanwhile behind it.
         let rooms = state.rooms.names();
-        let refreshes = rooms
-            .iter()
-            .map(|room| apply(&state, room, NOBODY, RosterOp::Refresh));
-        for (room, result) in rooms
-            .iter()
-            .zip(futures_util::future::join_all(refreshes).await)
-        {
-            if let Err(e) = result {
-                debug!(%room, error = %e, "presence heartbeat failed");
+        let batches = rooms.len().div_ceil(HEARTBEAT_BATCH).max(1);
+        let pause = every / 2 / u32::try_from(batches).unwrap_or(u32::MAX);
+        for batch in rooms.chunks(HEARTBEAT_BATCH) {
+            let refreshes = batch
+                .iter()
+                .map(|room| apply(&state, room, NOBODY, RosterOp::Refresh));
+            for (room, result) in batch
+                .iter()
+                .zip(futures_util::future::join_all(refreshes).await)
+            {
+                if let Err(e) = result {
+                    debug!(%room, error = %e, "presence heartbeat failed");
+                }
             }
+            tokio::time::sleep(pause).await;
         }
     }
 }
