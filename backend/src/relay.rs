@@ -213,31 +213,30 @@ impl Participant {
             self.state.bus.history(&room, query),
             Box::pin(presence::apply(&self.state, &room, self.conn, op)),
         );
-        let refused = match &roster {
-            Err(e) => Some(RequestError::from(e.clone())),
-            Ok(change) if change.taken => Some(RequestError::new(
-                ErrorCode::NickTaken,
-                format!("someone else is {nick} in this room; choose another nickname"),
-            )),
-            Ok(_) => None,
-        };
-        let (history, roster) = match (history, roster, refused) {
-            (Ok(history), Ok(roster), None) => (history, roster),
-            (history, roster, refused) => {
+        let roster = match roster {
+            Ok(change) if !change.taken => change,
+            refused => {
                 if !rejoin {
                     self.state.rooms.leave(&room, self.conn);
-                    if matches!(roster, Ok(ref change) if !change.taken) {
-                        // The roster took this connection in: take it out again.
-                        self.release(&room, nick.clone());
-                    }
                 }
-                return Err(match (refused, history) {
-                    (Some(refused), _) => refused,
-                    (None, Err(e)) => e.into(),
-                    (None, Ok(_)) => {
-                        unreachable!("a join fails by its history or its roster change")
-                    }
+                return Err(match refused {
+                    Err(e) => e.into(),
+                    Ok(_) => RequestError::new(
+                        ErrorCode::NickTaken,
+                        format!("someone else is {nick} in this room; choose another nickname"),
+                    ),
                 });
+            }
+        };
+        let history = match history {
+            Ok(history) => history,
+            Err(e) => {
+                if !rejoin {
+                    self.state.rooms.leave(&room, self.conn);
+                    // The roster took this connection in: take it out again.
+                    self.release(&room, nick.clone());
+                }
+                return Err(e.into());
             }
         };
         let resumed = since.is_some() && !history.reset;

@@ -752,6 +752,9 @@ async fn the_unread_divider_marks_where_reading_stopped() {
 const MEMBER_LIST: &str = r"return [...document.querySelectorAll('#members .member-nick')].map(n => n.textContent).join(',')
     + ' | ' + (document.querySelector('.online-button')?.textContent ?? '') === arguments[0];";
 
+/// The timeline's join/leave lines without their time, as `bob joined`.
+const PRESENCE_LINES: &str = "return [...document.querySelectorAll('.timeline .presence')].map(p => p.textContent.split(' · ')[0]);";
+
 /// The member list across replicas: A and B each see both, with the count in the header; a second tab of B is
 /// still one member; when B closes, A's list drops B once the grace period is over, and A's timeline says so once.
 /// The list is a side panel on a wide window and a sheet on a phone.
@@ -809,12 +812,7 @@ async fn the_member_list_shows_who_is_here_on_every_replica() {
         json!("alice | 1 online"),
     )
     .await;
-    let lines: Vec<String> = a
-        .js(
-            "return [...document.querySelectorAll('.timeline .presence')].map(p => p.textContent.split(' · ')[0]);",
-            Value::Null,
-        )
-        .await;
+    let lines: Vec<String> = a.js(PRESENCE_LINES, Value::Null).await;
     assert_eq!(
         lines,
         ["bob joined", "bob left"],
@@ -930,12 +928,7 @@ async fn a_killed_replicas_people_leave_the_member_list() {
          next heartbeat, every 5 s)",
         killed.elapsed().as_millis()
     );
-    let lines: Vec<String> = a
-        .js(
-            "return [...document.querySelectorAll('.timeline .presence')].map(p => p.textContent.split(' · ')[0]);",
-            Value::Null,
-        )
-        .await;
+    let lines: Vec<String> = a.js(PRESENCE_LINES, Value::Null).await;
     assert_eq!(lines, ["bob joined", "bob left"]);
     a.close().await;
     b.close().await;
