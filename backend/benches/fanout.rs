@@ -33,7 +33,7 @@ async fn main() {
     let mut ports = Vec::new();
     for node in ["bench-1", "bench-2"] {
         let replica =
-            testkit::ReplicaProcess::start(binary, &url, node, &["--queue-capacity", "65536"])
+            testkit::ReplicaProcess::start(binary, &url, node, &["--queue-max-bytes", "67108864"])
                 .await;
         ports.push(replica.addr.port());
         replicas.push(replica);

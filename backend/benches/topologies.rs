@@ -162,7 +162,7 @@ async fn main() {
     let members = env_or("MEMBERS", 10);
     let seconds = env_or("SECONDS", 5) as u64;
     let window = env_or("WINDOW", 16);
-    let flags = ["--max-rooms", "64", "--queue-capacity", "4096"];
+    let flags = ["--max-rooms", "64", "--queue-max-bytes", "16777216"];
     println!(
         "bench: release replicas + redis-server on loopback, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())

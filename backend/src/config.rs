@@ -101,9 +101,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_ROOMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_rooms: u32,
 
-    /// Frames queued per connection before it counts as too slow and is closed with 1013 (it then resumes).
-    #[arg(long, env = "ROOMCAST_QUEUE_CAPACITY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub queue_capacity: u32,
+    /// Bytes of frames waiting for one connection before, if its socket is refusing more, it counts as too slow and
+    /// is closed with 1013 (it then resumes with `since`). A reader whose socket keeps taking bytes is never closed
+    /// for lagging behind, up to 8 times this (a memory guard).
+    #[arg(long, env = "ROOMCAST_QUEUE_MAX_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(16_384..=1 << 30))]
+    pub queue_max_bytes: u64,
 
     /// The longest a message waits for its room's next fan-out wave. A busy room fans out at most once per
     /// 40 µs × its local members (capped by this), so big rooms write several frames per syscall; quiet and small

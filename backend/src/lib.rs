@@ -122,14 +122,17 @@ pub async fn run(
         if auth.is_some() {
             info!("WebSocket connections need a token (JWT)");
         }
-        let rooms = Rooms::new(bus.clone(), node.clone());
+        let rooms = Rooms::new(
+            bus.clone(),
+            node.clone(),
+            usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
+        );
         tokio::spawn(
             rooms
                 .clone()
                 .dispatch(
                     events_rx,
                     Duration::from_millis(config.fanout_max_delay_ms.into()),
-                    config.queue_capacity as usize,
                 )
                 .in_current_span(),
         );

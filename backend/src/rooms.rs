@@ -2,10 +2,13 @@
 //! events to them.
 //!
 //! Each event is encoded to JSON once per replica and the same bytes are queued for every local member. Queues are
-//! bounded: a member whose queue is full is a slow consumer and is closed with 1013; it reconnects and resumes
-//! with `since`, so it loses nothing that is still in history, and nobody else waits for it.
+//! bounded in bytes and judged by the socket: a member with more than `--queue-max-bytes` waiting whose socket is
+//! refusing bytes is a slow consumer and is closed with 1013; it reconnects and resumes with `since`, so it loses
+//! nothing that is still in history, and nobody else waits for it. A member whose socket keeps taking bytes is not
+//! slow, however far a starved CPU let its queue run ahead (up to a memory guard of 8 times the bound).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -44,14 +47,51 @@ pub struct Outbound {
     pub frame: Utf8Bytes,
 }
 
+/// A queue holding more than this many times `--queue-max-bytes` is closed even though its socket still takes
+/// bytes: the memory guard for a session that cannot keep up however its socket behaves.
+const HARD_LIMIT_FACTOR: usize = 8;
+
 /// How the registry reaches one connection.
 #[derive(Debug, Clone)]
 pub struct Member {
-    /// The connection's bounded outgoing queue. It carries shared handles: one frame is allocated once per
-    /// replica, and a queue slot is a pointer, which keeps idle queues small.
-    pub queue: mpsc::Sender<Arc<Outbound>>,
+    /// The connection's outgoing queue, bounded in bytes by the dispatcher (see [`Outlet`]). It carries shared
+    /// handles: one frame is allocated once per replica, and a queue slot is a pointer, which keeps idle queues
+    /// small.
+    pub queue: mpsc::UnboundedSender<Arc<Outbound>>,
+    /// What the dispatcher and the connection's session know of each other.
+    pub outlet: Arc<Outlet>,
+}
+
+/// The state a connection's session shares with the dispatcher, which decides from it whether the connection is
+/// too slow: the bytes waiting in its queue and whether its socket is refusing bytes right now.
+#[derive(Debug, Default)]
+pub struct Outlet {
+    queued: AtomicUsize,
+    stalled: AtomicBool,
     /// Cancelled when the connection must be closed for being too slow.
     pub too_slow: CancellationToken,
+}
+
+impl Outlet {
+    /// The session took `frame` off its queue.
+    pub fn taken(&self, frame: &Outbound) {
+        self.queued.fetch_sub(frame.frame.len(), Ordering::Relaxed);
+    }
+
+    /// The socket refused bytes (`true`: a write is waiting for the peer to read) or took them again (`false`).
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// Counts `frame` as queued and says whether the connection is now too slow: more than `max_bytes` waiting
+    /// while its socket refuses bytes, or more than [`HARD_LIMIT_FACTOR`] times that in any case.
+    fn admit(&self, frame: &Outbound, max_bytes: usize) -> bool {
+        let queued =
+            self.queued.fetch_add(frame.frame.len(), Ordering::Relaxed) + frame.frame.len();
+        queued <= max_bytes
+            || (!self.stalled.load(Ordering::Relaxed)
+                && queued <= max_bytes.saturating_mul(HARD_LIMIT_FACTOR))
+    }
 }
 
 /// The rooms of this replica and their local members.
@@ -60,6 +100,8 @@ pub struct Rooms {
     inner: Arc<Mutex<HashMap<RoomName, HashMap<ConnId, Member>>>>,
     bus: Arc<dyn Bus>,
     node: Arc<str>,
+    /// `--queue-max-bytes`.
+    queue_max_bytes: usize,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -71,12 +113,13 @@ impl std::fmt::Debug for Rooms {
 }
 
 impl Rooms {
-    /// An empty registry whose subscriptions go to `bus`.
-    pub fn new(bus: Arc<dyn Bus>, node: Arc<str>) -> Self {
+    /// An empty registry whose subscriptions go to `bus` and whose members' queues hold `queue_max_bytes`.
+    pub fn new(bus: Arc<dyn Bus>, node: Arc<str>, queue_max_bytes: usize) -> Self {
         Self {
             inner: Arc::default(),
             bus,
             node,
+            queue_max_bytes,
         }
     }
 
@@ -155,19 +198,19 @@ impl Rooms {
                     if *skip == Some(conn) {
                         continue;
                     }
-                    match member.queue.try_send(Arc::clone(out)) {
-                        Ok(()) => delivered += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            if !member.too_slow.is_cancelled() {
-                                warn!(conn, %room, "outgoing queue full; closing slow consumer with 1013");
-                                metrics::counter!("roomcast_slow_consumers_total").increment(1);
-                                member.too_slow.cancel();
-                            }
-                            break;
+                    if !member.outlet.admit(out, self.queue_max_bytes) {
+                        if !member.outlet.too_slow.is_cancelled() {
+                            warn!(conn, %room, "outgoing queue over its bound while the socket refuses bytes; closing slow consumer with 1013");
+                            metrics::counter!("roomcast_slow_consumers_total").increment(1);
+                            member.outlet.too_slow.cancel();
                         }
-                        // The session is ending and will leave the room itself.
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        break;
                     }
+                    if member.queue.send(Arc::clone(out)).is_err() {
+                        // The session is ending and will leave the room itself.
+                        break;
+                    }
+                    delivered += 1;
                 }
             }
         }
@@ -183,16 +226,15 @@ impl Rooms {
     /// member per wave, so each member's session wakes once and writes them in one syscall instead of one each —
     /// on loopback the kernel's per-write cost is most of the fan-out cost. A zero `max_delay` turns waves off.
     ///
-    /// At most half a member queue's worth of events (`queue_capacity / 2`, up to [`DISPATCH_BATCH`]) is taken per
-    /// round, and the dispatcher yields between rounds: when it fell behind (a starved CPU), the backlog reaches
-    /// members in slices their sessions can drain in between, so a healthy reader is not mistaken for a slow one.
+    /// At most [`DISPATCH_BATCH`] events are taken per round, and the dispatcher yields between rounds, so a
+    /// backlog (after the CPU was starved) reaches members in slices their sessions can write in between. Whether a
+    /// member is too slow is not decided by how fast its session got to run, but by its socket (see [`Outlet`]).
     pub async fn dispatch(
         self,
         mut events: mpsc::UnboundedReceiver<BusEvent>,
         max_delay: Duration,
-        queue_capacity: usize,
     ) {
-        let per_round = (queue_capacity / 2).clamp(1, DISPATCH_BATCH);
+        let per_round = DISPATCH_BATCH;
         let mut incoming = Vec::with_capacity(per_round);
         let mut waves = Waves::new(max_delay);
         let mut due = Vec::new();

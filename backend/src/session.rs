@@ -4,8 +4,9 @@
 //! history) always precedes the live messages that follow it, and a per-room high-water mark drops any live message
 //! already delivered through history. That is what makes join-with-`since` gapless and duplicate-free.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -15,14 +16,13 @@ use shared::validate::MAX_FRAME_BYTES;
 use shared::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg, close_code};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::AppState;
 use crate::auth::Grant;
 use crate::error::{RequestError, RequestRef};
 use crate::relay::Participant;
-use crate::rooms::{ConnId, Member, Outbound, encode};
+use crate::rooms::{ConnId, Member, Outbound, Outlet, encode};
 
 /// How long one write may block before the peer counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,11 +57,49 @@ enum End {
 struct Session {
     state: AppState,
     participant: Participant,
-    queued: mpsc::Receiver<Arc<Outbound>>,
-    too_slow: CancellationToken,
+    queued: mpsc::UnboundedReceiver<Arc<Outbound>>,
+    outlet: Arc<Outlet>,
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+/// The socket's sending half, telling the connection's [`Outlet`] whether the socket is refusing bytes (a write
+/// that has to wait for the peer to read): that, not how soon this task got to run, is what makes a slow consumer.
+struct Sink {
+    inner: SplitSink<WebSocket, Message>,
+    outlet: Arc<Outlet>,
+}
+
+impl Sink {
+    fn watch(&self, poll: Poll<Result<(), axum::Error>>) -> Poll<Result<(), axum::Error>> {
+        self.outlet.set_stalled(poll.is_pending());
+        poll
+    }
+}
+
+impl futures_util::Sink<Message> for Sink {
+    type Error = axum::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_ready(cx);
+        this.watch(poll)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        Pin::new(&mut self.get_mut().inner).start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(poll)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_close(cx);
+        this.watch(poll)
+    }
+}
 
 /// Resolves when the connection's token has expired (plus grace); never without a token.
 async fn token_expiry(expired: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
@@ -87,22 +125,26 @@ async fn write_msg(sink: &mut Sink, msg: &ServerMsg) -> Result<(), Gone> {
 
 impl Session {
     fn new(state: AppState, conn: ConnId, grant: Option<Grant>) -> Self {
-        let (queue, queued) = mpsc::channel(state.config.queue_capacity as usize);
-        let too_slow = CancellationToken::new();
+        let (queue, queued) = mpsc::unbounded_channel();
+        let outlet = Arc::new(Outlet::default());
         let member = Member {
             queue,
-            too_slow: too_slow.clone(),
+            outlet: Arc::clone(&outlet),
         };
         Self {
             participant: Participant::new(state.clone(), conn, member, grant),
             state,
             queued,
-            too_slow,
+            outlet,
         }
     }
 
     async fn run(&mut self, socket: WebSocket) -> End {
-        let (mut sink, mut stream) = socket.split();
+        let (sink, mut stream) = socket.split();
+        let mut sink = Sink {
+            inner: sink,
+            outlet: Arc::clone(&self.outlet),
+        };
         let welcome = ServerMsg::Welcome {
             version: PROTOCOL_VERSION,
             node: self.state.node.to_string(),
@@ -111,7 +153,7 @@ impl Session {
         if write_msg(&mut sink, &welcome).await.is_err() {
             return End::PeerGone;
         }
-        let (shutdown, too_slow) = (self.state.shutdown.clone(), self.too_slow.clone());
+        let (shutdown, too_slow) = (self.state.shutdown.clone(), self.outlet.too_slow.clone());
         // Made once, not per frame: each `cancelled()` registers with the token, which takes a lock.
         let mut shutdown = pin!(shutdown.cancelled_owned());
         let mut too_slow = pin!(too_slow.cancelled_owned());
@@ -201,6 +243,7 @@ impl Session {
             let mut yielded = false;
             loop {
                 while let Some(out) = next.take() {
+                    self.outlet.taken(&out);
                     if self.participant.admit(&out) {
                         sink.feed(Message::Text(out.frame.clone())).await?;
                         frames += 1;
@@ -385,7 +428,7 @@ fn shutting_down() -> End {
 fn too_slow_end() -> End {
     End::Closed(
         close_code::TRY_AGAIN_LATER,
-        "too slow: outgoing queue full; reconnect and resume with since".into(),
+        "too slow: outgoing queue over its bound while not reading; reconnect and resume with since".into(),
     )
 }
 

@@ -72,7 +72,7 @@ on_both_buses! {
     members_are_people_not_connections with super::quick_presence,
     leave_stops_delivery,
     slow_consumer_is_closed_and_resumes_without_loss with |c: &mut backend::Config| {
-        c.queue_capacity = 32;
+        c.queue_max_bytes = 16_384;
         c.history_limit = 1_000_000;
     },
     shutdown_sends_going_away,
