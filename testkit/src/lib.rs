@@ -3,7 +3,6 @@
 //! `roomcast` replica as a separate process, and small waiting helpers. Never the default Redis port; everything it
 //! starts is killed when dropped.
 
-pub mod local_nginx;
 mod topologies;
 
 use std::net::SocketAddr;
@@ -16,28 +15,13 @@ use tokio::net::TcpStream;
 pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
 
 /// Upper bound on any single wait, so a broken build fails instead of hanging. Not a performance threshold.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use localrun::free_port;
 
 /// The redis-server to run: `ROOMCAST_REDIS_SERVER`, else the first on PATH.
 pub fn redis_server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("ROOMCAST_REDIS_SERVER") {
-        return path.into();
-    }
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("redis-server"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
+    localrun::redis_server().unwrap_or_else(|| {
         panic!("redis-server not found: apt-get install redis-server (or run `cargo xtask test`, which installs it)")
     })
 }
@@ -54,7 +38,7 @@ pub struct Redis {
     args: Vec<String>,
 }
 
-const NO_PERSISTENCE: [&str; 4] = ["--save", "", "--appendonly", "no"];
+const NO_PERSISTENCE: [&str; 4] = localrun::REDIS_NO_PERSISTENCE;
 
 fn scratch_dir(port: u16) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("roomcast-redis-{port}-{}", std::process::id()));
@@ -122,17 +106,12 @@ impl Redis {
     }
 
     async fn spawn(&mut self) {
-        assert_ne!(self.port, 6379);
-        let child = Command::new(redis_server_binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(&self.args)
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--protected-mode", "yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start redis-server");
+        let child =
+            localrun::redis_command(&redis_server_binary(), self.port, &self.dir, &self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start redis-server");
         self.child = Some(child);
         let client = redis::Client::open(self.url()).unwrap();
         for _ in 0..200 {
@@ -165,6 +144,16 @@ impl Redis {
     /// Starts the server again on the same port.
     pub async fn restart(&mut self) {
         self.kill();
+        self.spawn().await;
+    }
+
+    /// Starts the server again on the same port, empty, as a replica of the server on `master`: a crashed node
+    /// rebooted and put back by an operator (or by Sentinel, which takes up to ten seconds to notice it).
+    pub async fn restart_as_replica_of(&mut self, master: u16) {
+        self.kill();
+        self.args = NO_PERSISTENCE.map(String::from).into();
+        self.args
+            .extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
         self.spawn().await;
     }
 
@@ -365,7 +354,7 @@ impl Nginx {
         let dir =
             std::env::temp_dir().join(format!("roomcast-nginx-{}-{port}", std::process::id()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = local_nginx::command(conf, &dir, addr, upstreams)
+        let child = localrun::nginx::command(conf, &dir, addr, upstreams)
             .expect("prepare nginx's directory")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -109,8 +109,22 @@ impl SentinelSet {
         panic!("no Sentinel names a master");
     }
 
-    /// Kills the current master with SIGKILL; returns its port.
+    /// Kills the current master with SIGKILL, once a failover can follow it: every Sentinel knows a replica of it
+    /// that is up and linked to it. (Sentinels learn a new master's replicas from its `INFO`, every 10 s: killing a
+    /// freshly promoted master earlier leaves them with no replica to promote.) Returns its port.
     pub async fn kill_master(&mut self) -> u16 {
+        eventually(
+            "every Sentinel knows a healthy replica of the master",
+            || async {
+                for (port, _) in &self.sentinels {
+                    if !knows_a_healthy_replica(*port).await {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
         let port = self.master_port().await;
         self.nodes
             .iter_mut()
@@ -118,6 +132,22 @@ impl SentinelSet {
             .expect("the master is one of ours")
             .kill();
         port
+    }
+
+    /// Once the Sentinels have promoted another master, starts the killed node on `port` again, empty, as a
+    /// replica of the new master: a crashed node rebooted and put back.
+    pub async fn revive_after_failover(&mut self, port: u16) {
+        let master = eventually("the Sentinels name a new master", || async {
+            let now = self.master_port().await;
+            (now != port).then_some(now)
+        })
+        .await;
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .expect("the killed node is one of ours")
+            .restart_as_replica_of(master)
+            .await;
     }
 }
 
@@ -135,6 +165,31 @@ async fn connect(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnect
     redis::Client::open(format!("redis://127.0.0.1:{port}"))?
         .get_multiplexed_async_connection()
         .await
+}
+
+/// Whether the Sentinel on `port` lists a replica of the master that it sees up and linked to the master.
+async fn knows_a_healthy_replica(port: u16) -> bool {
+    let Ok(mut conn) = connect(port).await else {
+        return false;
+    };
+    let Ok(replicas) = redis::cmd("SENTINEL")
+        .arg("REPLICAS")
+        .arg(MASTER_NAME)
+        .query_async::<Vec<Vec<String>>>(&mut conn)
+        .await
+    else {
+        return false;
+    };
+    replicas.iter().any(|fields| {
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == name)
+                .and_then(|kv| kv.get(1))
+                .map(String::as_str)
+        };
+        field("flags") == Some("slave") && field("master-link-status") == Some("ok")
+    })
 }
 
 /// The `master0:` line of a Sentinel's `INFO sentinel`.

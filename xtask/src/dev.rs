@@ -13,9 +13,6 @@ use anyhow::{Context, bail};
 
 use crate::tools::{self, Need};
 
-/// Shared with the test kit's `Nginx`, without depending on it.
-#[path = "../../testkit/src/local_nginx.rs"]
-mod local_nginx;
 use crate::{build_frontend, exec, step};
 
 /// Options of `cargo xtask dev`.
@@ -190,7 +187,7 @@ fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result
             .collect();
         let listen = ([127, 0, 0, 1], port).into();
         let mut child =
-            local_nginx::command(&root.join("deploy/nginx.conf"), &dir, listen, &upstreams)
+            localrun::nginx::command(&root.join("deploy/nginx.conf"), &dir, listen, &upstreams)
                 .context("prepare nginx's directory")?
                 .spawn()
                 .context("cannot start nginx: apt-get install nginx-light")?;

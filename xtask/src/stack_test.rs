@@ -507,12 +507,6 @@ fn ready(port: u16) -> bool {
     stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs the whole stack test. `Outcome::NoEngine` when dockerd cannot start on this machine.
 pub fn run(root: &Path, _tools: &Tools, args: &Args) -> anyhow::Result<Outcome> {
     let state = root.join("target/stack-test");
@@ -532,7 +526,7 @@ pub fn run(root: &Path, _tools: &Tools, args: &Args) -> anyhow::Result<Outcome> 
         ROOMCAST_IMAGE
     };
 
-    let port = free_port()?;
+    let port = localrun::free_port();
     engine.env = vec![
         ("ROOMCAST_IMAGE".into(), image.into()),
         ("REDIS_IMAGE".into(), REDIS_IMAGE.into()),

@@ -230,12 +230,12 @@ fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
     .with_context(|| format!("cannot install Debian packages; run: {line}"))
 }
 
-/// A private, non-persistent redis-server on loopback `port`, working in `dir` (never the caller's directory: a
-/// server loads any dump.rdb it finds there).
+/// A private, non-persistent redis-server on loopback `port`, working in `dir`.
 pub fn redis_command(redis_server: &Path, port: u16, dir: &Path) -> Command {
-    let mut cmd = Command::new(redis_server);
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir);
-    cmd
+    localrun::redis_command(
+        redis_server,
+        port,
+        dir,
+        &localrun::REDIS_NO_PERSISTENCE.map(String::from),
+    )
 }

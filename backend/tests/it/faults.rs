@@ -134,7 +134,9 @@ pub struct Seen {
 }
 
 /// A member that reads everything in `room`, reconnects (to any replica) and resumes whenever its connection ends,
-/// and stops once it has seen `last` (or the room went silent for [`PATIENCE`], which the counts then show).
+/// and stops once it has seen `last`. While the sender is still sending, silence is no reason to stop (a fault may
+/// hold the sender up for as long as it takes); once `last` is known, a member that hears nothing for
+/// 3 × [`PATIENCE`] stops, and the counts then show what it missed.
 async fn member(
     urls: Vec<String>,
     first: usize,
@@ -172,7 +174,7 @@ async fn member(
                 return seen;
             }
             tokio::select! {
-                r = recv(&mut ws, PATIENCE) => match r {
+                r = recv(&mut ws, PATIENCE * 3) => match r {
                     Recv::Frame(ServerMsg::Message(m)) if m.room.as_str() == room => {
                         resume.since = Some(m.id);
                         seen.ids.push(m.id);
@@ -188,7 +190,8 @@ async fn member(
                         seen.closes_1013 += usize::from(code == Some(close_code::TRY_AGAIN_LATER));
                         continue 'connection;
                     }
-                    Recv::Silent => return seen,
+                    Recv::Silent if last.borrow().is_some() => return seen,
+                    Recv::Silent => {}
                 },
                 _ = last.changed() => {}
             }
@@ -240,7 +243,13 @@ async fn send_steadily<F: Future<Output = ()>>(
             text: format!("message {i}"),
             cid: cid.clone(),
         };
+        let first_try = tokio::time::Instant::now();
         'resend: loop {
+            assert!(
+                first_try.elapsed() < PATIENCE * 6,
+                "message {i} was not acked within {:?} of resending",
+                PATIENCE * 6
+            );
             if put(&mut ws, &send).await {
                 loop {
                     match recv(&mut ws, PATIENCE).await {
@@ -310,10 +319,12 @@ impl Outcome {
             let unique: HashSet<MsgId> = seen.ids.iter().copied().collect();
             duplicated += seen.ids.len() - unique.len();
             lost += acked.difference(&unique).count();
+            let strangers: Vec<&MsgId> = unique.difference(&acked).collect();
             assert!(
-                unique.is_subset(&acked),
-                "{}: a member received ids that were never acked",
-                self.name
+                strangers.is_empty(),
+                "{}: a member received ids that were never acked: {strangers:?} (acked: {:?})",
+                self.name,
+                self.sent.acked
             );
             delivered.push(seen.ids.len());
         }
@@ -907,9 +918,11 @@ async fn several_mib_of_long_messages_are_joined_and_resumed_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replicas_members_leave_the_lists() {
     let redis = Redis::start().await;
+    // Heartbeats of 1 s: bob's replica counts as gone 3 s after its last one. Shorter would be quicker and wrong: a
+    // busy machine can hold a live replica up for longer than three short heartbeats, and its members would leave.
     let flags = [
         "--presence-heartbeat-ms",
-        "200",
+        "1000",
         "--presence-grace-ms",
         "300",
     ];
@@ -940,7 +953,7 @@ async fn a_killed_replicas_members_leave_the_lists() {
         ("bob".into(), shared::PresenceKind::Left)
     );
     println!(
-        "bob's leave announced {} ms after his replica was killed (bound: 3 heartbeats of 200 ms + one more)",
+        "bob's leave announced {} ms after his replica was killed (bound: 3 heartbeats of 1 s + one more)",
         killed.elapsed().as_millis()
     );
     let mut carol = Client::connect(&a.ws_url()).await;
@@ -950,7 +963,7 @@ async fn a_killed_replicas_members_leave_the_lists() {
         .unwrap();
     assert_eq!((members, online), (vec!["alice".into(), "carol".into()], 2));
     // Once only: a marker after a few more heartbeats finds no second leave.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     let marker = alice.say("hall", "marker").await;
     while alice.message_in("hall").await.id != marker {}
     let lefts = alice

@@ -10,33 +10,42 @@ use crate::harness::{Client, Redis, ReplicaProcess, eventually, replica_process}
 use testkit::{ClusterSet, SentinelSet};
 
 /// Sentinel: the master is killed with SIGKILL under steady traffic from clients on two replicas. With
-/// `--redis-wait-replicas 1` every acked message survives the failover; then, without it, the new master is killed
-/// too and the window asynchronous replication leaves is reported.
+/// `--redis-wait-replicas 2` — every replica Sentinel could promote — every acked message survives the failover,
+/// whichever replica is promoted; the killed node comes back (empty) and the Sentinels make it a replica of the new
+/// master, so two replicas can confirm again. (With fewer than all, Sentinel may promote a replica that lacks the
+/// newest acked writes: it picks by the replication offsets it last read, up to a second old.) Then, without
+/// waiting, the new master is killed too and the window asynchronous replication leaves is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_loses_nothing_acked_with_wait() {
     let mut set = SentinelSet::start(2).await;
     let url = set.url();
-    let a = replica_process(&url, "sa", &["--redis-wait-replicas", "1"]).await;
-    let b = replica_process(&url, "sb", &["--redis-wait-replicas", "1"]).await;
+    let a = replica_process(&url, "sa", &["--redis-wait-replicas", "2"]).await;
+    let b = replica_process(&url, "sb", &["--redis-wait-replicas", "2"]).await;
     let first_master = set.master_port().await;
-    let kill = async {
-        set.kill_master().await;
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
+    let kill = async move {
+        let _ = killed_tx.send(());
     };
-    let outcome = run_traffic(
-        "sentinel-failover-wait1",
+    let traffic = run_traffic(
+        "sentinel-failover-wait-all",
         "ha",
         vec![a.ws_url(), b.ws_url()],
         vec![vec![a.ws_url()], vec![b.ws_url()], vec![b.ws_url()]],
         300,
         100,
         kill,
-    )
-    .await;
+    );
+    let failover = async {
+        killed_rx.await.unwrap();
+        let killed = set.kill_master().await;
+        set.revive_after_failover(killed).await;
+    };
+    let (outcome, ()) = tokio::join!(traffic, failover);
     outcome.assert_exact();
     let second_master = set.master_port().await;
     assert_ne!(second_master, first_master, "Sentinel promoted a replica");
     println!(
-        "sentinel failover (wait 1): sends stalled for {} ms at most",
+        "sentinel failover (wait for both replicas): sends stalled for {} ms at most",
         outcome.sent.longest_wait.as_millis()
     );
 

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backend::Config;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, ServerMsg};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -109,10 +111,51 @@ pub fn config(redis_url: Option<&str>) -> Config {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// What reading a client's socket gave.
+#[derive(Debug)]
+enum Incoming {
+    Frame(ServerMsg),
+    /// The server closed the connection (with its close frame, if it sent one).
+    Closed(Option<CloseFrame>),
+    /// A text frame that is not a server message.
+    Invalid(String),
+}
+
+/// Reads frames until the next server message or the end of the connection.
+async fn read_one(stream: &mut SplitStream<Ws>) -> Incoming {
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return match serde_json::from_str(&text) {
+                    Ok(msg) => Incoming::Frame(msg),
+                    Err(e) => Incoming::Invalid(format!("{e}: {text}")),
+                };
+            }
+            Some(Ok(Message::Close(frame))) => return Incoming::Closed(frame),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Incoming::Closed(None),
+        }
+    }
+}
+
+/// How a client's frames reach its inbox.
+#[derive(Debug)]
+enum Reader {
+    /// A task of its own reads the socket as fast as frames come, like a browser tab: the client keeps up with
+    /// the server however long the test takes between two looks at its inbox.
+    Continuous {
+        frames: mpsc::UnboundedReceiver<Incoming>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    /// The socket is read only while the test waits for a frame: a client that stops reading when the test does.
+    OnlyWhenAsked(SplitStream<Ws>),
+}
+
 /// A typed client that buffers every frame, so waiting for one frame never loses another.
 #[derive(Debug)]
 pub struct Client {
-    ws: Ws,
+    sink: SplitSink<Ws, Message>,
+    reader: Reader,
     inbox: VecDeque<ServerMsg>,
     /// The close frame, once the server sent one.
     pub closed: Option<Option<CloseFrame>>,
@@ -123,8 +166,17 @@ pub struct Client {
     cid_prefix: String,
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The reading task holds half of the socket: end it, so dropping a client closes its connection.
+        if let Reader::Continuous { task, .. } = &self.reader {
+            task.abort();
+        }
+    }
+}
+
 impl Client {
-    /// Connects and consumes the welcome frame.
+    /// Connects, consumes the welcome frame and reads continuously from then on.
     pub async fn connect(url: &str) -> Self {
         let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
             .await
@@ -133,7 +185,8 @@ impl Client {
         Self::welcomed(ws).await
     }
 
-    /// Connects with a small kernel receive buffer, like a client on a slow link: it stalls sooner.
+    /// Connects with a small kernel receive buffer, like a client on a slow link, and reads only when the test
+    /// waits for a frame: it stalls as soon as the test stops looking.
     pub async fn connect_small_buffer(addr: SocketAddr) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
@@ -142,12 +195,34 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
             .await
             .expect("connect failed");
-        Self::welcomed(ws).await
+        Self::start(ws, false).await
     }
 
+    /// A client on an upgraded connection, reading continuously; consumes the welcome frame.
     pub async fn welcomed(ws: Ws) -> Self {
+        Self::start(ws, true).await
+    }
+
+    async fn start(ws: Ws, continuous: bool) -> Self {
+        let (sink, mut stream) = ws.split();
+        let reader = if continuous {
+            let (tx, frames) = mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                loop {
+                    let incoming = read_one(&mut stream).await;
+                    let end = matches!(incoming, Incoming::Closed(_));
+                    if tx.send(incoming).is_err() || end {
+                        break;
+                    }
+                }
+            });
+            Reader::Continuous { frames, task }
+        } else {
+            Reader::OnlyWhenAsked(stream)
+        };
         let mut client = Self {
-            ws,
+            sink,
+            reader,
             inbox: VecDeque::new(),
             closed: None,
             node: String::new(),
@@ -178,33 +253,33 @@ impl Client {
 
     /// Sends any frame, valid or not.
     pub async fn send_raw(&mut self, msg: Message) {
-        self.ws.send(msg).await.expect("send failed");
+        self.sink.send(msg).await.expect("send failed");
     }
 
-    /// Reads one frame from the socket into the inbox; false once the connection is closed.
+    /// Moves one server message into the inbox; false once the connection is closed.
     async fn pump(&mut self) -> bool {
         if self.closed.is_some() {
             return false;
         }
-        let frame = tokio::time::timeout(PATIENCE, self.ws.next())
-            .await
-            .expect("no frame from the server in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => {
-                let msg: ServerMsg = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {text}"));
+        let incoming = match &mut self.reader {
+            Reader::Continuous { frames, .. } => tokio::time::timeout(PATIENCE, frames.recv())
+                .await
+                .expect("no frame from the server in time")
+                .unwrap_or(Incoming::Closed(None)),
+            Reader::OnlyWhenAsked(stream) => tokio::time::timeout(PATIENCE, read_one(stream))
+                .await
+                .expect("no frame from the server in time"),
+        };
+        match incoming {
+            Incoming::Frame(msg) => {
                 self.inbox.push_back(msg);
                 true
             }
-            Some(Ok(Message::Close(frame))) => {
+            Incoming::Closed(frame) => {
                 self.closed = Some(frame);
                 false
             }
-            Some(Ok(_)) => true,
-            Some(Err(_)) | None => {
-                self.closed = Some(None);
-                false
-            }
+            Incoming::Invalid(what) => panic!("server sent invalid JSON ({what})"),
         }
     }
 
@@ -229,21 +304,33 @@ impl Client {
     }
 
     /// Removes and returns the first frame (buffered or arriving) that `pick` accepts; other frames stay queued.
-    pub async fn take<T>(&mut self, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+    pub async fn take<T>(&mut self, pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+        match self.take_unless_closed(pick).await {
+            Some(found) => found,
+            None => panic!(
+                "connection closed before the expected frame: {:?}",
+                self.closed
+            ),
+        }
+    }
+
+    /// [`Client::take`], or `None` once the server closed the connection without sending such a frame.
+    pub async fn take_unless_closed<T>(
+        &mut self,
+        mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+    ) -> Option<T> {
         let mut scanned = 0;
         loop {
             while scanned < self.inbox.len() {
                 if let Some(found) = pick(&self.inbox[scanned]) {
                     self.inbox.remove(scanned);
-                    return found;
+                    return Some(found);
                 }
                 scanned += 1;
             }
-            assert!(
-                self.pump().await,
-                "connection closed before the expected frame: {:?}",
-                self.closed
-            );
+            if !self.pump().await {
+                return None;
+            }
         }
     }
 

@@ -1,6 +1,5 @@
 //! nginx run from the repository's own `deploy/nginx.conf` on this machine, in the foreground: the file copied byte
 //! for byte into a scratch directory, next to the two files it includes, written here for fixed local replicas.
-//! Plain std, so `xtask` (`cargo xtask stack`) shares this file without depending on the test kit.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,11 +41,5 @@ pub fn command(
 
 /// The nginx binary: on `PATH`, else Debian's `/usr/sbin/nginx`.
 pub fn binary() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("nginx"))
+    crate::find_program("nginx", &["/usr/sbin"]).unwrap_or_else(|| PathBuf::from("nginx"))
 }
