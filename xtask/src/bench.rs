@@ -40,6 +40,9 @@ pub struct Args {
     /// and draw target/bench/flamegraph.svg.
     #[arg(long)]
     pub profile: Option<u64>,
+    /// The debug binaries are built already (by `cargo xtask test`'s one build): do not build them again.
+    #[arg(skip)]
+    pub built: bool,
 }
 
 /// A process that dies with its handle.
@@ -596,11 +599,13 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         build.arg("--release");
         (root.join("target/release"), root.join("target/bench"))
     };
-    step(&format!(
-        "building the binaries (roomcast, loadgen, ceiling) into {}",
-        bins.display()
-    ));
-    exec(&mut build)?;
+    if !(args.smoke && args.built) {
+        step(&format!(
+            "building the binaries (roomcast, loadgen, ceiling) into {}",
+            bins.display()
+        ));
+        exec(&mut build)?;
+    }
     let env = Env {
         root: root.to_owned(),
         bins,

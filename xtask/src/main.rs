@@ -2,10 +2,13 @@
 
 mod bench;
 mod dev;
+mod hog;
 mod plot;
+mod runner;
 mod stack_test;
 mod test;
 mod tools;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,9 +31,11 @@ enum Task {
     Stack(dev::StackArgs),
     /// Run docker-compose.yml for real under a private Docker engine and test chat, stop and kill through nginx.
     StackTest(stack_test::Args),
-    /// Install what is missing, build the frontend, then fmt, clippy (native and wasm32) and every test.
-    Test,
-    /// Install the toolchain pieces and packages the project needs, and nothing else.
+    /// Install what is missing, build the frontend, then fmt, clippy (native and wasm32) and every test; or, with
+    /// `--stress N`, the integration tests N times under a CPU hog.
+    Test(test::Args),
+    /// Install the toolchain pieces and packages the project needs, and trunk and wasm-bindgen-cli for
+    /// `trunk serve` (frontend work), and nothing else.
     Setup,
     /// Build the frontend into dist/ (release, with wasm-opt).
     Frontend,
@@ -60,9 +65,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Task::Test => test::run(&root),
+        Task::Test(args) => test::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args).map(drop),
-        Task::Setup => tools::ensure_all(&root, tools::Need::Everything).map(drop),
+        Task::Setup => tools::ensure_all(&root, tools::Need::TrunkServe).map(drop),
         Task::Frontend => {
             let tools = tools::ensure_all(&root, tools::Need::Frontend)?;
             build_frontend(&tools)
@@ -94,56 +99,7 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the browser client with trunk into `dist/`.
+/// Builds the browser client into `dist/` (see `web.rs`).
 pub fn build_frontend(tools: &tools::Tools) -> anyhow::Result<()> {
-    step("building the frontend (trunk build --release --offline)");
-    exec(
-        tools
-            .command("trunk")
-            .args(["build", "--release", "--offline"]),
-    )
-    .context("frontend build failed; see trunk's output above")?;
-    compress_assets(Path::new("dist"))?;
-    Ok(())
-}
-
-/// Writes a brotli (`.br`) and a gzip (`.gz`) copy next to every text or wasm asset in `dist`, at the highest
-/// levels (done once at build time); the replica serves them to browsers that accept them.
-fn compress_assets(dist: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    for entry in std::fs::read_dir(dist).context("read dist/")? {
-        let path = entry?.path();
-        let compressible = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "wasm" | "js" | "css" | "html" | "svg" | "json"));
-        if !compressible {
-            continue;
-        }
-        let raw = std::fs::read(&path)?;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&raw)?;
-        let gz = gz.finish()?;
-        let mut br = Vec::new();
-        {
-            let mut writer = brotli::CompressorWriter::new(&mut br, 64 * 1024, 11, 22);
-            writer.write_all(&raw)?;
-        }
-        let with = |ext: &str| {
-            let mut name = path.clone().into_os_string();
-            name.push(ext);
-            std::path::PathBuf::from(name)
-        };
-        std::fs::write(with(".gz"), &gz)?;
-        std::fs::write(with(".br"), &br)?;
-        if path.extension().is_some_and(|e| e == "wasm") {
-            step(&format!(
-                "frontend built into dist/: wasm {} KB, {} KB gzip, {} KB brotli (what browsers download)",
-                raw.len() / 1024,
-                gz.len() / 1024,
-                br.len() / 1024
-            ));
-        }
-    }
-    Ok(())
+    web::build(tools, &workspace_root()).map(drop)
 }

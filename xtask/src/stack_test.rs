@@ -48,7 +48,7 @@ pub enum Outcome {
 }
 
 /// A private Docker engine, stopped (with the stack it runs) on drop.
-struct Engine {
+pub struct Engine {
     daemon: Child,
     socket: String,
     exec_root: PathBuf,
@@ -82,18 +82,33 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
+impl Engine {
+    /// Takes the stack down, if it is up (`docker-compose down -v`).
+    fn down(&mut self, root: &Path) {
         if self.compose_up {
             step("taking the stack down (docker-compose down -v)");
-            let root = std::env::current_dir().unwrap_or_default();
             let _ = self
-                .compose(&root)
+                .compose(root)
                 .args(["down", "-v", "--timeout", "5"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+            self.compose_up = false;
         }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.down(&std::env::current_dir().unwrap_or_default());
         let _ = Command::new("kill")
             .args(["-TERM", &self.daemon.id().to_string()])
             .status();
@@ -256,7 +271,8 @@ fn roomcast_image(engine: &Engine, root: &Path, state: &Path) -> anyhow::Result<
     step(
         "building the roomcast image (Dockerfile, --target prebuilt: this build's binary and dist/)",
     );
-    exec(Command::new("cargo").args(["build", "--quiet", "-p", "backend", "--bin", "roomcast"]))?;
+    // The binary of the one debug build everything shares (a no-op when `cargo xtask test` built it already).
+    crate::runner::build_all()?;
     let context = state.join("context");
     let _ = std::fs::remove_dir_all(&context);
     std::fs::create_dir_all(context.join("dist"))?;
@@ -507,25 +523,33 @@ fn ready(port: u16) -> bool {
     stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
-/// Runs the whole stack test. `Outcome::NoEngine` when dockerd cannot start on this machine.
-pub fn run(root: &Path, _tools: &Tools, args: &Args) -> anyhow::Result<Outcome> {
+/// Starts the private engine and makes the base images (Debian's packages: network-bound, so `cargo xtask test`
+/// does this while it compiles). `Err` with the reason when dockerd cannot start on this machine.
+pub fn prepare(root: &Path) -> anyhow::Result<Result<Engine, String>> {
     let state = root.join("target/stack-test");
     std::fs::create_dir_all(&state)?;
     step("starting a private Docker engine (dockerd on its own socket)");
-    let mut engine = match start_engine(&state) {
+    let engine = match start_engine(&state) {
         Ok(engine) => engine,
-        Err(why) => return Ok(Outcome::NoEngine(why)),
+        Err(why) => return Ok(Err(why)),
     };
     base_images(&engine, &state)?;
+    Ok(Ok(engine))
+}
+
+/// Builds the Roomcast image (from this build's binary and `dist/`, or from source), brings the stack up, runs
+/// `compose.rs` against it and takes the stack down again (on failure too): tests passed and failed. May run again
+/// on the same engine.
+pub fn run_on(engine: &mut Engine, root: &Path, args: &Args) -> anyhow::Result<(u64, u64)> {
+    let state = root.join("target/stack-test");
     let image = if args.from_source {
-        rust_image(&engine, &state)?;
-        source_image(&engine, root, &state)?;
+        rust_image(engine, &state)?;
+        source_image(engine, root, &state)?;
         SOURCE_IMAGE
     } else {
-        roomcast_image(&engine, root, &state)?;
+        roomcast_image(engine, root, &state)?;
         ROOMCAST_IMAGE
     };
-
     let port = localrun::free_port();
     engine.env = vec![
         ("ROOMCAST_IMAGE".into(), image.into()),
@@ -540,47 +564,72 @@ pub fn run(root: &Path, _tools: &Tools, args: &Args) -> anyhow::Result<Outcome> 
         "docker-compose up -d --scale replica=3 (project {PROJECT}, nginx on 127.0.0.1:{port})"
     ));
     engine.compose_up = true;
+    let result = stack_up_and_test(engine, root, port);
+    if result.is_err() {
+        let _ = engine.compose(root).args(["logs", "--tail", "30"]).status();
+    }
+    engine.down(root);
+    result
+}
+
+fn stack_up_and_test(engine: &Engine, root: &Path, port: u16) -> anyhow::Result<(u64, u64)> {
     exec(
         engine
             .compose(root)
             .args(["up", "-d", "--no-build", "--scale", "replica=3"]),
     )
     .context("docker-compose up failed")?;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Generous: on a busy machine three containers, Redis and nginx take a while to start and pass their checks.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !ready(port) {
         if Instant::now() > deadline {
             let _ = engine.compose(root).args(["ps"]).status();
-            let _ = engine.compose(root).args(["logs", "--tail", "20"]).status();
             bail!(
-                "the stack did not become ready through nginx within 90 s (status and logs above)"
+                "the stack did not become ready through nginx within 300 s (status and logs below)"
             );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     step("the stack is up: running backend/tests/it/compose.rs against it");
-    let mut test = Command::new("cargo");
-    test.args([
-        "test",
-        "-p",
-        "backend",
-        "--test",
-        "it",
-        "compose::",
-        "--",
-        "--ignored",
-        "--nocapture",
-    ])
-    .env("ROOMCAST_STACK_ADDR", format!("127.0.0.1:{port}"))
-    .env("ROOMCAST_STACK_DOCKER_HOST", &engine.socket)
-    .env("ROOMCAST_STACK_PROJECT", PROJECT);
-    let counted = crate::test::run_counting(&mut test);
-    let (passed, failed) = match counted {
-        Ok(counts) => counts,
-        Err(e) => {
-            let _ = engine.compose(root).args(["logs", "--tail", "30"]).status();
-            return Err(e);
-        }
+    let binaries = crate::runner::build_all()?;
+    let binary = binaries
+        .iter()
+        .find(|t| {
+            t.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("it-"))
+        })
+        .context("cargo built no integration test binary")?;
+    let envs = [
+        (
+            "ROOMCAST_STACK_ADDR".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ),
+        (
+            "ROOMCAST_STACK_DOCKER_HOST".to_owned(),
+            engine.socket.clone(),
+        ),
+        ("ROOMCAST_STACK_PROJECT".to_owned(), PROJECT.to_owned()),
+    ];
+    let run = crate::runner::run_ignored(binary, COMPOSE_TEST, &envs);
+    println!("{}", run.output);
+    if !run.passed {
+        bail!("the compose stack test failed (its output above)");
+    }
+    Ok((1, 0))
+}
+
+/// The test `run_on` runs against the stack.
+pub const COMPOSE_TEST: &str =
+    "compose::compose_stack_chats_through_nginx_and_survives_stop_and_kill";
+
+/// Runs the whole stack test. `Outcome::NoEngine` when dockerd cannot start on this machine.
+pub fn run(root: &Path, _tools: &Tools, args: &Args) -> anyhow::Result<Outcome> {
+    let mut engine = match prepare(root)? {
+        Ok(engine) => engine,
+        Err(why) => return Ok(Outcome::NoEngine(why)),
     };
+    let (passed, failed) = run_on(&mut engine, root, args)?;
     drop(engine);
     Ok(Outcome::Ran { passed, failed })
 }

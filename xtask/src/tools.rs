@@ -1,5 +1,6 @@
-//! Finds, and where possible installs, what the project needs: the wasm32 target, trunk, wasm-bindgen-cli,
-//! binaryen's wasm-opt, redis-server and Chromium. Anything it cannot install, it names with the exact command.
+//! Finds, and where possible installs, what the project needs: the wasm32 target, binaryen's wasm-opt, redis-server,
+//! nginx, Chromium and Docker; and, for `trunk serve` only (`cargo xtask setup`), trunk and wasm-bindgen-cli.
+//! Anything it cannot install, it names with the exact command.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,11 @@ pub enum Need {
     Frontend,
     /// The frontend toolchain plus Redis (to run the product).
     Run,
-    /// Everything, including the browser for UI tests.
+    /// Everything the tests need, including the browser for UI tests and Docker for the compose stack.
     Everything,
+    /// Everything, plus trunk and wasm-bindgen-cli for `trunk serve` (frontend work). Compiled from source: no
+    /// registry this project reaches has them prebuilt.
+    TrunkServe,
 }
 
 /// Where the tools are: a PATH with the project's own tool dirs first.
@@ -86,25 +90,21 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     ));
     let path = std::env::join_paths(dirs)?;
 
+    let everything = matches!(need, Need::Everything | Need::TrunkServe);
     let mut apt = Vec::new();
     if need != Need::Frontend && find(&path, "redis-server").is_none() {
         apt.extend(["redis-server", "redis-tools"]);
     }
-    if need == Need::Everything
-        && (find(&path, "chromium").is_none() || find(&path, "chromedriver").is_none())
-    {
+    if everything && (find(&path, "chromium").is_none() || find(&path, "chromedriver").is_none()) {
         apt.extend(["chromium", "chromium-driver"]);
     }
-    if need == Need::Everything && find(&path, "docker-compose").is_none() {
+    if everything && find(&path, "docker-compose").is_none() {
         apt.push("docker-compose");
     }
-    if need == Need::Everything
-        && find(&path, "dockerd").is_none()
-        && !Path::new("/usr/sbin/dockerd").is_file()
-    {
+    if everything && find(&path, "dockerd").is_none() && !Path::new("/usr/sbin/dockerd").is_file() {
         apt.push("docker.io");
     }
-    if need == Need::Everything
+    if everything
         && find(&path, "debootstrap").is_none()
         && !Path::new("/usr/sbin/debootstrap").is_file()
     {
@@ -139,7 +139,7 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     }
 
     let trunk = output_of(&path, "trunk", &["--version"]).unwrap_or_default();
-    if !trunk.contains(TRUNK_VERSION) {
+    if need == Need::TrunkServe && !trunk.contains(TRUNK_VERSION) {
         step(&format!(
             "installing trunk {TRUNK_VERSION} (takes about 6 minutes, once)"
         ));
@@ -156,7 +156,7 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     }
 
     let bindgen = output_of(&path, "wasm-bindgen", &["--version"]).unwrap_or_default();
-    if !bindgen.contains(WASM_BINDGEN_VERSION) {
+    if need == Need::TrunkServe && !bindgen.contains(WASM_BINDGEN_VERSION) {
         step(&format!(
             "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} (takes about 3 minutes, once)"
         ));
@@ -189,12 +189,12 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     }
 
     let redis_server = find(&path, "redis-server");
-    if need == Need::Everything && redis_server.is_none() {
+    if everything && redis_server.is_none() {
         bail!(
             "redis-server not found: apt-get install redis-server (the tests start their own on a private port)"
         );
     }
-    if need == Need::Everything && find(&path, "chromedriver").is_none() {
+    if everything && find(&path, "chromedriver").is_none() {
         bail!(
             "chromium not found: apt-get install chromium chromium-driver (the UI tests drive it headless)"
         );

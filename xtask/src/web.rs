@@ -1,0 +1,321 @@
+//! The browser client's release build into `dist/`, the same files `trunk build --release` makes from
+//! `frontend/index.html`, without installing trunk or the wasm-bindgen CLI (together ~10 minutes of compiling on a
+//! fresh 2-core machine; neither ships prebuilt binaries through a registry this project can reach):
+//!
+//! 1. cargo builds the `frontend` binary for `wasm32-unknown-unknown` (release profile: LTO, `opt-level = "z"`), in
+//!    its own target directory so it can run while the native workspace builds;
+//! 2. `wasm-bindgen-cli-support` — the library the wasm-bindgen CLI is made of, pinned to the `wasm-bindgen` crate's
+//!    version — writes the JS glue for `--target web`;
+//! 3. binaryen's `wasm-opt -Oz` (npm's binaryen 132) shrinks the module;
+//! 4. the CSS and the two outputs get a content hash in their names and `index.html` links them as trunk does
+//!    (stylesheet, module preload, wasm preload, each with a `sha384` integrity, and the module script that starts
+//!    the app), then every text and wasm asset gets a brotli and a gzip copy.
+//!
+//! `trunk serve` (with `Trunk.toml`) stays the tool for frontend work; this is the build the tests, the benchmarks,
+//! `cargo xtask dev` and the Docker image use.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use sha2::{Digest, Sha384};
+
+use crate::tools::Tools;
+use crate::{exec, step};
+
+/// The wasm build's own target directory (`cargo chef cook` in the Dockerfile warms the same one).
+pub const TARGET_DIR: &str = "target/web";
+
+/// What `dist/` holds after a build, for the size report.
+#[derive(Debug)]
+pub struct Built {
+    pub wasm_bytes: usize,
+    pub wasm_gzip: usize,
+    pub wasm_brotli: usize,
+}
+
+/// Builds the browser client into `<root>/dist`.
+pub fn build(tools: &Tools, root: &Path) -> anyhow::Result<Built> {
+    step(
+        "building the browser client (cargo --release for wasm32, wasm-bindgen, wasm-opt -Oz) into dist/",
+    );
+    let page = std::fs::read_to_string(root.join("frontend/index.html"))
+        .context("read frontend/index.html")?;
+    let links = TrunkLinks::find(&page)?;
+
+    exec(
+        tools
+            .command("cargo")
+            .args(["build", "--release", "--locked", "--quiet"])
+            .args(["--target", "wasm32-unknown-unknown", "-p", "frontend"])
+            .args(["--bin", &links.bin, "--target-dir", TARGET_DIR])
+            .current_dir(root),
+    )
+    .context("the wasm build failed; see cargo's output above")?;
+    let wasm = root
+        .join(TARGET_DIR)
+        .join("wasm32-unknown-unknown/release")
+        .join(format!("{}.wasm", links.bin));
+
+    // The glue and the module, generated under the plain name (the name is written into every import of the
+    // module: a hashed one costs ~3 KB) and then named after the module's content, as trunk does. The options are
+    // the CLI's defaults for `--target web --no-typescript`, which is how trunk calls it.
+    let staging = root.join(TARGET_DIR).join("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    let stem = format!(
+        "{}-{}",
+        links.bin,
+        short_hash(&std::fs::read(&wasm).context("read the built wasm")?)
+    );
+    wasm_bindgen_cli_support::Bindgen::new()
+        .input_path(&wasm)
+        .web(true)?
+        .typescript(false)
+        .omit_default_module_path(false)
+        .out_name(&links.bin)
+        .generate(&staging)
+        .context("wasm-bindgen failed")?;
+    for ext in [".js", "_bg.wasm"] {
+        std::fs::rename(
+            staging.join(format!("{}{ext}", links.bin)),
+            staging.join(format!("{stem}{ext}")),
+        )?;
+    }
+    let module = staging.join(format!("{stem}_bg.wasm"));
+    let optimised = staging.join("optimised.wasm");
+    exec(
+        tools
+            .command("wasm-opt")
+            .arg(format!("--output={}", optimised.display()))
+            .arg(format!("-O{}", links.wasm_opt))
+            .arg(&module),
+    )
+    .context("wasm-opt failed (cargo xtask setup installs binaryen's)")?;
+    std::fs::rename(&optimised, &module)?;
+
+    let dist = root.join("dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    std::fs::create_dir_all(&dist)?;
+    let css = std::fs::read(root.join("frontend").join(&links.css)).context("read the CSS")?;
+    let css_name = format!(
+        "{}-{}.css",
+        links.css.trim_end_matches(".css"),
+        short_hash(&css)
+    );
+    std::fs::write(dist.join(&css_name), &css)?;
+    let js_name = format!("{stem}.js");
+    let wasm_name = format!("{stem}_bg.wasm");
+    for name in [&js_name, &wasm_name] {
+        std::fs::copy(staging.join(name), dist.join(name))?;
+    }
+    let js = std::fs::read(dist.join(&js_name))?;
+    let module = std::fs::read(dist.join(&wasm_name))?;
+    let html = links.render(
+        &page,
+        &format!(
+            r#"<link rel="stylesheet" href="/{css_name}" integrity="{}"/>"#,
+            integrity(&css)
+        ),
+        &format!(
+            r#"<script type="module">
+import init, * as bindings from '/{js_name}';
+const wasm = await init({{ module_or_path: '/{wasm_name}' }});
+
+
+window.wasmBindings = bindings;
+
+
+dispatchEvent(new CustomEvent("TrunkApplicationStarted", {{detail: {{wasm}}}}));
+
+</script>
+  <link rel="modulepreload" href="/{js_name}" crossorigin="anonymous" integrity="{}"><link rel="preload" href="/{wasm_name}" crossorigin="anonymous" integrity="{}" as="fetch" type="application/wasm">"#,
+            integrity(&js),
+            integrity(&module)
+        ),
+    );
+    std::fs::write(dist.join("index.html"), html)?;
+    let (wasm_gzip, wasm_brotli) = compress_assets(&dist, &wasm_name)?;
+    let built = Built {
+        wasm_bytes: module.len(),
+        wasm_gzip,
+        wasm_brotli,
+    };
+    step(&format!(
+        "browser client built into dist/: wasm {} KB, {} KB gzip, {} KB brotli (what browsers download)",
+        built.wasm_bytes / 1024,
+        built.wasm_gzip / 1024,
+        built.wasm_brotli / 1024
+    ));
+    Ok(built)
+}
+
+/// The `data-trunk` links of `frontend/index.html` this build understands: one stylesheet and the Rust app. Any
+/// other trunk asset is refused by name rather than silently left out of `dist/`.
+#[derive(Debug)]
+struct TrunkLinks {
+    css_tag: String,
+    rust_tag: String,
+    css: String,
+    bin: String,
+    wasm_opt: String,
+}
+
+impl TrunkLinks {
+    fn find(page: &str) -> anyhow::Result<Self> {
+        let mut css = None;
+        let mut rust = None;
+        let mut rest = page;
+        while let Some(at) = rest.find("<link") {
+            let tag_len = rest[at..].find('>').context("index.html: unclosed <link")? + 1;
+            let tag = &rest[at..at + tag_len];
+            rest = &rest[at + tag_len..];
+            if !tag.contains("data-trunk") {
+                continue;
+            }
+            match attribute(tag, "rel").as_deref() {
+                Some("css") => css = Some(tag.to_owned()),
+                Some("rust") => rust = Some(tag.to_owned()),
+                other => bail!(
+                    "index.html: a trunk asset with rel={other:?}, which cargo xtask frontend does not build \
+                     (xtask/src/web.rs builds one rel=\"css\" and one rel=\"rust\"): {tag}"
+                ),
+            }
+        }
+        let css_tag = css.context("index.html has no <link data-trunk rel=\"css\">")?;
+        let rust_tag = rust.context("index.html has no <link data-trunk rel=\"rust\">")?;
+        Ok(Self {
+            css: attribute(&css_tag, "href").context("the css link has no href")?,
+            bin: attribute(&rust_tag, "data-bin").unwrap_or_else(|| "frontend".into()),
+            wasm_opt: attribute(&rust_tag, "data-wasm-opt").unwrap_or_else(|| "z".into()),
+            css_tag,
+            rust_tag,
+        })
+    }
+
+    /// The page with the stylesheet link in place of the css tag, the rust tag removed and `head_end` (the start
+    /// script and preloads) at the end of `<head>`, laid out as trunk lays it out.
+    fn render(&self, page: &str, stylesheet: &str, head_end: &str) -> String {
+        let page = page
+            .replacen(&self.css_tag, stylesheet, 1)
+            .replacen(&self.rust_tag, "", 1);
+        match page.find("</head>") {
+            Some(end) => format!(
+                "{}{head_end}{}",
+                page[..end].trim_end_matches(' '),
+                &page[end..]
+            ),
+            None => page,
+        }
+    }
+}
+
+/// The value of `name="…"` in one tag.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(tag[start..start + len].to_owned())
+}
+
+/// 16 hex digits of the content's SHA-384: a name that changes whenever the content does.
+fn short_hash(bytes: &[u8]) -> String {
+    Sha384::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A subresource-integrity value, as trunk writes it.
+fn integrity(bytes: &[u8]) -> String {
+    format!(
+        "sha384-{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha384::digest(bytes))
+    )
+}
+
+/// Writes a brotli (`.br`) and a gzip (`.gz`) copy next to every text or wasm asset in `dist`, at the highest
+/// levels (done once at build time); the replica serves them to browsers that accept them. Returns the compressed
+/// sizes of `wasm`.
+fn compress_assets(dist: &Path, wasm: &str) -> anyhow::Result<(usize, usize)> {
+    let mut sizes = (0, 0);
+    for entry in std::fs::read_dir(dist).context("read dist/")? {
+        let path = entry?.path();
+        let compressible = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "wasm" | "js" | "css" | "html" | "svg" | "json"));
+        if !compressible {
+            continue;
+        }
+        let raw = std::fs::read(&path)?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&raw)?;
+        let gz = gz.finish()?;
+        let mut br = Vec::new();
+        {
+            let mut writer = brotli::CompressorWriter::new(&mut br, 64 * 1024, 11, 22);
+            writer.write_all(&raw)?;
+        }
+        let with = |ext: &str| {
+            let mut name = path.clone().into_os_string();
+            name.push(ext);
+            PathBuf::from(name)
+        };
+        std::fs::write(with(".gz"), &gz)?;
+        std::fs::write(with(".br"), &br)?;
+        if path.file_name().is_some_and(|n| n == wasm) {
+            sizes = (gz.len(), br.len());
+        }
+    }
+    Ok(sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = r#"<html>
+  <head>
+    <title>x</title>
+    <link data-trunk rel="css" href="style.css" />
+    <link data-trunk rel="rust" data-bin="frontend" data-wasm-opt="z" />
+  </head>
+</html>"#;
+
+    #[test]
+    fn the_trunk_links_become_a_stylesheet_a_module_script_and_preloads() {
+        let links = TrunkLinks::find(PAGE).unwrap();
+        assert_eq!(
+            (
+                links.css.as_str(),
+                links.bin.as_str(),
+                links.wasm_opt.as_str()
+            ),
+            ("style.css", "frontend", "z")
+        );
+        let html = links.render(PAGE, "<link rel=\"stylesheet\"/>", "<script></script>");
+        assert_eq!(
+            html,
+            "<html>\n  <head>\n    <title>x</title>\n    <link rel=\"stylesheet\"/>\n    \n<script></script></head>\n</html>"
+        );
+    }
+
+    #[test]
+    fn an_asset_this_build_does_not_make_is_refused() {
+        let page = PAGE.replace(
+            "</head>",
+            "<link data-trunk rel=\"copy-dir\" href=\"img\"/></head>",
+        );
+        let err = TrunkLinks::find(&page).unwrap_err().to_string();
+        assert!(err.contains("copy-dir"), "{err}");
+    }
+
+    #[test]
+    fn names_carry_sixteen_hex_digits_of_the_content() {
+        let (a, b) = (short_hash(b"one"), short_hash(b"two"));
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert!(integrity(b"x").starts_with("sha384-"));
+    }
+}
