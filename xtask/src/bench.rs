@@ -611,8 +611,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         bins,
         scratch,
         redis_server: tools
-            .redis_server
-            .clone()
+            .redis_server()
             .context("redis-server not found: apt-get install redis-server")?,
         path: tools.path(),
     };

@@ -117,7 +117,7 @@ fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result
         .context("cannot install the Ctrl-C handler")?;
 
     let mut fleet = Fleet(Vec::new());
-    let redis_url = match &tools.redis_server {
+    let redis_url = match &tools.redis_server() {
         Some(redis_server) => {
             let port = (6390..6490)
                 .find(|&p| port_is_free(p))

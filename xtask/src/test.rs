@@ -113,7 +113,7 @@ fn test_env(root: &Path, tools: &tools::Tools) -> Vec<(String, String)> {
             tools.path().to_string_lossy().into_owned(),
         ),
     ];
-    if let Some(redis) = &tools.redis_server {
+    if let Some(redis) = tools.redis_server() {
         envs.push((
             "ROOMCAST_REDIS_SERVER".to_owned(),
             redis.display().to_string(),
@@ -137,23 +137,23 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 }
 
 fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(u64, u64)> {
-    let tools = stages.run("tools: install what is missing", || {
-        tools::ensure_all(root, Need::Everything)
+    let tools = stages.run("tools: the wasm32 target and wasm-opt", || {
+        tools::ensure_toolchain(root, Need::Everything)
     })?;
     stages.run("cargo fmt --check", || {
         exec(Command::new("cargo").args(["fmt", "--all", "--check"]))
             .context("code is not formatted; run: cargo fmt")
     })?;
     stages.run(
-        "checks: shared's dependencies, docker-compose.yml, pinned tool versions",
+        "checks: shared's dependencies, pinned tool versions",
         || {
             check_shared_deps()?;
-            check_compose(&tools)?;
             check_pins(root)
         },
     )?;
     // Three things at once: the wasm release build (its own target directory; its link-time optimisation runs on
-    // one core), the Docker engine and its base images (mostly downloads), and the native builds.
+    // one core), the Debian packages then the Docker engine and its base images (mostly downloads), and the native
+    // builds. Nothing is built with a Debian package.
     let (web, engine, tests) = std::thread::scope(|scope| {
         let web = scope.spawn(|| {
             stages.run("browser client: release build into dist/", || {
@@ -161,6 +161,14 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
             })
         });
         let engine = scope.spawn(|| {
+            stages.run(
+                "Debian packages (Redis, nginx, Chromium, Docker) and docker-compose.yml's validity",
+                || {
+                    tools::ensure_packages(root, Need::Everything)?;
+                    tools::check_packages(&tools, Need::Everything)?;
+                    check_compose(&tools)
+                },
+            )?;
             stages.run(
                 "Docker engine and base images (for the compose stack)",
                 || crate::stack_test::prepare(root),

@@ -34,11 +34,14 @@ pub enum Need {
 #[derive(Debug, Clone)]
 pub struct Tools {
     path: OsString,
-    /// redis-server, if it could be found or installed.
-    pub redis_server: Option<PathBuf>,
 }
 
 impl Tools {
+    /// redis-server, if it is installed.
+    pub fn redis_server(&self) -> Option<PathBuf> {
+        find(&self.path, "redis-server")
+    }
+
     /// The PATH with the project's tool dirs first.
     pub fn path(&self) -> OsString {
         self.path.clone()
@@ -78,18 +81,34 @@ fn find(path: &OsString, program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Makes sure the tools for `need` are present, installing what it can.
-pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
+/// The PATH with the project's own tool directories (npm's `.tools/`, `~/.cargo/bin`) first.
+fn tool_path(root: &Path) -> anyhow::Result<OsString> {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
-    let node_bin = root.join(".tools/node_modules/.bin");
-    let mut dirs = vec![node_bin.clone(), home.join(".cargo/bin")];
+    let mut dirs = vec![
+        root.join(".tools/node_modules/.bin"),
+        home.join(".cargo/bin"),
+    ];
     dirs.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
-    let path = std::env::join_paths(dirs)?;
+    Ok(std::env::join_paths(dirs)?)
+}
 
+/// Makes sure the tools for `need` are present, installing what it can.
+pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
+    ensure_packages(root, need)?;
+    let tools = ensure_toolchain(root, need)?;
+    check_packages(&tools, need)?;
+    Ok(tools)
+}
+
+/// Installs the Debian packages `need` calls for that are missing (as root; otherwise prints the command). Slow on a
+/// fresh machine (downloads) but needed only to run things, not to build them: `cargo xtask test` runs it while it
+/// compiles.
+pub fn ensure_packages(root: &Path, need: Need) -> anyhow::Result<()> {
+    let path = tool_path(root)?;
     let everything = matches!(need, Need::Everything | Need::TrunkServe);
     let mut apt = Vec::new();
     if need != Need::Frontend && find(&path, "redis-server").is_none() {
@@ -116,11 +135,35 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
     {
         apt.push("nginx-light");
     }
-    if find(&path, "npm").is_none() {
-        apt.push("npm");
+    if apt.is_empty() {
+        return Ok(());
     }
-    if !apt.is_empty() {
-        install_debian(&apt)?;
+    install_debian(&apt)
+}
+
+/// Fails with the install command when a package the tests cannot do without is still missing.
+pub fn check_packages(tools: &Tools, need: Need) -> anyhow::Result<()> {
+    let everything = matches!(need, Need::Everything | Need::TrunkServe);
+    if everything && tools.redis_server().is_none() {
+        bail!(
+            "redis-server not found: apt-get install redis-server (the tests start their own on a private port)"
+        );
+    }
+    if everything && find(&tools.path, "chromedriver").is_none() {
+        bail!(
+            "chromium not found: apt-get install chromium chromium-driver (the UI tests drive it headless)"
+        );
+    }
+    Ok(())
+}
+
+/// The Rust target, binaryen's `wasm-opt` (npm) and, for `trunk serve`, trunk and wasm-bindgen-cli: what building
+/// needs.
+pub fn ensure_toolchain(root: &Path, need: Need) -> anyhow::Result<Tools> {
+    let path = tool_path(root)?;
+    let node_bin = root.join(".tools/node_modules/.bin");
+    if find(&path, "npm").is_none() {
+        install_debian(&["npm"])?;
     }
 
     let targets =
@@ -188,18 +231,7 @@ pub fn ensure_all(root: &Path, need: Need) -> anyhow::Result<Tools> {
         .with_context(|| format!("cannot install wasm-opt; run: npm install --prefix .tools binaryen@{BINARYEN_VERSION}"))?;
     }
 
-    let redis_server = find(&path, "redis-server");
-    if everything && redis_server.is_none() {
-        bail!(
-            "redis-server not found: apt-get install redis-server (the tests start their own on a private port)"
-        );
-    }
-    if everything && find(&path, "chromedriver").is_none() {
-        bail!(
-            "chromium not found: apt-get install chromium chromium-driver (the UI tests drive it headless)"
-        );
-    }
-    Ok(Tools { path, redis_server })
+    Ok(Tools { path })
 }
 
 fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
