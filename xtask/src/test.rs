@@ -398,7 +398,7 @@ fn stress(root: &Path, args: &Args, times: u32) -> anyhow::Result<()> {
     let hint = runner::load_times(&times_file(root));
     let hog = crate::hog::Hog::start();
     step(&format!(
-        "stress: {} integration tests{} × {times}, {} at a time, while {} threads spin on every core",
+        "stress: {} integration tests{} × {times}, {} at a time, while {} threads spin, one per core",
         names.len(),
         if engine.is_some() {
             " and the compose stack"
