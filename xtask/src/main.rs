@@ -101,5 +101,5 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Builds the browser client into `dist/` (see `web.rs`).
 pub fn build_frontend(tools: &tools::Tools) -> anyhow::Result<()> {
-    web::build(tools, &workspace_root()).map(drop)
+    web::build(tools, &workspace_root(), false).map(drop)
 }

@@ -20,19 +20,23 @@ pub struct Run {
     pub output: String,
 }
 
-/// Builds every target of the workspace in one debug build — test executables, the `roomcast` binary the
-/// integration tests, the compose image and the bench smoke run use, the bench binaries — and returns the test
+/// Builds and lints every target of the workspace in one debug build — test executables, the `roomcast` binary
+/// the integration tests, the compose image and the bench smoke run use, the bench binaries — and returns the test
 /// executables. One build, one feature resolution: a second `cargo build` with another selection of packages or
-/// targets would resolve other features and compile much of it again.
+/// targets would resolve other features and compile much of it again. Our crates are compiled by clippy
+/// ([`lint_with_clippy`]), so this build is also `cargo clippy --workspace --all-targets -- -D warnings`, without
+/// checking every dependency a second time.
 pub fn build_all() -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("cargo")
+    let mut cargo = Command::new("cargo");
+    cargo
         .args(["build", "--workspace", "--all-targets", "--locked"])
         .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let out = lint_with_clippy(&mut cargo)?
         .output()
         .context("cannot run cargo build")?;
     if !out.status.success() {
-        bail!("building the tests failed (cargo's output above)");
+        bail!("building or linting failed (cargo's and clippy's output above)");
     }
     let mut executables = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -52,6 +56,29 @@ pub fn build_all() -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(executables)
+}
+
+/// Makes a cargo build compile the workspace's own crates with clippy and deny warnings: what `cargo clippy --
+/// -D warnings` does for a check (cargo's `RUSTC_WORKSPACE_WRAPPER`, clippy's `CLIPPY_ARGS`), done by a real build,
+/// so the dependencies are compiled once, for the build, instead of once more in check mode. Cargo tracks both
+/// variables, so builds with and without them keep apart.
+pub fn lint_with_clippy(cargo: &mut Command) -> anyhow::Result<&mut Command> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("cannot run rustc --print sysroot")?;
+    let driver =
+        PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/clippy-driver");
+    if !driver.is_file() {
+        bail!(
+            "clippy is not installed for this toolchain ({} is missing); run: rustup component add clippy",
+            driver.display()
+        );
+    }
+    Ok(cargo.env("RUSTC_WORKSPACE_WRAPPER", driver).env(
+        "CLIPPY_ARGS",
+        "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+    ))
 }
 
 /// The names of the tests in `binary` that a plain run would run (ignored ones left out), in the binary's order.

@@ -156,9 +156,10 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
     // builds. Nothing is built with a Debian package.
     let (web, engine, tests) = std::thread::scope(|scope| {
         let web = scope.spawn(|| {
-            stages.run("browser client: release build into dist/", || {
-                web::build(&tools, root)
-            })
+            stages.run(
+                "browser client: release build into dist/, linted by clippy for wasm32",
+                || web::build(&tools, root, true),
+            )
         });
         let engine = scope.spawn(|| {
             stages.run(
@@ -253,35 +254,10 @@ fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, anyhow::Result<T>>) -> an
         .unwrap_or_else(|_| Err(anyhow::anyhow!("a stage panicked")))
 }
 
-/// clippy (native and wasm32), then every test executable and binary in one debug build; returns the test
-/// executables.
+/// Every test executable and binary in one debug build, linted by clippy; returns the test executables.
 fn native_builds(stages: &Stages) -> anyhow::Result<Vec<PathBuf>> {
-    stages.run("cargo clippy (native, all targets)", || {
-        exec(Command::new("cargo").args([
-            "clippy",
-            "--quiet",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    })?;
-    stages.run("cargo clippy (wasm32, frontend)", || {
-        exec(Command::new("cargo").args([
-            "clippy",
-            "--quiet",
-            "-p",
-            "frontend",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    })?;
     stages.run(
-        "build every target (debug; the tests, the compose image and the bench smoke share it)",
+        "build every target (debug), linted by clippy: the tests, the compose image and the bench smoke share it",
         runner::build_all,
     )
 }
@@ -375,7 +351,7 @@ fn integration_tests(
 /// `--stress N`: the integration tests and the compose stack test N times under a CPU hog, then a table.
 fn stress(root: &Path, args: &Args, times: u32) -> anyhow::Result<()> {
     let tools = tools::ensure_all(root, Need::Everything)?;
-    web::build(&tools, root)?;
+    web::build(&tools, root, false)?;
     let tests = runner::build_all()?;
     let it = integration_binary(&tests)?;
     let envs = test_env(root, &tools);

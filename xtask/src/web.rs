@@ -35,8 +35,9 @@ pub struct Built {
     pub wasm_brotli: usize,
 }
 
-/// Builds the browser client into `<root>/dist`.
-pub fn build(tools: &Tools, root: &Path) -> anyhow::Result<Built> {
+/// Builds the browser client into `<root>/dist`; with `lint`, our crates are compiled by clippy for wasm32 with
+/// warnings denied (what `cargo clippy --target wasm32-unknown-unknown -p frontend -- -D warnings` checks).
+pub fn build(tools: &Tools, root: &Path, lint: bool) -> anyhow::Result<Built> {
     step(
         "building the browser client (cargo --release for wasm32, wasm-bindgen, wasm-opt -Oz) into dist/",
     );
@@ -44,15 +45,16 @@ pub fn build(tools: &Tools, root: &Path) -> anyhow::Result<Built> {
         .context("read frontend/index.html")?;
     let links = TrunkLinks::find(&page)?;
 
-    exec(
-        tools
-            .command("cargo")
-            .args(["build", "--release", "--locked", "--quiet"])
-            .args(["--target", "wasm32-unknown-unknown", "-p", "frontend"])
-            .args(["--bin", &links.bin, "--target-dir", TARGET_DIR])
-            .current_dir(root),
-    )
-    .context("the wasm build failed; see cargo's output above")?;
+    let mut cargo = tools.command("cargo");
+    cargo
+        .args(["build", "--release", "--locked", "--quiet"])
+        .args(["--target", "wasm32-unknown-unknown", "-p", "frontend"])
+        .args(["--bin", &links.bin, "--target-dir", TARGET_DIR])
+        .current_dir(root);
+    if lint {
+        crate::runner::lint_with_clippy(&mut cargo)?;
+    }
+    exec(&mut cargo).context("the wasm build failed; see cargo's output above")?;
     let wasm = root
         .join(TARGET_DIR)
         .join("wasm32-unknown-unknown/release")
