@@ -21,8 +21,8 @@ use tracing::warn;
 use crate::AppState;
 use crate::bus::HistoryQuery;
 use crate::error::RequestError;
+use crate::hub::{Participant, Reply};
 use crate::ratelimit::TokenBucket;
-use crate::relay;
 
 /// Largest request body the API reads; a message is at most a few KiB of JSON.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -239,23 +239,36 @@ async fn post_message(
             ),
         ));
     }
-    let cid = post
-        .cid
-        .unwrap_or_else(|| format!("api-{}", crate::bus::new_epoch()));
-    let published = relay::publish(&*state.bus, &room, &nick, &post.text, cid).await?;
-    let status = if published.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+    let request = shared::ClientMsg::Send {
+        room: room.to_string(),
+        text: post.text,
+        cid: post
+            .cid
+            .unwrap_or_else(|| format!("api-{}", crate::bus::new_epoch())),
     };
-    Ok((
-        status,
-        Json(Posted {
-            id: published.id,
-            ts: published.id.ms,
-            duplicate: published.duplicate,
-        }),
-    ))
+    // The same rules as a WebSocket send, as a publisher: the key's rate limit above replaces the connection's.
+    match Participant::publisher(state.hub.clone(), nick)
+        .handle(request)
+        .await
+    {
+        Reply::Frame(shared::ServerMsg::Ack { id, duplicate, .. }) => {
+            let status = if duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((
+                status,
+                Json(Posted {
+                    id,
+                    ts: id.ms,
+                    duplicate,
+                }),
+            ))
+        }
+        Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("a send is acked or refused, not answered with {other:?}"),
+    }
 }
 
 async fn history(
@@ -292,6 +305,7 @@ async fn history(
         limit,
     };
     let history = state
+        .hub
         .bus
         .history(&room, query)
         .await

@@ -6,36 +6,12 @@
 //! (else `sub`) is the only nick the connection may use, an optional `rooms` claim lists the rooms it may join, and
 //! when `exp` passes (plus `--jwt-grace-secs`) the connection is closed with 4001.
 
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::Config;
-
-/// What a valid token grants one connection.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    /// The only nick the connection may use.
-    pub nick: String,
-    /// The rooms it may join; `None`: any room.
-    pub rooms: Option<HashSet<String>>,
-    /// When the token expires (seconds since the Unix epoch).
-    pub expires: u64,
-}
-
-impl Grant {
-    /// How long from now until the connection must close: the token's expiry plus `grace`.
-    pub fn remaining(&self, grace: Duration) -> Duration {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        Duration::from_secs(self.expires.saturating_sub(now)) + grace
-    }
-}
+use crate::hub::Grant;
 
 #[derive(Debug, Deserialize)]
 struct Claims {

@@ -87,7 +87,9 @@ async fn ws(
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(MAX_FRAME_BYTES * 8)
-        .on_upgrade(move |socket| tracker.track_future(session::serve(socket, state, conn, grant)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::serve(socket, state.hub, conn, grant))
+        })
 }
 
 /// Browsers always send Origin: it must be the page's own origin (same host as the request) or an allowed one.
@@ -119,9 +121,9 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
 async fn healthz(State(state): State<AppState>) -> Response {
     let body = serde_json::json!({
         "status": "ok",
-        "node": &*state.node,
-        "bus": state.bus.kind(),
-        "bus_up": state.bus.is_up(),
+        "node": &*state.hub.node,
+        "bus": state.hub.bus.kind(),
+        "bus_up": state.hub.bus.is_up(),
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
@@ -129,14 +131,14 @@ async fn healthz(State(state): State<AppState>) -> Response {
 /// Readiness for load balancers: 503 while the bus is down or the replica is shutting down, so new clients go to
 /// another replica. `/healthz` stays the liveness probe (the process answers).
 async fn readyz(State(state): State<AppState>) -> Response {
-    let (status, reason) = if state.shutdown.is_cancelled() {
+    let (status, reason) = if state.hub.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if !state.bus.is_up() {
+    } else if !state.hub.bus.is_up() {
         (StatusCode::SERVICE_UNAVAILABLE, "bus down")
     } else {
         (StatusCode::OK, "ready")
     };
-    let body = serde_json::json!({"status": reason, "node": &*state.node});
+    let body = serde_json::json!({"status": reason, "node": &*state.hub.node});
     (
         status,
         [(header::CACHE_CONTROL, "no-store")],
@@ -196,7 +198,7 @@ async fn not_built(State(state): State<AppState>) -> Response {
          <p>The browser client is not built (no <code>index.html</code> in <code>{dir}</code>). \
          Build it with <code>cargo xtask dev</code> or <code>trunk build --release</code>.</p>\
          <p>The WebSocket endpoint <code>{ws}</code> works regardless.</p>",
-        node = html_escape(&state.node),
+        node = html_escape(&state.hub.node),
         dir = html_escape(&dir),
         ws = shared::WS_PATH,
     );

@@ -1,8 +1,8 @@
 //! A Roomcast backend replica as a library: `main.rs` parses the config and calls [`run`]; tests call it directly.
 //!
-//! Map: [`config`] (flags), [`http`] (routes), [`session`] (one WebSocket), [`relay`] (the room rules every way
-//! into a room goes through), [`rooms`] (local membership and fan-out), [`bus`] (Redis or in-memory relay and
-//! history), [`error`] (error frames), [`metrics`].
+//! Map: [`config`] (flags), [`hub`] (the room core: rules, membership, fan-out, presence — no transport),
+//! [`session`] (one WebSocket), [`http`] (routes), [`api`] (the HTTP API), [`auth`] (tokens), [`bus`] (Redis or
+//! in-memory relay and history), [`error`] (request errors and their frames), [`metrics`].
 
 pub mod api;
 pub mod auth;
@@ -10,11 +10,9 @@ pub mod bus;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod hub;
 pub mod metrics;
-pub mod presence;
 pub mod ratelimit;
-pub mod relay;
-pub mod rooms;
 pub mod session;
 
 use std::sync::Arc;
@@ -23,7 +21,6 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,26 +31,19 @@ pub use config::Config;
 pub use http::app;
 
 use bus::Bus;
-use rooms::{ConnId, Rooms};
+use hub::{ConnId, Hub, Participant, Reply};
 
 /// How long shutdown waits for connections to close after sending them close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Everything a request handler needs: cheap handles, cloned per request.
+/// Everything a request handler needs: the room core and the HTTP layer's own parts, cheap handles cloned per
+/// request.
 #[derive(Clone)]
 pub struct AppState {
+    /// The room core every WebSocket, API request and CLI run goes through.
+    pub hub: Hub,
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// This replica's node id.
-    pub node: Arc<str>,
-    /// The bus shared with the other replicas.
-    pub bus: Arc<dyn Bus>,
-    /// Local room membership.
-    pub rooms: Rooms,
-    /// The limits announced to clients.
-    pub limits: Arc<Limits>,
-    /// Cancelled when the replica shuts down; every session watches it.
-    pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for their close frames.
     pub tracker: TaskTracker,
     /// Renders `/metrics`.
@@ -62,15 +52,13 @@ pub struct AppState {
     pub api_buckets: api::KeyBuckets,
     /// Verifies WebSocket tokens; `None` when authentication is off.
     pub auth: Option<auth::Verifier>,
-    /// Grace-period checks pending on this replica.
-    pub sweeps: presence::Sweeps,
     next_conn: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("node", &self.node)
+            .field("node", &self.hub.node)
             .finish_non_exhaustive()
     }
 }
@@ -122,13 +110,10 @@ pub async fn run(
         if auth.is_some() {
             info!("WebSocket connections need a token (JWT)");
         }
-        let rooms = Rooms::new(
-            bus.clone(),
-            node.clone(),
-            usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
-        );
+        let config = Arc::new(config);
+        let hub = Hub::new(Arc::clone(&config), node.clone(), bus, shutdown.clone());
         tokio::spawn(
-            rooms
+            hub.rooms
                 .clone()
                 .dispatch(
                     events_rx,
@@ -136,29 +121,16 @@ pub async fn run(
                 )
                 .in_current_span(),
         );
-        let limits = Limits {
-            max_frame_bytes: shared::validate::MAX_FRAME_BYTES,
-            max_text_chars: shared::validate::TEXT_MAX_CHARS,
-            max_rooms: config.max_rooms as usize,
-            history_on_join: config.history_on_join as usize,
-            sends_per_sec: config.sends_per_sec,
-            send_burst: config.send_burst,
-        };
+        tokio::spawn(hub::presence::heartbeat(hub.clone()).in_current_span());
         let state = AppState {
-            config: Arc::new(config),
-            node: node.clone(),
-            bus,
-            rooms,
-            limits: Arc::new(limits),
-            shutdown: shutdown.clone(),
+            hub,
+            config,
             tracker: TaskTracker::new(),
             metrics: metrics::handle(),
             next_conn: Arc::new(AtomicU64::new(1)),
             api_buckets: api::KeyBuckets::default(),
             auth,
-            sweeps: presence::Sweeps::default(),
         };
-        tokio::spawn(presence::heartbeat(state.clone()).in_current_span());
         let tracker = state.tracker.clone();
         info!(%addr, "listening");
         // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.
@@ -241,9 +213,18 @@ pub enum PublishError {
     /// The room rules or the bus refused the message.
     #[error("{}", .0.message)]
     Refused(#[from] error::RequestError),
-    /// The nick or room is invalid.
+    /// The nick is invalid.
     #[error("{0}")]
     Invalid(#[from] shared::ValidationError),
+}
+
+/// What [`publish_once`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The message id.
+    pub id: shared::MsgId,
+    /// The cid was stored already: this is the original message.
+    pub duplicate: bool,
 }
 
 /// Publishes one message through the configured bus and the same room rules as a WebSocket `send`, without serving:
@@ -254,17 +235,26 @@ pub async fn publish_once(
     nick: &str,
     text: &str,
     cid: Option<String>,
-) -> Result<bus::Published, PublishError> {
-    let room = shared::RoomName::parse(room)?;
+) -> Result<Stored, PublishError> {
     let nick = shared::Nick::parse(nick)?;
     let shutdown = CancellationToken::new();
     let (events_tx, _events_rx) = mpsc::unbounded_channel();
     let node: Arc<str> = format!("cli:{}", std::process::id()).into();
-    let bus = start_bus(config, node, events_tx, &shutdown)?;
-    let cid = cid.unwrap_or_else(|| format!("cli-{}", bus::new_epoch()));
-    let published = relay::publish(&*bus, &room, &nick, text, cid).await;
+    let bus = start_bus(config, node.clone(), events_tx, &shutdown)?;
+    let hub = Hub::new(Arc::new(config.clone()), node, bus, shutdown.clone());
+    let request = shared::ClientMsg::Send {
+        room: room.into(),
+        text: text.into(),
+        cid: cid.unwrap_or_else(|| format!("cli-{}", bus::new_epoch())),
+    };
+    let mut publisher = Participant::publisher(hub, nick);
+    let reply = publisher.handle(request).await;
     shutdown.cancel();
-    Ok(published?)
+    match reply {
+        Reply::Frame(shared::ServerMsg::Ack { id, duplicate, .. }) => Ok(Stored { id, duplicate }),
+        Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("a send is acked or refused, not answered with {other:?}"),
+    }
 }
 
 /// Hides a password in a Redis URL before it is logged.

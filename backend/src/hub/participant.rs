@@ -1,24 +1,26 @@
-//! The room rules, free of any transport: join (subscribe, then history, with rollback), leave, send (validation,
-//! rate limit, idempotent publish, metrics) and presence. The WebSocket session calls them; so will every other way
-//! into a room, so no path reaches the bus without them.
+//! One participant's rooms and the rules of every request, behind one entry point, [`Participant::handle`]: a
+//! request in, a [`Reply`] out. Join (subscribe, then history and the roster change, with rollback), leave, send
+//! (validation, rate limit, idempotent publish), scrolling back, typing. A WebSocket connection is a participant with
+//! a queue; the HTTP API and the CLI are publishers, which send without joining. No path reaches the bus without
+//! these rules.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use shared::validate;
 use shared::{
-    ChatMessage, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, RoomName, ServerMsg, TYPING_EVERY_MS,
-    TypingNotice,
+    ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, PROTOCOL_VERSION, RoomName,
+    ServerMsg, TYPING_EVERY_MS, TypingNotice, close_code,
 };
 use tracing::{debug, info, warn};
 
-use crate::AppState;
-use crate::auth::Grant;
-use crate::bus::{Bus, Draft, HistoryQuery, Notice, Published, RosterOp};
+use super::registry::{ConnId, Member, Outbound};
+use super::{Grant, Hub, presence};
+use crate::bus::{Draft, HistoryQuery, Notice, RosterOp};
 use crate::error::RequestError;
-use crate::presence;
 use crate::ratelimit::TokenBucket;
-use crate::rooms::{ConnId, Member, Outbound};
 
 /// Largest `joined` frame the history may grow to; the rest follows as `message` frames. Keeps every frame far
 /// below the socket's write limit, whatever the messages' length.
@@ -26,30 +28,47 @@ pub const JOINED_BUDGET_BYTES: usize = 64 * 1024;
 /// Messages read per history request while a joining member catches up.
 pub const CATCH_UP_PAGE: usize = 200;
 
-/// Validates and stores one message for `nick` in `room`: the one way into the bus for chat messages.
-pub async fn publish(
-    bus: &dyn Bus,
-    room: &RoomName,
-    nick: &Nick,
-    text: &str,
-    cid: String,
-) -> Result<Published, RequestError> {
-    validate::client_id(&cid)?;
-    validate::text(text)?;
-    let draft = Draft {
-        nick: nick.clone(),
-        text: text.to_owned(),
-        cid,
-    };
-    let published = bus.publish(room, draft).await?;
-    if published.duplicate {
-        metrics::counter!("roomcast_duplicate_sends_total").increment(1);
-        debug!(%room, id = %published.id, "repeated cid: answered with the original id");
-    } else {
-        metrics::counter!("roomcast_messages_published_total").increment(1);
-        debug!(%room, id = %published.id, "published");
+/// What a request comes to. The transport turns it into frames (the WebSocket session) or a response (the HTTP
+/// API); the rules decide only what is said, never how.
+pub enum Reply<'a> {
+    /// Nothing is answered (`typing`, a `hello` of this protocol version).
+    Silent,
+    /// One frame answers the request.
+    Frame(ServerMsg),
+    /// The frames to send, in order, before anything else reaches the participant: `joined`, then the history that
+    /// did not fit in it. Ends with `Err` if the rest of the history could not be read: the connection must close.
+    Frames(BoxStream<'a, Result<ServerMsg, Close>>),
+    /// The request is refused; with `close`, the connection must close after saying why.
+    Refused {
+        /// Why, for the client.
+        error: RequestError,
+        /// Close the connection after the error, with this code and reason.
+        close: Option<Close>,
+    },
+}
+
+impl std::fmt::Debug for Reply<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Silent => f.write_str("Silent"),
+            Self::Frame(msg) => f.debug_tuple("Frame").field(msg).finish(),
+            Self::Frames(_) => f.write_str("Frames(..)"),
+            Self::Refused { error, close } => f
+                .debug_struct("Refused")
+                .field("error", error)
+                .field("close", close)
+                .finish(),
+        }
     }
-    Ok(published)
+}
+
+/// How a connection must close: a WebSocket close code and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The close code (`shared::close_code`).
+    pub code: u16,
+    /// The reason, for people.
+    pub reason: String,
 }
 
 struct Joined {
@@ -62,7 +81,7 @@ struct Joined {
 
 /// Stored messages a member still has to receive after `joined`, read page by page.
 #[derive(Debug)]
-pub struct Backlog {
+struct Backlog {
     room: RoomName,
     ready: Vec<ChatMessage>,
     after: Option<MsgId>,
@@ -72,18 +91,26 @@ pub struct Backlog {
 
 /// What a `join` answers: the `joined` frame, then the backlog to write before anything else.
 #[derive(Debug)]
-pub struct JoinAnswer {
+struct JoinAnswer {
     /// The `joined` frame, its history bounded by [`JOINED_BUDGET_BYTES`].
-    pub joined: ServerMsg,
+    joined: ServerMsg,
     /// The messages that did not fit, and the pages still to read.
-    pub backlog: Backlog,
+    backlog: Backlog,
 }
 
-/// One connection's membership in rooms, and the rules every request of it goes through.
+/// Who a participant is.
+enum Role {
+    /// A connection: it joins rooms, and their frames reach it through this member's queue.
+    Member(Member),
+    /// Sends as this nick without joining, its rate limited by its caller (the HTTP API per key, the CLI once).
+    Publisher(Nick),
+}
+
+/// One connection's (or one publisher's) rooms, and the rules every request of it goes through.
 pub struct Participant {
-    state: AppState,
+    hub: Hub,
     conn: ConnId,
-    member: Member,
+    role: Role,
     rooms: HashMap<RoomName, Joined>,
     sends: TokenBucket,
     /// What the connection's token allows; `None` when authentication is off.
@@ -100,16 +127,79 @@ impl std::fmt::Debug for Participant {
 }
 
 impl Participant {
-    /// A participant in no room yet; room frames for it go to `member`'s queue.
-    pub fn new(state: AppState, conn: ConnId, member: Member, grant: Option<Grant>) -> Self {
-        let sends = TokenBucket::new(state.config.sends_per_sec, state.config.send_burst);
+    /// A connection in no room yet; room frames for it go to `member`'s queue.
+    pub fn new(hub: Hub, conn: ConnId, member: Member, grant: Option<Grant>) -> Self {
+        let sends = TokenBucket::new(hub.config.sends_per_sec, hub.config.send_burst);
         Self {
-            state,
+            hub,
             conn,
-            member,
+            role: Role::Member(member),
             rooms: HashMap::new(),
             sends,
             grant,
+        }
+    }
+
+    /// One who sends as `nick` without joining: the HTTP API (which limits each key's rate itself) and the CLI.
+    /// Its sends go through the same validation, ids, history and idempotency as a member's.
+    pub fn publisher(hub: Hub, nick: Nick) -> Self {
+        Self {
+            hub,
+            conn: ConnId::MAX,
+            role: Role::Publisher(nick),
+            rooms: HashMap::new(),
+            sends: TokenBucket::new(u32::MAX, u32::MAX),
+            grant: None,
+        }
+    }
+
+    /// Answers one request: the one way into the room rules for every transport.
+    pub async fn handle(&mut self, request: ClientMsg) -> Reply<'_> {
+        let result = match request {
+            ClientMsg::Hello { version } if version == PROTOCOL_VERSION => return Reply::Silent,
+            ClientMsg::Hello { version } => {
+                let message = format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                );
+                warn!(version, "client speaks an unsupported protocol version");
+                return Reply::Refused {
+                    error: RequestError::new(ErrorCode::UnsupportedVersion, message.clone()),
+                    close: Some(Close {
+                        code: close_code::POLICY,
+                        reason: message,
+                    }),
+                };
+            }
+            ClientMsg::Join {
+                room,
+                nick,
+                person,
+                since,
+                epoch,
+                req,
+            } => match self.join(&room, &nick, person, since, epoch, req).await {
+                Ok(answer) => return Reply::Frames(self.join_frames(answer)),
+                Err(e) => Err(e),
+            },
+            ClientMsg::Leave { room, req } => {
+                self.leave(&room).map(|room| ServerMsg::Left { room, req })
+            }
+            ClientMsg::Send { room, text, cid } => self.send(&room, &text, cid).await,
+            ClientMsg::Ping { req } => Ok(ServerMsg::Pong { req }),
+            ClientMsg::History {
+                room,
+                before,
+                limit,
+                req,
+            } => self.older(&room, before, limit, req).await,
+            ClientMsg::Typing { room } => match self.typing(&room) {
+                Ok(()) => return Reply::Silent,
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(frame) => Reply::Frame(frame),
+            Err(error) => Reply::Refused { error, close: None },
         }
     }
 
@@ -120,7 +210,7 @@ impl Participant {
 
     /// Joins (or re-joins) a room. Subscribes before reading history, so a message stored in between arrives
     /// through both and never through neither; the per-room high-water mark then drops the second copy.
-    pub async fn join(
+    async fn join(
         &mut self,
         room: &str,
         nick: &str,
@@ -129,6 +219,13 @@ impl Participant {
         epoch: Option<String>,
         req: Option<String>,
     ) -> Result<JoinAnswer, RequestError> {
+        let Role::Member(member) = &self.role else {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                "a publisher sends without joining rooms",
+            ));
+        };
+        let member = member.clone();
         let room = RoomName::parse(room)?;
         let nick = Nick::parse(nick)?;
         if let Some(person) = &person
@@ -163,21 +260,15 @@ impl Participant {
             }
         }
         let rejoin = self.rooms.contains_key(&room);
-        let max_rooms = self.state.config.max_rooms as usize;
+        let max_rooms = self.hub.config.max_rooms as usize;
         if !rejoin && self.rooms.len() >= max_rooms {
             return Err(RequestError::new(
                 ErrorCode::TooManyRooms,
                 format!("a connection may be in at most {max_rooms} rooms; leave one first"),
             ));
         }
-        if !rejoin
-            && let Err(e) = self
-                .state
-                .rooms
-                .join(&room, self.conn, self.member.clone())
-                .await
-        {
-            self.state.rooms.leave(&room, self.conn);
+        if !rejoin && let Err(e) = self.hub.rooms.join(&room, self.conn, member).await {
+            self.hub.rooms.leave(&room, self.conn);
             return Err(e.into());
         }
         // A re-join never repeats what this connection already received.
@@ -189,7 +280,7 @@ impl Participant {
         let query = HistoryQuery {
             since,
             epoch,
-            recent: self.state.config.history_on_join as usize,
+            recent: self.hub.config.history_on_join as usize,
             limit: CATCH_UP_PAGE,
         };
         // With a token the nick is proven: nobody else can hold it, whatever device they use, so no person check.
@@ -210,14 +301,14 @@ impl Participant {
         // History and members at once: a join costs one round trip to the store, not two. The roster change is
         // boxed, so its state does not enlarge every connection's task for good.
         let (history, roster) = tokio::join!(
-            self.state.bus.history(&room, query),
-            Box::pin(presence::apply(&self.state, &room, self.conn, op)),
+            self.hub.bus.history(&room, query),
+            Box::pin(presence::apply(&self.hub, &room, self.conn, op)),
         );
         let roster = match roster {
             Ok(change) if !change.taken => change,
             refused => {
                 if !rejoin {
-                    self.state.rooms.leave(&room, self.conn);
+                    self.hub.rooms.leave(&room, self.conn);
                 }
                 return Err(match refused {
                     Err(e) => e.into(),
@@ -232,7 +323,7 @@ impl Participant {
             Ok(history) => history,
             Err(e) => {
                 if !rejoin {
-                    self.state.rooms.leave(&room, self.conn);
+                    self.hub.rooms.leave(&room, self.conn);
                     // The roster took this connection in: take it out again.
                     self.release(&room, nick.clone());
                 }
@@ -267,7 +358,7 @@ impl Participant {
             room: room.clone(),
             ready,
             after,
-            left: self.state.config.history_limit as usize + 2 * CATCH_UP_PAGE,
+            left: self.hub.config.history_limit as usize + 2 * CATCH_UP_PAGE,
         };
         Ok(JoinAnswer {
             joined: ServerMsg::Joined {
@@ -285,8 +376,43 @@ impl Participant {
         })
     }
 
+    /// `joined`, then the rest of the history, page by page, as one stream of frames.
+    fn join_frames(&mut self, answer: JoinAnswer) -> BoxStream<'_, Result<ServerMsg, Close>> {
+        let JoinAnswer { joined, backlog } = answer;
+        let rest = futures_util::stream::unfold(
+            (self, backlog, VecDeque::new(), false),
+            |(participant, mut backlog, mut ready, failed)| async move {
+                if failed {
+                    return None;
+                }
+                loop {
+                    if let Some(message) = ready.pop_front() {
+                        let frame = Ok(ServerMsg::Message(message));
+                        return Some((frame, (participant, backlog, ready, false)));
+                    }
+                    match participant.next_backlog(&mut backlog).await {
+                        Ok(page) if page.is_empty() => return None,
+                        Ok(page) => ready.extend(page),
+                        Err(_) => {
+                            // The member is joined but cannot be brought up to date now: it resumes with `since`.
+                            let close = Close {
+                                code: close_code::TRY_AGAIN_LATER,
+                                reason: "history unavailable while catching up; reconnect and resume with since"
+                                    .into(),
+                            };
+                            return Some((Err(close), (participant, backlog, ready, true)));
+                        }
+                    }
+                }
+            },
+        );
+        futures_util::stream::once(async move { Ok(joined) })
+            .chain(rest)
+            .boxed()
+    }
+
     /// The next messages of a backlog, oldest first; empty once it is exhausted.
-    pub async fn next_backlog(
+    async fn next_backlog(
         &mut self,
         backlog: &mut Backlog,
     ) -> Result<Vec<ChatMessage>, RequestError> {
@@ -304,7 +430,7 @@ impl Participant {
             limit: CATCH_UP_PAGE,
             ..HistoryQuery::default()
         };
-        let page = self.state.bus.history(&backlog.room, query).await?.messages;
+        let page = self.hub.bus.history(&backlog.room, query).await?.messages;
         backlog.left = backlog.left.saturating_sub(page.len());
         if page.len() >= CATCH_UP_PAGE {
             backlog.after = page.last().map(|m| m.id);
@@ -317,7 +443,7 @@ impl Participant {
 
     /// Older messages of a joined room (scrolling back): up to `limit` before `before`, as many of the newest of them
     /// as fit in [`JOINED_BUDGET_BYTES`]. `complete` when nothing older is left.
-    pub async fn older(
+    async fn older(
         &mut self,
         room: &str,
         before: MsgId,
@@ -334,7 +460,7 @@ impl Participant {
                 format!("history limit must be 1 to {HISTORY_PAGE_MAX}"),
             ));
         }
-        let mut messages = self.state.bus.older(&room, before, limit).await?;
+        let mut messages = self.hub.bus.older(&room, before, limit).await?;
         let fetched = messages.len();
         // Keep the newest part: the page continues right where the client's view begins.
         messages.reverse();
@@ -351,7 +477,7 @@ impl Participant {
 
     /// Relays that the person is typing in a joined room, at most once per [`TYPING_EVERY_MS`] (more are dropped:
     /// typing is a hint, not a message).
-    pub fn typing(&mut self, room: &str) -> Result<(), RequestError> {
+    fn typing(&mut self, room: &str) -> Result<(), RequestError> {
         let room = RoomName::parse(room)?;
         let joined = self.rooms.get_mut(&room).ok_or_else(|| not_joined(&room))?;
         let now = tokio::time::Instant::now();
@@ -363,10 +489,10 @@ impl Participant {
         joined.typed = Some(now);
         let notice = Notice::Typing(TypingNotice {
             nick: joined.nick.clone(),
-            node: self.state.node.to_string(),
+            node: self.hub.node.to_string(),
             conn: self.conn,
         });
-        let fut = self.state.bus.announce(&room, &notice);
+        let fut = self.hub.bus.announce(&room, &notice);
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 debug!(%room, error = %e, "typing notice not delivered");
@@ -376,36 +502,37 @@ impl Participant {
     }
 
     /// Leaves a joined room.
-    pub fn leave(&mut self, room: &str) -> Result<RoomName, RequestError> {
+    fn leave(&mut self, room: &str) -> Result<RoomName, RequestError> {
         let room = RoomName::parse(room)?;
         let joined = self.rooms.remove(&room).ok_or_else(|| not_joined(&room))?;
-        self.state.rooms.leave(&room, self.conn);
+        self.hub.rooms.leave(&room, self.conn);
         info!(%room, nick = %joined.nick, "left");
         self.release(&room, joined.nick);
         Ok(room)
     }
 
-    /// Sends a message to a joined room, at most once per `cid`.
-    pub async fn send(
+    /// Sends a message to a joined room (a publisher: to any room), at most once per `cid`: validated, rate
+    /// limited, stored and relayed by the bus in one step.
+    async fn send(
         &mut self,
         room: &str,
         text: &str,
         cid: String,
     ) -> Result<ServerMsg, RequestError> {
         let room = RoomName::parse(room)?;
-        let nick = self
-            .rooms
-            .get(&room)
-            .ok_or_else(|| not_joined(&room))?
-            .nick
-            .clone();
+        let nick = match &self.role {
+            Role::Publisher(nick) => nick.clone(),
+            Role::Member(_) => self
+                .rooms
+                .get(&room)
+                .ok_or_else(|| not_joined(&room))?
+                .nick
+                .clone(),
+        };
         validate::client_id(&cid)?;
         validate::text(text)?;
         if !self.sends.take() {
-            let (rate, burst) = (
-                self.state.config.sends_per_sec,
-                self.state.config.send_burst,
-            );
+            let (rate, burst) = (self.hub.config.sends_per_sec, self.hub.config.send_burst);
             warn!(%room, "send rate exceeded");
             return Err(RequestError::new(
                 ErrorCode::RateLimited,
@@ -414,7 +541,19 @@ impl Participant {
                 ),
             ));
         }
-        let published = publish(&*self.state.bus, &room, &nick, text, cid.clone()).await?;
+        let draft = Draft {
+            nick,
+            text: text.to_owned(),
+            cid: cid.clone(),
+        };
+        let published = self.hub.bus.publish(&room, draft).await?;
+        if published.duplicate {
+            metrics::counter!("roomcast_duplicate_sends_total").increment(1);
+            debug!(%room, id = %published.id, "repeated cid: answered with the original id");
+        } else {
+            metrics::counter!("roomcast_messages_published_total").increment(1);
+            debug!(%room, id = %published.id, "published");
+        }
         Ok(ServerMsg::Ack {
             room,
             cid,
@@ -444,7 +583,7 @@ impl Participant {
     /// Leaves every room (the connection is ending).
     pub fn leave_all(&mut self) {
         for (room, joined) in std::mem::take(&mut self.rooms) {
-            self.state.rooms.leave(&room, self.conn);
+            self.hub.rooms.leave(&room, self.conn);
             self.release(&room, joined.nick);
         }
     }
@@ -452,9 +591,9 @@ impl Participant {
     /// Takes this connection out of the room's members (in the background: the connection may be closing). Its nick
     /// stays a member for the grace period if it was the last connection using it.
     fn release(&self, room: &RoomName, nick: Nick) {
-        let (state, room, conn) = (self.state.clone(), room.clone(), self.conn);
+        let (hub, room, conn) = (self.hub.clone(), room.clone(), self.conn);
         tokio::spawn(async move {
-            if let Err(e) = presence::apply(&state, &room, conn, RosterOp::Leave { nick }).await {
+            if let Err(e) = presence::apply(&hub, &room, conn, RosterOp::Leave { nick }).await {
                 debug!(%room, error = %e, "leave not recorded in the roster; the member expires with the heartbeat");
             }
         });

@@ -8,10 +8,10 @@ use std::time::Duration;
 use shared::{Nick, PresenceKind, PresenceNotice, RoomName};
 use tracing::debug;
 
-use crate::AppState;
+use super::Hub;
+use super::registry::ConnId;
 use crate::bus::{BusError, Notice, RosterChange, RosterOp, RosterTiming, now_ms};
 use crate::config::Config;
-use crate::rooms::ConnId;
 
 /// The connection a notice comes from when no connection caused it (a grace period ended, a replica vanished):
 /// every member hears it.
@@ -53,7 +53,7 @@ pub fn timing(config: &Config) -> RosterTiming {
 
 /// Applies `op` for connection `conn` and tells the room what changed. A refused nick (`taken`) changes nothing.
 pub async fn apply(
-    state: &AppState,
+    hub: &Hub,
     room: &RoomName,
     conn: ConnId,
     op: RosterOp,
@@ -64,8 +64,8 @@ pub async fn apply(
         RosterOp::Leave { .. } | RosterOp::Refresh | RosterOp::List => (None, None),
     };
     let leaving = matches!(op, RosterOp::Leave { .. });
-    let timing = timing(&state.config);
-    let change = state.bus.roster(room, conn, op, timing).await?;
+    let timing = timing(&hub.config);
+    let change = hub.bus.roster(room, conn, op, timing).await?;
     if change.taken {
         return Ok(change);
     }
@@ -79,28 +79,28 @@ pub async fn apply(
         } else {
             PresenceKind::Joined
         };
-        announce(state, room, nick, event, renamed, conn);
+        announce(hub, room, nick, event, renamed, conn);
     }
     for nick in departed {
-        announce(state, room, nick, PresenceKind::Left, None, NOBODY);
+        announce(hub, room, nick, PresenceKind::Left, None, NOBODY);
     }
     if leaving && timing.grace_ms > 0 {
-        sweep_later(state, room, timing.grace_ms);
+        sweep_later(hub, room, timing.grace_ms);
     }
     Ok(change)
 }
 
 /// After a leave: once the grace period is over, checks the room again so a member who did not come back is
 /// announced as gone on time (any replica's check does it, exactly once).
-fn sweep_later(state: &AppState, room: &RoomName, grace_ms: u64) {
-    if !state.sweeps.claim(room) {
+fn sweep_later(hub: &Hub, room: &RoomName, grace_ms: u64) {
+    if !hub.sweeps.claim(room) {
         return;
     }
-    let (state, room) = (state.clone(), room.clone());
+    let (hub, room) = (hub.clone(), room.clone());
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(grace_ms + 50)).await;
-        state.sweeps.release(&room);
-        if let Err(e) = apply(&state, &room, NOBODY, RosterOp::Refresh).await {
+        hub.sweeps.release(&room);
+        if let Err(e) = apply(&hub, &room, NOBODY, RosterOp::Refresh).await {
             debug!(%room, error = %e, "grace check failed; the next heartbeat retries");
         }
     });
@@ -108,7 +108,7 @@ fn sweep_later(state: &AppState, room: &RoomName, grace_ms: u64) {
 
 /// Tells the room's members on every replica about a change. Best effort: not stored.
 fn announce(
-    state: &AppState,
+    hub: &Hub,
     room: &RoomName,
     nick: Nick,
     event: PresenceKind,
@@ -120,10 +120,10 @@ fn announce(
         event,
         from,
         ts: now_ms(),
-        node: state.node.to_string(),
+        node: hub.node.to_string(),
         conn,
     };
-    let fut = state.bus.announce(room, &Notice::Presence(notice));
+    let fut = hub.bus.announce(room, &Notice::Presence(notice));
     let room = room.clone();
     tokio::spawn(async move {
         if let Err(e) = fut.await {
@@ -134,24 +134,24 @@ fn announce(
 
 /// Every heartbeat, for each room with local members: this replica is alive, and members whose grace ended or
 /// whose replica vanished are announced as gone. Runs until shutdown.
-pub async fn heartbeat(state: AppState) {
-    let every = Duration::from_millis(state.config.presence_heartbeat_ms);
+pub async fn heartbeat(hub: Hub) {
+    let every = Duration::from_millis(hub.config.presence_heartbeat_ms);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = state.shutdown.cancelled() => return,
+            () = hub.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
         // Spread over half the interval in small batches: a burst of one script per room would queue every
         // message published meanwhile behind it.
-        let rooms = state.rooms.names();
+        let rooms = hub.rooms.names();
         let batches = rooms.len().div_ceil(HEARTBEAT_BATCH).max(1);
         let pause = every / 2 / u32::try_from(batches).unwrap_or(u32::MAX);
         for batch in rooms.chunks(HEARTBEAT_BATCH) {
             let refreshes = batch
                 .iter()
-                .map(|room| apply(&state, room, NOBODY, RosterOp::Refresh));
+                .map(|room| apply(&hub, room, NOBODY, RosterOp::Refresh));
             for (room, result) in batch
                 .iter()
                 .zip(futures_util::future::join_all(refreshes).await)

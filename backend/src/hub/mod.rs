@@ -1,0 +1,150 @@
+//! The room core, free of any transport: everything a replica knows about rooms and the rules every way into a
+//! room goes through. The WebSocket session, the HTTP API and the `roomcast publish` CLI all drive it through one
+//! entry point, [`Participant::handle`]; nothing here knows about axum, HTTP, tokens or sockets (a test checks).
+//!
+//! - [`Hub`]: the shared handles — the bus, the local membership registry, presence, the limits announced to
+//!   clients, this replica's node id.
+//! - [`participant`]: one connection's (or one publisher's) rooms and the rules of each request.
+//! - [`registry`]: local membership and fan-out of encoded frames to members' queues.
+//! - [`dispatch`]: the task that turns bus events into frames and fans them out in per-room waves.
+//! - [`presence`]: members online across replicas (roster changes, announcements, grace periods, heartbeat).
+
+pub mod dispatch;
+pub mod participant;
+pub mod presence;
+pub mod registry;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shared::Limits;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::config::Config;
+
+pub use participant::{Close, Participant, Reply};
+pub use registry::{ConnId, Member, Outbound, Outlet, Rooms};
+
+/// The room core's shared state: cheap handles, cloned into every participant.
+#[derive(Clone)]
+pub struct Hub {
+    /// The validated configuration (the room rules read their limits from it).
+    pub config: Arc<Config>,
+    /// This replica's node id.
+    pub node: Arc<str>,
+    /// The bus shared with the other replicas.
+    pub bus: Arc<dyn Bus>,
+    /// Local room membership.
+    pub rooms: Rooms,
+    /// The limits announced to clients in `welcome`.
+    pub limits: Arc<Limits>,
+    /// Grace-period checks pending on this replica.
+    pub sweeps: presence::Sweeps,
+    /// Cancelled when the replica shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// The hub of a replica (or of a one-off publisher) on `bus`.
+    pub fn new(
+        config: Arc<Config>,
+        node: Arc<str>,
+        bus: Arc<dyn Bus>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let rooms = Rooms::new(
+            bus.clone(),
+            node.clone(),
+            usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
+        );
+        let limits = Limits {
+            max_frame_bytes: shared::validate::MAX_FRAME_BYTES,
+            max_text_chars: shared::validate::TEXT_MAX_CHARS,
+            max_rooms: config.max_rooms as usize,
+            history_on_join: config.history_on_join as usize,
+            sends_per_sec: config.sends_per_sec,
+            send_burst: config.send_burst,
+        };
+        Self {
+            config,
+            node,
+            bus,
+            rooms,
+            limits: Arc::new(limits),
+            sweeps: presence::Sweeps::default(),
+            shutdown,
+        }
+    }
+}
+
+/// What a verified sign-in token grants one connection: the room rules refuse other nicks and rooms, and the
+/// connection ends when it expires. How the token is verified is the transport's business.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The only nick the connection may use.
+    pub nick: String,
+    /// The rooms it may join; `None`: any room.
+    pub rooms: Option<HashSet<String>>,
+    /// When the token expires (seconds since the Unix epoch).
+    pub expires: u64,
+}
+
+impl Grant {
+    /// How long from now until the connection must close: the token's expiry plus `grace`.
+    pub fn remaining(&self, grace: Duration) -> Duration {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Duration::from_secs(self.expires.saturating_sub(now)) + grace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The room core stays free of any transport: no file under `hub/` names axum, the HTTP layer, the token
+    /// verifier, the WebSocket session or the replica's `AppState`.
+    #[test]
+    fn the_hub_imports_no_transport() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hub");
+        let forbidden = [
+            "axum::",
+            "crate::http",
+            "crate::api",
+            "crate::auth",
+            "crate::session",
+            "AppState",
+            "tungstenite::",
+        ];
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let code = std::fs::read_to_string(&path).unwrap();
+            // This test names them itself.
+            let code = code.split("mod tests {").next().unwrap_or(&code);
+            for word in forbidden {
+                assert!(
+                    !code.contains(word),
+                    "{} mentions {word}: the room core must not depend on a transport",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(
+            checked >= 5,
+            "read only {checked} files of {}",
+            dir.display()
+        );
+    }
+}

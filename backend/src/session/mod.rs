@@ -1,0 +1,272 @@
+//! One WebSocket connection: the socket loop. It reads requests and hands them to the room core
+//! ([`Participant::handle`]), writes what that answers, and writes the room frames queued for the connection; it
+//! knows framing, pings, time limits and close codes, and nothing of the room rules.
+//!
+//! A single task per connection owns the socket, so frames leave in the order the session decides: `joined` (with
+//! history) always precedes the live messages that follow it, and the participant's per-room high-water mark drops
+//! any live message already delivered through history. That is what makes join-with-`since` gapless and
+//! duplicate-free.
+
+pub mod codec;
+mod writer;
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use shared::validate::MAX_FRAME_BYTES;
+use shared::{ErrorCode, PROTOCOL_VERSION, ServerMsg, close_code};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::{RequestError, RequestRef};
+use crate::hub::{Close, ConnId, Grant, Hub, Member, Outbound, Outlet, Participant, Reply};
+use writer::{Gone, Sink, WRITE_TIMEOUT, write, write_msg};
+
+/// How long a closing connection waits for the peer to answer its close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves one upgraded WebSocket until either side closes it or the replica shuts down.
+pub async fn serve(socket: WebSocket, hub: Hub, conn: ConnId, grant: Option<Grant>) {
+    let span = info_span!("conn", node = %hub.node, conn);
+    async move {
+        metrics::gauge!("roomcast_connections").increment(1.0);
+        metrics::counter!("roomcast_connections_total").increment(1);
+        debug!("connected");
+        let mut session = Session::new(hub, conn, grant);
+        let close = session.run(socket).await;
+        metrics::gauge!("roomcast_connections").decrement(1.0);
+        debug!(?close, "disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Why the session ended, and the close frame it sent, if any.
+#[derive(Debug)]
+enum End {
+    Closed(u16, String),
+    PeerGone,
+}
+
+impl From<Close> for End {
+    fn from(close: Close) -> Self {
+        Self::Closed(close.code, close.reason)
+    }
+}
+
+struct Session {
+    hub: Hub,
+    participant: Participant,
+    queued: mpsc::UnboundedReceiver<Arc<Outbound>>,
+    outlet: Arc<Outlet>,
+}
+
+/// Resolves when the connection's token has expired (plus grace); never without a token.
+async fn token_expiry(expired: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expired {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn new(hub: Hub, conn: ConnId, grant: Option<Grant>) -> Self {
+        let (queue, queued) = mpsc::unbounded_channel();
+        let outlet = Arc::new(Outlet::default());
+        let member = Member {
+            queue,
+            outlet: Arc::clone(&outlet),
+        };
+        Self {
+            participant: Participant::new(hub.clone(), conn, member, grant),
+            hub,
+            queued,
+            outlet,
+        }
+    }
+
+    async fn run(&mut self, socket: WebSocket) -> End {
+        let (sink, mut stream) = socket.split();
+        let mut sink = Sink::new(sink, Arc::clone(&self.outlet));
+        let welcome = ServerMsg::Welcome {
+            version: PROTOCOL_VERSION,
+            node: self.hub.node.to_string(),
+            limits: (*self.hub.limits).clone(),
+        };
+        if write_msg(&mut sink, &welcome).await.is_err() {
+            return End::PeerGone;
+        }
+        let (shutdown, too_slow) = (self.hub.shutdown.clone(), self.outlet.too_slow.clone());
+        // Made once, not per frame: each `cancelled()` registers with the token, which takes a lock.
+        let mut shutdown = pin!(shutdown.cancelled_owned());
+        let mut too_slow = pin!(too_slow.cancelled_owned());
+        let ping_every = self.hub.config.ping_interval();
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut last_heard = Instant::now();
+        // A token's connection ends when the token does (plus the grace period); without one, never.
+        let expires = self.participant.grant().map(|g| {
+            Instant::now() + g.remaining(Duration::from_secs(self.hub.config.jwt_grace_secs))
+        });
+        // Boxed, and only with a token: a timer inline would enlarge every connection's task, tokens or not.
+        let mut expired = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+
+        let end = loop {
+            let step = tokio::select! {
+                biased;
+                () = &mut shutdown => Err(shutting_down()),
+                () = &mut too_slow => Err(too_slow_end()),
+                () = token_expiry(&mut expired) => Err(End::Closed(
+                    close_code::TOKEN_EXPIRED,
+                    "token expired: reconnect with a fresh token".into(),
+                )),
+                // Drain what is queued before reading more requests: a client that pipelines sends keeps its
+                // own queue short, and one that stops reading stops being read (TCP backpressure).
+                Some(out) = self.queued.recv() => {
+                    // A stalled peer blocks these writes; the kick or shutdown must still get through.
+                    tokio::select! {
+                        r = writer::write_batch(&mut sink, &mut self.queued, &self.outlet, &mut self.participant, out) => {
+                            r.map_err(|Gone| End::PeerGone)
+                        }
+                        () = &mut too_slow => Err(too_slow_end()),
+                        () = &mut shutdown => Err(shutting_down()),
+                    }
+                }
+                frame = stream.next() => match frame {
+                    None | Some(Ok(Message::Close(_))) => Err(End::PeerGone),
+                    Some(Err(e)) => Err(self.read_error(&e)),
+                    Some(Ok(msg)) => {
+                        last_heard = Instant::now();
+                        // Boxed: requests are rare next to deliveries, and their state machine would otherwise make every
+                        // idle connection's task as large as the largest request.
+                        Box::pin(self.on_frame(&mut sink, msg)).await
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > ping_every * 3 {
+                        Err(End::Closed(close_code::GOING_AWAY, "no answer to pings".into()))
+                    } else {
+                        write(&mut sink, Message::Ping(Default::default())).await.map_err(|Gone| End::PeerGone)
+                    }
+                }
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        // Leave first: the rooms stop queueing for us and the others hear we left, even if the close handshake
+        // below has to wait for a stalled peer.
+        self.participant.leave_all();
+        if let End::Closed(code, reason) = &end {
+            let frame = CloseFrame {
+                code: *code,
+                reason: Utf8Bytes::from(reason.as_str()),
+            };
+            if write(&mut sink, Message::Close(Some(frame))).await.is_ok() {
+                // Finish the closing handshake: read until the peer's Close. Dropping the socket earlier would make
+                // the kernel answer the peer's last frames with a reset, which discards what it has not read yet,
+                // our Close included.
+                let drain = async {
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+            }
+        }
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+        end
+    }
+
+    fn read_error(&self, e: &axum::Error) -> End {
+        // tungstenite reports frames above the hard cap as a capacity error ("Space limit exceeded: ..."); answer
+        // like an oversize text frame. axum does not expose tungstenite's error type, so its message is the signal.
+        let text = e.to_string();
+        if text.contains("Space limit exceeded") {
+            warn!(error = %text, "oversize frame; closing with 1009");
+            End::Closed(
+                close_code::TOO_BIG,
+                format!("frame exceeds the {MAX_FRAME_BYTES} byte limit"),
+            )
+        } else {
+            debug!(error = %text, "read failed");
+            End::PeerGone
+        }
+    }
+
+    /// One frame from the client: decoded, handed to the room core, and its reply written.
+    async fn on_frame(&mut self, sink: &mut Sink, msg: Message) -> Result<(), End> {
+        let text = match msg {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                let err = RequestError::new(
+                    ErrorCode::Malformed,
+                    "binary frames are not supported; send JSON text frames",
+                );
+                return refuse(sink, err, RequestRef::default()).await;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
+        };
+        if text.len() > MAX_FRAME_BYTES {
+            warn!(bytes = text.len(), "oversize frame; closing with 1009");
+            return Err(End::Closed(
+                close_code::TOO_BIG,
+                format!(
+                    "frame of {} bytes exceeds the {MAX_FRAME_BYTES} byte limit",
+                    text.len()
+                ),
+            ));
+        }
+        let (request, re) = match codec::decode(&text) {
+            Ok(parsed) => parsed,
+            Err((err, re)) => {
+                debug!(code = ?err.code, "undecodable request");
+                return refuse(sink, err, re).await;
+            }
+        };
+        match self.participant.handle(request).await {
+            Reply::Silent => Ok(()),
+            Reply::Frame(msg) => write_msg(sink, &msg).await.map_err(|Gone| End::PeerGone),
+            Reply::Frames(mut frames) => {
+                while let Some(frame) = frames.next().await {
+                    let msg = frame.map_err(End::from)?;
+                    write_msg(sink, &msg).await.map_err(|Gone| End::PeerGone)?;
+                }
+                Ok(())
+            }
+            Reply::Refused { error, close } => {
+                refuse(sink, error, re).await?;
+                match close {
+                    Some(close) => Err(close.into()),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Answers a refused request with its `error` frame.
+async fn refuse(sink: &mut Sink, err: RequestError, re: RequestRef) -> Result<(), End> {
+    write_msg(sink, &err.into_frame(re))
+        .await
+        .map_err(|Gone| End::PeerGone)
+}
+
+fn shutting_down() -> End {
+    End::Closed(
+        close_code::GOING_AWAY,
+        "server shutting down; reconnect".into(),
+    )
+}
+
+fn too_slow_end() -> End {
+    End::Closed(
+        close_code::TRY_AGAIN_LATER,
+        "too slow: outgoing queue over its bound while not reading; reconnect and resume with since".into(),
+    )
+}
