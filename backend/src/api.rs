@@ -100,28 +100,61 @@ pub struct HistoryPage {
     pub truncated: bool,
 }
 
+/// The `error` code of an API error: the room rules' own codes (the WebSocket protocol's `ErrorCode`, spelled by
+/// serde as there) and the few only the API has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiCode {
+    /// The API is off on this replica (no `--api-keys`).
+    ApiDisabled,
+    /// No key, or a key this replica does not accept.
+    Unauthorized,
+    /// The body is over [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// A code of the room rules.
+    #[serde(untagged)]
+    Rules(ErrorCode),
+}
+
+impl ApiCode {
+    /// The code as it appears in the JSON body and the metric's label.
+    pub fn as_string(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(code)) => code,
+            _ => unreachable!("every code serializes as a string"),
+        }
+    }
+}
+
 /// An API error: an HTTP status and a JSON body `{"error": code, "message": text}`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ApiCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: impl Into<ApiCode>, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
         }
     }
 }
 
+impl From<ErrorCode> for ApiCode {
+    fn from(code: ErrorCode) -> Self {
+        Self::Rules(code)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        metrics::counter!("roomcast_api_errors_total", "code" => self.code).increment(1);
-        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let code = self.code.as_string();
+        metrics::counter!("roomcast_api_errors_total", "code" => code.clone()).increment(1);
+        let body = serde_json::json!({"error": code, "message": self.message});
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -135,17 +168,17 @@ impl IntoResponse for ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        let (status, code) = match e.code {
-            ErrorCode::InvalidRoom => (StatusCode::BAD_REQUEST, "invalid_room"),
-            ErrorCode::InvalidNick => (StatusCode::BAD_REQUEST, "invalid_nick"),
-            ErrorCode::InvalidText => (StatusCode::BAD_REQUEST, "invalid_text"),
-            ErrorCode::InvalidClientId => (StatusCode::BAD_REQUEST, "invalid_client_id"),
-            ErrorCode::CidReused => (StatusCode::CONFLICT, "cid_reused"),
-            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            _ => (StatusCode::BAD_REQUEST, "bad_request"),
+        let status = match e.code {
+            ErrorCode::InvalidRoom
+            | ErrorCode::InvalidNick
+            | ErrorCode::InvalidText
+            | ErrorCode::InvalidClientId => StatusCode::BAD_REQUEST,
+            ErrorCode::CidReused => StatusCode::CONFLICT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => return Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e.message),
         };
-        Self::new(status, code, e.message)
+        Self::new(status, e.code, e.message)
     }
 }
 
@@ -155,13 +188,13 @@ impl From<JsonRejection> for ApiError {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::new(
                 status,
-                "too_large",
+                ApiCode::TooLarge,
                 format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
             );
         }
         Self::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "expected JSON {{\"nick\", \"text\", \"cid\"?}} with Content-Type: application/json: {}",
                 rejection.body_text()
@@ -176,7 +209,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
     if keys.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "api_disabled",
+            ApiCode::ApiDisabled,
             "the HTTP API is off on this replica: start it with --api-keys (ROOMCAST_API_KEYS) to enable it",
         ));
     }
@@ -188,7 +221,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ApiCode::Unauthorized,
                 "send the API key as Authorization: Bearer <key>",
             )
         })?;
@@ -203,7 +236,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
         warn!("API request with an unknown key");
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ApiCode::Unauthorized,
             "this API key is not accepted here",
         )
     })
@@ -233,7 +266,7 @@ async fn post_message(
     if !state.api_buckets.take(&key, per_sec, burst) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!(
                 "at most {per_sec} messages per second per API key; this message was not stored"
             ),
@@ -281,7 +314,7 @@ async fn history(
     let Query(params) = query.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             format!("{} (use ?since=<id>&limit=<n>)", e.body_text()),
         )
     })?;
@@ -293,7 +326,7 @@ async fn history(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 "since must be a message id like 1732190000456-0",
             )
         })?;
@@ -316,4 +349,39 @@ async fn history(
         messages: history.messages,
         truncated: history.truncated,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_the_protocols_own_or_the_apis() {
+        assert_eq!(
+            ApiCode::from(ErrorCode::InvalidRoom).as_string(),
+            "invalid_room"
+        );
+        assert_eq!(
+            ApiCode::from(ErrorCode::CidReused).as_string(),
+            "cid_reused"
+        );
+        assert_eq!(ApiCode::ApiDisabled.as_string(), "api_disabled");
+        assert_eq!(ApiCode::TooLarge.as_string(), "too_large");
+        let rate = ApiError::from(RequestError::new(ErrorCode::RateLimited, "slow down"));
+        assert_eq!(
+            (rate.status, rate.code),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                ApiCode::Rules(ErrorCode::RateLimited)
+            )
+        );
+        let other = ApiError::from(RequestError::new(ErrorCode::NotJoined, "x"));
+        assert_eq!(
+            (other.status, other.code),
+            (
+                StatusCode::BAD_REQUEST,
+                ApiCode::Rules(ErrorCode::BadRequest)
+            )
+        );
+    }
 }
