@@ -488,6 +488,20 @@ mod tests {
             }
         }
 
+        /// A rig tracking one room from its current position, as a subscription starts.
+        async fn in_room(name: &str) -> (Self, RoomName) {
+            let mut rig = Self::new();
+            let r = room(name);
+            assert!(rig.tracker.enter(&r).await.unwrap(), "a new room");
+            (rig, r)
+        }
+
+        /// A message is stored and its live copy arrives.
+        async fn say(&mut self, room: &RoomName, text: &str) {
+            let live = self.redis.publish(room, text);
+            self.deliver(&live).await;
+        }
+
         /// A room's live message reaches the tracker.
         async fn deliver(&mut self, live: &Live) {
             self.tracker
@@ -540,11 +554,15 @@ mod tests {
         texts.iter().map(|t| Seen::Msg((*t).to_owned())).collect()
     }
 
-    fn gap(epoch: &str, reset: bool) -> Seen {
-        Seen::Gap {
+    /// Messages, then a gap in `epoch`, then more messages.
+    fn around_gap(before: &[&str], epoch: &str, reset: bool, after: &[&str]) -> Vec<Seen> {
+        let mut seen = msgs(before);
+        seen.push(Seen::Gap {
             epoch: epoch.to_owned(),
             reset,
-        }
+        });
+        seen.extend(msgs(after));
+        seen
     }
 
     /// A small deterministic generator (an LCG), so every chaotic feed can be replayed from its seed.
@@ -562,13 +580,10 @@ mod tests {
 
     #[tokio::test]
     async fn live_messages_in_order_are_relayed_as_they_come() {
-        let mut rig = Rig::new();
-        let r = room("calm");
-        assert!(rig.tracker.enter(&r).await.unwrap());
+        let (mut rig, r) = Rig::in_room("calm").await;
         assert!(!rig.tracker.enter(&r).await.unwrap(), "already tracked");
         for text in ["a", "b", "c"] {
-            let live = rig.redis.publish(&r, text);
-            rig.deliver(&live).await;
+            rig.say(&r, text).await;
         }
         assert_eq!(rig.seen_in(&r), msgs(&["a", "b", "c"]));
     }
@@ -617,12 +632,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_epoch_is_announced_as_a_reset_and_relayed_from_its_start() {
-        let mut rig = Rig::new();
-        let r = room("reborn");
-        rig.tracker.enter(&r).await.unwrap();
+        let (mut rig, r) = Rig::in_room("reborn").await;
         for text in ["a", "b"] {
-            let live = rig.redis.publish(&r, text);
-            rig.deliver(&live).await;
+            rig.say(&r, text).await;
         }
         let old = rig.redis.epoch(&r);
         rig.redis.lose_everything();
@@ -634,21 +646,17 @@ mod tests {
         rig.deliver(&y).await;
         rig.deliver(&x).await;
         rig.deliver(&y).await;
-        let z = rig.redis.publish(&r, "z");
-        rig.deliver(&z).await;
-        let mut want = msgs(&["a", "b"]);
-        want.push(gap(&new, true));
-        want.extend(msgs(&["x", "y", "z"]));
-        assert_eq!(rig.seen_in(&r), want);
+        rig.say(&r, "z").await;
+        assert_eq!(
+            rig.seen_in(&r),
+            around_gap(&["a", "b"], &new, true, &["x", "y", "z"])
+        );
     }
 
     #[tokio::test]
     async fn entries_trimmed_before_they_were_relayed_are_announced_as_a_gap() {
-        let mut rig = Rig::new();
-        let r = room("trimmed");
-        rig.tracker.enter(&r).await.unwrap();
-        let first = rig.redis.publish(&r, "1");
-        rig.deliver(&first).await;
+        let (mut rig, r) = Rig::in_room("trimmed").await;
+        rig.say(&r, "1").await;
         // Live copies of 2 to 6 are lost, and the stream keeps only 5 and 6 by the time 7 arrives.
         for text in ["2", "3", "4", "5", "6"] {
             rig.redis.publish(&r, text);
@@ -658,33 +666,29 @@ mod tests {
         rig.deliver(&seventh).await;
         rig.deliver(&seventh).await;
         let epoch = rig.redis.epoch(&r);
-        let mut want = msgs(&["1"]);
-        want.push(gap(&epoch, false));
-        want.extend(msgs(&["5", "6", "7"]));
-        assert_eq!(rig.seen_in(&r), want);
+        assert_eq!(
+            rig.seen_in(&r),
+            around_gap(&["1"], &epoch, false, &["5", "6", "7"])
+        );
     }
 
     #[tokio::test]
     async fn an_offset_that_goes_back_with_a_newer_id_is_a_failover_gap() {
-        let mut rig = Rig::new();
-        let r = room("failover");
-        rig.tracker.enter(&r).await.unwrap();
+        let (mut rig, r) = Rig::in_room("failover").await;
         for text in ["1", "2", "3", "4", "5"] {
-            let live = rig.redis.publish(&r, text);
-            rig.deliver(&live).await;
+            rig.say(&r, text).await;
         }
         // The new master never had 4 and 5: its next message takes offset 4 again, with a newer id.
         rig.redis.fail_over(&r, 2);
         let after = rig.redis.publish(&r, "4'");
         assert_eq!(after.offset, 4);
         rig.deliver(&after).await;
-        let next = rig.redis.publish(&r, "5'");
-        rig.deliver(&next).await;
+        rig.say(&r, "5'").await;
         let epoch = rig.redis.epoch(&r);
-        let mut want = msgs(&["1", "2", "3", "4", "5"]);
-        want.push(gap(&epoch, false));
-        want.extend(msgs(&["4'", "5'"]));
-        assert_eq!(rig.seen_in(&r), want);
+        assert_eq!(
+            rig.seen_in(&r),
+            around_gap(&["1", "2", "3", "4", "5"], &epoch, false, &["4'", "5'"])
+        );
     }
 
     #[tokio::test]
@@ -692,8 +696,7 @@ mod tests {
         let mut rig = Rig::new();
         let (known, joined) = (room("known"), room("joined"));
         rig.tracker.enter(&known).await.unwrap();
-        let early = rig.redis.publish(&known, "1");
-        rig.deliver(&early).await;
+        rig.say(&known, "1").await;
         // The connection is down: 2 and 3 are stored but not heard, and `joined` gets local members meanwhile
         // (its history reaches them through the join, not through the bus).
         let second = rig.redis.publish(&known, "2");
@@ -705,8 +708,7 @@ mod tests {
         assert!(rig.tracker.is_positioned(&joined));
         // Late live copies from before the reconnection are duplicates now.
         rig.deliver(&second).await;
-        let fresh = rig.redis.publish(&joined, "new");
-        rig.deliver(&fresh).await;
+        rig.say(&joined, "new").await;
         let mut seen = rig.seen();
         assert_eq!(seen.remove(&known).unwrap(), msgs(&["1", "2", "3"]));
         assert_eq!(seen.remove(&joined).unwrap(), msgs(&["new"]));
@@ -715,25 +717,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_resync_finds_a_new_epoch() {
-        let mut rig = Rig::new();
-        let r = room("restarted");
-        rig.tracker.enter(&r).await.unwrap();
-        let first = rig.redis.publish(&r, "1");
-        rig.deliver(&first).await;
+        let (mut rig, r) = Rig::in_room("restarted").await;
+        rig.say(&r, "1").await;
         rig.redis.lose_everything();
         rig.redis.publish(&r, "a");
         let new = rig.redis.epoch(&r);
         rig.tracker.resync_all().await.unwrap();
-        let mut want = msgs(&["1"]);
-        want.extend([gap(&new, true), Seen::Msg("a".into())]);
-        assert_eq!(rig.seen_in(&r), want);
+        assert_eq!(rig.seen_in(&r), around_gap(&["1"], &new, true, &["a"]));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_audit_finds_a_quiet_room_s_lost_last_message() {
-        let mut rig = Rig::new();
-        let r = room("quiet");
-        rig.tracker.enter(&r).await.unwrap();
+        let (mut rig, r) = Rig::in_room("quiet").await;
         let counter = rig.redis.position_reads.clone();
         let reads = || counter.load(Ordering::Relaxed);
         let first = rig.redis.publish(&r, "1");
@@ -755,10 +750,8 @@ mod tests {
 
     #[tokio::test]
     async fn backfill_reads_long_gaps_page_by_page() {
-        let mut rig = Rig::new();
+        let (mut rig, r) = Rig::in_room("long").await;
         rig.tracker.page = 2;
-        let r = room("long");
-        rig.tracker.enter(&r).await.unwrap();
         let texts: Vec<String> = (1..=7).map(|i| i.to_string()).collect();
         let mut last = None;
         for text in &texts {
@@ -786,14 +779,12 @@ mod tests {
         };
         rig.tracker.notice(member.clone(), notice());
         rig.tracker.notice(other.clone(), notice());
-        let stray = rig.redis.publish(&other, "stray");
-        rig.deliver(&stray).await;
+        rig.say(&other, "stray").await;
         assert_eq!(rig.seen_in(&member), [Seen::Notice]);
         assert!(rig.tracker.untrack(&member));
         assert!(!rig.tracker.untrack(&member));
         rig.tracker.notice(member.clone(), notice());
-        let after = rig.redis.publish(&member, "after");
-        rig.deliver(&after).await;
+        rig.say(&member, "after").await;
         assert!(rig.seen().is_empty());
     }
 }
