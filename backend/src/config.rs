@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::bus::redis::topology::{RedisUrl, SubscribeUrl};
+
 /// Configuration of one replica.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -29,12 +31,12 @@ pub struct Config {
     /// Redis shared by all replicas: redis://host:6379, redis+sentinel://host1:26379,host2:26379/mymaster or
     /// redis+cluster://host1:7000,host2:7001. Absent: an in-memory bus for a single replica.
     #[arg(long, env = "ROOMCAST_REDIS_URL", value_parser = parse_redis_url)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
 
     /// Where Pub/Sub subscriptions go instead of the master: Redis URLs (comma-separated, normally the master's
     /// replicas), or `replicas` to discover them through Sentinel or ROLE. Writes always go to the master.
-    #[arg(long, env = "ROOMCAST_REDIS_SUBSCRIBE_URL", value_delimiter = ',', value_parser = parse_subscribe_url)]
-    pub redis_subscribe_url: Vec<String>,
+    #[arg(long, env = "ROOMCAST_REDIS_SUBSCRIBE_URL", value_delimiter = ',', value_parser = str::parse::<SubscribeUrl>)]
+    pub redis_subscribe_url: Vec<SubscribeUrl>,
 
     /// Acknowledge a message only once this many Redis replicas have it (WAIT). 0: acknowledge when the master has
     /// it; a failover may then lose the newest acknowledged messages.
@@ -182,19 +184,12 @@ impl Config {
     }
 }
 
-fn parse_redis_url(s: &str) -> Result<String, String> {
+/// The one parse of `--redis-url`: the configuration keeps the parsed target for the bus.
+fn parse_redis_url(s: &str) -> Result<RedisUrl, String> {
     if s.is_empty() {
         return Err("empty; omit the flag to use the in-memory bus".into());
     }
-    crate::bus::redis::topology::Target::parse(s).map(|_| s.to_owned())
-}
-
-fn parse_subscribe_url(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s != "replicas" {
-        crate::bus::redis::topology::SubscribeTo::parse(&[s.to_owned()])?;
-    }
-    Ok(s.to_owned())
+    s.parse()
 }
 
 fn parse_jwt_secret(s: &str) -> Result<String, String> {

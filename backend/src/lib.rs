@@ -170,10 +170,11 @@ fn start_bus(
     let bus: Arc<dyn Bus> = match &config.redis_url {
         Some(url) => {
             let options = bus::redis::RedisOptions {
-                target: bus::redis::topology::Target::parse(url)
-                    .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
-                subscribe: bus::redis::topology::SubscribeTo::parse(&config.redis_subscribe_url)
-                    .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
+                target: url.target().clone(),
+                subscribe: bus::redis::topology::SubscribeTo::from_values(
+                    &config.redis_subscribe_url,
+                )
+                .map_err(|e| StartError::Bus(bus::BusError::Unavailable(e)))?,
                 prefix: config.redis_prefix.clone(),
                 history_limit: config.history_limit as usize,
                 dedupe_window: config.dedupe_window(),
@@ -184,7 +185,7 @@ fn start_bus(
             let bus = bus::redis::RedisBus::start(options, events_tx, shutdown.clone())
                 .map_err(StartError::Bus)?;
             info!(
-                redis = %redact(url),
+                redis = %redact(url.as_str()),
                 kind = bus.kind(),
                 prefix = %config.redis_prefix,
                 wait_replicas = config.redis_wait_replicas,

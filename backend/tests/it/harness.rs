@@ -102,7 +102,7 @@ impl Drop for Replica {
 pub fn config(redis_url: Option<&str>) -> Config {
     let mut config = Config::defaults();
     config.port = 0;
-    config.redis_url = redis_url.map(str::to_owned);
+    config.redis_url = redis_url.map(|url| url.parse().expect("a Redis URL"));
     config.static_dir = PathBuf::from("/nonexistent-roomcast-static");
     config.sends_per_sec = 10_000;
     config.send_burst = 10_000;

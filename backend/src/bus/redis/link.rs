@@ -1,11 +1,17 @@
 //! The command connection: one multiplexed connection to the master (re-resolved after any failure, so a Sentinel
 //! failover or a restarted server is picked up by the next request), or one Cluster connection that routes by slot.
+//! It also knows what differs between the two when a message is relayed: `PUBLISH` or `SPUBLISH`, and how `WAIT`
+//! reaches the master that holds a room's keys.
 
 use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult,
+    ScriptInvocation, Value,
+};
 
 use super::topology::Topology;
 use super::{REQUEST_TIMEOUT, unavailable};
@@ -44,6 +50,69 @@ impl ConnectionLike for Conn {
         match self {
             Self::Node(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// The command that relays on a room's channel: `SPUBLISH` (sharded Pub/Sub, on the room's shard) on a Cluster,
+    /// `PUBLISH` otherwise.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "PUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// Relays `payload` on `channel` with [`Self::publish_command`].
+    pub(crate) async fn publish(&mut self, channel: &str, payload: &str) -> RedisResult<()> {
+        let _receivers: i64 = redis::cmd(self.publish_command())
+            .arg(channel)
+            .arg(payload)
+            .query_async(self)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a script that writes `key`, then waits (`WAIT`, at most `timeout_ms`) until `replicas` Redis replicas of
+    /// the master holding `key` have the write. Returns the script's answer and how many replicas confirmed it.
+    pub(crate) async fn invoke_and_wait<T: FromRedisValue>(
+        &mut self,
+        invocation: &ScriptInvocation<'_>,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<(T, i64)> {
+        match self {
+            Self::Cluster(cluster) => {
+                // The Cluster keeps one connection per node: WAIT on the key's master counts this write.
+                let answer: T = invocation.invoke_async(cluster).await?;
+                let route = Route::new(slot_of(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(replicas).arg(timeout_ms);
+                let acked = cluster.route_command(wait, routing).await?;
+                Ok((answer, redis::from_redis_value(acked)?))
+            }
+            conn => {
+                // WAIT right behind the script on the same connection: it counts the replicas that have every write
+                // this connection made so far, this one included.
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(invocation)
+                    .cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout_ms);
+                match pipe.query_async(conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.load_async(conn).await?;
+                        pipe.query_async(conn).await
+                    }
+                    other => other,
+                }
+            }
         }
     }
 }
@@ -111,5 +180,31 @@ impl Link {
     /// Forgets the current connection whatever its generation (the master changed).
     pub(crate) async fn reset(&self) {
         self.current.lock().await.1 = None;
+    }
+}
+
+/// The Cluster slot of a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
+fn slot_of(key: &str) -> u16 {
+    let key = key.as_bytes();
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &key[open + 1..open + 1 + close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Reference values from `CLUSTER KEYSLOT`.
+        assert_eq!(super::slot_of("foo"), 12182);
+        assert_eq!(super::slot_of("roomcast:{foo}:log"), 12182);
+        assert_eq!(super::slot_of("{}x"), super::slot_of("{}x"));
+        assert_eq!(super::slot_of("123456789"), 12739);
     }
 }

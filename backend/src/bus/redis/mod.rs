@@ -4,16 +4,18 @@
 //! One Lua script stores a message: it checks the cid (idempotency), bumps the room's offset, appends to the stream
 //! and publishes on the channel, atomically. So the stream entry id is the message id, offsets have no holes, and
 //! no replica can see a message that history does not have. Publishing and history reads share one command
-//! connection ([`Store`] over [`link::Link`]); the [`subscriber`] task owns the Pub/Sub feed and uses the store to
-//! backfill. [`topology`] hides whether that is one server, a Sentinel-managed master or a Cluster.
+//! connection ([`Store`] over [`link::Link`]); the [`subscriber`] task owns the Pub/Sub feed and feeds the
+//! [`tracker`], which uses the store to backfill. [`codec`] owns what goes into Redis; [`topology`], [`link`] and
+//! [`feed`] hide whether that is one server, a Sentinel-managed master or a Cluster.
 
+mod codec;
 mod feed;
 mod keys;
 mod link;
 mod subscriber;
 pub mod topology;
+mod tracker;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,10 +30,12 @@ use super::{
     Bus, BusError, Draft, EventSink, History, HistoryQuery, Notice, Published, RosterChange,
     RosterOp, RosterTiming, Subscribed, new_epoch,
 };
+use codec::{Entry, StoredEntry};
 pub use keys::Keys;
 use link::{Conn, Link};
 use subscriber::{Command, Subscriber};
 use topology::{SubscribeTo, Target, Topology};
+use tracker::{Position, StreamReader};
 
 /// How long a single Redis request may take before the replica answers `unavailable`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,72 +43,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Stores a message at most once per cid, then relays it (see the file for its keys, arguments and answer).
+const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+/// A room's position, creating its epoch if it has none.
+const POSITION_SCRIPT: &str = include_str!("position.lua");
+/// A history read that sees the epoch and the entries at one instant.
+const HISTORY_SCRIPT: &str = include_str!("history.lua");
 /// Members online: join, rename, leave and the upkeep that expires crashed replicas and ended grace periods.
 const ROSTER_SCRIPT: &str = include_str!("roster.lua");
-
-/// Stores a message at most once per cid, then relays it. Channel payload: `<id> <offset> <epoch> <body>`.
-///
-/// KEYS: stream, meta, cid key. ARGV: channel, maxlen, body, candidate epoch, dedupe seconds, publish command
-/// (`PUBLISH`, or `SPUBLISH` on a Cluster, or empty: the caller publishes once Redis replicas confirmed the write).
-/// Returns `{id, 0, offset, epoch}` when stored, `{id, 1, 0, ''}` for a repeated cid with the same body,
-/// `{'', 2, 0, ''}` for a reused cid.
-const PUBLISH_SCRIPT: &str = r"
-local digest = redis.sha1hex(ARGV[3])
-local prev = redis.call('GET', KEYS[3])
-if prev then
-  local sep = string.find(prev, ' ', 1, true)
-  if sep and string.sub(prev, sep + 1) == digest then
-    return {string.sub(prev, 1, sep - 1), 1, 0, ''}
-  end
-  return {'', 2, 0, ''}
-end
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[4])
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-local off = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'o', off, 'm', ARGV[3])
-redis.call('HSET', KEYS[2], 'last', id)
-redis.call('SET', KEYS[3], id .. ' ' .. digest, 'EX', ARGV[5])
-if ARGV[6] ~= '' then
-  redis.call(ARGV[6], ARGV[1], id .. ' ' .. off .. ' ' .. epoch .. ' ' .. ARGV[3])
-end
-return {id, 0, off, epoch}
-";
-
-/// The room's position: creates the epoch if the room has none, returns `{epoch, seq|nil, last|nil}`.
-///
-/// KEYS: meta. ARGV: candidate epoch.
-const POSITION_SCRIPT: &str = r"
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
-return redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'last')
-";
-
-/// A history read that sees the epoch and the entries at one instant.
-///
-/// KEYS: stream, meta. ARGV: candidate epoch, client epoch or '', since or '', recent, limit.
-/// Returns `{epoch, reset, entries, oldest}` where `oldest` is the oldest kept entry (only with `since`).
-const HISTORY_SCRIPT: &str = r"
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-local since = ARGV[3]
-local reset = 0
-if since ~= '' and ARGV[2] ~= '' and ARGV[2] ~= epoch then
-  reset = 1
-  since = ''
-end
-if since ~= '' then
-  local entries = redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[5])
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  return {epoch, reset, entries, oldest}
-end
-if tonumber(ARGV[4]) == 0 then
-  return {epoch, reset, {}, {}}
-end
-local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[4])
-return {epoch, reset, entries, {}}
-";
-
-/// A raw stream entry: its id and its field/value pairs.
-type Entry = (String, HashMap<String, String>);
 
 /// The request side of Redis: scripts over one command connection, shared by publishers, history reads and the
 /// subscriber's backfill.
@@ -116,23 +62,6 @@ pub(crate) struct Store {
     position: redis::Script,
     history: redis::Script,
     roster: redis::Script,
-    /// `PUBLISH`, or `SPUBLISH` (sharded Pub/Sub) on a Cluster.
-    publish_cmd: &'static str,
-}
-
-/// Where a room's stored messages stand: the epoch, the newest offset and the newest id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Position {
-    pub epoch: Arc<str>,
-    pub offset: u64,
-    pub id: MsgId,
-}
-
-/// One stored message as read from a stream, with its offset.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredEntry {
-    pub offset: u64,
-    pub message: ChatMessage,
 }
 
 impl Store {
@@ -157,9 +86,40 @@ impl Store {
         }
     }
 
+    /// Up to `limit` decoded entries of the room's stream, read with `command` (`XRANGE` or `XREVRANGE`) from
+    /// `start` to `end`, in the order Redis returns them.
+    async fn entries(
+        &self,
+        room: &RoomName,
+        command: &'static str,
+        start: String,
+        end: &'static str,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, BusError> {
+        let stream = self.keys.stream(room);
+        let entries: Vec<Entry> = self
+            .run(|mut conn| async move {
+                redis::cmd(command)
+                    .arg(stream)
+                    .arg(start)
+                    .arg(end)
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        entries
+            .into_iter()
+            .map(|entry| codec::decode_entry(room, entry))
+            .collect()
+    }
+}
+
+impl StreamReader for Store {
     /// The current positions of `rooms`. Creates an epoch for rooms that have none. The requests are sent together
     /// (the connection pipelines them), and each is routed to its room's shard on a Cluster.
-    pub(crate) async fn positions(&self, rooms: &[RoomName]) -> Result<Vec<Position>, BusError> {
+    async fn positions(&self, rooms: &[RoomName]) -> Result<Vec<Position>, BusError> {
         let metas: Vec<String> = rooms.iter().map(|r| self.keys.meta(r)).collect();
         let script = self.position.clone();
         let rows: Vec<(String, Option<u64>, Option<String>)> = self
@@ -191,30 +151,15 @@ impl Store {
             .collect()
     }
 
-    /// Up to `count` stored messages after `after`, oldest first, with their offsets.
-    pub(crate) async fn range_after(
+    /// `XRANGE` from just after `after`.
+    async fn range_after(
         &self,
         room: &RoomName,
         after: MsgId,
-        count: usize,
+        limit: usize,
     ) -> Result<Vec<StoredEntry>, BusError> {
-        let stream = self.keys.stream(room);
-        let entries: Vec<Entry> = self
-            .run(|mut conn| async move {
-                redis::cmd("XRANGE")
-                    .arg(stream)
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        entries
-            .into_iter()
-            .map(|entry| decode_entry(room, entry))
-            .collect()
+        self.entries(room, "XRANGE", format!("({after}"), "+", limit)
+            .await
     }
 }
 
@@ -271,7 +216,6 @@ impl RedisBus {
         shutdown: CancellationToken,
     ) -> Result<Self, BusError> {
         let kind = options.target.kind();
-        let cluster = matches!(options.target, Target::Cluster(_));
         let topology = Arc::new(
             Topology::new(options.target, options.subscribe, REQUEST_TIMEOUT)
                 .map_err(unavailable)?,
@@ -283,7 +227,6 @@ impl RedisBus {
             position: redis::Script::new(POSITION_SCRIPT),
             history: redis::Script::new(HISTORY_SCRIPT),
             roster: redis::Script::new(ROSTER_SCRIPT),
-            publish_cmd: if cluster { "SPUBLISH" } else { "PUBLISH" },
         };
         let (commands, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
@@ -327,7 +270,6 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
     }
 }
 
-/// What the publish script answers: id, flag (0 stored, 1 duplicate, 2 cid reused), offset.
 /// The publish script's answer: id, flag (0 stored, 1 repeated cid, 2 reused cid), offset, epoch.
 type PublishReply = (String, i64, u64, String);
 
@@ -354,13 +296,12 @@ impl Bus for RedisBus {
             nick: draft.nick,
             text: draft.text,
         };
-        let json = serde_json::to_string(&body).expect("bus bodies always serialize");
+        let json = codec::body_json(&body);
         let (channel, limit, dedupe) = (keys.channel(room), self.history_limit, self.dedupe_secs);
         let (wait, wait_ms) = (self.wait_replicas, self.wait_timeout_ms);
         let store = self.store.clone();
         async move {
             let script = store.publish.clone();
-            let publish_cmd = store.publish_cmd;
             let written = store
                 .run(|mut conn| async move {
                     let mut invocation = script.key(&ks[..]);
@@ -372,55 +313,27 @@ impl Bus for RedisBus {
                         .arg(dedupe)
                         // With WAIT the script only stores: the message is relayed once replicas confirmed it, so
                         // no member ever sees a message that a failover can still take back.
-                        .arg(if wait == 0 { publish_cmd } else { "" });
+                        .arg(if wait == 0 { conn.publish_command() } else { "" })
+                        .arg(codec::STORED_PAYLOAD)
+                        .arg(codec::OFFSET_FIELD)
+                        .arg(codec::BODY_FIELD);
                     if wait == 0 {
-                        let (id, flag, offset, _): PublishReply = invocation.invoke_async(&mut conn).await?;
+                        let (id, flag, offset, _): PublishReply =
+                            invocation.invoke_async(&mut conn).await?;
                         return Ok(Written::Stored(id, flag, offset));
                     }
-                    let ((id, flag, offset, epoch), acked): (PublishReply, i64) = match &mut conn {
-                        Conn::Cluster(cluster) => {
-                            // The Cluster keeps one connection per node: WAIT on the room's master counts this write.
-                            let published: PublishReply = invocation.invoke_async(cluster).await?;
-                            let route = redis::cluster_routing::Route::new(
-                                slot_of(&ks[0]),
-                                redis::cluster_routing::SlotAddr::Master,
-                            );
-                            let routing = redis::cluster_routing::RoutingInfo::SingleNode(
-                                redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(route),
-                            );
-                            let mut wait_cmd = redis::cmd("WAIT");
-                            wait_cmd.arg(wait).arg(wait_ms);
-                            let acked = cluster.route_command(wait_cmd, routing).await?;
-                            (published, redis::from_redis_value(acked)?)
-                        }
-                        conn => {
-                            // WAIT right behind the script on the same connection: it counts the replicas that have
-                            // every write this connection made so far, this message included (or, for a duplicate,
-                            // the original).
-                            let mut pipe = redis::pipe();
-                            pipe.invoke_script(&invocation).cmd("WAIT").arg(wait).arg(wait_ms);
-                            let reply: redis::RedisResult<(PublishReply, i64)> = pipe.query_async(conn).await;
-                            match reply {
-                                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                                    script.load_async(conn).await?;
-                                    pipe.query_async(conn).await?
-                                }
-                                other => other?,
-                            }
-                        }
-                    };
+                    // For a repeated cid, WAIT counts the replicas that have the original.
+                    let ((id, flag, offset, epoch), acked): (PublishReply, i64) = conn
+                        .invoke_and_wait(&invocation, &ks[0], wait, wait_ms)
+                        .await?;
                     if acked < i64::from(wait) {
                         return Ok(Written::NotReplicated(acked));
                     }
                     if flag == 0 {
                         // Confirmed: relay it now. Publishes of concurrent senders may arrive out of offset order;
                         // the subscriber's gap rule backfills from the stream, which holds both.
-                        let payload = format!("{id} {offset} {epoch} {json}");
-                        let _receivers: i64 = redis::cmd(publish_cmd)
-                            .arg(&channel)
-                            .arg(payload)
-                            .query_async(&mut conn)
-                            .await?;
+                        let payload = codec::stored_payload(&id, offset, &epoch, &json);
+                        conn.publish(&channel, &payload).await?;
                     }
                     Ok(Written::Stored(id, flag, offset))
                 })
@@ -451,25 +364,13 @@ impl Bus for RedisBus {
         room: &RoomName,
         notice: &Notice,
     ) -> BoxFuture<'static, Result<(), BusError>> {
-        let body = notice.body();
-        let payload = format!(
-            "- {}",
-            serde_json::to_string(&body).expect("bus bodies always serialize")
-        );
+        let payload = codec::notice_payload(notice);
         let channel = self.store.keys.channel(room);
         let store = self.store.clone();
         async move {
-            let publish_cmd = store.publish_cmd;
-            let _receivers: i64 = store
-                .run(|mut conn| async move {
-                    redis::cmd(publish_cmd)
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
-            Ok(())
+            store
+                .run(|mut conn| async move { conn.publish(&channel, &payload).await })
+                .await
         }
         .boxed()
     }
@@ -538,27 +439,13 @@ impl Bus for RedisBus {
         before: MsgId,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
-        let stream = self.store.keys.stream(room);
         let store = self.store.clone();
         let room = room.clone();
         async move {
-            let entries: Vec<Entry> = store
-                .run(|mut conn| async move {
-                    redis::cmd("XREVRANGE")
-                        .arg(stream)
-                        .arg(format!("({before}"))
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .query_async(&mut conn)
-                        .await
-                })
+            let newest_first = store
+                .entries(&room, "XREVRANGE", format!("({before}"), "-", limit)
                 .await?;
-            entries
-                .into_iter()
-                .rev()
-                .map(|e| decode_entry(&room, e).map(|s| s.message))
-                .collect()
+            Ok(newest_first.into_iter().rev().map(|e| e.message).collect())
         }
         .boxed()
     }
@@ -598,7 +485,7 @@ impl Bus for RedisBus {
             let oldest = oldest
                 .into_iter()
                 .next()
-                .map(|e| decode_entry(&room, e))
+                .map(|e| codec::decode_entry(&room, e))
                 .transpose()?;
             let truncated = match (query.since, oldest, reset) {
                 (Some(since), Some(oldest), false) => {
@@ -608,7 +495,7 @@ impl Bus for RedisBus {
             };
             let messages = entries
                 .into_iter()
-                .map(|e| decode_entry(&room, e).map(|s| s.message))
+                .map(|e| codec::decode_entry(&room, e).map(|s| s.message))
                 .collect::<Result<_, _>>()?;
             Ok(History {
                 epoch: epoch.into(),
@@ -640,60 +527,5 @@ impl Bus for RedisBus {
 
     fn kind(&self) -> &'static str {
         self.kind
-    }
-}
-
-/// The Cluster slot of a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
-fn slot_of(key: &str) -> u16 {
-    let key = key.as_bytes();
-    let tag = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let close = key[open + 1..].iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &key[open + 1..open + 1 + close])
-        })
-        .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
-}
-
-/// Reads one stream entry: fields `o` (offset) and `m` (the message body).
-fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<StoredEntry, BusError> {
-    let bad = |why: String| BusError::Protocol(format!("stream entry {id} of room {room}: {why}"));
-    let msg_id: MsgId = id
-        .parse()
-        .map_err(|e: shared::ParseMsgIdError| bad(e.to_string()))?;
-    // Entries written before offsets existed have none; they sort before every offset.
-    let offset = match fields.get("o") {
-        Some(o) => o.parse().map_err(|_| bad(format!("offset {o:?}")))?,
-        None => 0,
-    };
-    let json = fields.get("m").ok_or_else(|| bad("no field m".into()))?;
-    match serde_json::from_str(json).map_err(|e| bad(e.to_string()))? {
-        BusBody::Message { nick, text } => Ok(StoredEntry {
-            offset,
-            message: ChatMessage {
-                id: msg_id,
-                room: room.clone(),
-                nick,
-                text,
-                ts: msg_id.ms,
-            },
-        }),
-        BusBody::Presence(_) | BusBody::Typing(_) => {
-            Err(bad("presence and typing notices are never stored".into()))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn slots_follow_the_hash_tag() {
-        // Reference values from `CLUSTER KEYSLOT`.
-        assert_eq!(super::slot_of("foo"), 12182);
-        assert_eq!(super::slot_of("roomcast:{foo}:log"), 12182);
-        assert_eq!(super::slot_of("{}x"), super::slot_of("{}x"));
-        assert_eq!(super::slot_of("123456789"), 12739);
     }
 }

@@ -12,12 +12,44 @@
 //! With `--redis-subscribe-url`, Pub/Sub (single or Sentinel) goes to Redis replicas instead of the master: Redis
 //! propagates every `PUBLISH` to its replicas, so subscribers spread over them while writes stay on the master.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo,
 };
+
+/// `--redis-url` as given and as parsed. It is parsed once, when the configuration is read: the bus takes the
+/// [`Target`] that was validated, and logs take the text (redacted).
+#[derive(Debug, Clone)]
+pub struct RedisUrl {
+    url: String,
+    target: Target,
+}
+
+impl RedisUrl {
+    /// The URL as given. It may carry a password: redact it before logging.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// Where it points.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        Ok(Self {
+            target: Target::parse(url)?,
+            url: url.to_owned(),
+        })
+    }
+}
 
 /// A parsed `--redis-url`.
 #[derive(Debug, Clone)]
@@ -128,21 +160,47 @@ pub enum SubscribeTo {
 }
 
 impl SubscribeTo {
-    /// Parses the flag's values: URLs, or the single word `replicas`.
-    pub fn parse(values: &[String]) -> Result<Self, String> {
+    /// Combines the flag's values, each parsed when the configuration was read: URLs, or `replicas` alone.
+    pub fn from_values(values: &[SubscribeUrl]) -> Result<Self, String> {
         match values {
             [] => Ok(Self::Master),
-            [one] if one == "replicas" => Ok(Self::Replicas),
+            [SubscribeUrl::Replicas] => Ok(Self::Replicas),
             urls => urls
                 .iter()
-                .map(|u| {
-                    u.as_str()
-                        .into_connection_info()
-                        .map_err(|e| format!("{u:?} is not a Redis URL ({e})"))
+                .map(|value| match value {
+                    SubscribeUrl::Url(info) => Ok(info.clone()),
+                    SubscribeUrl::Replicas => Err(
+                        "`replicas` stands alone: give Redis URLs or `replicas`, not both"
+                            .to_owned(),
+                    ),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::Urls),
         }
+    }
+}
+
+/// One value of `--redis-subscribe-url`: a Redis URL, or the word `replicas`.
+#[derive(Debug, Clone)]
+pub enum SubscribeUrl {
+    /// Discover the master's replicas.
+    Replicas,
+    /// This server.
+    Url(ConnectionInfo),
+}
+
+impl FromStr for SubscribeUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        if value == "replicas" {
+            return Ok(Self::Replicas);
+        }
+        value
+            .into_connection_info()
+            .map(Self::Url)
+            .map_err(|e| format!("{value:?} is not a Redis URL ({e})"))
     }
 }
 
@@ -405,17 +463,31 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_keep_their_text_and_target() {
+        let url: RedisUrl = "redis+cluster://a:7000,b:7001".parse().unwrap();
+        assert_eq!(url.as_str(), "redis+cluster://a:7000,b:7001");
+        assert!(matches!(url.target(), Target::Cluster(nodes) if nodes.len() == 2));
+        assert!("http://x".parse::<RedisUrl>().is_err());
+    }
+
+    #[test]
     fn subscribe_targets_parse() {
-        assert!(matches!(SubscribeTo::parse(&[]), Ok(SubscribeTo::Master)));
+        let values =
+            |vs: &[&str]| -> Vec<SubscribeUrl> { vs.iter().map(|v| v.parse().unwrap()).collect() };
         assert!(matches!(
-            SubscribeTo::parse(&["replicas".into()]),
+            SubscribeTo::from_values(&[]),
+            Ok(SubscribeTo::Master)
+        ));
+        assert!(matches!(
+            SubscribeTo::from_values(&values(&[" replicas"])),
             Ok(SubscribeTo::Replicas)
         ));
         assert!(matches!(
-            SubscribeTo::parse(&["redis://a:1".into(), "redis://b:2".into()]),
+            SubscribeTo::from_values(&values(&["redis://a:1", "redis://b:2"])),
             Ok(SubscribeTo::Urls(u)) if u.len() == 2
         ));
-        assert!(SubscribeTo::parse(&["nope://".into()]).is_err());
+        assert!(SubscribeTo::from_values(&values(&["redis://a:1", "replicas"])).is_err());
+        assert!("nope://".parse::<SubscribeUrl>().is_err());
     }
 
     #[test]

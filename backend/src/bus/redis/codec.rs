@@ -1,0 +1,314 @@
+//! The two formats the Redis bus puts into Redis: the payload on a room's channel and the entry in a room's stream.
+//!
+//! This file is their only definition. The Rust side encodes and decodes with the functions below; the publish
+//! script does not spell either format: it gets [`STORED_PAYLOAD`] (filled in with `string.format`) and the entry
+//! field names as arguments.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shared::{BusBody, ChatMessage, MsgId, RoomName};
+
+use crate::bus::{BusError, Notice};
+
+/// A stored message on the channel, `<id> <offset> <epoch> <body>`: each `%s` is filled in that order, by
+/// [`stored_payload`] here and by the publish script, which gets this template as an argument.
+pub(super) const STORED_PAYLOAD: &str = "%s %s %s %s";
+
+/// A presence or typing notice on the channel, `- <body>`. Notices are never stored, so only Rust writes them.
+const NOTICE_PAYLOAD: &str = "- %s";
+
+/// The stream entry field holding the message's offset in its room.
+pub(super) const OFFSET_FIELD: &str = "o";
+
+/// The stream entry field holding the message body (JSON).
+pub(super) const BODY_FIELD: &str = "m";
+
+/// A raw stream entry as Redis returns it: its id and its field/value pairs.
+pub(super) type Entry = (String, HashMap<String, String>);
+
+/// One stored message as read from a stream, with its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredEntry {
+    pub offset: u64,
+    pub message: ChatMessage,
+}
+
+/// A decoded channel payload.
+#[derive(Debug)]
+pub(super) enum Incoming {
+    /// A message the publish script stored, with its position in the room.
+    Stored {
+        offset: u64,
+        epoch: Arc<str>,
+        message: ChatMessage,
+    },
+    /// A notice that was never stored.
+    Notice(Notice),
+}
+
+/// A bus body as JSON: the body field of a stream entry and the last part of every channel payload.
+pub(super) fn body_json(body: &BusBody) -> String {
+    serde_json::to_string(body).expect("bus bodies always serialize")
+}
+
+/// The channel payload of a stored message, as the publish script would have sent it.
+pub(super) fn stored_payload(id: &str, offset: u64, epoch: &str, body_json: &str) -> String {
+    fill(STORED_PAYLOAD, &[id, &offset.to_string(), epoch, body_json])
+}
+
+/// The channel payload of a notice.
+pub(super) fn notice_payload(notice: &Notice) -> String {
+    fill(NOTICE_PAYLOAD, &[&body_json(&notice.body())])
+}
+
+/// Decodes a channel payload of `room`: a stored message or a notice.
+pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming, String> {
+    let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
+    if let Some([json]) = unfill(NOTICE_PAYLOAD, text) {
+        return match serde_json::from_str(json).map_err(|e| e.to_string())? {
+            BusBody::Presence(notice) => Ok(Incoming::Notice(Notice::Presence(notice))),
+            BusBody::Typing(notice) => Ok(Incoming::Notice(Notice::Typing(notice))),
+            BusBody::Message { .. } => Err("a stored message without an id".into()),
+        };
+    }
+    let Some([id, offset, epoch, json]) = unfill(STORED_PAYLOAD, text) else {
+        return Err("expected `<id> <offset> <epoch> <body>`".into());
+    };
+    let id: MsgId = id
+        .parse()
+        .map_err(|e: shared::ParseMsgIdError| e.to_string())?;
+    let offset: u64 = offset
+        .parse()
+        .map_err(|_| format!("bad offset {offset:?}"))?;
+    match serde_json::from_str(json).map_err(|e| e.to_string())? {
+        BusBody::Message { nick, text } => Ok(Incoming::Stored {
+            offset,
+            epoch: epoch.into(),
+            message: ChatMessage {
+                id,
+                room: room.clone(),
+                nick,
+                text,
+                ts: id.ms,
+            },
+        }),
+        BusBody::Presence(_) | BusBody::Typing(_) => Err("a notice with an id".into()),
+    }
+}
+
+/// Reads one stream entry of `room`: its id, [`OFFSET_FIELD`] and [`BODY_FIELD`].
+pub(super) fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<StoredEntry, BusError> {
+    let bad = |why: String| BusError::Protocol(format!("stream entry {id} of room {room}: {why}"));
+    let msg_id: MsgId = id
+        .parse()
+        .map_err(|e: shared::ParseMsgIdError| bad(e.to_string()))?;
+    // Entries written before offsets existed have none; they sort before every offset.
+    let offset = match fields.get(OFFSET_FIELD) {
+        Some(o) => o.parse().map_err(|_| bad(format!("offset {o:?}")))?,
+        None => 0,
+    };
+    let json = fields
+        .get(BODY_FIELD)
+        .ok_or_else(|| bad(format!("no field {BODY_FIELD}")))?;
+    match serde_json::from_str(json).map_err(|e| bad(e.to_string()))? {
+        BusBody::Message { nick, text } => Ok(StoredEntry {
+            offset,
+            message: ChatMessage {
+                id: msg_id,
+                room: room.clone(),
+                nick,
+                text,
+                ts: msg_id.ms,
+            },
+        }),
+        BusBody::Presence(_) | BusBody::Typing(_) => {
+            Err(bad("presence and typing notices are never stored".into()))
+        }
+    }
+}
+
+/// Fills a template's `%s` with `values`, in order. A value may contain anything, `%s` included: only the template
+/// is searched.
+fn fill(template: &str, values: &[&str]) -> String {
+    let mut pieces = template.split("%s");
+    let mut out = String::from(pieces.next().unwrap_or_default());
+    let mut values = values.iter();
+    for piece in pieces {
+        out.push_str(values.next().expect("a value for every %s"));
+        out.push_str(piece);
+    }
+    out
+}
+
+/// The inverse of [`fill`]: the `N` values of a filled template. Every value but the last ends where the template's
+/// text after it first appears; the last one takes the rest, so the body may contain anything.
+fn unfill<'a, const N: usize>(template: &str, text: &'a str) -> Option<[&'a str; N]> {
+    let mut pieces = template.split("%s");
+    let mut rest = text.strip_prefix(pieces.next()?)?;
+    let after: Vec<&str> = pieces.collect();
+    if after.len() != N {
+        return None;
+    }
+    let mut values = [""; N];
+    for (i, literal) in after.iter().enumerate() {
+        if i + 1 == N {
+            values[i] = rest.strip_suffix(literal)?;
+        } else {
+            let (value, tail) = rest.split_once(literal)?;
+            values[i] = value;
+            rest = tail;
+        }
+    }
+    Some(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::{Nick, PresenceNotice, TypingNotice};
+
+    use super::*;
+
+    fn room() -> RoomName {
+        RoomName::parse("r").unwrap()
+    }
+
+    fn message(id: MsgId, text: &str) -> ChatMessage {
+        ChatMessage {
+            id,
+            room: room(),
+            nick: Nick::parse("al").unwrap(),
+            text: text.into(),
+            ts: id.ms,
+        }
+    }
+
+    fn message_json(m: &ChatMessage) -> String {
+        body_json(&BusBody::Message {
+            nick: m.nick.clone(),
+            text: m.text.clone(),
+        })
+    }
+
+    #[test]
+    fn stored_payloads_round_trip() {
+        // Spaces, a `%s` and a leading dash in the text must not confuse the layout.
+        for text in ["x", "x y  z", "%s %d 100%", "- not a notice", ""] {
+            let sent = message(MsgId::new(1_732_190_000_500, 3), text);
+            let payload = stored_payload(&sent.id.to_string(), 42, "ab12", &message_json(&sent));
+            let Ok(Incoming::Stored {
+                offset,
+                epoch,
+                message,
+            }) = decode_payload(&room(), payload.as_bytes())
+            else {
+                panic!("a stored message: {payload}")
+            };
+            assert_eq!((offset, &*epoch, &message), (42, "ab12", &sent));
+        }
+    }
+
+    #[test]
+    fn the_stored_payload_is_the_documented_layout() {
+        // What the publish script's `string.format` makes of the template, for the same values.
+        assert_eq!(
+            stored_payload("5-1", 7, "ab12", r#"{"kind":"message"}"#),
+            r#"5-1 7 ab12 {"kind":"message"}"#
+        );
+        let Ok(Incoming::Stored {
+            offset, message, ..
+        }) = decode_payload(
+            &room(),
+            br#"5-1 7 ab12 {"kind":"message","nick":"a","text":"x y"}"#,
+        )
+        else {
+            panic!("a stored message")
+        };
+        assert_eq!(
+            (offset, message.id, message.text.as_str()),
+            (7, MsgId::new(5, 1), "x y")
+        );
+    }
+
+    #[test]
+    fn notices_round_trip() {
+        let presence = Notice::Presence(PresenceNotice {
+            nick: Nick::parse("bob").unwrap(),
+            event: shared::PresenceKind::Joined,
+            from: None,
+            ts: 1,
+            node: "n".into(),
+            conn: 2,
+        });
+        let typing = Notice::Typing(TypingNotice {
+            nick: Nick::parse("bob").unwrap(),
+            node: "n".into(),
+            conn: 2,
+        });
+        for notice in [presence, typing] {
+            let payload = notice_payload(&notice);
+            assert!(payload.starts_with("- "), "{payload}");
+            let Ok(Incoming::Notice(back)) = decode_payload(&room(), payload.as_bytes()) else {
+                panic!("a notice: {payload}")
+            };
+            assert_eq!(back.body(), notice.body());
+        }
+    }
+
+    #[test]
+    fn bad_payloads_are_refused() {
+        for bad in [
+            &b"garbage"[..],
+            b"x-1 1 e {}",
+            br#"5-1 {"kind":"message","nick":"a","text":"x"}"#,
+            br#"5-1 x e {"kind":"message","nick":"a","text":"x"}"#,
+            br#"- {"kind":"message","nick":"a","text":"x"}"#,
+            br#"5-1 1 e {"kind":"typing","nick":"a","node":"n","conn":1}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                decode_payload(&room(), bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn stream_entries_decode() {
+        let sent = message(MsgId::new(9, 0), "hello there");
+        let entry = |fields: &[(&str, &str)]| -> Entry {
+            (
+                sent.id.to_string(),
+                fields
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+        };
+        let json = message_json(&sent);
+        let read = decode_entry(&room(), entry(&[(OFFSET_FIELD, "12"), (BODY_FIELD, &json)]));
+        assert_eq!(
+            read.unwrap(),
+            StoredEntry {
+                offset: 12,
+                message: sent.clone()
+            }
+        );
+        // Entries from before offsets existed sort before every offset.
+        let old = decode_entry(&room(), entry(&[(BODY_FIELD, &json)])).unwrap();
+        assert_eq!(old.offset, 0);
+        assert!(decode_entry(&room(), entry(&[(OFFSET_FIELD, "1")])).is_err());
+        assert!(decode_entry(&room(), entry(&[(OFFSET_FIELD, "x"), (BODY_FIELD, &json)])).is_err());
+        let bad_id = ("nope".to_owned(), entry(&[(BODY_FIELD, &json)]).1);
+        assert!(decode_entry(&room(), bad_id).is_err());
+    }
+
+    #[test]
+    fn templates_fill_and_unfill() {
+        assert_eq!(fill("<%s|%s>", &["a", "%s"]), "<a|%s>");
+        assert_eq!(unfill::<2>("<%s|%s>", "<a|b|c>"), Some(["a", "b|c"]));
+        assert_eq!(unfill::<2>("<%s|%s>", "a|b>"), None);
+        assert_eq!(unfill::<3>("<%s|%s>", "<a|b>"), None);
+    }
+}
