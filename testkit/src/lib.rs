@@ -114,7 +114,10 @@ impl Redis {
                 .expect("start redis-server");
         self.child = Some(child);
         let client = redis::Client::open(self.url()).unwrap();
-        for _ in 0..200 {
+        // A busy machine can take seconds to start a process: wait for the server itself, up to PATIENCE, and stop at
+        // once if it exited instead (its own error is on stderr).
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 && redis::cmd("PING")
                     .query_async::<String>(&mut conn)
@@ -123,9 +126,19 @@ impl Redis {
             {
                 return;
             }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "redis-server on port {} exited at start ({status})",
+                    self.port
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server on port {} did not answer within {PATIENCE:?}",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("redis-server on port {} did not answer", self.port);
     }
 
     /// `redis://127.0.0.1:<port>`.
