@@ -1,9 +1,12 @@
 //! What the tests, the benchmarks and `cargo xtask` all need to run Roomcast for real: a private `redis-server` on a
 //! free loopback port (plain, persistent, replica, Cluster node), Sentinel and Cluster topologies made of them, a
 //! `roomcast` replica as a separate process, and small waiting helpers. Never the default Redis port; everything it
-//! starts is killed when dropped.
+//! starts is killed when dropped. Its modules hold the kits the tests drive Roomcast with: the typed WebSocket
+//! [`client`] and the fault runs under steady [`traffic`].
 
+pub mod client;
 mod topologies;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -452,7 +455,7 @@ pub async fn http_request(
     (status, head.to_owned(), body.to_owned())
 }
 
-/// A WebSocket to a replica, as the benchmarks drive it.
+/// A WebSocket to a replica, as the benchmarks and the typed [`client::Client`] drive it.
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

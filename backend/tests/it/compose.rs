@@ -10,7 +10,8 @@
 use std::collections::HashSet;
 use std::process::Command;
 
-use crate::faults::through_one_address;
+use testkit::traffic::through_one_address;
+
 use crate::harness::{eventually, node_behind};
 
 /// What `cargo xtask stack-test` tells the test.
