@@ -2,8 +2,10 @@
 //! free loopback port (plain, persistent, replica, Cluster node), Sentinel and Cluster topologies made of them, a
 //! `roomcast` replica as a separate process, and small waiting helpers. Never the default Redis port; everything it
 //! starts is killed when dropped. Its modules hold the kits the tests drive Roomcast with: the typed WebSocket
-//! [`client`] and the fault runs under steady [`traffic`].
+//! [`client`], the fault runs under steady [`traffic`], and (feature `browser`) the WebDriver kit `browser`.
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod client;
 mod topologies;
 pub mod traffic;
