@@ -393,6 +393,22 @@ impl Drop for Nginx {
     }
 }
 
+/// Runs `cmd` to its end and returns its standard output, trimmed. A command that cannot start (`what` says what to
+/// install) or that fails fails the caller, with everything it printed.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.trim().to_owned()
+}
+
 /// Retries `f` until it returns `Some`, for state that settles asynchronously (e.g. a Redis reconnect).
 pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
