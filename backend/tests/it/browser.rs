@@ -155,7 +155,6 @@ impl Chat for Page {
     }
 }
 
-/// A test replica on the Redis bus serving the browser client, named so its status line can be recognised.
 /// What every browser test starts with: chromedriver, Redis, and two replicas serving the built client.
 struct Stage {
     dist: PathBuf,
@@ -185,6 +184,7 @@ impl Stage {
     }
 }
 
+/// A test replica on the Redis bus serving the browser client, named so its status line can be recognised.
 fn replica_config(redis: &Redis, dist: &Path, node: &str, port: u16) -> backend::Config {
     let mut c = config(Some(&redis.url()));
     c.static_dir = dist.to_path_buf();
