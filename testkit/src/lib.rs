@@ -1,9 +1,14 @@
 //! What the tests, the benchmarks and `cargo xtask` all need to run Roomcast for real: a private `redis-server` on a
 //! free loopback port (plain, persistent, replica, Cluster node), Sentinel and Cluster topologies made of them, a
 //! `roomcast` replica as a separate process, and small waiting helpers. Never the default Redis port; everything it
-//! starts is killed when dropped.
+//! starts is killed when dropped. Its modules hold the kits the tests drive Roomcast with: the typed WebSocket
+//! [`client`], the fault runs under steady [`traffic`], and (feature `browser`) the WebDriver kit `browser`.
 
+#[cfg(feature = "browser")]
+pub mod browser;
+pub mod client;
 mod topologies;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -401,6 +406,22 @@ impl Drop for Nginx {
     }
 }
 
+/// Runs `cmd` to its end and returns its standard output, trimmed. A command that cannot start (`what` says what to
+/// install) or that fails fails the caller, with everything it printed.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.trim().to_owned()
+}
+
 /// Retries `f` until it returns `Some`, for state that settles asynchronously (e.g. a Redis reconnect).
 pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
@@ -465,7 +486,7 @@ pub async fn http_request(
     (status, head.to_owned(), body.to_owned())
 }
 
-/// A WebSocket to a replica, as the benchmarks drive it.
+/// A WebSocket to a replica, as the benchmarks and the typed [`client::Client`] drive it.
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::{Redis, eventually, free_port, redis_server_binary};
+use crate::{Redis, eventually, free_port, redis_server_binary, run_ok};
 
 /// The name Sentinels monitor the master under.
 pub const MASTER_NAME: &str = "roomcast";
@@ -223,14 +223,9 @@ impl ClusterSet {
         for n in &nodes {
             create.arg(format!("127.0.0.1:{}", n.port()));
         }
-        let out = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("run redis-cli --cluster create (apt-get install redis-tools)");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+        run_ok(
+            create.args(["--cluster-replicas", "1", "--cluster-yes"]),
+            "redis-cli --cluster create (apt-get install redis-tools)",
         );
         let set = Self { nodes };
         set.wait_ok().await;

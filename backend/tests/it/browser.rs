@@ -1,28 +1,18 @@
 //! The browser client end to end: two headless Chromium pages, each served by its own replica, chatting through a
 //! real Redis, and one of them riding out a restart of its replica. Screenshots go to the test output directory.
+//! The WebDriver kit (chromedriver, pages, waits, screenshots) is `testkit::browser`; what a person does in
+//! Roomcast's pages is [`Chat`], here.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use fantoccini::wd::Capabilities;
-use fantoccini::{ClientBuilder, Locator};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use testkit::browser::{Chromedriver, ENTER, Locator, Page, TAB, output_dir, workspace};
 
-use crate::harness::{PATIENCE, Redis, Replica, config, free_port, replica_process};
+use crate::harness::{Redis, Replica, config, replica_process};
 
 /// The room both pages meet in (a fresh Redis per test, so no other test shares it).
 const ROOM: &str = "e2e";
-
-/// How often a condition on a page is checked again. Polling, not synchronisation: every wait is for a condition.
-const POLL: Duration = Duration::from_millis(50);
-
-/// WebDriver's key code for Enter.
-const ENTER: &str = "\u{e007}";
-/// The WebDriver key code of Tab.
-const TAB: &str = "\u{e004}";
 
 /// Every chat message on a page, as `[nick, text]`, oldest first. A message that continues its sender's group has no
 /// header of its own, so it takes the nickname of the header above it.
@@ -35,13 +25,11 @@ const MESSAGES: &str = r"(() => {
     });
 })()";
 
-/// The workspace root, where `dist/` and `test-output/` live by default.
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the backend crate lives in the workspace")
-        .to_path_buf()
-}
+/// The status line as `[state, text]` (its `data-state` and its text).
+const STATUS: &str = r"(() => {
+    const s = document.querySelector('.status');
+    return s ? [s.dataset.state, s.querySelector('.status-text').textContent] : ['', ''];
+})()";
 
 /// The built browser client (`ROOMCAST_DIST`, else `<workspace>/dist`). A missing build fails the test: skipping
 /// would make a test that cannot fail.
@@ -56,239 +44,54 @@ fn dist_dir() -> PathBuf {
     dist
 }
 
-/// Where screenshots go (`ROOMCAST_TEST_OUTPUT`, else `<workspace>/test-output`).
-fn output_dir() -> PathBuf {
-    let out = std::env::var_os("ROOMCAST_TEST_OUTPUT")
-        .map_or_else(|| workspace().join("test-output"), PathBuf::from);
-    std::fs::create_dir_all(&out)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
-    out
+/// Opens a fresh page (see [`Page::open`]) whose failed waits show its status line and messages.
+async fn open(driver: &Chromedriver, name: &'static str, out: &Path) -> Page {
+    explained(Page::open(driver, name, out).await)
 }
 
-/// The first executable file called `name` in a `PATH` directory.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+/// A page whose failed waits show its status line and messages.
+fn explained(page: Page) -> Page {
+    page.explained_by(format!(
+        "return 'status: ' + JSON.stringify({STATUS}) + '\\nmessages: ' + JSON.stringify({MESSAGES});"
+    ))
 }
 
-/// A chromedriver on a private loopback port. On drop it is asked to shut down, which quits every browser it
-/// started (also when a failing test never closed its sessions), then killed, and the browser profiles are removed.
-#[derive(Debug)]
-struct Chromedriver {
-    child: Child,
-    port: u16,
-    chromium: PathBuf,
-    profiles: PathBuf,
-}
-
-impl Chromedriver {
-    /// Starts chromedriver and waits until it accepts connections.
-    async fn start() -> Self {
-        let binary = find_on_path("chromedriver").unwrap_or_else(|| {
-            panic!("chromedriver not found: apt-get install chromium chromium-driver")
-        });
-        let chromium = find_on_path("chromium").unwrap_or_else(|| {
-            panic!("chromium not found: apt-get install chromium chromium-driver")
-        });
-        let port = free_port();
-        let profiles =
-            std::env::temp_dir().join(format!("roomcast-chromium-{}-{port}", std::process::id()));
-        let child = Command::new(&binary)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut driver = Self {
-            child,
-            port,
-            chromium,
-            profiles,
-        };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                panic!("chromedriver exited at start ({status})");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not listen on port {port}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        driver
-    }
-
-    /// `http://127.0.0.1:<port>`, for WebDriver clients.
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A fresh, empty browser profile directory, so each session has its own localStorage.
-    fn new_profile(&self, name: &str) -> PathBuf {
-        let dir = self.profiles.join(name);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        dir
-    }
-
-    /// Asks chromedriver to quit its sessions and exit (`GET /shutdown`), and waits a bounded time for it.
-    fn shut_down(&mut self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(PATIENCE));
-        let request = format!(
-            "GET /shutdown HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        );
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
-        let _ = stream.read_to_end(&mut Vec::new());
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(POLL);
-        }
-        false
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        if !self.shut_down() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.profiles);
-    }
-}
-
-/// One browser session (a headless Chromium window) and what the test reads from and does to its page.
-#[derive(Debug)]
-struct Page {
-    name: &'static str,
-    client: fantoccini::Client,
-    out: PathBuf,
-}
-
-impl Page {
-    /// Opens a fresh Chromium with an empty profile.
-    async fn open(driver: &Chromedriver, name: &'static str, out: &Path) -> Self {
-        Self::open_with_prefs(driver, name, out, json!({})).await
-    }
-
-    /// [`Page::open`] with Chromium preferences set in the profile (what a person would have allowed).
-    async fn open_with_prefs(
-        driver: &Chromedriver,
-        name: &'static str,
-        out: &Path,
-        prefs: Value,
-    ) -> Self {
-        let profile = driver.new_profile(name);
-        let mut caps = Capabilities::new();
-        caps.insert("browserName".into(), json!("chrome"));
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": driver.chromium,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--no-first-run",
-                    "--window-size=1200,800",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-                "prefs": prefs,
-            }),
-        );
-        let client = ClientBuilder::rustls()
-            .expect("rustls connector")
-            .capabilities(caps)
-            .connect(&driver.url())
-            .await
-            .unwrap_or_else(|e| panic!("page {name}: no Chromium session from chromedriver: {e}"));
-        Self {
-            name,
-            client,
-            out: out.to_path_buf(),
-        }
-    }
-
-    /// Runs a script (a function body; `arguments[0]` is `arg`) and decodes what it returns.
-    async fn js<T: DeserializeOwned>(&self, script: &str, arg: Value) -> T {
-        let value = self
-            .client
-            .execute(script, vec![arg])
-            .await
-            .unwrap_or_else(|e| panic!("page {}: script failed: {e}\n{script}", self.name));
-        serde_json::from_value(value.clone()).unwrap_or_else(|e| {
-            panic!(
-                "page {}: script returned {value} ({e})\n{script}",
-                self.name
-            )
-        })
-    }
-
-    /// Waits until the script returns true, checking again every [`POLL`]; after `3 * PATIENCE` it saves a
-    /// screenshot and fails, saying what it waited for and what the page shows.
-    async fn wait_until(&self, what: &str, script: &str, arg: Value) {
-        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-        loop {
-            if self.js::<bool>(script, arg.clone()).await {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let shot = self.screenshot("failure").await;
-                panic!(
-                    "page {}: gave up waiting for: {what}\nstatus: {:?}\nmessages: {:?}\nscreenshot: {}",
-                    self.name,
-                    self.status().await,
-                    self.messages().await,
-                    shot.display()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Waits until an element matching `selector` is on the page.
-    async fn wait_for(&self, what: &str, selector: &str) {
-        self.wait_until(
-            what,
-            "return document.querySelector(arguments[0]) !== null;",
-            json!(selector),
-        )
-        .await;
-    }
-
+/// What a person does in Roomcast's pages, and what the test reads from them.
+trait Chat {
     /// Opens a room by its address, as a person following a shared link does, and picks a nickname on the welcome
     /// screen (a fresh profile has none), then waits for the room with its message box.
     async fn enter_room(&self, replica: SocketAddr, nick: &str) {
         self.enter_room_at(replica, ROOM, nick).await;
     }
 
-    /// [`Page::enter_room`] through the address `/r/<as_typed>`.
+    /// [`Chat::enter_room`] through the address `/r/<as_typed>`.
+    async fn enter_room_at(&self, replica: SocketAddr, as_typed: &str, nick: &str);
+
+    /// Types `text` into the message box and presses Enter, then waits until the server acknowledged it.
+    async fn send(&self, text: &str) {
+        self.type_message(text).await;
+        self.wait_acked(text).await;
+    }
+
+    /// Types `text` into the message box and presses Enter.
+    async fn type_message(&self, text: &str);
+
+    /// Waits until the own message `text` shows as acknowledged.
+    async fn wait_acked(&self, text: &str);
+
+    /// Waits until the timeline shows a message `text` under the nickname `nick`.
+    async fn wait_message(&self, nick: &str, text: &str);
+
+    /// The timeline's messages as `(nick, text)`, oldest first.
+    async fn messages(&self) -> Vec<(String, String)>;
+
+    /// Waits until the status line says the page is connected to `node`.
+    async fn wait_connected(&self, node: &str);
+}
+
+impl Chat for Page {
     async fn enter_room_at(&self, replica: SocketAddr, as_typed: &str, nick: &str) {
-        let url = format!("http://{replica}/r/{as_typed}");
-        self.client
-            .goto(&url)
-            .await
-            .unwrap_or_else(|e| panic!("page {}: cannot load {url}: {e}", self.name));
+        self.goto(&format!("http://{replica}/r/{as_typed}")).await;
         self.wait_for("the welcome screen's nickname field", "#welcome-nick")
             .await;
         let input = self
@@ -301,13 +104,6 @@ impl Page {
             .await;
     }
 
-    /// Types `text` into the message box and presses Enter, then waits until the server acknowledged it.
-    async fn send(&self, text: &str) {
-        self.type_message(text).await;
-        self.wait_acked(text).await;
-    }
-
-    /// Types `text` into the message box and presses Enter.
     async fn type_message(&self, text: &str) {
         let input = self
             .client
@@ -317,7 +113,6 @@ impl Page {
         input.send_keys(&format!("{text}{ENTER}")).await.unwrap();
     }
 
-    /// Waits until the own message `text` shows as acknowledged.
     async fn wait_acked(&self, text: &str) {
         self.wait_until(
             &format!("own message {text:?} acknowledged"),
@@ -328,7 +123,6 @@ impl Page {
         .await;
     }
 
-    /// Waits until the timeline shows a message `text` under the nickname `nick`.
     async fn wait_message(&self, nick: &str, text: &str) {
         self.wait_until(
             &format!("message {text:?} from {nick}"),
@@ -341,7 +135,6 @@ impl Page {
         .await;
     }
 
-    /// The timeline's messages as `(nick, text)`, oldest first.
     async fn messages(&self) -> Vec<(String, String)> {
         let rows: Vec<(Option<String>, String)> =
             self.js(&format!("return {MESSAGES};"), Value::Null).await;
@@ -350,17 +143,6 @@ impl Page {
             .collect()
     }
 
-    /// The status line: its state word (`data-state`) and its text.
-    async fn status(&self) -> (String, String) {
-        self.js(
-            "const s = document.querySelector('.status');
-             return s ? [s.dataset.state, s.querySelector('.status-text').textContent] : ['', ''];",
-            Value::Null,
-        )
-        .await
-    }
-
-    /// Waits until the status line says the page is connected to `node`.
     async fn wait_connected(&self, node: &str) {
         self.wait_until(
             &format!("status line \"Connected to {node}\""),
@@ -371,36 +153,8 @@ impl Page {
         )
         .await;
     }
-
-    /// Saves a PNG of the page as `browser-page-<name>[-<suffix>].png` in the output directory.
-    async fn screenshot(&self, suffix: &str) -> PathBuf {
-        let png = self
-            .client
-            .screenshot()
-            .await
-            .unwrap_or_else(|e| panic!("page {}: screenshot failed: {e}", self.name));
-        let mut file = format!("browser-page-{}", self.name.to_lowercase());
-        if !suffix.is_empty() {
-            file = format!("{file}-{suffix}");
-        }
-        let path = self.out.join(format!("{file}.png"));
-        std::fs::write(&path, png)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        println!("screenshot: {}", path.display());
-        path
-    }
-
-    /// Ends the browser session, which quits its Chromium.
-    async fn close(self) {
-        let name = self.name;
-        self.client
-            .close()
-            .await
-            .unwrap_or_else(|e| panic!("page {name}: closing the session failed: {e}"));
-    }
 }
 
-/// A test replica on the Redis bus serving the browser client, named so its status line can be recognised.
 /// What every browser test starts with: chromedriver, Redis, and two replicas serving the built client.
 struct Stage {
     dist: PathBuf,
@@ -430,6 +184,7 @@ impl Stage {
     }
 }
 
+/// A test replica on the Redis bus serving the browser client, named so its status line can be recognised.
 fn replica_config(redis: &Redis, dist: &Path, node: &str, port: u16) -> backend::Config {
     let mut c = config(Some(&redis.url()));
     c.static_dir = dist.to_path_buf();
@@ -450,8 +205,8 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
         mut one,
         two,
     } = Stage::start().await;
-    let a = Page::open(&driver, "A", &out).await;
-    let b = Page::open(&driver, "B", &out).await;
+    let a = open(&driver, "A", &out).await;
+    let b = open(&driver, "B", &out).await;
 
     // A joins first and sees the empty room; B's arrival then shows on A as a join notice.
     a.enter_room(one.addr, "alice").await;
@@ -587,7 +342,7 @@ async fn two_pages_on_two_replicas_chat_and_one_survives_its_replica_restarting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_at_the_bottom_follows_a_burst() {
     let stage = Stage::start().await;
-    let a = Page::open(&stage.driver, "burst", &stage.out).await;
+    let a = open(&stage.driver, "burst", &stage.out).await;
     a.enter_room(stage.one.addr, "alice").await;
     a.wait_connected("replica-1").await;
 
@@ -627,7 +382,7 @@ async fn scrolling_back_reaches_the_first_message() {
         bob.say(ROOM, text).await;
     }
 
-    let a = Page::open(&stage.driver, "scrollback", &stage.out).await;
+    let a = open(&stage.driver, "scrollback", &stage.out).await;
     a.enter_room(stage.one.addr, "alice").await;
     a.wait_message("bob", "old 119").await;
     a.wait_until(
@@ -653,8 +408,8 @@ async fn scrolling_back_reaches_the_first_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_shows_on_the_other_page_and_clears_by_itself() {
     let stage = Stage::start().await;
-    let a = Page::open(&stage.driver, "typing-a", &stage.out).await;
-    let b = Page::open(&stage.driver, "typing-b", &stage.out).await;
+    let a = open(&stage.driver, "typing-a", &stage.out).await;
+    let b = open(&stage.driver, "typing-b", &stage.out).await;
     a.enter_room(stage.one.addr, "alice").await;
     b.enter_room(stage.two.addr, "bob").await;
     a.wait_connected("replica-1").await;
@@ -708,7 +463,7 @@ async fn the_unread_divider_marks_where_reading_stopped() {
     bob.join(ROOM, "bob", None).await;
     bob.say(ROOM, "seen before").await;
 
-    let a = Page::open(&stage.driver, "unread", &stage.out).await;
+    let a = open(&stage.driver, "unread", &stage.out).await;
     a.enter_room(stage.one.addr, "alice").await;
     a.wait_message("bob", "seen before").await;
     let join = a.client.find(Locator::Css("#join-side")).await.unwrap();
@@ -774,8 +529,8 @@ const PRESENCE_LINES: &str = "return [...document.querySelectorAll('.timeline .p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_list_shows_who_is_here_on_every_replica() {
     let stage = Stage::start().await;
-    let a = Page::open(&stage.driver, "members-a", &stage.out).await;
-    let b = Page::open(&stage.driver, "members-b", &stage.out).await;
+    let a = open(&stage.driver, "members-a", &stage.out).await;
+    let b = open(&stage.driver, "members-b", &stage.out).await;
     a.enter_room(stage.one.addr, "alice").await;
     b.enter_room(stage.two.addr, "bob").await;
     let both = json!("alice,bob | 2 online");
@@ -839,13 +594,15 @@ async fn the_member_list_shows_who_is_here_on_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
     let stage = Stage::start().await;
-    let a = Page::open_with_prefs(
-        &stage.driver,
-        "mention",
-        &stage.out,
-        json!({"profile.default_content_setting_values.notifications": 1}),
-    )
-    .await;
+    let a = explained(
+        Page::open_with_prefs(
+            &stage.driver,
+            "mention",
+            &stage.out,
+            json!({"profile.default_content_setting_values.notifications": 1}),
+        )
+        .await,
+    );
     a.enter_room(stage.one.addr, "alice").await;
     a.wait_for("the sidebar to say mentions notify", ".notify-state")
         .await;
@@ -918,8 +675,8 @@ async fn a_killed_replicas_people_leave_the_member_list() {
         &["--static-dir", &dist, "--presence-heartbeat-ms", "1000"],
     )
     .await;
-    let a = Page::open(&stage.driver, "kill-a", &stage.out).await;
-    let b = Page::open(&stage.driver, "kill-b", &stage.out).await;
+    let a = open(&stage.driver, "kill-a", &stage.out).await;
+    let b = open(&stage.driver, "kill-b", &stage.out).await;
     a.enter_room(stage.one.addr, "alice").await;
     b.enter_room(doomed.addr, "bob").await;
     a.wait_until(

@@ -10,7 +10,9 @@
 use std::collections::HashSet;
 use std::process::Command;
 
-use crate::faults::through_one_address;
+use testkit::run_ok;
+use testkit::traffic::through_one_address;
+
 use crate::harness::{eventually, node_behind};
 
 /// What `cargo xtask stack-test` tells the test.
@@ -38,17 +40,12 @@ impl Stack {
     }
 
     fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .args(args)
-            .env("DOCKER_HOST", &self.docker_host)
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        run_ok(
+            Command::new("docker")
+                .args(args)
+                .env("DOCKER_HOST", &self.docker_host),
+            &format!("docker {args:?}"),
+        )
     }
 
     /// The ids of the `replica` service's containers.

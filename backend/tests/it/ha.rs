@@ -5,9 +5,10 @@
 
 use std::collections::HashSet;
 
-use crate::faults::{Outcome, run_traffic};
-use crate::harness::{Client, Redis, ReplicaProcess, eventually, replica_process};
+use testkit::traffic::{Outcome, run_traffic};
 use testkit::{ClusterSet, SentinelSet};
+
+use crate::harness::{Client, Redis, ReplicaProcess, eventually, replica_process};
 
 /// Sentinel: the master is killed with SIGKILL under steady traffic from clients on two replicas. With
 /// `--redis-wait-replicas 2` — every replica Sentinel could promote — every acked message survives the failover,

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use testkit::Nginx;
+use testkit::traffic::through_one_address;
 
-use crate::faults::through_one_address;
 use crate::harness::{Redis, node_behind, replica_process};
 
 fn nginx_conf() -> &'static Path {

@@ -1,0 +1,360 @@
+//! Fault runs: steady traffic from clients that behave like the browser client (resend unacked messages with the
+//! same cid, reconnect to any replica, resume with `since` + `epoch`) while a test breaks something, and the exact
+//! counts of what every member received. Built on the one typed [`Client`].
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg, close_code};
+use tokio::sync::watch;
+
+use crate::PATIENCE;
+use crate::client::{Client, Joined, Received};
+
+/// Pause between two sends of the steady sender (~200 messages/s).
+const SEND_EVERY: Duration = Duration::from_millis(5);
+
+/// Connects to the first replica of `urls` (starting at `*next`, rotating) that accepts, reads its welcome.
+async fn connect_any(urls: &[String], next: &mut usize) -> Client {
+    for _ in 0..400 {
+        let url = &urls[*next % urls.len()];
+        *next += 1;
+        if let Some(client) = Client::try_connect(url).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no replica of {urls:?} accepted a connection");
+}
+
+/// Where a member stands in a room: what a client keeps to resume.
+#[derive(Debug, Default, Clone)]
+struct Resume {
+    since: Option<MsgId>,
+    epoch: Option<String>,
+}
+
+impl Resume {
+    /// Joins `room` from here (retrying while the store is unavailable); `None` if the connection closed meanwhile.
+    async fn join(&self, client: &mut Client, room: &str, nick: &str) -> Option<Joined> {
+        client
+            .join_resuming(room, nick, self.since, self.epoch.clone())
+            .await
+    }
+}
+
+/// What a member saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub ids: Vec<MsgId>,
+    pub gaps: usize,
+    pub resets: usize,
+    pub reconnects: usize,
+    pub closes_1013: usize,
+}
+
+/// A member that reads everything in `room`, reconnects (to any replica) and resumes whenever its connection ends,
+/// and stops once it has seen `last`. While the sender is still sending, silence is no reason to stop (a fault may
+/// hold the sender up for as long as it takes); once `last` is known, a member that hears nothing for
+/// 3 × [`PATIENCE`] stops, and the counts then show what it missed.
+async fn member(
+    urls: Vec<String>,
+    first: usize,
+    room: &'static str,
+    nick: String,
+    mut last: watch::Receiver<Option<MsgId>>,
+    joined: tokio::sync::mpsc::Sender<()>,
+) -> Seen {
+    let mut next = first;
+    let mut seen = Seen::default();
+    let mut resume = Resume::default();
+    let mut announced = false;
+    'connection: loop {
+        let mut client = connect_any(&urls, &mut next).await;
+        let Some(Joined {
+            history,
+            epoch,
+            reset,
+            truncated,
+        }) = resume.join(&mut client, room, &nick).await
+        else {
+            seen.reconnects += 1;
+            continue;
+        };
+        seen.resets += usize::from(reset);
+        seen.gaps += usize::from(truncated);
+        resume.epoch = Some(epoch);
+        for m in history {
+            resume.since = Some(m.id);
+            seen.ids.push(m.id);
+        }
+        if !announced {
+            announced = true;
+            let _ = joined.send(()).await;
+        }
+        loop {
+            if let Some(end) = *last.borrow_and_update()
+                && resume.since >= Some(end)
+            {
+                return seen;
+            }
+            tokio::select! {
+                r = client.next_within(PATIENCE * 3) => match r {
+                    Received::Frame(ServerMsg::Message(m)) if m.room.as_str() == room => {
+                        resume.since = Some(m.id);
+                        seen.ids.push(m.id);
+                    }
+                    Received::Frame(ServerMsg::Gap { epoch, reset, .. }) => {
+                        seen.gaps += 1;
+                        seen.resets += usize::from(reset);
+                        resume.epoch = Some(epoch);
+                    }
+                    Received::Frame(_) => {}
+                    Received::Closed(code) => {
+                        seen.reconnects += 1;
+                        seen.closes_1013 += usize::from(code == Some(close_code::TRY_AGAIN_LATER));
+                        continue 'connection;
+                    }
+                    Received::Silent if last.borrow().is_some() => return seen,
+                    Received::Silent => {}
+                },
+                _ = last.changed() => {}
+            }
+        }
+    }
+}
+
+/// What the sender did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Messages it meant to send (distinct cids).
+    pub sent: usize,
+    /// The id each one was acked with, in order.
+    pub acked: Vec<MsgId>,
+    /// `unavailable` answers (each followed by a resend with the same cid).
+    pub unavailable: usize,
+    /// Acks that said `duplicate` (a resend of something already stored).
+    pub duplicate_acks: usize,
+    /// Times the sender lost its connection and reconnected.
+    pub reconnects: usize,
+    /// The longest time between two consecutive acks: how long sending was impossible during the fault.
+    pub longest_wait: Duration,
+}
+
+/// Sends `count` messages one after another, each until it is acked: on `unavailable` or a lost connection it
+/// resends the same cid (after reconnecting to any replica), as the browser client does. `fault` runs once, just
+/// after message `fault_at` is acked.
+async fn send_steadily<F: Future<Output = ()>>(
+    urls: &[String],
+    room: &str,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+) -> Sent {
+    let mut fault = Some(fault);
+    let mut next = 0;
+    let mut out = Sent::default();
+    let mut client = connect_any(urls, &mut next).await;
+    let resume = Resume::default();
+    while resume.join(&mut client, room, "sender").await.is_none() {
+        client = connect_any(urls, &mut next).await;
+    }
+    let mut last_ack = tokio::time::Instant::now();
+    for i in 0..count {
+        out.sent += 1;
+        let cid = format!("m{i}");
+        let send = ClientMsg::Send {
+            room: room.into(),
+            text: format!("message {i}"),
+            cid: cid.clone(),
+        };
+        let first_try = tokio::time::Instant::now();
+        'resend: loop {
+            assert!(
+                first_try.elapsed() < PATIENCE * 6,
+                "message {i} was not acked within {:?} of resending",
+                PATIENCE * 6
+            );
+            if client.try_send(&send).await {
+                loop {
+                    match client.next_within(PATIENCE).await {
+                        Received::Frame(ServerMsg::Ack {
+                            cid: c,
+                            id,
+                            duplicate,
+                            ..
+                        }) if c == cid => {
+                            out.duplicate_acks += usize::from(duplicate);
+                            out.acked.push(id);
+                            out.longest_wait = out.longest_wait.max(last_ack.elapsed());
+                            last_ack = tokio::time::Instant::now();
+                            break 'resend;
+                        }
+                        Received::Frame(ServerMsg::Error {
+                            code: ErrorCode::Unavailable,
+                            req: Some(c),
+                            ..
+                        }) if c == cid => {
+                            out.unavailable += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue 'resend;
+                        }
+                        Received::Frame(ServerMsg::Error { code, message, .. }) => {
+                            panic!("send refused: {code:?} {message}")
+                        }
+                        Received::Frame(_) => {}
+                        Received::Closed(_) | Received::Silent => break,
+                    }
+                }
+            }
+            // The connection is gone: reconnect anywhere, rejoin, resend the same cid.
+            out.reconnects += 1;
+            loop {
+                client = connect_any(urls, &mut next).await;
+                if resume.join(&mut client, room, "sender").await.is_some() {
+                    break;
+                }
+            }
+        }
+        if i == fault_at
+            && let Some(fault) = fault.take()
+        {
+            fault.await;
+        }
+        tokio::time::sleep(SEND_EVERY).await;
+    }
+    out
+}
+
+/// The counts of one fault run, checked exactly and printed on one line.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: &'static str,
+    pub sent: Sent,
+    pub members: Vec<Seen>,
+}
+
+impl Outcome {
+    /// Prints the counts; returns (lost, duplicated) over all members.
+    pub fn report(&self) -> (usize, usize) {
+        let acked: HashSet<MsgId> = self.sent.acked.iter().copied().collect();
+        let mut lost = 0;
+        let mut duplicated = 0;
+        let mut delivered = Vec::new();
+        for seen in &self.members {
+            let unique: HashSet<MsgId> = seen.ids.iter().copied().collect();
+            duplicated += seen.ids.len() - unique.len();
+            lost += acked.difference(&unique).count();
+            let strangers: Vec<&MsgId> = unique.difference(&acked).collect();
+            assert!(
+                strangers.is_empty(),
+                "{}: a member received ids that were never acked: {strangers:?} (acked: {:?})",
+                self.name,
+                self.sent.acked
+            );
+            delivered.push(seen.ids.len());
+        }
+        println!(
+            "fault={} sent={} acked={} delivered_per_member={:?} lost={} duplicated={} unavailable_answers={} \
+             duplicate_acks={} sender_reconnects={} member_reconnects={:?} gaps={:?} resets={:?} \
+             longest_wait_between_acks_ms={}",
+            self.name,
+            self.sent.sent,
+            acked.len(),
+            delivered,
+            lost,
+            duplicated,
+            self.sent.unavailable,
+            self.sent.duplicate_acks,
+            self.sent.reconnects,
+            self.members
+                .iter()
+                .map(|m| m.reconnects)
+                .collect::<Vec<_>>(),
+            self.members.iter().map(|m| m.gaps).collect::<Vec<_>>(),
+            self.members.iter().map(|m| m.resets).collect::<Vec<_>>(),
+            self.sent.longest_wait.as_millis(),
+        );
+        (lost, duplicated)
+    }
+
+    /// How many times clients (members and the sender) reconnected.
+    pub fn reconnects(&self) -> usize {
+        self.members.iter().map(|m| m.reconnects).sum::<usize>() + self.sent.reconnects
+    }
+
+    /// Every acked message reached every member exactly once, in id order, and nothing else arrived.
+    pub fn assert_exact(&self) {
+        let (lost, duplicated) = self.report();
+        assert_eq!(
+            self.sent.acked.len(),
+            self.sent.sent,
+            "{}: every message is acked",
+            self.name
+        );
+        assert_eq!(
+            (lost, duplicated),
+            (0, 0),
+            "{}: lost, duplicated",
+            self.name
+        );
+        for seen in &self.members {
+            assert!(
+                seen.ids.windows(2).all(|w| w[0] < w[1]),
+                "{}: delivered in id order",
+                self.name
+            );
+        }
+    }
+}
+
+/// Runs `members` readers on the given replicas and one steady sender, with `fault` injected mid-traffic.
+pub async fn run_traffic<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    sender_urls: Vec<String>,
+    member_urls: Vec<Vec<String>>,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+) -> Outcome {
+    let (last_tx, last_rx) = watch::channel(None);
+    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel(member_urls.len());
+    let mut readers = Vec::new();
+    for (i, urls) in member_urls.into_iter().enumerate() {
+        readers.push(tokio::spawn(member(
+            urls,
+            0,
+            room,
+            format!("member{i}"),
+            last_rx.clone(),
+            joined_tx.clone(),
+        )));
+    }
+    for _ in 0..readers.len() {
+        joined_rx.recv().await.expect("a member joined");
+    }
+    let sent = send_steadily(&sender_urls, room, count, fault_at, fault).await;
+    let _ = last_tx.send(sent.acked.last().copied());
+    let mut members = Vec::new();
+    for r in readers {
+        members.push(r.await.expect("member task"));
+    }
+    Outcome {
+        name,
+        sent,
+        members,
+    }
+}
+
+/// [`run_traffic`] with everyone — one sender, four members — going through one address (a load balancer), 300
+/// messages with `fault` after the 100th.
+pub async fn through_one_address<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    url: &str,
+    fault: F,
+) -> Outcome {
+    let members = vec![vec![url.to_owned()]; 4];
+    run_traffic(name, room, vec![url.to_owned()], members, 300, 100, fault).await
+}
