@@ -407,7 +407,9 @@ impl Client {
         since: Option<MsgId>,
         epoch: Option<String>,
     ) -> Option<Joined> {
-        for attempt in 0..400 {
+        let give_up = crate::GiveUp::after_recovery();
+        for attempt in 0.. {
+            give_up.check("the join was never answered with `joined`");
             let req = format!("j{attempt}");
             let msg = ClientMsg::Join {
                 person: None,
@@ -451,12 +453,14 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("join never succeeded");
+        unreachable!("the loop returns or gives up")
     }
 
     /// Repeats a join until the replica can serve it (for a Redis that is coming back).
     pub async fn join_when_available(&mut self, room: &str, nick: &str) {
-        for _ in 0..600 {
+        let give_up = crate::GiveUp::after_recovery();
+        loop {
+            give_up.check(&format!("join {room} never succeeded"));
             match self.try_join(room, nick, None).await {
                 Ok(_) => return,
                 Err((ErrorCode::Unavailable, _)) => {
@@ -465,7 +469,6 @@ impl Client {
                 Err(other) => panic!("join {room} failed: {other:?}"),
             }
         }
-        panic!("join {room} never succeeded");
     }
 
     fn cid_of(&self, n: u64) -> String {
@@ -500,7 +503,9 @@ impl Client {
     /// Sends a message, retrying with the same cid while the store is unavailable, and returns the id from its ack.
     pub async fn say_when_available(&mut self, room: &str, text: &str) -> MsgId {
         let cid = self.next_cid();
-        for _ in 0..600 {
+        let give_up = crate::GiveUp::after_recovery();
+        loop {
+            give_up.check(&format!("send to {room} never succeeded"));
             self.send_text(room, text, &cid).await;
             match self.answer_to(&cid).await {
                 Ok(id) => return id,
@@ -510,7 +515,6 @@ impl Client {
                 Err((code, _)) => panic!("send to {room} failed: {code:?}"),
             }
         }
-        panic!("send to {room} never succeeded");
     }
 
     /// Sends a message and returns the id from its ack.

@@ -22,6 +22,29 @@ pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
 /// Upper bound on any single wait, so a broken build fails instead of hanging. Not a performance threshold.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long a test keeps retrying something that must come back (a Redis restarting, a failover, a replica
+/// restarted): a bound so a broken build fails instead of hanging, never a measure of how fast recovery is.
+pub const RECOVERY: Duration = Duration::from_secs(90);
+
+/// A moment after which retrying is pointless: the test fails saying what never happened.
+#[derive(Debug, Clone, Copy)]
+pub struct GiveUp(tokio::time::Instant);
+
+impl GiveUp {
+    /// [`RECOVERY`] from now.
+    pub fn after_recovery() -> Self {
+        Self(tokio::time::Instant::now() + RECOVERY)
+    }
+
+    /// Fails the test with `what` once the moment has passed.
+    pub fn check(self, what: &str) {
+        assert!(
+            tokio::time::Instant::now() < self.0,
+            "gave up after {RECOVERY:?}: {what}"
+        );
+    }
+}
+
 pub use localrun::free_port;
 
 /// The redis-server to run: `ROOMCAST_REDIS_SERVER`, else the first on PATH.

@@ -16,7 +16,9 @@ const SEND_EVERY: Duration = Duration::from_millis(5);
 
 /// Connects to the first replica of `urls` (starting at `*next`, rotating) that accepts, reads its welcome.
 async fn connect_any(urls: &[String], next: &mut usize) -> Client {
-    for _ in 0..400 {
+    let give_up = crate::GiveUp::after_recovery();
+    loop {
+        give_up.check(&format!("no replica of {urls:?} accepted a connection"));
         let url = &urls[*next % urls.len()];
         *next += 1;
         if let Some(client) = Client::try_connect(url).await {
@@ -24,7 +26,6 @@ async fn connect_any(urls: &[String], next: &mut usize) -> Client {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("no replica of {urls:?} accepted a connection");
 }
 
 /// Where a member stands in a room: what a client keeps to resume.

@@ -115,13 +115,11 @@ async fn redis_restarted_with_aof_loses_nothing() {
 
 /// Waits until nothing answers on `port`.
 async fn eventually_down(port: u16) {
-    for _ in 0..2000 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            return;
-        }
+    let give_up = testkit::GiveUp::after_recovery();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        give_up.check(&format!("redis on {port} never went down"));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("redis on {port} never went down");
 }
 
 /// Fault 4: one of two replicas is killed with SIGKILL mid-traffic. Its clients (the sender among them) reconnect to
