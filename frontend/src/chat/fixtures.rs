@@ -85,7 +85,7 @@ pub(super) fn messages(chat: &Chat, name: &str) -> Vec<(u64, String, bool, bool)
         .iter()
         .filter_map(|item| match item {
             Item::Message(m) => Some((m.id.ms, m.text.clone(), m.own, m.acked)),
-            Item::Presence { .. } | Item::Notice { .. } => None,
+            Item::Presence(_) | Item::Notice { .. } => None,
         })
         .collect()
 }

@@ -28,7 +28,7 @@ use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, Nick, RoomName, ServerMsg
 
 pub use outbox::{Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
 pub use room::{Phase, Room, TYPING_SEND_EVERY_MS};
-pub use timeline::{GAP_NOTICE, Item, OLDER_PAGE, Older, Posted, TIMELINE_CAP};
+pub use timeline::{GAP_NOTICE, Item, OLDER_PAGE, Older, Posted, PresenceLine, TIMELINE_CAP};
 
 /// Every room this client is in, which one the person is looking at, and the counters that name own messages.
 #[derive(Debug, Clone)]
@@ -400,13 +400,13 @@ impl Chat {
                 let key = self.next_key();
                 let room = self.room_mut(&p.room)?;
                 room.presence(&p.nick, p.event, p.from.as_ref());
-                room.timeline.push(Item::Presence {
+                room.timeline.push(Item::Presence(PresenceLine {
                     key,
                     nick: p.nick,
                     event: p.event,
                     from: p.from,
                     ts: p.ts,
-                });
+                }));
             }
             ServerMsg::Gap { room, epoch, reset } => {
                 let key = self.next_key();
@@ -523,10 +523,10 @@ mod tests {
         let items = general(&chat).items();
         assert!(matches!(
             items[1],
-            Item::Presence {
+            Item::Presence(PresenceLine {
                 event: PresenceKind::Joined,
                 ..
-            }
+            })
         ));
         assert_eq!(ids(&chat, "general"), [1, 3]);
         assert_eq!(general(&chat).unread(), 0);

@@ -36,19 +36,8 @@ pub struct Posted {
 pub enum Item {
     /// A chat message.
     Message(Posted),
-    /// Someone joined or left. Not stored by the server, so it carries a local key instead of an id.
-    Presence {
-        /// Stable key for the view, unique within this [`Chat`](super::Chat).
-        key: u64,
-        /// Who.
-        nick: Nick,
-        /// Joined, left or renamed.
-        event: PresenceKind,
-        /// For a rename: the nick before.
-        from: Option<Nick>,
-        /// Server time, milliseconds since the Unix epoch.
-        ts: u64,
-    },
+    /// Someone joined, left or took another nick.
+    Presence(PresenceLine),
     /// A note from the client itself, such as [`GAP_NOTICE`] where history was lost. It has no server time; it
     /// sits where the client learned of it.
     Notice {
@@ -57,6 +46,21 @@ pub enum Item {
         /// What to tell the person.
         text: String,
     },
+}
+
+/// A join, leave or rename in the timeline. Not stored by the server, so it carries a local key instead of an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceLine {
+    /// Stable key for the view, unique within this [`Chat`](super::Chat).
+    pub key: u64,
+    /// Who.
+    pub nick: Nick,
+    /// Joined, left or renamed.
+    pub event: PresenceKind,
+    /// For a rename: the nick before.
+    pub from: Option<Nick>,
+    /// Server time, milliseconds since the Unix epoch.
+    pub ts: u64,
 }
 
 /// Scrolling back: whether older messages can be asked for.
@@ -123,7 +127,7 @@ impl Timeline {
     fn oldest_message(&self) -> Option<MsgId> {
         self.items.iter().find_map(|item| match item {
             Item::Message(m) => Some(m.id),
-            Item::Presence { .. } | Item::Notice { .. } => None,
+            Item::Presence(_) | Item::Notice { .. } => None,
         })
     }
 
@@ -186,7 +190,7 @@ impl Timeline {
             match item {
                 Item::Message(m) if m.id > posted.id => at = i,
                 Item::Message(_) | Item::Notice { .. } => break,
-                Item::Presence { .. } => {}
+                Item::Presence(_) => {}
             }
         }
         self.items.insert(at, Item::Message(posted));

@@ -8,7 +8,7 @@ use shared::{MsgId, Nick, PresenceKind, RoomName};
 use super::Avatar;
 use crate::app::use_ui;
 use crate::browser;
-use crate::chat::{Item, Outgoing, Posted, Room, SendStatus};
+use crate::chat::{Item, Outgoing, Posted, PresenceLine, Room, SendStatus};
 use crate::text::Segment;
 
 /// Consecutive messages from one sender closer than this share one header.
@@ -23,14 +23,8 @@ pub enum Row {
     Unread,
     /// A stored message; `cont` when it continues the previous sender's group.
     Message { posted: Posted, cont: bool },
-    /// Someone joined or left.
-    Presence {
-        key: u64,
-        nick: Nick,
-        event: PresenceKind,
-        from: Option<Nick>,
-        ts: u64,
-    },
+    /// Someone joined, left or took another nick.
+    Presence(PresenceLine),
     /// A note from the client, such as lost history.
     Notice { key: u64, text: String },
     /// An own message not stored yet.
@@ -64,7 +58,7 @@ impl Row {
             Self::Message { posted, cont } => {
                 RowKey::Message(posted.id, posted.own, posted.acked, *cont)
             }
-            Self::Presence { key, .. } => RowKey::Presence(*key),
+            Self::Presence(line) => RowKey::Presence(line.key),
             Self::Notice { key, .. } => RowKey::Notice(*key),
             Self::Outgoing { out, cont } => RowKey::Outgoing(
                 out.cid.clone(),
@@ -84,7 +78,7 @@ pub fn rows(room: &Room) -> Vec<Row> {
         // A client notice has no server time, so it belongs to the day around it.
         let ts = match item {
             Item::Message(m) => Some(m.ts),
-            Item::Presence { ts, .. } => Some(*ts),
+            Item::Presence(line) => Some(line.ts),
             Item::Notice { .. } => None,
         };
         if let Some(ts) = ts {
@@ -114,20 +108,8 @@ pub fn rows(room: &Room) -> Vec<Row> {
                 });
                 last = Some((&m.nick, m.ts));
             }
-            Item::Presence {
-                key,
-                nick,
-                event,
-                from,
-                ts,
-            } => {
-                rows.push(Row::Presence {
-                    key: *key,
-                    nick: nick.clone(),
-                    event: *event,
-                    from: from.clone(),
-                    ts: *ts,
-                });
+            Item::Presence(line) => {
+                rows.push(Row::Presence(line.clone()));
                 last = None;
             }
             Item::Notice { key, text } => {
@@ -165,13 +147,13 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
             </div>
         }
         .into_any(),
-        Row::Presence {
+        Row::Presence(PresenceLine {
             nick,
             event,
             from,
             ts,
             ..
-        } => {
+        }) => {
             // "bob joined", "bob left", "bob is now robert".
             let (who, verb, after) = match (event, from) {
                 (PresenceKind::Joined, _) => (nick.to_string(), "joined", None),
