@@ -119,6 +119,9 @@ impl Redis {
         args.extend(
             ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"].map(String::from),
         );
+        // The cluster bus port too comes from `free_port`: Redis's default, the port + 10000, lands in the kernel's
+        // ephemeral range, where an outgoing connection may hold it (the node then exits at start).
+        args.extend(["--cluster-port".into(), free_port().to_string()]);
         Self::launch(free_port(), args).await
     }
 
