@@ -10,8 +10,8 @@ pub mod validate;
 pub use id::{MsgId, ParseMsgIdError};
 pub use protocol::{
     BusBody, ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, MEMBERS_SHOWN,
-    PresenceEvent, PresenceKind, PresenceNotice, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS,
-    TypingNotice,
+    ModerationAction, ModerationEvent, PresenceEvent, PresenceKind, PresenceNotice, Quote,
+    Reaction, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS, TypingNotice,
 };
 pub use validate::{Nick, RoomName, ValidationError};
 

@@ -58,6 +58,90 @@ pub enum ClientMsg {
         /// Also the idempotency key: a `send` repeating a `cid` already stored for this nick in this room (within the
         /// dedupe window) is not stored again and gets the original `ack`.
         cid: String,
+        /// The message this one replies to: the stored message carries a short quote of it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MsgId>,
+    },
+    /// Replaces the text of one of my messages. Answered with `ack` (its `id` is the edit's own id); every member
+    /// gets `edited`. Only the author edits; a message deleted or no longer in history is `message_gone`.
+    Edit {
+        /// The room.
+        room: String,
+        /// The message to edit.
+        id: MsgId,
+        /// The new text.
+        text: String,
+        /// Client id: the idempotency key, as for `send`.
+        cid: String,
+    },
+    /// Deletes a message: every member gets `deleted` and shows a tombstone. The author deletes their own
+    /// messages; a moderator deletes any. Answered with `ack`.
+    Delete {
+        /// The room.
+        room: String,
+        /// The message to delete.
+        id: MsgId,
+        /// Client id: the idempotency key.
+        cid: String,
+    },
+    /// Adds (`on: true`) or takes back (`on: false`) my reaction to a message: one per person per emoji. Answered
+    /// with `ack`; every member gets `reacted` with the new count.
+    React {
+        /// The room.
+        room: String,
+        /// The message reacted to.
+        id: MsgId,
+        /// One of [`crate::validate::EMOJI`].
+        emoji: String,
+        /// Add or take back.
+        on: bool,
+        /// Client id: the idempotency key.
+        cid: String,
+    },
+    /// Moderators only: `nick` may not send, edit or react in the room for `secs` seconds (0 lifts it).
+    Mute {
+        /// The room.
+        room: String,
+        /// Who.
+        nick: String,
+        /// How long, in seconds, at most [`crate::validate::MODERATION_MAX_SECS`]; 0 lifts the mute.
+        secs: u64,
+        /// Correlation id echoed in `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Moderators only: takes `nick` out of the room on every replica (they may join again).
+    Kick {
+        /// The room.
+        room: String,
+        /// Who.
+        nick: String,
+        /// Correlation id echoed in `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Moderators only: takes `nick` out of the room and refuses the nick, and the person behind it, for `secs`
+    /// seconds (0 lifts the ban).
+    Ban {
+        /// The room.
+        room: String,
+        /// Who.
+        nick: String,
+        /// How long, in seconds, at most [`crate::validate::MODERATION_MAX_SECS`]; 0 lifts the ban.
+        secs: u64,
+        /// Correlation id echoed in `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    /// Moderators only: every other member sends at most one message per `secs` seconds (0 turns it off).
+    SlowMode {
+        /// The room.
+        room: String,
+        /// Seconds between one member's messages, at most [`crate::validate::MODERATION_MAX_SECS`].
+        secs: u64,
+        /// Correlation id echoed in `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
     },
     /// Application-level heartbeat: the server answers `pong`. Browsers cannot see WebSocket pings, so this is
     /// how a client notices a silently dead connection.
@@ -95,21 +179,6 @@ pub const TYPING_EVERY_MS: u64 = 2_000;
 pub const TYPING_SHOWN_MS: u64 = 5_000;
 /// How many nicks `joined` lists at most; `online` counts them all.
 pub const MEMBERS_SHOWN: usize = 100;
-
-impl ClientMsg {
-    /// The `type` tag of this message, as errors report it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Hello { .. } => "hello",
-            Self::Join { .. } => "join",
-            Self::Leave { .. } => "leave",
-            Self::Send { .. } => "send",
-            Self::Ping { .. } => "ping",
-            Self::History { .. } => "history",
-            Self::Typing { .. } => "typing",
-        }
-    }
-}
 
 /// A frame from a replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,14 +220,26 @@ pub enum ServerMsg {
         /// How many members the room has (each nick once), also when `members` lists only the first ones.
         #[serde(default)]
         online: u32,
+        /// This connection moderates the room (from its token's `roles`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        moderator: bool,
+        /// This nick is muted in the room until then (milliseconds since the Unix epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        muted_until: Option<u64>,
+        /// Slow mode: seconds between one member's messages; 0 when off.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        slow_mode: u64,
         /// The request's correlation id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
     },
-    /// Answers `leave`.
+    /// Answers `leave`; also sent unasked when a moderator kicked or banned this member (`reason`).
     Left {
         /// The room left.
         room: RoomName,
+        /// Why the server took the member out: `kicked` or `banned`. Absent when the client asked to leave.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         /// The request's correlation id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
@@ -179,6 +260,63 @@ pub enum ServerMsg {
     },
     /// A chat message in a joined room, delivered to every member on every replica, the sender included.
     Message(ChatMessage),
+    /// A message was edited. Stored and delivered like a message (its own `id`, after the message it edits).
+    Edited {
+        /// The room.
+        room: RoomName,
+        /// This event's id.
+        id: MsgId,
+        /// The message edited.
+        target: MsgId,
+        /// Its author.
+        nick: Nick,
+        /// The new text.
+        text: String,
+        /// When (the `edited_at` the message now has).
+        ts: u64,
+    },
+    /// A message was deleted: show a tombstone instead.
+    Deleted {
+        /// The room.
+        room: RoomName,
+        /// This event's id.
+        id: MsgId,
+        /// The message deleted.
+        target: MsgId,
+        /// Who deleted it (the author, or a moderator).
+        nick: Nick,
+        /// When.
+        ts: u64,
+    },
+    /// Someone added or took back a reaction.
+    Reacted {
+        /// The room.
+        room: RoomName,
+        /// This event's id.
+        id: MsgId,
+        /// The message reacted to.
+        target: MsgId,
+        /// Who.
+        nick: Nick,
+        /// Which emoji.
+        emoji: String,
+        /// Added or taken back.
+        on: bool,
+        /// How many people have this reaction on the message now.
+        count: u32,
+        /// When.
+        ts: u64,
+    },
+    /// A moderator acted in the room: shown to everyone. Stored and delivered like a message.
+    Moderation(ModerationEvent),
+    /// Answers a moderation request (`mute`, `kick`, `ban`, `slow_mode`): done, and announced to the room.
+    Done {
+        /// The room.
+        room: RoomName,
+        /// The request's correlation id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
     /// Someone else joined or left a joined room.
     Presence(PresenceEvent),
     /// Messages of a joined room were lost before they reached this connection and are no longer in history.
@@ -234,6 +372,9 @@ pub enum ServerMsg {
         /// The room the request named, when it named one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// For `muted`, `banned` and `slow_mode`: when the request may succeed again (ms since the Unix epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
     },
 }
 
@@ -250,6 +391,93 @@ pub struct ChatMessage {
     pub text: String,
     /// Server timestamp, milliseconds since the Unix epoch (the millisecond part of `id`).
     pub ts: u64,
+    /// The message this one replies to, quoted as it was then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Quote>,
+    /// When the text was last edited (in history; live members apply `edited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// The message was deleted: `text` is empty, show a tombstone.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// Reactions with their counts (in history; live members apply `reacted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+}
+
+impl ChatMessage {
+    /// A new message as sent: no reply, never edited, no reactions.
+    pub fn new(id: MsgId, room: RoomName, nick: Nick, text: String) -> Self {
+        Self {
+            ts: id.ms,
+            id,
+            room,
+            nick,
+            text,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+        }
+    }
+}
+
+/// What a reply shows of the message it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    /// The message replied to (jump to it).
+    pub id: MsgId,
+    /// Its author.
+    pub nick: Nick,
+    /// The start of its text, at most [`crate::validate::QUOTE_MAX_CHARS`] characters.
+    pub text: String,
+}
+
+/// One emoji's reactions on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many people reacted with it.
+    pub count: u32,
+    /// Whether the member this history is for is one of them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mine: bool,
+}
+
+/// A moderator's action, as the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModerationEvent {
+    /// The room.
+    pub room: RoomName,
+    /// This event's id.
+    pub id: MsgId,
+    /// The moderator (for the HTTP API and the CLI: the name they gave, default `moderator`).
+    pub by: Nick,
+    /// What was done.
+    pub action: ModerationAction,
+    /// To whom (absent for `slow_mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nick: Option<Nick>,
+    /// The duration in seconds (mute, ban, slow mode; 0 lifted it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secs: u64,
+    /// When.
+    pub ts: u64,
+}
+
+/// What a moderator can do in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationAction {
+    /// The nick may not send, edit or react for a while.
+    Mute,
+    /// The nick was taken out of the room.
+    Kick,
+    /// The nick (and the person behind it) was taken out and may not join for a while.
+    Ban,
+    /// Members may send one message per `secs`.
+    SlowMode,
 }
 
 /// Someone joined or left a room.
@@ -334,11 +562,26 @@ pub enum ErrorCode {
     Forbidden,
     /// `join` asked for a nick another person is using in the room (see `person`). Choose another nick.
     NickTaken,
+    /// A moderator muted this nick in the room; `until` says until when. Nothing was stored.
+    Muted,
+    /// A moderator banned this nick (or the person behind it) from the room; `until` says until when.
+    Banned,
+    /// The room is in slow mode and this nick sent too recently; `until` says when the next message may go.
+    SlowMode,
+    /// `edit`, `delete`, `react` or a `reply_to` named a message that is deleted or no longer in history.
+    MessageGone,
+    /// `react` named an emoji outside [`crate::validate::EMOJI`].
+    InvalidEmoji,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What replicas publish to each other about a room. Crosses Redis, so it lives in the wire contract too.
@@ -353,6 +596,52 @@ pub enum BusBody {
         nick: Nick,
         /// The text.
         text: String,
+        /// The message replied to, quoted as it was when the reply was stored (the store fills it in).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quote: Option<Quote>,
+    },
+    /// An edit of `target` by its author; stored.
+    Edit {
+        /// The author.
+        nick: Nick,
+        /// The message edited.
+        target: MsgId,
+        /// The new text.
+        text: String,
+    },
+    /// A deletion of `target`; stored.
+    Delete {
+        /// Who deleted it.
+        nick: Nick,
+        /// The message deleted.
+        target: MsgId,
+    },
+    /// A reaction added or taken back; stored. The store fills in `count`.
+    React {
+        /// Who.
+        nick: Nick,
+        /// The message reacted to.
+        target: MsgId,
+        /// The emoji.
+        emoji: String,
+        /// Added or taken back.
+        on: bool,
+        /// The emoji's count on the message after this event.
+        #[serde(default)]
+        count: u32,
+    },
+    /// A moderator's action; stored. The store records its effect (mute, ban, slow mode) in the same step.
+    Moderation {
+        /// The moderator.
+        by: Nick,
+        /// What.
+        action: ModerationAction,
+        /// To whom.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nick: Option<Nick>,
+        /// For how long, in seconds.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        secs: u64,
     },
     /// A join or leave notice; not stored in history.
     Presence(PresenceNotice),
@@ -437,6 +726,36 @@ mod tests {
             room: "general".into(),
             text: "hi".into(),
             cid: "c1".into(),
+            reply_to: Some(MsgId::new(3, 0)),
+        });
+        round_trip(&ClientMsg::Edit {
+            room: "general".into(),
+            id: MsgId::new(3, 0),
+            text: "fixed".into(),
+            cid: "c2".into(),
+        });
+        round_trip(&ClientMsg::Delete {
+            room: "general".into(),
+            id: MsgId::new(3, 0),
+            cid: "c3".into(),
+        });
+        round_trip(&ClientMsg::React {
+            room: "general".into(),
+            id: MsgId::new(3, 0),
+            emoji: "👍".into(),
+            on: false,
+            cid: "c4".into(),
+        });
+        round_trip(&ClientMsg::Ban {
+            room: "general".into(),
+            nick: "troll".into(),
+            secs: 60,
+            req: Some("b".into()),
+        });
+        round_trip(&ClientMsg::SlowMode {
+            room: "general".into(),
+            secs: 0,
+            req: None,
         });
         round_trip(&ClientMsg::Ping {
             req: Some("p".into()),
@@ -470,13 +789,38 @@ mod tests {
 
     #[test]
     fn server_messages_round_trip() {
-        let msg = ChatMessage {
-            id: MsgId::new(10, 0),
-            room: room(),
+        let mut msg = ChatMessage::new(MsgId::new(10, 0), room(), nick(), "<b>hi</b>".into());
+        round_trip(&ServerMsg::Message(msg.clone()));
+        msg.reply_to = Some(Quote {
+            id: MsgId::new(9, 0),
             nick: nick(),
-            text: "<b>hi</b>".into(),
-            ts: 10,
-        };
+            text: "earlier".into(),
+        });
+        msg.edited_at = Some(11);
+        msg.reactions = vec![Reaction {
+            emoji: "🎉".into(),
+            count: 2,
+            mine: true,
+        }];
+        round_trip(&ServerMsg::Reacted {
+            room: room(),
+            id: MsgId::new(12, 0),
+            target: MsgId::new(10, 0),
+            nick: nick(),
+            emoji: "🎉".into(),
+            on: true,
+            count: 2,
+            ts: 12,
+        });
+        round_trip(&ServerMsg::Moderation(ModerationEvent {
+            room: room(),
+            id: MsgId::new(13, 0),
+            by: nick(),
+            action: ModerationAction::Mute,
+            nick: Some(Nick::parse("bob").unwrap()),
+            secs: 60,
+            ts: 13,
+        }));
         round_trip(&ServerMsg::Welcome {
             version: 1,
             node: "host:3000".into(),
@@ -498,6 +842,9 @@ mod tests {
             truncated: false,
             members: vec![nick()],
             online: 1,
+            moderator: true,
+            muted_until: Some(5),
+            slow_mode: 10,
             req: Some("r".into()),
         });
         round_trip(&ServerMsg::Joined {
@@ -509,10 +856,14 @@ mod tests {
             truncated: true,
             members: vec![],
             online: 150,
+            moderator: false,
+            muted_until: None,
+            slow_mode: 0,
             req: None,
         });
         round_trip(&ServerMsg::Left {
             room: room(),
+            reason: Some("kicked".into()),
             req: None,
         });
         round_trip(&ServerMsg::Ack {
@@ -549,6 +900,7 @@ mod tests {
             request: Some("send".into()),
             req: Some("c".into()),
             room: Some("x".into()),
+            until: Some(7),
         });
     }
 
@@ -557,6 +909,20 @@ mod tests {
         round_trip(&BusBody::Message {
             nick: nick(),
             text: "hi".into(),
+            quote: None,
+        });
+        round_trip(&BusBody::React {
+            nick: nick(),
+            target: MsgId::new(1, 0),
+            emoji: "👍".into(),
+            on: true,
+            count: 1,
+        });
+        round_trip(&BusBody::Moderation {
+            by: nick(),
+            action: ModerationAction::Kick,
+            nick: Some(nick()),
+            secs: 0,
         });
         round_trip(&BusBody::Presence(PresenceNotice {
             nick: nick(),
@@ -570,18 +936,31 @@ mod tests {
 
     #[test]
     fn message_frames_are_flat() {
-        let json = serde_json::to_value(ServerMsg::Message(ChatMessage {
-            id: MsgId::new(10, 0),
-            room: room(),
-            nick: nick(),
-            text: "hi".into(),
-            ts: 10,
-        }))
+        let json = serde_json::to_value(ServerMsg::Message(ChatMessage::new(
+            MsgId::new(10, 0),
+            room(),
+            nick(),
+            "hi".into(),
+        )))
         .unwrap();
         assert_eq!(
             json,
             serde_json::json!({"type":"message","id":"10-0","room":"general","nick":"alice","text":"hi","ts":10})
         );
+    }
+
+    /// The variant names serde knows for a `type`-tagged enum, read from its unknown-variant error.
+    fn variants<T: for<'de> Deserialize<'de> + std::fmt::Debug>(tag: &str) -> Vec<String> {
+        let probe = serde_json::json!({ tag: "\u{1}" });
+        let error = serde_json::from_value::<T>(probe).unwrap_err().to_string();
+        let list = error.split("expected one of ").nth(1).unwrap();
+        list.split(", ")
+            .map(|v| {
+                v.trim_matches(|c: char| c == '`' || c.is_whitespace() || c == ',')
+                    .to_owned()
+            })
+            .map(|v| v.split('`').next().unwrap().to_owned())
+            .collect()
     }
 
     #[test]
@@ -592,33 +971,54 @@ mod tests {
             include_str!("../../ARCHITECTURE.md"),
         ]
         .concat();
-        let (mut client, mut server, mut bus) = (0, 0, 0);
+        let client_kinds = variants::<ClientMsg>("type");
+        let (mut client, mut server, mut bus) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
         for block in doc.split("```json").skip(1) {
             let json = block.split("```").next().unwrap().trim();
             let value: serde_json::Value =
                 serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
-            if value.get("kind").is_some() {
+            if let Some(kind) = value.get("kind").and_then(|k| k.as_str()) {
+                bus.insert(kind.to_owned());
                 serde_json::from_value::<BusBody>(value).unwrap_or_else(|e| panic!("{e}: {json}"));
-                bus += 1;
-            } else if matches!(
-                value.get("type").and_then(|t| t.as_str()),
-                Some("hello" | "join" | "leave" | "send" | "ping" | "history")
-            ) || (value.get("type").and_then(|t| t.as_str()) == Some("typing")
-                && value.get("nick").is_none())
-            {
+                continue;
+            }
+            let kind = value
+                .get("type")
+                .and_then(|t| t.as_str())
+                .unwrap()
+                .to_owned();
+            // `typing` is both: the client's has no nick.
+            let from_client =
+                client_kinds.contains(&kind) && !(kind == "typing" && value.get("nick").is_some());
+            if from_client {
                 serde_json::from_value::<ClientMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
-                client += 1;
+                client.insert(kind);
             } else {
                 serde_json::from_value::<ServerMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
-                server += 1;
+                server.insert(kind);
             }
         }
+        let all = |kinds: Vec<String>| kinds.into_iter().collect::<std::collections::BTreeSet<_>>();
         assert_eq!(
-            (client, server, bus),
-            (7, 16, 3),
-            "every message type has its example"
+            client,
+            all(client_kinds),
+            "every client message has its example"
+        );
+        assert_eq!(
+            server,
+            all(variants::<ServerMsg>("type")),
+            "every server message has its example"
+        );
+        assert_eq!(
+            bus,
+            all(variants::<BusBody>("kind")),
+            "every bus body has its example"
         );
     }
 }

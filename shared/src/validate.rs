@@ -212,6 +212,29 @@ pub fn client_id(cid: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The reactions a member may add: a small set every system font draws. `react` with anything else is refused
+/// with `invalid_emoji`.
+pub const EMOJI: [&str; 10] = ["👍", "👎", "😂", "❤️", "🎉", "😮", "😢", "🙏", "👀", "🚀"];
+
+/// Longest quote of a replied-to message, in characters.
+pub const QUOTE_MAX_CHARS: usize = 140;
+
+/// Longest mute, ban or slow mode, in seconds: one week.
+pub const MODERATION_MAX_SECS: u64 = 7 * 24 * 3600;
+
+/// Whether `emoji` is one of [`EMOJI`].
+pub fn emoji(emoji: &str) -> bool {
+    EMOJI.contains(&emoji)
+}
+
+/// The quote of a text a reply shows: its first [`QUOTE_MAX_CHARS`] characters, `…` marking a cut.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// Shortest person id (see `join`'s `person`).
 pub const PERSON_MIN_CHARS: usize = 8;
 /// Longest person id.
@@ -308,6 +331,19 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "message is 2001 characters long; the limit is 2000"
+        );
+    }
+
+    #[test]
+    fn emoji_and_quotes() {
+        assert!(EMOJI.iter().all(|e| emoji(e)));
+        assert!(!emoji("x") && !emoji("") && !emoji("👍👍"));
+        assert_eq!(quote("short"), "short");
+        let long = "é".repeat(QUOTE_MAX_CHARS + 5);
+        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_MAX_CHARS)));
+        assert_eq!(
+            quote(&"é".repeat(QUOTE_MAX_CHARS)),
+            "é".repeat(QUOTE_MAX_CHARS)
         );
     }
 
