@@ -2,8 +2,8 @@
 //! emitter plays, but through the same room rules as a WebSocket `send`: validation, a rate limit, ids, history
 //! and idempotency by `cid`.
 //!
-//! `POST /api/rooms/{room}/messages` and `GET /api/rooms/{room}/messages?since=&limit=`, both with
-//! `Authorization: Bearer <key>`. With no key configured (`--api-keys`) the API is off and says so.
+//! `POST /api/rooms/{room}/messages`, `GET /api/rooms/{room}/messages?since=&limit=` and
+//! `POST /api/rooms/{room}/moderation`, all with `Authorization: Bearer <key>` (the key holder moderates every room). With no key configured (`--api-keys`) the API is off and says so.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,10 +12,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::{ChatMessage, ErrorCode, MsgId, Nick, RoomName};
+use shared::{ChatMessage, ErrorCode, ModerationAction, MsgId, Nick, RoomName, ServerMsg};
 use tracing::warn;
 
 use crate::AppState;
@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
             "/api/rooms/{room}/messages",
             get(history).post(post_message),
         )
+        .route("/api/rooms/{room}/moderation", post(post_moderation))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -63,6 +64,29 @@ pub struct PostMessage {
     pub text: String,
     /// Idempotency key: a retry with the same `cid` is stored once. Without it, each request is a new message.
     pub cid: Option<String>,
+    /// The message this one replies to.
+    pub reply_to: Option<MsgId>,
+}
+
+/// A moderator's action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostModeration {
+    /// What to do.
+    pub action: ModerationAction,
+    /// To whom (mute, kick, ban).
+    pub nick: Option<String>,
+    /// How long (mute, ban, slow mode); 0 lifts it.
+    pub secs: Option<u64>,
+    /// The name the room sees as the moderator (default `moderator`).
+    pub by: Option<String>,
+}
+
+/// The answer to a moderation request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Moderated {
+    /// The id of the `moderation` event stored in the room.
+    pub id: MsgId,
 }
 
 /// The answer to a stored message.
@@ -173,7 +197,9 @@ impl From<RequestError> for ApiError {
             | ErrorCode::InvalidNick
             | ErrorCode::InvalidText
             | ErrorCode::InvalidClientId => StatusCode::BAD_REQUEST,
-            ErrorCode::CidReused => StatusCode::CONFLICT,
+            ErrorCode::CidReused | ErrorCode::MessageGone => StatusCode::CONFLICT,
+            ErrorCode::Forbidden | ErrorCode::Muted | ErrorCode::Banned => StatusCode::FORBIDDEN,
+            ErrorCode::SlowMode => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => return Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e.message),
@@ -278,6 +304,7 @@ async fn post_message(
         cid: post
             .cid
             .unwrap_or_else(|| format!("api-{}", crate::bus::new_epoch())),
+        reply_to: post.reply_to,
     };
     // The same rules as a WebSocket send, as a publisher: the key's rate limit above replaces the connection's.
     match Participant::publisher(state.hub.clone(), nick)
@@ -336,6 +363,7 @@ async fn history(
         epoch: None,
         recent: limit,
         limit,
+        viewer: None,
     };
     let history = state
         .hub
@@ -346,9 +374,55 @@ async fn history(
     Ok(Json(HistoryPage {
         room,
         epoch: history.epoch.to_string(),
-        messages: history.messages,
+        // Messages with their current state; the actions that led there are the WebSocket's business.
+        messages: history
+            .events
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerMsg::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect(),
         truncated: history.truncated,
     }))
+}
+
+async fn post_moderation(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<PostModeration>, JsonRejection>,
+) -> Result<Json<Moderated>, ApiError> {
+    let key = authorize(&state, &headers)?;
+    let Json(post) = body.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!(
+                "expected JSON {{\"action\": \"mute\"|\"kick\"|\"ban\"|\"slow_mode\", \"nick\"?, \"secs\"?, \"by\"?}}: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let by = Nick::parse(post.by.as_deref().unwrap_or("moderator")).map_err(RequestError::from)?;
+    let per_sec = state.config.api_sends_per_sec;
+    if !state.api_buckets.take(&key, per_sec, per_sec) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("at most {per_sec} requests per second per API key; nothing was done"),
+        ));
+    }
+    let (_, published) = Participant::publisher(state.hub.clone(), by)
+        .moderate(
+            &room,
+            post.action,
+            post.nick.as_deref(),
+            post.secs.unwrap_or(0),
+            None,
+        )
+        .await?;
+    Ok(Json(Moderated { id: published.id }))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! Off by default: rooms are open and anyone picks a nick. With `--jwt-secret` (HS256) or `--jwt-public-key`
 //! (a PEM file: RS256 for an RSA key, ES256 for an EC P-256 key) every WebSocket upgrade must carry a token, as the
 //! `token` query parameter (what a browser can send) or `Authorization: Bearer <token>`. The token's `nick` claim
-//! (else `sub`) is the only nick the connection may use, an optional `rooms` claim lists the rooms it may join, and
-//! when `exp` passes (plus `--jwt-grace-secs`) the connection is closed with 4001.
+//! (else `sub`) is the only nick the connection may use, an optional `rooms` claim lists the rooms it may join, an
+//! optional `roles` claim (`{"room": "moderator"}`, `*` for every room) the rooms it moderates, and when `exp` passes (plus `--jwt-grace-secs`) the connection is closed with 4001.
 
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -18,6 +18,8 @@ struct Claims {
     sub: Option<String>,
     nick: Option<String>,
     rooms: Option<Vec<String>>,
+    #[serde(default)]
+    roles: std::collections::HashMap<String, String>,
     exp: u64,
 }
 
@@ -106,6 +108,12 @@ impl Verifier {
             nick,
             rooms: claims.rooms.map(|r| r.into_iter().collect()),
             expires: claims.exp,
+            moderates: claims
+                .roles
+                .into_iter()
+                .filter(|(_, role)| role == "moderator")
+                .map(|(room, _)| room)
+                .collect(),
         })
     }
 }

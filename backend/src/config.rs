@@ -160,6 +160,25 @@ pub enum Command {
         /// The message text.
         text: String,
     },
+    /// Moderate a room through Redis as the HTTP API's moderation endpoint does, print the moderation event's id and
+    /// exit: `roomcast --redis-url redis://host:6379 moderate --room general --nick troll --secs 600 mute`.
+    Moderate {
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// To whom (mute, kick, ban).
+        #[arg(long)]
+        nick: Option<String>,
+        /// How long, in seconds (mute, ban, slow_mode); 0 lifts it.
+        #[arg(long, default_value_t = 0)]
+        secs: u64,
+        /// The name the room sees as the moderator.
+        #[arg(long, default_value = "moderator")]
+        by: String,
+        /// mute, kick, ban or slow_mode.
+        #[arg(value_parser = ["mute", "kick", "ban", "slow_mode"])]
+        action: String,
+    },
 }
 
 impl Config {

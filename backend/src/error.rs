@@ -13,6 +13,8 @@ pub struct RequestError {
     pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
+    /// For `muted`, `banned` and `slow_mode`: when the request may succeed (ms since the Unix epoch).
+    pub until: Option<u64>,
 }
 
 impl RequestError {
@@ -21,7 +23,25 @@ impl RequestError {
         Self {
             code,
             message: message.into(),
+            until: None,
         }
+    }
+
+    /// The same error, saying until when it holds.
+    #[must_use]
+    pub fn until(mut self, until: Option<u64>) -> Self {
+        self.until = until;
+        self
+    }
+}
+
+/// How long from now until `until` (ms since the Unix epoch), for people: "12 s", "10 min", "3 h".
+pub fn wait_text(until: u64) -> String {
+    let secs = until.saturating_sub(crate::bus::now_ms()).div_ceil(1000);
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs.div_ceil(60)),
+        _ => format!("{} h", secs.div_ceil(3600)),
     }
 }
 
@@ -44,6 +64,17 @@ impl From<BusError> for RequestError {
                 ErrorCode::CidReused,
                 "this cid was already used for a different message in this room; use a fresh cid for each message",
             );
+        }
+        if let BusError::Refused { code, until } = e {
+            let wait = until.map(wait_text).unwrap_or_default();
+            let message = match code {
+                ErrorCode::Muted => format!("a moderator muted you in this room for {wait} more; nothing was sent"),
+                ErrorCode::SlowMode => format!("the room is in slow mode: you can send again in {wait}; this message was not sent"),
+                ErrorCode::MessageGone => "that message was deleted or is no longer in the room's history".to_owned(),
+                ErrorCode::Forbidden => "only its author can edit a message, and only its author or a moderator can delete it".to_owned(),
+                _ => "refused by the room's rules".to_owned(),
+            };
+            return Self::new(code, message).until(until);
         }
         warn!(error = %e, "bus request failed");
         Self::new(
@@ -75,6 +106,7 @@ impl RequestError {
             request: re.request,
             req: re.req,
             room: re.room,
+            until: self.until,
         }
     }
 }

@@ -247,6 +247,7 @@ pub async fn publish_once(
         room: room.into(),
         text: text.into(),
         cid: cid.unwrap_or_else(|| format!("cli-{}", bus::new_epoch())),
+        reply_to: None,
     };
     let mut publisher = Participant::publisher(hub, nick);
     let reply = publisher.handle(request).await;
@@ -256,6 +257,29 @@ pub async fn publish_once(
         Reply::Refused { error, .. } => Err(error.into()),
         other => unreachable!("a send is acked or refused, not answered with {other:?}"),
     }
+}
+
+/// Carries out one moderator's action through the configured bus, as the HTTP API's moderation endpoint does:
+/// what `roomcast moderate` runs. Returns the id of the `moderation` event stored in the room.
+pub async fn moderate_once(
+    config: &Config,
+    room: &str,
+    action: shared::ModerationAction,
+    nick: Option<&str>,
+    secs: u64,
+    by: &str,
+) -> Result<shared::MsgId, PublishError> {
+    let by = shared::Nick::parse(by)?;
+    let shutdown = CancellationToken::new();
+    let (events_tx, _events_rx) = mpsc::unbounded_channel();
+    let node: Arc<str> = format!("cli:{}", std::process::id()).into();
+    let bus = start_bus(config, node.clone(), events_tx, &shutdown)?;
+    let hub = Hub::new(Arc::new(config.clone()), node, bus, shutdown.clone());
+    let done = Participant::publisher(hub, by)
+        .moderate(room, action, nick, secs, None)
+        .await;
+    shutdown.cancel();
+    Ok(done?.1.id)
 }
 
 /// Hides a password in a Redis URL before it is logged.

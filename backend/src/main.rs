@@ -70,6 +70,42 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(backend::config::Command::Moderate {
+        room,
+        nick,
+        secs,
+        by,
+        action,
+    }) = config.command.clone()
+    {
+        if config.redis_url.is_none() {
+            eprintln!(
+                "error: moderate needs --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
+            );
+            return ExitCode::from(2);
+        }
+        let Ok(action) = serde_json::from_value(serde_json::Value::String(action)) else {
+            unreachable!("clap accepts only the four actions");
+        };
+        let done = runtime.block_on(backend::moderate_once(
+            &config,
+            &room,
+            action,
+            nick.as_deref(),
+            secs,
+            &by,
+        ));
+        return match done {
+            Ok(id) => {
+                println!("{id}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

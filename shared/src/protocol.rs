@@ -366,7 +366,7 @@ pub enum ServerMsg {
         /// The `type` of the request this answers, when it could be read.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
-        /// The request's correlation id: its `req`, or its `cid` for `send`.
+        /// The request's correlation id: its `req`, or its `cid` for `send`, `edit`, `delete` and `react`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
         /// The room the request named, when it named one.

@@ -487,6 +487,7 @@ impl Client {
             room: room.into(),
             text: text.into(),
             cid: cid.into(),
+            reply_to: None,
         })
         .await;
     }

@@ -168,6 +168,7 @@ async fn send_steadily<F: Future<Output = ()>>(
             room: room.into(),
             text: format!("message {i}"),
             cid: cid.clone(),
+            reply_to: None,
         };
         let first_try = tokio::time::Instant::now();
         'resend: loop {

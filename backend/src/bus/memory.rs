@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{ChatMessage, MsgId, Nick, RoomName};
+use shared::{ChatMessage, MsgId, Nick, RoomName, ServerMsg};
 use tokio::sync::oneshot;
 
+use super::events::{Moderation, Rules};
 use super::roster::Roster;
 use super::{
-    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryQuery, Notice, Published,
-    RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch, now_ms,
+    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryQuery, MsgState, Notice, Published,
+    RosterChange, RosterOp, RosterTiming, Stored, Subscribed, new_epoch, now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -29,9 +30,21 @@ pub struct MemoryBus {
 
 #[derive(Debug, Default)]
 struct Log {
-    /// Offset of the newest message (the room's message count).
+    /// Offset of the newest entry (the room's entry count).
     offset: u64,
-    messages: VecDeque<(u64, ChatMessage)>,
+    /// Messages and actions, oldest first, with their offsets.
+    entries: VecDeque<(u64, Stored)>,
+    /// What actions left on messages still in `entries`.
+    states: HashMap<MsgId, MsgState>,
+    /// Mutes, bans and slow mode.
+    moderation: Moderation,
+}
+
+impl Log {
+    /// An entry as a history read shows it to `viewer`.
+    fn show(&self, entry: &Stored, viewer: Option<&Nick>) -> ServerMsg {
+        entry.in_history(self.states.get(&entry.id), viewer)
+    }
 }
 
 type CidKey = (RoomName, Nick, String);
@@ -86,8 +99,8 @@ impl Bus for MemoryBus {
                 inner.cids.remove(&key);
             }
         }
-        let key = (room.clone(), draft.nick.clone(), draft.cid);
-        let hash = text_hash(&draft.text);
+        let key = (room.clone(), draft.nick.clone(), draft.cid.clone());
+        let hash = text_hash(&draft.fingerprint());
         if let Some(&(id, stored)) = inner.cids.get(&key) {
             let result = if stored == hash {
                 Ok(Published {
@@ -100,8 +113,35 @@ impl Bus for MemoryBus {
             };
             return async move { result }.boxed();
         }
-        // Same rule as XADD: the clock's millisecond, or the last id's with the sequence bumped.
         let ms = now_ms();
+        let Inner {
+            history, rosters, ..
+        } = &mut *inner;
+        let log = history.entry(room.clone()).or_default();
+        let Log {
+            entries,
+            states,
+            moderation,
+            ..
+        } = log;
+        let lookup = |id: MsgId| -> Option<&Stored> {
+            let at = entries.binary_search_by_key(&id, |(_, e)| e.id).ok()?;
+            Some(&entries[at].1)
+        };
+        let roster = rosters.get(room);
+        let holder = |nick: &Nick| roster.and_then(|r| r.holder(nick));
+        let body = Rules {
+            log: &lookup,
+            states,
+            moderation,
+            holder: &holder,
+        }
+        .apply(&draft, ms);
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => return async move { Err(e) }.boxed(),
+        };
+        // Same rule as XADD: the clock's millisecond, or the last id's with the sequence bumped.
         let id = if ms > inner.last_id.ms {
             MsgId::new(ms, 0)
         } else {
@@ -110,23 +150,19 @@ impl Bus for MemoryBus {
         inner.last_id = id;
         inner.cids.insert(key.clone(), (id, hash));
         inner.expiries.push_back((now + self.dedupe_window, key));
-        let message = ChatMessage {
-            id,
-            room: room.clone(),
-            nick: draft.nick,
-            text: draft.text,
-            ts: id.ms,
-        };
+        let entry = Stored::new(id, room.clone(), body).expect("rules store no notices");
         let log = inner.history.entry(room.clone()).or_default();
         log.offset += 1;
         let offset = log.offset;
-        log.messages.push_back((offset, message.clone()));
-        while log.messages.len() > self.history_limit {
-            log.messages.pop_front();
+        log.entries.push_back((offset, entry.clone()));
+        while log.entries.len() > self.history_limit {
+            if let Some((_, old)) = log.entries.pop_front() {
+                log.states.remove(&old.id);
+            }
         }
         // Sent under the lock, so events leave in id order.
         if inner.subscribed.contains(room) {
-            let _ = self.events.send(BusEvent::Stored(message));
+            let _ = self.events.send(BusEvent::Stored(entry));
         }
         async move {
             Ok(Published {
@@ -157,8 +193,41 @@ impl Bus for MemoryBus {
         timing: RosterTiming,
     ) -> BoxFuture<'static, Result<RosterChange, BusError>> {
         let mut inner = self.lock();
+        let now = now_ms();
+        let (moderation, slow_mode) = inner.history.get(room).map_or((None, 0), |log| {
+            (Some(&log.moderation), log.moderation.slow_secs)
+        });
+        let entering = match &op {
+            RosterOp::Join { nick, person }
+            | RosterOp::Rename {
+                to: nick, person, ..
+            } => Some((nick, person.as_deref())),
+            _ => None,
+        };
+        let banned_until = entering
+            .zip(moderation)
+            .and_then(|((nick, person), m)| m.banned_until(nick, person, now));
+        let op_nick = match &op {
+            RosterOp::Join { nick, .. } | RosterOp::Rename { to: nick, .. } => Some(nick.clone()),
+            _ => None,
+        };
+        let muted_until = op_nick
+            .as_ref()
+            .zip(moderation)
+            .and_then(|(nick, m)| m.muted_until(nick, now));
+        if banned_until.is_some() {
+            return async move {
+                Ok(RosterChange {
+                    banned_until,
+                    ..RosterChange::default()
+                })
+            }
+            .boxed();
+        }
         let roster = inner.rosters.entry(room.clone()).or_default();
-        let change = roster.apply(conn, op, now_ms(), timing);
+        let mut change = roster.apply(conn, op, now, timing);
+        change.muted_until = muted_until;
+        change.slow_mode = slow_mode;
         if roster.is_empty() {
             inner.rosters.remove(room);
         }
@@ -170,18 +239,22 @@ impl Bus for MemoryBus {
         room: &RoomName,
         before: MsgId,
         limit: usize,
+        viewer: Option<Nick>,
     ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
         let inner = self.lock();
         let mut out: Vec<ChatMessage> = inner
             .history
             .get(room)
             .map(|log| {
-                log.messages
+                log.entries
                     .iter()
                     .rev()
-                    .filter(|(_, m)| m.id < before)
+                    .filter(|(_, e)| e.id < before && e.is_message())
                     .take(limit)
-                    .map(|(_, m)| m.clone())
+                    .filter_map(|(_, e)| match log.show(e, viewer.as_ref()) {
+                        ServerMsg::Message(m) => Some(m),
+                        _ => None,
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -203,29 +276,33 @@ impl Bus for MemoryBus {
             reset,
             ..History::default()
         };
+        let viewer = query.viewer.as_ref();
         if let Some(log) = inner.history.get(room) {
             match since {
                 Some(since) => {
                     out.truncated = log
-                        .messages
+                        .entries
                         .front()
-                        .is_some_and(|(offset, m)| *offset > 1 && m.id > since);
-                    out.messages = log
-                        .messages
+                        .is_some_and(|(offset, e)| *offset > 1 && e.id > since);
+                    out.events = log
+                        .entries
                         .iter()
-                        .filter(|(_, m)| m.id > since)
+                        .filter(|(_, e)| e.id > since)
                         .take(query.limit)
-                        .map(|(_, m)| m.clone())
+                        .map(|(_, e)| log.show(e, viewer))
                         .collect();
                 }
                 None => {
-                    let skip = log.messages.len().saturating_sub(query.recent);
-                    out.messages = log
-                        .messages
+                    let mut recent: Vec<ServerMsg> = log
+                        .entries
                         .iter()
-                        .skip(skip)
-                        .map(|(_, m)| m.clone())
+                        .rev()
+                        .filter(|(_, e)| e.is_message())
+                        .take(query.recent)
+                        .map(|(_, e)| log.show(e, viewer))
                         .collect();
+                    recent.reverse();
+                    out.events = recent;
                 }
             }
         }
@@ -262,11 +339,29 @@ mod tests {
     }
 
     fn draft(text: &str, cid: &str) -> Draft {
+        let nick = Nick::parse("a").unwrap();
         Draft {
-            nick: Nick::parse("a").unwrap(),
-            text: text.into(),
+            body: shared::BusBody::Message {
+                nick: nick.clone(),
+                text: text.into(),
+                quote: None,
+            },
+            nick,
             cid: cid.into(),
+            reply_to: None,
+            moderator: false,
         }
+    }
+
+    fn texts(history: &History) -> Vec<&str> {
+        history
+            .events
+            .iter()
+            .map(|e| match e {
+                ServerMsg::Message(m) => m.text.as_str(),
+                other => panic!("a message, not {other:?}"),
+            })
+            .collect()
     }
 
     fn since(id: MsgId) -> HistoryQuery {
@@ -296,17 +391,15 @@ mod tests {
             ..HistoryQuery::default()
         };
         let all = bus.history(&room("r"), recent.clone()).await.unwrap();
-        assert_eq!(
-            all.messages
-                .iter()
-                .map(|m| m.text.as_str())
-                .collect::<Vec<_>>(),
-            ["2", "3", "4"]
-        );
+        assert_eq!(texts(&all), ["2", "3", "4"]);
         let after = bus.history(&room("r"), since(ids[2])).await.unwrap();
         assert!(!after.truncated && !after.reset);
         assert_eq!(
-            after.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            after
+                .events
+                .iter()
+                .filter_map(super::super::event_id)
+                .collect::<Vec<_>>(),
             &ids[3..]
         );
         let old = bus.history(&room("r"), since(ids[0])).await.unwrap();
@@ -319,7 +412,7 @@ mod tests {
             bus.history(&room("other"), recent)
                 .await
                 .unwrap()
-                .messages
+                .events
                 .is_empty()
         );
     }

@@ -5,16 +5,21 @@
 //! [`crate::rooms`] dispatcher drains, and both keep the same promise: every stored message of a subscribed room is
 //! delivered to that channel once, in offset order, or a [`BusEvent::Gap`] says it no longer can be.
 
+mod events;
 pub mod memory;
 pub mod redis;
 mod roster;
+
+pub use events::{MsgState, Stored, event_id};
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::BoxFuture;
-use shared::{ChatMessage, MsgId, Nick, PresenceNotice, RoomName, TypingNotice};
+use shared::{
+    BusBody, ChatMessage, ErrorCode, MsgId, Nick, PresenceNotice, RoomName, ServerMsg, TypingNotice,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why the bus could not carry out a request. Never shown verbatim to clients.
@@ -29,17 +34,41 @@ pub enum BusError {
     /// The draft's `cid` was already stored for another text by the same nick in the same room.
     #[error("client message id reused for a different text")]
     CidReused,
+    /// The room's rules refuse the event: `muted`, `slow_mode`, `message_gone` or `forbidden` (and until when,
+    /// for the first two).
+    #[error("refused by the room's rules: {code:?}")]
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// When it may succeed.
+        until: Option<u64>,
+    },
 }
 
-/// A message to store: what a member typed, and the client id that makes retries idempotent.
+/// An event to store — a message or an action — with the client id that makes retries idempotent.
 #[derive(Debug, Clone)]
 pub struct Draft {
-    /// The sender's nickname in the room.
+    /// Who sends it: the nick its cid belongs to.
     pub nick: Nick,
-    /// The validated text.
-    pub text: String,
-    /// The client's message id: with the room and nick, the idempotency key.
+    /// The client's id: with the room and nick, the idempotency key.
     pub cid: String,
+    /// What to store (a message, edit, delete, react or moderation body; validated).
+    pub body: BusBody,
+    /// For a message: the message it replies to (the bus quotes it).
+    pub reply_to: Option<MsgId>,
+    /// The sender moderates the room: not muted nor slowed, deletes anyone's messages.
+    pub moderator: bool,
+}
+
+impl Draft {
+    /// What a repeated cid must match to count as the same event: the body and the reply target.
+    pub fn fingerprint(&self) -> String {
+        let body = serde_json::to_string(&self.body).expect("bus bodies always serialize");
+        match self.reply_to {
+            Some(id) => format!("{body} {id}"),
+            None => body,
+        }
+    }
 }
 
 /// What storing a [`Draft`] did.
@@ -64,6 +93,8 @@ pub struct HistoryQuery {
     pub recent: usize,
     /// At most this many messages after `since`.
     pub limit: usize,
+    /// Whose history it is: reactions say `mine` for this nick.
+    pub viewer: Option<Nick>,
 }
 
 /// The answer to a [`HistoryQuery`].
@@ -71,8 +102,9 @@ pub struct HistoryQuery {
 pub struct History {
     /// The room's history epoch.
     pub epoch: Arc<str>,
-    /// Messages, oldest first.
-    pub messages: Vec<ChatMessage>,
+    /// Oldest first: messages (with their current state) and, after `since`, the actions too. Without `since`,
+    /// only the newest `recent` messages.
+    pub events: Vec<ServerMsg>,
     /// `since` belonged to another epoch: the history it referred to is gone; `messages` are the newest instead.
     pub reset: bool,
     /// `since` is older than the oldest message still kept, and messages were trimmed since the room began.
@@ -161,13 +193,19 @@ pub struct RosterChange {
     pub members: Vec<Nick>,
     /// How many members the room has.
     pub online: u32,
+    /// `Join`/`Rename`: the nick or its person is banned from the room until then; nothing changed.
+    pub banned_until: Option<u64>,
+    /// `Join`/`Rename`/`List`: the nick is muted until then.
+    pub muted_until: Option<u64>,
+    /// `Join`/`Rename`/`List`: the room's slow mode, seconds (0: off).
+    pub slow_mode: u64,
 }
 
 /// An event about a room, arriving from the bus.
 #[derive(Debug, Clone)]
 pub enum BusEvent {
-    /// A stored message, delivered once and in order per subscribed room.
-    Stored(ChatMessage),
+    /// A stored message or action, delivered once and in order per subscribed room.
+    Stored(Stored),
     /// A join or leave notice; not stored.
     Presence {
         /// The room.
@@ -224,8 +262,8 @@ pub type Subscribed = oneshot::Receiver<Result<(), BusError>>;
 /// `subscribe` and `unsubscribe` are synchronous on purpose: they enqueue the change at call time, so calls made
 /// under the rooms lock reach the store in the same order as the membership changes that caused them.
 pub trait Bus: Send + Sync + 'static {
-    /// Stores a chat message and publishes it to every replica in one atomic step, at most once per
-    /// `(room, nick, cid)` within the dedupe window.
+    /// Checks a message or action against the room's rules, stores it and publishes it to every replica in one
+    /// atomic step, at most once per `(room, nick, cid)` within the dedupe window.
     fn publish(
         &self,
         room: &RoomName,
@@ -249,12 +287,14 @@ pub trait Bus: Send + Sync + 'static {
         timing: RosterTiming,
     ) -> BoxFuture<'static, Result<RosterChange, BusError>>;
 
-    /// Up to `limit` stored messages older than `before`, oldest first: scrolling back through a room.
+    /// Up to `limit` stored messages older than `before`, oldest first, with their current state as `viewer`
+    /// sees it: scrolling back through a room.
     fn older(
         &self,
         room: &RoomName,
         before: MsgId,
         limit: usize,
+        viewer: Option<Nick>,
     ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>>;
 
     /// Reads stored messages, oldest first, with the room's epoch.

@@ -23,6 +23,11 @@ pub struct Roster {
 }
 
 impl Roster {
+    /// The person holding `nick`, when its client said (what a ban by nick also bans).
+    pub fn holder(&self, nick: &Nick) -> Option<String> {
+        self.holders.get(nick).cloned()
+    }
+
     /// Whether the room has no members and nothing pending: the roster can be dropped.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty() && self.conns.is_empty()

@@ -78,12 +78,13 @@ impl Rooms {
     /// The frame one bus event becomes, and the connection that must not receive it (its own presence notice).
     fn outbound(&self, event: BusEvent) -> (Arc<Outbound>, Option<ConnId>) {
         let (out, skip) = match event {
-            BusEvent::Stored(message) => {
+            BusEvent::Stored(stored) => {
                 let out = Outbound {
-                    room: message.room.clone(),
-                    id: Some(message.id),
+                    room: stored.room.clone(),
+                    id: Some(stored.id),
                     reset: false,
-                    frame: encode(&ServerMsg::Message(message)),
+                    frame: encode(&stored.frame()),
+                    evict: stored.evicts().map(|(nick, why)| (nick.clone(), why)),
                 };
                 (out, None)
             }
@@ -117,6 +118,7 @@ impl Rooms {
                     id: None,
                     reset,
                     frame: encode(&msg),
+                    evict: None,
                 };
                 (out, None)
             }
@@ -231,6 +233,7 @@ fn notice_frame(room: RoomName, msg: &ServerMsg) -> Outbound {
         id: None,
         reset: false,
         frame: encode(msg),
+        evict: None,
     }
 }
 
@@ -247,6 +250,7 @@ mod tests {
             id: Some(MsgId::new(n, 0)),
             reset: false,
             frame: Bytes::from(n.to_string()),
+            evict: None,
         })
     }
 

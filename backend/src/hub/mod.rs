@@ -97,9 +97,16 @@ pub struct Grant {
     pub rooms: Option<HashSet<String>>,
     /// When the token expires (seconds since the Unix epoch).
     pub expires: u64,
+    /// The rooms it moderates (`*`: every room).
+    pub moderates: HashSet<String>,
 }
 
 impl Grant {
+    /// Whether the connection moderates `room`.
+    pub fn moderates(&self, room: &str) -> bool {
+        self.moderates.contains(room) || self.moderates.contains("*")
+    }
+
     /// How long from now until the connection must close: the token's expiry plus `grace`.
     pub fn remaining(&self, grace: Duration) -> Duration {
         let now = SystemTime::now()

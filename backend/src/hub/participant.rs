@@ -11,15 +11,15 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use shared::validate;
 use shared::{
-    ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, MsgId, Nick, PROTOCOL_VERSION, RoomName,
-    ServerMsg, TYPING_EVERY_MS, TypingNotice, close_code,
+    BusBody, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, ModerationAction, MsgId, Nick,
+    PROTOCOL_VERSION, RoomName, ServerMsg, TYPING_EVERY_MS, TypingNotice, close_code,
 };
 use tracing::{debug, info, warn};
 
 use super::registry::{ConnId, Member, Outbound};
 use super::{Grant, Hub, presence};
-use crate::bus::{Draft, HistoryQuery, Notice, RosterOp};
-use crate::error::RequestError;
+use crate::bus::{Draft, HistoryQuery, Notice, Published, RosterOp, event_id, new_epoch};
+use crate::error::{RequestError, wait_text};
 use crate::ratelimit::TokenBucket;
 
 /// Largest `joined` frame the history may grow to; the rest follows as `message` frames. Keeps every frame far
@@ -79,11 +79,11 @@ struct Joined {
     typed: Option<tokio::time::Instant>,
 }
 
-/// Stored messages a member still has to receive after `joined`, read page by page.
+/// Stored messages and actions a member still has to receive after `joined`, read page by page.
 #[derive(Debug)]
 struct Backlog {
     room: RoomName,
-    ready: Vec<ChatMessage>,
+    ready: Vec<ServerMsg>,
     after: Option<MsgId>,
     /// Messages still allowed: history is bounded, so catching up is too (live messages are queued meanwhile).
     left: usize,
@@ -181,10 +181,99 @@ impl Participant {
                 Ok(answer) => return Reply::Frames(self.join_frames(answer)),
                 Err(e) => Err(e),
             },
-            ClientMsg::Leave { room, req } => {
-                self.leave(&room).map(|room| ServerMsg::Left { room, req })
+            ClientMsg::Leave { room, req } => self.leave(&room).map(|room| ServerMsg::Left {
+                room,
+                reason: None,
+                req,
+            }),
+            ClientMsg::Send {
+                room,
+                text,
+                cid,
+                reply_to,
+            } => {
+                self.send(&room, cid, reply_to, |nick| {
+                    validate::text(&text)?;
+                    Ok(BusBody::Message {
+                        nick,
+                        text,
+                        quote: None,
+                    })
+                })
+                .await
             }
-            ClientMsg::Send { room, text, cid } => self.send(&room, &text, cid).await,
+            ClientMsg::Edit {
+                room,
+                id,
+                text,
+                cid,
+            } => {
+                self.send(&room, cid, None, |nick| {
+                    validate::text(&text)?;
+                    Ok(BusBody::Edit {
+                        nick,
+                        target: id,
+                        text,
+                    })
+                })
+                .await
+            }
+            ClientMsg::Delete { room, id, cid } => {
+                self.send(&room, cid, None, |nick| {
+                    Ok(BusBody::Delete { nick, target: id })
+                })
+                .await
+            }
+            ClientMsg::React {
+                room,
+                id,
+                emoji,
+                on,
+                cid,
+            } => {
+                self.send(&room, cid, None, |nick| {
+                    if !validate::emoji(&emoji) {
+                        return Err(RequestError::new(
+                            ErrorCode::InvalidEmoji,
+                            format!("react with one of {}", validate::EMOJI.join(" ")),
+                        ));
+                    }
+                    Ok(BusBody::React {
+                        nick,
+                        target: id,
+                        emoji,
+                        on,
+                        count: 0,
+                    })
+                })
+                .await
+            }
+            ClientMsg::Mute {
+                room,
+                nick,
+                secs,
+                req,
+            } => self
+                .moderate(&room, ModerationAction::Mute, Some(&nick), secs, req)
+                .await
+                .map(|(frame, _)| frame),
+            ClientMsg::Kick { room, nick, req } => self
+                .moderate(&room, ModerationAction::Kick, Some(&nick), 0, req)
+                .await
+                .map(|(frame, _)| frame),
+            ClientMsg::Ban {
+                room,
+                nick,
+                secs,
+                req,
+            } => self
+                .moderate(&room, ModerationAction::Ban, Some(&nick), secs, req)
+                .await
+                .map(|(frame, _)| frame),
+            ClientMsg::SlowMode { room, secs, req } => self
+                .moderate(&room, ModerationAction::SlowMode, None, secs, req)
+                .await
+                .map(|(frame, _)| frame),
             ClientMsg::Ping { req } => Ok(ServerMsg::Pong { req }),
             ClientMsg::History {
                 room,
@@ -282,6 +371,7 @@ impl Participant {
             epoch,
             recent: self.hub.config.history_on_join as usize,
             limit: CATCH_UP_PAGE,
+            viewer: Some(nick.clone()),
         };
         // With a token the nick is proven: nobody else can hold it, whatever device they use, so no person check.
         let person = if self.grant.is_some() { None } else { person };
@@ -305,17 +395,25 @@ impl Participant {
             Box::pin(presence::apply(&self.hub, &room, self.conn, op)),
         );
         let roster = match roster {
-            Ok(change) if !change.taken => change,
+            Ok(change) if !change.taken && change.banned_until.is_none() => change,
             refused => {
                 if !rejoin {
                     self.hub.rooms.leave(&room, self.conn);
                 }
                 return Err(match refused {
                     Err(e) => e.into(),
-                    Ok(_) => RequestError::new(
+                    Ok(change) if change.taken => RequestError::new(
                         ErrorCode::NickTaken,
                         format!("someone else is {nick} in this room; choose another nickname"),
                     ),
+                    Ok(change) => RequestError::new(
+                        ErrorCode::Banned,
+                        format!(
+                            "a moderator banned you from {room}; you can join again in {}",
+                            change.banned_until.map(wait_text).unwrap_or_default()
+                        ),
+                    )
+                    .until(change.banned_until),
                 });
             }
         };
@@ -331,8 +429,8 @@ impl Participant {
             }
         };
         let resumed = since.is_some() && !history.reset;
-        let after = (resumed && history.messages.len() >= CATCH_UP_PAGE)
-            .then(|| history.messages.last().map(|m| m.id))
+        let after = (resumed && history.events.len() >= CATCH_UP_PAGE)
+            .then(|| history.events.last().and_then(event_id))
             .flatten();
         let entry = match self.rooms.entry(room.clone()) {
             Entry::Occupied(e) => e.into_mut(),
@@ -346,14 +444,22 @@ impl Participant {
         if history.reset {
             entry.last = None;
         }
-        let seen = history.messages.last().map(|m| m.id).or(since);
+        let seen = history.events.last().and_then(event_id).or(since);
         entry.last = entry.last.max(seen);
         if !rejoin {
-            info!(%room, %nick, history = history.messages.len(), ?since, reset = history.reset, truncated = history.truncated, "joined");
+            info!(%room, %nick, history = history.events.len(), ?since, reset = history.reset, truncated = history.truncated, "joined");
         }
-        let mut messages = history.messages;
-        let fit = fitting(&messages, JOINED_BUDGET_BYTES);
-        let ready = messages.split_off(fit);
+        let mut events = history.events;
+        let fit = fitting(&events, JOINED_BUDGET_BYTES);
+        let ready = events.split_off(fit);
+        let messages = events
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerMsg::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let moderator = self.moderator(&room);
         let backlog = Backlog {
             room: room.clone(),
             ready,
@@ -370,6 +476,9 @@ impl Participant {
                 truncated: history.truncated,
                 members: roster.members,
                 online: roster.online,
+                moderator,
+                muted_until: roster.muted_until,
+                slow_mode: roster.slow_mode,
                 req,
             },
             backlog,
@@ -386,9 +495,8 @@ impl Participant {
                     return None;
                 }
                 loop {
-                    if let Some(message) = ready.pop_front() {
-                        let frame = Ok(ServerMsg::Message(message));
-                        return Some((frame, (participant, backlog, ready, false)));
+                    if let Some(frame) = ready.pop_front() {
+                        return Some((Ok(frame), (participant, backlog, ready, false)));
                     }
                     match participant.next_backlog(&mut backlog).await {
                         Ok(page) if page.is_empty() => return None,
@@ -415,7 +523,7 @@ impl Participant {
     async fn next_backlog(
         &mut self,
         backlog: &mut Backlog,
-    ) -> Result<Vec<ChatMessage>, RequestError> {
+    ) -> Result<Vec<ServerMsg>, RequestError> {
         if !backlog.ready.is_empty() {
             return Ok(std::mem::take(&mut backlog.ready));
         }
@@ -425,18 +533,21 @@ impl Participant {
         if backlog.left == 0 || !self.rooms.contains_key(&backlog.room) {
             return Ok(Vec::new());
         }
+        let viewer = self.rooms.get(&backlog.room).map(|j| j.nick.clone());
         let query = HistoryQuery {
             since: Some(after),
             limit: CATCH_UP_PAGE,
+            viewer,
             ..HistoryQuery::default()
         };
-        let page = self.hub.bus.history(&backlog.room, query).await?.messages;
+        let page = self.hub.bus.history(&backlog.room, query).await?.events;
         backlog.left = backlog.left.saturating_sub(page.len());
+        let newest = page.last().and_then(event_id);
         if page.len() >= CATCH_UP_PAGE {
-            backlog.after = page.last().map(|m| m.id);
+            backlog.after = newest;
         }
-        if let (Some(joined), Some(newest)) = (self.rooms.get_mut(&backlog.room), page.last()) {
-            joined.last = joined.last.max(Some(newest.id));
+        if let (Some(joined), Some(newest)) = (self.rooms.get_mut(&backlog.room), newest) {
+            joined.last = joined.last.max(Some(newest));
         }
         Ok(page)
     }
@@ -451,20 +562,36 @@ impl Participant {
         req: Option<String>,
     ) -> Result<ServerMsg, RequestError> {
         let room = RoomName::parse(room)?;
-        if !self.rooms.contains_key(&room) {
-            return Err(not_joined(&room));
-        }
+        let viewer = self
+            .rooms
+            .get(&room)
+            .ok_or_else(|| not_joined(&room))?
+            .nick
+            .clone();
         if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
             return Err(RequestError::new(
                 ErrorCode::BadRequest,
                 format!("history limit must be 1 to {HISTORY_PAGE_MAX}"),
             ));
         }
-        let mut messages = self.hub.bus.older(&room, before, limit).await?;
+        let mut messages = self
+            .hub
+            .bus
+            .older(&room, before, limit, Some(viewer))
+            .await?;
         let fetched = messages.len();
         // Keep the newest part: the page continues right where the client's view begins.
         messages.reverse();
-        let fit = fitting(&messages, JOINED_BUDGET_BYTES).max(1).min(fetched);
+        let fit = messages
+            .iter()
+            .scan(0, |used, m| {
+                *used += message_size(m);
+                Some(*used <= JOINED_BUDGET_BYTES)
+            })
+            .take_while(|fits| *fits)
+            .count()
+            .max(1)
+            .min(fetched);
         messages.truncate(fit);
         messages.reverse();
         Ok(ServerMsg::HistoryPage {
@@ -511,40 +638,61 @@ impl Participant {
         Ok(room)
     }
 
-    /// Sends a message to a joined room (a publisher: to any room), at most once per `cid`: validated, rate
-    /// limited, stored and relayed by the bus in one step.
+    /// Whether this participant moderates `room`: publishers (the HTTP API key holder, the CLI) moderate every
+    /// room; a connection, the rooms its token's `roles` name.
+    fn moderator(&self, room: &RoomName) -> bool {
+        match &self.role {
+            Role::Publisher(_) => true,
+            Role::Member(_) => self
+                .grant
+                .as_ref()
+                .is_some_and(|g| g.moderates(room.as_str())),
+        }
+    }
+
+    /// The nick this participant acts as in `room`: a publisher's own, a connection's in that joined room.
+    fn nick_in(&self, room: &RoomName) -> Result<Nick, RequestError> {
+        match &self.role {
+            Role::Publisher(nick) => Ok(nick.clone()),
+            Role::Member(_) => Ok(self
+                .rooms
+                .get(room)
+                .ok_or_else(|| not_joined(room))?
+                .nick
+                .clone()),
+        }
+    }
+
+    /// Stores a message or an action in a joined room (a publisher: in any room), at most once per `cid`:
+    /// validated (`body` builds and checks it for the sender's nick), rate limited, then checked against the room's
+    /// rules, stored and relayed by the bus in one step.
     async fn send(
         &mut self,
         room: &str,
-        text: &str,
         cid: String,
+        reply_to: Option<MsgId>,
+        body: impl FnOnce(Nick) -> Result<BusBody, RequestError>,
     ) -> Result<ServerMsg, RequestError> {
         let room = RoomName::parse(room)?;
-        let nick = match &self.role {
-            Role::Publisher(nick) => nick.clone(),
-            Role::Member(_) => self
-                .rooms
-                .get(&room)
-                .ok_or_else(|| not_joined(&room))?
-                .nick
-                .clone(),
-        };
+        let nick = self.nick_in(&room)?;
         validate::client_id(&cid)?;
-        validate::text(text)?;
+        let body = body(nick.clone())?;
         if !self.sends.take() {
             let (rate, burst) = (self.hub.config.sends_per_sec, self.hub.config.send_burst);
             warn!(%room, "send rate exceeded");
             return Err(RequestError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "sending too fast: at most {rate} messages per second after a burst of {burst}; this message was not sent"
+                    "sending too fast: at most {rate} messages or actions per second after a burst of {burst}; this one was not sent"
                 ),
             ));
         }
         let draft = Draft {
             nick,
-            text: text.to_owned(),
             cid: cid.clone(),
+            body,
+            reply_to,
+            moderator: self.moderator(&room),
         };
         let published = self.hub.bus.publish(&room, draft).await?;
         if published.duplicate {
@@ -560,6 +708,78 @@ impl Participant {
             id: published.id,
             ts: published.id.ms,
             duplicate: published.duplicate,
+        })
+    }
+
+    /// A moderator's action: checked, then stored in the room as a `moderation` event whose effect (mute, ban, slow
+    /// mode) the bus records in the same step. Kicks and bans take effect on every replica as the event arrives.
+    pub async fn moderate(
+        &mut self,
+        room: &str,
+        action: ModerationAction,
+        nick: Option<&str>,
+        secs: u64,
+        req: Option<String>,
+    ) -> Result<(ServerMsg, Published), RequestError> {
+        let room = RoomName::parse(room)?;
+        if !self.moderator(&room) {
+            return Err(RequestError::new(
+                ErrorCode::Forbidden,
+                format!("only moderators of {room} can do that"),
+            ));
+        }
+        let by = self.nick_in(&room)?;
+        let target = match (action, nick) {
+            (ModerationAction::SlowMode, _) => None,
+            (_, Some(nick)) => Some(Nick::parse(nick)?),
+            (_, None) => {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    "say whom: nick is missing",
+                ));
+            }
+        };
+        if secs > validate::MODERATION_MAX_SECS {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("secs must be 0 to {}", validate::MODERATION_MAX_SECS),
+            ));
+        }
+        let secs = if action == ModerationAction::Kick {
+            0
+        } else {
+            secs
+        };
+        let draft = Draft {
+            nick: by.clone(),
+            cid: format!("mod-{}", new_epoch()),
+            body: BusBody::Moderation {
+                by,
+                action,
+                nick: target,
+                secs,
+            },
+            reply_to: None,
+            moderator: true,
+        };
+        let published = self.hub.bus.publish(&room, draft).await?;
+        info!(%room, ?action, ?nick, secs, "moderated");
+        Ok((ServerMsg::Done { room, req }, published))
+    }
+
+    /// After a queued frame was written: when it was a moderator's kick or ban of this connection's nick in that
+    /// room, the connection leaves the room, and this is the `left` that tells it why.
+    pub fn evicted(&mut self, out: &Outbound) -> Option<ServerMsg> {
+        let (nick, reason) = out.evict.as_ref()?;
+        if self.rooms.get(&out.room).is_none_or(|j| j.nick != *nick) {
+            return None;
+        }
+        let room = self.leave(out.room.as_str()).ok()?;
+        info!(%room, %nick, reason, "taken out of the room by a moderator");
+        Some(ServerMsg::Left {
+            room,
+            reason: Some((*reason).to_owned()),
+            req: None,
         })
     }
 
@@ -607,15 +827,33 @@ fn not_joined(room: &RoomName) -> RequestError {
     )
 }
 
-/// How many of `messages`, from the first, fit in `budget` bytes of JSON. An upper bound per message: JSON escapes
-/// at most double a text (control characters other than newline and tab are refused), plus the envelope.
-fn fitting(messages: &[ChatMessage], budget: usize) -> usize {
+/// An upper bound of a message's JSON: escapes at most double a text (control characters other than newline and
+/// tab are refused), plus the envelope, the quote and the reactions.
+fn message_size(m: &shared::ChatMessage) -> usize {
+    let quote = m
+        .reply_to
+        .as_ref()
+        .map_or(0, |q| 2 * (q.text.len() + q.nick.as_str().len()) + 64);
+    2 * (m.text.len() + m.nick.as_str().len())
+        + m.room.as_str().len()
+        + 96
+        + quote
+        + 48 * m.reactions.len()
+        + 64
+}
+
+/// How many of `events`, from the first, go into `joined`: the leading messages that fit in `budget` bytes of JSON.
+/// The first action ends it (actions follow `joined` as frames, in order).
+fn fitting(events: &[ServerMsg], budget: usize) -> usize {
     let mut used = 0;
-    messages
+    events
         .iter()
-        .take_while(|m| {
-            used += 2 * (m.text.len() + m.nick.as_str().len()) + m.room.as_str().len() + 96;
-            used <= budget
+        .take_while(|e| match e {
+            ServerMsg::Message(m) => {
+                used += message_size(m);
+                used <= budget
+            }
+            _ => false,
         })
         .count()
 }
@@ -624,14 +862,13 @@ fn fitting(messages: &[ChatMessage], budget: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn message(text: &str) -> ChatMessage {
-        ChatMessage {
-            id: MsgId::new(1_732_190_000_000, 7),
-            room: RoomName::parse("general").unwrap(),
-            nick: Nick::parse("alice").unwrap(),
-            text: text.into(),
-            ts: 1_732_190_000_000,
-        }
+    fn message(text: &str) -> shared::ChatMessage {
+        shared::ChatMessage::new(
+            MsgId::new(1_732_190_000_000, 7),
+            RoomName::parse("general").unwrap(),
+            Nick::parse("alice").unwrap(),
+            text.into(),
+        )
     }
 
     #[test]
@@ -639,11 +876,11 @@ mod tests {
         for text in ["x", "\"\\\"\\", "字字字", "a\nb\tc"] {
             let m = message(&text.repeat(500));
             let encoded = serde_json::to_string(&m).unwrap().len();
-            assert_eq!(fitting(std::slice::from_ref(&m), usize::MAX), 1);
-            let estimate = 2 * (m.text.len() + 5) + 7 + 96;
+            assert_eq!(fitting(&[ServerMsg::Message(m.clone())], usize::MAX), 1);
+            let estimate = message_size(&m);
             assert!(encoded <= estimate, "{encoded} > {estimate}");
         }
-        let many = vec![message(&"字".repeat(2000)); 30];
+        let many = vec![ServerMsg::Message(message(&"字".repeat(2000))); 30];
         let fit = fitting(&many, JOINED_BUDGET_BYTES);
         let frame = serde_json::to_string(&many[..fit]).unwrap().len();
         assert!(

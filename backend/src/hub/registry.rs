@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use shared::{MsgId, RoomName, ServerMsg};
+use shared::{MsgId, Nick, RoomName, ServerMsg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -33,6 +33,8 @@ pub struct Outbound {
     pub reset: bool,
     /// The JSON text, shared by every recipient.
     pub frame: Bytes,
+    /// A moderator kicked or banned this nick: its connections leave the room after this frame, told why.
+    pub evict: Option<(Nick, &'static str)>,
 }
 
 /// A queue holding more than this many times `--queue-max-bytes` is closed even though its socket still takes

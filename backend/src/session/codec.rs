@@ -33,7 +33,7 @@ pub fn decode(text: &str) -> Result<(ClientMsg, RequestRef), (RequestError, Requ
     let kind = field("type");
     let re = RequestRef {
         request: kind.clone(),
-        req: if kind.as_deref() == Some("send") {
+        req: if matches!(kind.as_deref(), Some("send" | "edit" | "delete" | "react")) {
             field("cid")
         } else {
             field("req")
@@ -85,6 +85,12 @@ mod fuzz {
         r#"{"type":"leave","room":"general","req":"l1"}"#,
         r#"{"type":"send","room":"general","text":"hello <b>world</b> \u00e9 字","cid":"c-42"}"#,
         r#"{"type":"ping","req":"p7"}"#,
+        r#"{"type":"send","room":"general","text":"re","cid":"c-43","reply_to":"1732190000000-0"}"#,
+        r#"{"type":"edit","room":"general","id":"1732190000000-0","text":"fixed","cid":"c-44"}"#,
+        r#"{"type":"delete","room":"general","id":"1732190000000-0","cid":"c-45"}"#,
+        r#"{"type":"react","room":"general","id":"1732190000000-0","emoji":"🎉","on":true,"cid":"c-46"}"#,
+        r#"{"type":"ban","room":"general","nick":"troll","secs":60,"req":"m1"}"#,
+        r#"{"type":"slow_mode","room":"general","secs":30}"#,
     ];
 
     fn check(text: &str) -> Result<(), TestCaseError> {

@@ -103,6 +103,10 @@ pub async fn write_batch(
                     sink.feed(Message::Text(codec::shared_text(out.frame.clone())))
                         .await?;
                     frames += 1;
+                    if let Some(left) = participant.evicted(&out) {
+                        sink.feed(codec::text(&left)).await?;
+                        frames += 1;
+                    }
                 }
                 if frames < MAX_BATCH {
                     next = queued.try_recv().ok();

@@ -353,6 +353,7 @@ async fn a_reader_at_the_bottom_follows_a_burst() {
             room: ROOM.into(),
             text: format!("burst {i}"),
             cid: format!("burst-{i}"),
+            reply_to: None,
         })
         .await;
     }

@@ -323,6 +323,7 @@ async fn a_resent_cid_is_stored_once() {
         room: "idem".into(),
         text: text.into(),
         cid: cid.into(),
+        reply_to: None,
     };
     lost.send(&send("typed once", "tab1-1")).await;
     drop(lost);

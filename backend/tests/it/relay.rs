@@ -640,7 +640,7 @@ async fn leave_stops_delivery(cluster: Cluster) {
         .await;
     let left = leaver
         .take(|m| match m {
-            ServerMsg::Left { room, req } => Some((room.to_string(), req.clone())),
+            ServerMsg::Left { room, req, .. } => Some((room.to_string(), req.clone())),
             _ => None,
         })
         .await;

@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shared::{BusBody, ChatMessage, MsgId, RoomName};
+use shared::{BusBody, MsgId, RoomName};
 
-use crate::bus::{BusError, Notice};
+use crate::bus::{BusError, Notice, Stored};
 
 /// A stored message on the channel, `<id> <offset> <epoch> <body>`: each `%s` is filled in that order, by
 /// [`stored_payload`] here and by the publish script, which gets this template as an argument.
@@ -24,24 +24,27 @@ pub(super) const OFFSET_FIELD: &str = "o";
 /// The stream entry field holding the message body (JSON).
 pub(super) const BODY_FIELD: &str = "m";
 
+/// The stream entry field that marks an action (its value is the kind): history skips these without parsing them.
+pub(super) const ACTION_FIELD: &str = "a";
+
 /// A raw stream entry as Redis returns it: its id and its field/value pairs.
 pub(super) type Entry = (String, HashMap<String, String>);
 
-/// One stored message as read from a stream, with its offset.
+/// One stored message or action as read from a stream, with its offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredEntry {
     pub offset: u64,
-    pub message: ChatMessage,
+    pub stored: Stored,
 }
 
 /// A decoded channel payload.
 #[derive(Debug)]
 pub(super) enum Incoming {
-    /// A message the publish script stored, with its position in the room.
+    /// A message or action the publish script stored, with its position in the room.
     Stored {
         offset: u64,
         epoch: Arc<str>,
-        message: ChatMessage,
+        stored: Stored,
     },
     /// A notice that was never stored.
     Notice(Notice),
@@ -69,7 +72,7 @@ pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming
         return match serde_json::from_str(json).map_err(|e| e.to_string())? {
             BusBody::Presence(notice) => Ok(Incoming::Notice(Notice::Presence(notice))),
             BusBody::Typing(notice) => Ok(Incoming::Notice(Notice::Typing(notice))),
-            BusBody::Message { .. } => Err("a stored message without an id".into()),
+            _ => Err("a stored event without an id".into()),
         };
     }
     let Some([id, offset, epoch, json]) = unfill(STORED_PAYLOAD, text) else {
@@ -81,20 +84,13 @@ pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming
     let offset: u64 = offset
         .parse()
         .map_err(|_| format!("bad offset {offset:?}"))?;
-    match serde_json::from_str(json).map_err(|e| e.to_string())? {
-        BusBody::Message { nick, text } => Ok(Incoming::Stored {
-            offset,
-            epoch: epoch.into(),
-            message: ChatMessage {
-                id,
-                room: room.clone(),
-                nick,
-                text,
-                ts: id.ms,
-            },
-        }),
-        BusBody::Presence(_) | BusBody::Typing(_) => Err("a notice with an id".into()),
-    }
+    let body = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let stored = Stored::new(id, room.clone(), body).ok_or("a notice with an id")?;
+    Ok(Incoming::Stored {
+        offset,
+        epoch: epoch.into(),
+        stored,
+    })
 }
 
 /// Reads one stream entry of `room`: its id, [`OFFSET_FIELD`] and [`BODY_FIELD`].
@@ -111,21 +107,10 @@ pub(super) fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<Store
     let json = fields
         .get(BODY_FIELD)
         .ok_or_else(|| bad(format!("no field {BODY_FIELD}")))?;
-    match serde_json::from_str(json).map_err(|e| bad(e.to_string()))? {
-        BusBody::Message { nick, text } => Ok(StoredEntry {
-            offset,
-            message: ChatMessage {
-                id: msg_id,
-                room: room.clone(),
-                nick,
-                text,
-                ts: msg_id.ms,
-            },
-        }),
-        BusBody::Presence(_) | BusBody::Typing(_) => {
-            Err(bad("presence and typing notices are never stored".into()))
-        }
-    }
+    let body = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let stored = Stored::new(msg_id, room.clone(), body)
+        .ok_or_else(|| bad("presence and typing notices are never stored".into()))?;
+    Ok(StoredEntry { offset, stored })
 }
 
 /// Fills a template's `%s` with `values`, in order. A value may contain anything, `%s` included: only the template
@@ -173,21 +158,17 @@ mod tests {
         RoomName::parse("r").unwrap()
     }
 
-    fn message(id: MsgId, text: &str) -> ChatMessage {
-        ChatMessage {
-            id,
-            room: room(),
+    fn message(id: MsgId, text: &str) -> Stored {
+        let body = BusBody::Message {
             nick: Nick::parse("al").unwrap(),
             text: text.into(),
-            ts: id.ms,
-        }
+            quote: None,
+        };
+        Stored::new(id, room(), body).unwrap()
     }
 
-    fn message_json(m: &ChatMessage) -> String {
-        body_json(&BusBody::Message {
-            nick: m.nick.clone(),
-            text: m.text.clone(),
-        })
+    fn message_json(m: &Stored) -> String {
+        body_json(&m.body)
     }
 
     #[test]
@@ -199,12 +180,12 @@ mod tests {
             let Ok(Incoming::Stored {
                 offset,
                 epoch,
-                message,
+                stored,
             }) = decode_payload(&room(), payload.as_bytes())
             else {
                 panic!("a stored message: {payload}")
             };
-            assert_eq!((offset, &*epoch, &message), (42, "ab12", &sent));
+            assert_eq!((offset, &*epoch, &stored), (42, "ab12", &sent));
         }
     }
 
@@ -215,19 +196,28 @@ mod tests {
             stored_payload("5-1", 7, "ab12", r#"{"kind":"message"}"#),
             r#"5-1 7 ab12 {"kind":"message"}"#
         );
-        let Ok(Incoming::Stored {
-            offset, message, ..
-        }) = decode_payload(
+        let Ok(Incoming::Stored { offset, stored, .. }) = decode_payload(
             &room(),
             br#"5-1 7 ab12 {"kind":"message","nick":"a","text":"x y"}"#,
-        )
-        else {
+        ) else {
             panic!("a stored message")
         };
+        let BusBody::Message { text, .. } = &stored.body else {
+            panic!("a message")
+        };
         assert_eq!(
-            (offset, message.id, message.text.as_str()),
+            (offset, stored.id, text.as_str()),
             (7, MsgId::new(5, 1), "x y")
         );
+        // What cjson writes for a reaction the script counted, with an escaped slash.
+        let Ok(Incoming::Stored { stored, .. }) = decode_payload(
+            &room(),
+            r#"5-2 8 ab12 {"on":true,"count":2,"kind":"react","emoji":"👍","target":"5-1","nick":"a\/b"}"#
+                .as_bytes(),
+        ) else {
+            panic!("a stored reaction")
+        };
+        assert!(matches!(stored.body, BusBody::React { count: 2, .. }));
     }
 
     #[test]
@@ -292,7 +282,7 @@ mod tests {
             read.unwrap(),
             StoredEntry {
                 offset: 12,
-                message: sent.clone()
+                stored: sent.clone()
             }
         );
         // Entries from before offsets existed sort before every offset.

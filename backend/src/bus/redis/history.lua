@@ -1,7 +1,10 @@
--- A history read that sees the epoch and the entries at one instant.
--- KEYS: 1 stream, 2 meta
--- ARGV: 1 candidate epoch, 2 client epoch or '', 3 since or '', 4 recent, 5 limit
--- Returns {epoch, reset, entries, oldest} where oldest is the oldest kept entry (only with since).
+-- A history read that sees the epoch, the entries and the messages' states at one instant.
+-- KEYS: 1 stream, 2 meta, 3 state
+-- ARGV: 1 candidate epoch, 2 client epoch or '', 3 since or '', 4 recent, 5 limit, 6 action field, 7 before or ''
+-- With since: every entry after it (messages and actions), up to limit. With before: up to limit messages before
+-- it, newest first. Otherwise: the newest `recent` messages, newest first (actions skipped: states say what they did).
+-- Returns {epoch, reset, entries, oldest, states}: oldest is the oldest kept entry (only with since); states[i] is
+-- the JSON state of entries[i], or '' when it has none.
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local since = ARGV[3]
@@ -10,13 +13,38 @@ if since ~= '' and ARGV[2] ~= '' and ARGV[2] ~= epoch then
   reset = 1
   since = ''
 end
+local function states(entries)
+  local out = {}
+  for i, e in ipairs(entries) do out[i] = redis.call('HGET', KEYS[3], e[1]) or '' end
+  return out
+end
+local function is_action(entry)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[6] then return true end
+  end
+  return false
+end
 if since ~= '' then
   local entries = redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[5])
   local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  return {epoch, reset, entries, oldest}
+  return {epoch, reset, entries, oldest, states(entries)}
 end
-if tonumber(ARGV[4]) == 0 then
-  return {epoch, reset, {}, {}}
+local want = tonumber(ARGV[4])
+local top = '+'
+if ARGV[7] ~= '' then
+  want = tonumber(ARGV[5])
+  top = '(' .. ARGV[7]
 end
-local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[4])
-return {epoch, reset, entries, {}}
+local messages = {}
+-- Actions are skipped; read in pages until enough messages or the stream's start.
+while want > 0 and #messages < want do
+  local asked = want - #messages + 16
+  local page = redis.call('XREVRANGE', KEYS[1], top, '-', 'COUNT', asked)
+  for _, e in ipairs(page) do
+    if #messages < want and not is_action(e) then messages[#messages + 1] = e end
+  end
+  if #page < asked then break end
+  top = '(' .. page[#page][1]
+end
+return {epoch, reset, messages, {}, states(messages)}

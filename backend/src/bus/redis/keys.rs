@@ -36,6 +36,21 @@ impl Keys {
         format!("{}:{{{room}}}:cid:{nick}:{cid}", self.prefix)
     }
 
+    /// What actions left on the room's messages: message id → JSON state.
+    pub fn state(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:state", self.prefix)
+    }
+
+    /// The room's moderation: mutes, bans, slow mode.
+    pub fn moderation(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:mod", self.prefix)
+    }
+
+    /// When each nick last sent, for slow mode.
+    pub fn slow(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:slow", self.prefix)
+    }
+
     /// The room's members online (see `roster.lua`): instances, connections, counts, members, leaving, holders.
     pub fn roster(&self, room: &RoomName) -> [String; 6] {
         ["inst", "conns", "counts", "members", "leaving", "holders"]

@@ -21,14 +21,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{BusBody, ChatMessage, MsgId, Nick, RoomName};
+use shared::{ChatMessage, ErrorCode, MsgId, Nick, RoomName, ServerMsg};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Bus, BusError, Draft, EventSink, History, HistoryQuery, Notice, Published, RosterChange,
-    RosterOp, RosterTiming, Subscribed, new_epoch,
+    Bus, BusError, Draft, EventSink, History, HistoryQuery, MsgState, Notice, Published,
+    RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
 };
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
@@ -254,6 +254,85 @@ impl RedisBus {
     }
 }
 
+impl RedisBus {
+    /// Runs `history.lua`: entries after `since`, the newest messages, or (with `before`) messages before it, each
+    /// with its current state as the query's viewer sees it.
+    fn read(
+        &self,
+        room: &RoomName,
+        query: HistoryQuery,
+        before: Option<MsgId>,
+    ) -> BoxFuture<'static, Result<History, BusError>> {
+        let keys = &self.store.keys;
+        let ks = [keys.stream(room), keys.meta(room), keys.state(room)];
+        let store = self.store.clone();
+        let room = room.clone();
+        async move {
+            let script = store.history.clone();
+            let (epoch_arg, since_arg) = (
+                query.epoch.clone().unwrap_or_default(),
+                query.since.map(|s| s.to_string()).unwrap_or_default(),
+            );
+            let before_arg = before.map(|b| b.to_string()).unwrap_or_default();
+            let (recent, limit) = (query.recent, query.limit.max(1));
+            #[allow(clippy::type_complexity)] // The script's reply, as documented in history.lua.
+            let (epoch, reset, entries, oldest, states): (
+                String,
+                i64,
+                Vec<Entry>,
+                Vec<Entry>,
+                Vec<String>,
+            ) = store
+                .run(|mut conn| async move {
+                    let mut invocation = script.key(&ks[..]);
+                    invocation
+                        .arg(new_epoch())
+                        .arg(epoch_arg)
+                        .arg(since_arg)
+                        .arg(recent)
+                        .arg(limit)
+                        .arg(codec::ACTION_FIELD)
+                        .arg(before_arg);
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await?;
+            let reset = reset == 1;
+            let oldest = oldest
+                .into_iter()
+                .next()
+                .map(|e| codec::decode_entry(&room, e))
+                .transpose()?;
+            let truncated = match (query.since, oldest, reset) {
+                (Some(since), Some(oldest), false) => oldest.offset > 1 && oldest.stored.id > since,
+                _ => false,
+            };
+            let mut events = entries
+                .into_iter()
+                .zip(states)
+                .map(|(e, state)| {
+                    let entry = codec::decode_entry(&room, e)?.stored;
+                    let state: Option<MsgState> = if state.is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::from_str(&state).map_err(protocol)?)
+                    };
+                    Ok(entry.in_history(state.as_ref(), query.viewer.as_ref()))
+                })
+                .collect::<Result<Vec<_>, BusError>>()?;
+            if query.since.is_none() || reset {
+                events.reverse();
+            }
+            Ok(History {
+                epoch: epoch.into(),
+                events,
+                reset,
+                truncated,
+            })
+        }
+        .boxed()
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -270,13 +349,14 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
     }
 }
 
-/// The publish script's answer: id, flag (0 stored, 1 repeated cid, 2 reused cid), offset, epoch.
-type PublishReply = (String, i64, u64, String);
+/// The publish script's answer: id, flag (0 stored, 1 repeated cid, 2 reused cid, 3 muted, 4 slow mode, 5 message
+/// gone, 6 forbidden), offset, epoch, the body stored, until (for 3 and 4).
+type PublishReply = (String, i64, u64, String, String, u64);
 
 /// What a publish did in Redis: stored (id, flag, offset) and relayed, or stored without the replicas `WAIT` asked
 /// for (and so not relayed).
 enum Written {
-    Stored(String, i64, u64),
+    Stored(String, i64, u64, u64),
     NotReplicated(i64),
 }
 
@@ -291,12 +371,15 @@ impl Bus for RedisBus {
             keys.stream(room),
             keys.meta(room),
             keys.cid(room, &draft.nick, &draft.cid),
+            keys.state(room),
+            keys.moderation(room),
+            keys.slow(room),
+            keys.roster(room)[5].clone(),
         ];
-        let body = BusBody::Message {
-            nick: draft.nick,
-            text: draft.text,
-        };
-        let json = codec::body_json(&body);
+        let json = codec::body_json(&draft.body);
+        let fingerprint = draft.fingerprint();
+        let reply_to = draft.reply_to.map(|id| id.to_string()).unwrap_or_default();
+        let moderator = if draft.moderator { "1" } else { "" };
         let (channel, limit, dedupe) = (keys.channel(room), self.history_limit, self.dedupe_secs);
         let (wait, wait_ms) = (self.wait_replicas, self.wait_timeout_ms);
         let store = self.store.clone();
@@ -316,14 +399,19 @@ impl Bus for RedisBus {
                         .arg(if wait == 0 { conn.publish_command() } else { "" })
                         .arg(codec::STORED_PAYLOAD)
                         .arg(codec::OFFSET_FIELD)
-                        .arg(codec::BODY_FIELD);
+                        .arg(codec::BODY_FIELD)
+                        .arg(&fingerprint)
+                        .arg(moderator)
+                        .arg(&reply_to)
+                        .arg(shared::validate::QUOTE_MAX_CHARS)
+                        .arg(codec::ACTION_FIELD);
                     if wait == 0 {
-                        let (id, flag, offset, _): PublishReply =
+                        let (id, flag, offset, _, _, until): PublishReply =
                             invocation.invoke_async(&mut conn).await?;
-                        return Ok(Written::Stored(id, flag, offset));
+                        return Ok(Written::Stored(id, flag, offset, until));
                     }
                     // For a repeated cid, WAIT counts the replicas that have the original.
-                    let ((id, flag, offset, epoch), acked): (PublishReply, i64) = conn
+                    let ((id, flag, offset, epoch, stored, until), acked): (PublishReply, i64) = conn
                         .invoke_and_wait(&invocation, &ks[0], wait, wait_ms)
                         .await?;
                     if acked < i64::from(wait) {
@@ -332,14 +420,14 @@ impl Bus for RedisBus {
                     if flag == 0 {
                         // Confirmed: relay it now. Publishes of concurrent senders may arrive out of offset order;
                         // the subscriber's gap rule backfills from the stream, which holds both.
-                        let payload = codec::stored_payload(&id, offset, &epoch, &json);
+                        let payload = codec::stored_payload(&id, offset, &epoch, &stored);
                         conn.publish(&channel, &payload).await?;
                     }
-                    Ok(Written::Stored(id, flag, offset))
+                    Ok(Written::Stored(id, flag, offset, until))
                 })
                 .await?;
-            let (id, flag, offset) = match written {
-                Written::Stored(id, flag, offset) => (id, flag, offset),
+            let (id, flag, offset, until) = match written {
+                Written::Stored(id, flag, offset, until) => (id, flag, offset, until),
                 Written::NotReplicated(acked) => {
                     metrics::counter!("roomcast_publish_not_replicated_total").increment(1);
                 return Err(BusError::Unavailable(format!(
@@ -347,13 +435,24 @@ impl Bus for RedisBus {
                     )));
                 }
             };
+            let refused = |code| {
+                Err(BusError::Refused {
+                    code,
+                    until: (until > 0).then_some(until),
+                })
+            };
             match flag {
                 0 | 1 => Ok(Published {
                     id: id.parse().map_err(protocol)?,
                     offset,
                     duplicate: flag == 1,
                 }),
-                _ => Err(BusError::CidReused),
+                2 => Err(BusError::CidReused),
+                3 => refused(ErrorCode::Muted),
+                4 => refused(ErrorCode::SlowMode),
+                5 => refused(ErrorCode::MessageGone),
+                6 => refused(ErrorCode::Forbidden),
+                other => Err(protocol(format!("publish flag {other}"))),
             }
         }
         .boxed()
@@ -382,7 +481,8 @@ impl Bus for RedisBus {
         op: RosterOp,
         timing: RosterTiming,
     ) -> BoxFuture<'static, Result<RosterChange, BusError>> {
-        let ks = self.store.keys.roster(room);
+        let [a, b, c, d, e, f] = self.store.keys.roster(room);
+        let ks = [a, b, c, d, e, f, self.store.keys.moderation(room)];
         let (name, nick, person, from) = match op {
             RosterOp::Join { nick, person } => ("join", Some(nick), person, None),
             RosterOp::Rename { from, to, person } => ("rename", Some(to), person, Some(from)),
@@ -394,12 +494,16 @@ impl Bus for RedisBus {
         let store = self.store.clone();
         async move {
             let script = store.roster.clone();
-            let (taken, arrived, departed, online, members): (
+            #[allow(clippy::type_complexity)] // The script's reply, as documented in roster.lua.
+            let (taken, arrived, departed, online, members, banned, muted, slow): (
                 i64,
                 i64,
                 Vec<String>,
                 u32,
                 Vec<String>,
+                u64,
+                u64,
+                u64,
             ) = store
                 .run(|mut conn_| async move {
                     let mut invocation = script.key(&ks[..]);
@@ -428,6 +532,9 @@ impl Bus for RedisBus {
                 departed: nicks(departed)?,
                 members: nicks(members)?,
                 online,
+                banned_until: (banned > 0).then_some(banned),
+                muted_until: (muted > 0).then_some(muted),
+                slow_mode: slow,
             })
         }
         .boxed()
@@ -438,14 +545,24 @@ impl Bus for RedisBus {
         room: &RoomName,
         before: MsgId,
         limit: usize,
+        viewer: Option<Nick>,
     ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
-        let store = self.store.clone();
-        let room = room.clone();
+        let query = HistoryQuery {
+            limit,
+            viewer,
+            ..HistoryQuery::default()
+        };
+        let read = self.read(room, query, Some(before));
         async move {
-            let newest_first = store
-                .entries(&room, "XREVRANGE", format!("({before}"), "-", limit)
-                .await?;
-            Ok(newest_first.into_iter().rev().map(|e| e.message).collect())
+            Ok(read
+                .await?
+                .events
+                .into_iter()
+                .filter_map(|e| match e {
+                    ServerMsg::Message(m) => Some(m),
+                    _ => None,
+                })
+                .collect())
         }
         .boxed()
     }
@@ -455,56 +572,7 @@ impl Bus for RedisBus {
         room: &RoomName,
         query: HistoryQuery,
     ) -> BoxFuture<'static, Result<History, BusError>> {
-        let keys = &self.store.keys;
-        let ks = [keys.stream(room), keys.meta(room)];
-        let store = self.store.clone();
-        let room = room.clone();
-        async move {
-            let script = store.history.clone();
-            let (epoch_arg, since_arg) = (
-                query.epoch.clone().unwrap_or_default(),
-                query.since.map(|s| s.to_string()).unwrap_or_default(),
-            );
-            let (recent, limit) = (query.recent, query.limit.max(1));
-            let (epoch, reset, mut entries, oldest): (String, i64, Vec<Entry>, Vec<Entry>) = store
-                .run(|mut conn| async move {
-                    let mut invocation = script.key(&ks[..]);
-                    invocation
-                        .arg(new_epoch())
-                        .arg(epoch_arg)
-                        .arg(since_arg)
-                        .arg(recent)
-                        .arg(limit);
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await?;
-            let reset = reset == 1;
-            if query.since.is_none() || reset {
-                entries.reverse();
-            }
-            let oldest = oldest
-                .into_iter()
-                .next()
-                .map(|e| codec::decode_entry(&room, e))
-                .transpose()?;
-            let truncated = match (query.since, oldest, reset) {
-                (Some(since), Some(oldest), false) => {
-                    oldest.offset > 1 && oldest.message.id > since
-                }
-                _ => false,
-            };
-            let messages = entries
-                .into_iter()
-                .map(|e| codec::decode_entry(&room, e).map(|s| s.message))
-                .collect::<Result<_, _>>()?;
-            Ok(History {
-                epoch: epoch.into(),
-                messages,
-                reset,
-                truncated,
-            })
-        }
-        .boxed()
+        self.read(room, query, None)
     }
 
     fn subscribe(&self, room: &RoomName) -> Subscribed {

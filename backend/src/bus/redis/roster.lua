@@ -1,10 +1,12 @@
 -- A room's members online, across replicas; one atomic step per change. The same rules as bus/roster.rs.
 -- KEYS: 1 instances (hash: replica instance -> alive until, ms), 2 conns (hash: "instance|conn" -> nick),
 --       3 counts (hash: nick -> live connections), 4 members (zset: nick -> arrival ms, members within their grace
---       included), 5 leaving (zset: nick -> end of grace, ms), 6 holders (hash: nick -> person)
+--       included), 5 leaving (zset: nick -> end of grace, ms), 6 holders (hash: nick -> person), 7 the room's
+--       moderation (see publish.lua): a banned nick or person does not enter
+
 -- ARGV: op (join | rename | leave | refresh | list), instance, conn, nick, person ('' = none), grace ms, alive ms,
 --       members to list, old nick (rename)
--- Returns {taken, arrived, departed nicks, online, listed nicks}.
+-- Returns {taken, arrived, departed nicks, online, listed nicks, banned until, muted until, slow mode secs}.
 local op, inst, conn, nick, person = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local grace, alive, shown, from = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local t = redis.call('TIME')
@@ -67,9 +69,24 @@ for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)) do
 end
 redis.call('HSET', KEYS[1], inst, now + alive)
 
+local function until_of(f)
+  local v = tonumber(redis.call('HGET', KEYS[7], f))
+  if v and v > now then return v end
+  return 0
+end
+local banned, muted = 0, 0
+if op == 'join' or op == 'rename' then
+  banned = until_of('ban:' .. nick)
+  if person ~= '' then banned = math.max(banned, until_of('ban:person:' .. person)) end
+  muted = until_of('mute:' .. nick)
+end
+local slow = tonumber(redis.call('HGET', KEYS[7], 'slow') or '0')
+
 local field = inst .. '|' .. conn
 local is_taken, arrived = 0, 0
-if op == 'join' then
+if banned > 0 then
+  op = 'banned'
+elseif op == 'join' then
   if taken(nick) then
     is_taken = 1
   else
@@ -97,5 +114,5 @@ end
 local ttl = 4 * alive + grace
 for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local listed = {}
-if op ~= 'leave' and op ~= 'refresh' then listed = redis.call('ZRANGE', KEYS[4], 0, shown - 1) end
-return {is_taken, arrived, departed, redis.call('ZCARD', KEYS[4]), listed}
+if op ~= 'leave' and op ~= 'refresh' and op ~= 'banned' then listed = redis.call('ZRANGE', KEYS[4], 0, shown - 1) end
+return {is_taken, arrived, departed, redis.call('ZCARD', KEYS[4]), listed, banned, muted, slow}

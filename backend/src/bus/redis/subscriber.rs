@@ -255,8 +255,8 @@ impl Subscriber {
             Ok(Incoming::Stored {
                 offset,
                 epoch,
-                message,
-            }) => self.tracker.on_stored(room, offset, epoch, message).await,
+                stored,
+            }) => self.tracker.on_stored(room, offset, epoch, stored).await,
             Err(e) => {
                 warn!(channel, error = %e, "undecodable bus payload ignored");
                 Ok(())

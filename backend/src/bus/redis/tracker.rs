@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::{ChatMessage, MsgId, RoomName};
+use shared::{MsgId, RoomName};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::codec::StoredEntry;
-use crate::bus::{BusError, BusEvent, EventSink, Notice};
+use crate::bus::{BusError, BusEvent, EventSink, Notice, Stored};
 
 /// Messages read per backfill request.
 const BACKFILL_PAGE: usize = 500;
@@ -155,7 +155,7 @@ impl<R: StreamReader> Tracker<R> {
         room: RoomName,
         offset: u64,
         epoch: Arc<str>,
-        message: ChatMessage,
+        message: Stored,
     ) -> Result<(), BusError> {
         let Some(state) = self.rooms.get_mut(&room) else {
             return Ok(());
@@ -264,7 +264,7 @@ impl<R: StreamReader> Tracker<R> {
             let full = page.len() == self.page;
             let mut relayed = 0u64;
             for entry in page {
-                if entry.message.id <= pos.id {
+                if entry.stored.id <= pos.id {
                     continue;
                 }
                 if entry.offset != 0 && entry.offset != pos.offset + 1 {
@@ -277,9 +277,9 @@ impl<R: StreamReader> Tracker<R> {
                     });
                 }
                 pos.offset = entry.offset;
-                pos.id = entry.message.id;
+                pos.id = entry.stored.id;
                 relayed += 1;
-                let _ = self.events.send(BusEvent::Stored(entry.message));
+                let _ = self.events.send(BusEvent::Stored(entry.stored));
             }
             metrics::counter!("roomcast_backfilled_total").increment(relayed);
             if relayed > 0 {
@@ -353,13 +353,20 @@ mod tests {
         }
     }
 
+    fn text_of(stored: &Stored) -> String {
+        match &stored.body {
+            shared::BusBody::Message { text, .. } => text.clone(),
+            other => panic!("a message, not {other:?}"),
+        }
+    }
+
     /// A message as Pub/Sub carries it.
     #[derive(Debug, Clone)]
     struct Live {
         room: RoomName,
         offset: u64,
         epoch: Arc<str>,
-        message: ChatMessage,
+        message: Stored,
     }
 
     /// The Redis side: what the publish script stores, and what a trim, a failover or a restart without data do to
@@ -379,16 +386,15 @@ mod tests {
             let r = state.room(room);
             r.seq += 1;
             r.last = id;
-            let message = ChatMessage {
-                id,
-                room: room.clone(),
+            let body = shared::BusBody::Message {
                 nick: Nick::parse("al").unwrap(),
                 text: text.into(),
-                ts: id.ms,
+                quote: None,
             };
+            let message = Stored::new(id, room.clone(), body).unwrap();
             r.stream.push(StoredEntry {
                 offset: r.seq,
-                message: message.clone(),
+                stored: message.clone(),
             });
             Live {
                 room: room.clone(),
@@ -413,7 +419,7 @@ mod tests {
             let keep = r.stream.len() - lost;
             r.stream.truncate(keep);
             r.seq -= lost as u64;
-            r.last = r.stream.last().map(|e| e.message.id).unwrap_or_default();
+            r.last = r.stream.last().map(|e| e.stored.id).unwrap_or_default();
         }
 
         /// Redis restarted without its data: the next write makes a new epoch.
@@ -455,7 +461,7 @@ mod tests {
                 .room(room)
                 .stream
                 .iter()
-                .filter(|e| e.message.id > after)
+                .filter(|e| e.stored.id > after)
                 .take(limit)
                 .cloned()
                 .collect())
@@ -520,7 +526,12 @@ mod tests {
             let mut seen: HashMap<RoomName, Vec<Seen>> = HashMap::new();
             while let Ok(event) = self.events.try_recv() {
                 let (room, what) = match event {
-                    BusEvent::Stored(m) => (m.room, Seen::Msg(m.text)),
+                    BusEvent::Stored(m) => {
+                        let shared::BusBody::Message { text, .. } = m.body else {
+                            panic!("only messages here")
+                        };
+                        (m.room, Seen::Msg(text))
+                    }
                     BusEvent::Gap { room, epoch, reset } => (
                         room,
                         Seen::Gap {
@@ -604,7 +615,7 @@ mod tests {
                 let live = rig.redis.publish(r, &format!("{r}-{i}"));
                 sent.entry(r.clone())
                     .or_default()
-                    .push(Seen::Msg(live.message.text.clone()));
+                    .push(Seen::Msg(text_of(&live.message)));
                 // One in five is lost, one in eight arrives twice.
                 match dice.below(40) {
                     0..8 => {}
