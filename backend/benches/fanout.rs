@@ -115,6 +115,7 @@ async fn main() {
             room: "fan".into(),
             text,
             cid: format!("c{i}"),
+            reply_to: None,
         };
         sink.send(Message::text(serde_json::to_string(&send).unwrap()))
             .await

@@ -35,6 +35,7 @@ fn send_frame(room: &str, text: String, cid: String) -> Message {
             room: room.into(),
             text,
             cid,
+            reply_to: None,
         })
         .unwrap(),
     )

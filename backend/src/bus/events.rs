@@ -302,7 +302,9 @@ impl Rules<'_> {
                         text: validate::quote(&text),
                     });
                 }
-                self.moderation.last_sent.insert(nick.clone(), now);
+                if self.moderation.slow_secs > 0 {
+                    self.moderation.last_sent.insert(nick.clone(), now);
+                }
             }
             BusBody::Edit { nick, target, text } => {
                 let (original, _) = self.live_message(*target)?;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{ChatMessage, ErrorCode, MsgId, Nick, RoomName, ServerMsg};
+use shared::{BusBody, ChatMessage, ErrorCode, MsgId, Nick, RoomName, ServerMsg};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -380,6 +380,17 @@ impl Bus for RedisBus {
         let fingerprint = draft.fingerprint();
         let reply_to = draft.reply_to.map(|id| id.to_string()).unwrap_or_default();
         let moderator = if draft.moderator { "1" } else { "" };
+        let kind = match &draft.body {
+            BusBody::Message { .. } => "message",
+            BusBody::Edit { .. } => "edit",
+            BusBody::Delete { .. } => "delete",
+            BusBody::React { .. } => "react",
+            BusBody::Moderation { .. } => "moderation",
+            BusBody::Presence(_) | BusBody::Typing(_) => {
+                return async { Err(protocol("notices are not stored")) }.boxed();
+            }
+        };
+        let sender = draft.nick.to_string();
         let (channel, limit, dedupe) = (keys.channel(room), self.history_limit, self.dedupe_secs);
         let (wait, wait_ms) = (self.wait_replicas, self.wait_timeout_ms);
         let store = self.store.clone();
@@ -404,7 +415,9 @@ impl Bus for RedisBus {
                         .arg(moderator)
                         .arg(&reply_to)
                         .arg(shared::validate::QUOTE_MAX_CHARS)
-                        .arg(codec::ACTION_FIELD);
+                        .arg(codec::ACTION_FIELD)
+                        .arg(kind)
+                        .arg(&sender);
                     if wait == 0 {
                         let (id, flag, offset, _, _, until): PublishReply =
                             invocation.invoke_async(&mut conn).await?;
