@@ -115,6 +115,26 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_FANOUT_MAX_DELAY_MS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub fanout_max_delay_ms: u32,
 
+    /// New WebSocket connections this replica takes per second (after a burst of as many); the excess is answered
+    /// `try_again {after_ms}` and closed with 1013, so a reconnect storm queues at the clients, not here. 0: no limit.
+    #[arg(
+        long,
+        env = "ROOMCAST_ADMIT_CONNECTIONS_PER_SEC",
+        default_value_t = 2_000
+    )]
+    pub admit_connections_per_sec: u32,
+
+    /// `join`s this replica takes per second (after a burst of as many); the excess is answered
+    /// `try_again {after_ms}` and the connection stays open. 0: no limit.
+    #[arg(long, env = "ROOMCAST_ADMIT_JOINS_PER_SEC", default_value_t = 4_000)]
+    pub admit_joins_per_sec: u32,
+
+    /// On SIGTERM, the time over which the replica closes its connections (1001), each at its own moment, so its
+    /// clients reconnect to the others spread out instead of all at once. Connections keep being served until
+    /// their moment; new ones are refused at once.
+    #[arg(long, env = "ROOMCAST_DRAIN_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub drain_secs: u64,
+
     /// How long a member stays in a room's member list after their last connection closed: a reload or a
     /// reconnect within it announces nothing. 0 announces every leave at once.
     #[arg(long, env = "ROOMCAST_PRESENCE_GRACE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]

@@ -75,6 +75,13 @@ async fn ws(
     };
     let conn = state.next_conn();
     let tracker = state.tracker.clone();
+    if let Err(wait) = state.hub.admission.connections.admit() {
+        metrics::counter!("roomcast_admission_refused_total", "what" => "connect").increment(1);
+        return upgrade
+            .read_buffer_size(1024)
+            .write_buffer_size(1024)
+            .on_upgrade(move |socket| tracker.track_future(session::turn_away(socket, wait)));
+    }
     upgrade
         // Hard cap well above the protocol limit: frames between the two are answered with a clean 1009 by the
         // session; larger ones are cut off by tungstenite before they are buffered whole.

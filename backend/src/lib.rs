@@ -33,7 +33,7 @@ pub use http::app;
 use bus::Bus;
 use hub::{ConnId, Hub, Participant, Reply};
 
-/// How long shutdown waits for connections to close after sending them close frames.
+/// How long shutdown waits for connections to close after the drain window (`--drain-secs`) has passed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything a request handler needs: the room core and the HTTP layer's own parts, cheap handles cloned per
@@ -111,6 +111,7 @@ pub async fn run(
             info!("WebSocket connections need a token (JWT)");
         }
         let config = Arc::new(config);
+        let drain = DRAIN_TIMEOUT + Duration::from_secs(config.drain_secs);
         let hub = Hub::new(Arc::clone(&config), node.clone(), bus, shutdown.clone());
         tokio::spawn(
             hub.rooms
@@ -144,13 +145,10 @@ pub async fn run(
             .await
             .map_err(StartError::Serve)?;
         tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!(
                 open = tracker.len(),
-                "connections still open after {DRAIN_TIMEOUT:?}; exiting anyway"
+                "connections still open after {drain:?}; exiting anyway"
             );
         }
         info!("stopped");

@@ -351,6 +351,21 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<String>,
     },
+    /// The replica is busy (a reconnect storm): it did not take this connection or this `join`. Wait `after_ms`
+    /// plus a random part of it (jitter, so thousands of clients do not come back in the same instant), then
+    /// reconnect (the connection closes with 1013 after this frame) or send the `join` again.
+    TryAgain {
+        /// How long to wait at least, in milliseconds.
+        after_ms: u64,
+        /// `connect` when the connection itself was not taken; otherwise the request's `type` (`join`).
+        request: String,
+        /// The room of a refused `join`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// The request's correlation id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
     /// Answers `ping`.
     Pong {
         /// The ping's correlation id.
@@ -880,6 +895,12 @@ mod tests {
             reset: true,
         });
         round_trip(&ServerMsg::Pong { req: None });
+        round_trip(&ServerMsg::TryAgain {
+            after_ms: 250,
+            request: "join".into(),
+            room: Some("general".into()),
+            req: Some("j".into()),
+        });
         round_trip(&ServerMsg::Presence(PresenceEvent {
             room: room(),
             nick: nick(),

@@ -9,6 +9,7 @@
 //! - [`dispatch`]: the task that turns bus events into frames and fans them out in per-room waves.
 //! - [`presence`]: members online across replicas (roster changes, announcements, grace periods, heartbeat).
 
+pub mod admission;
 pub mod dispatch;
 pub mod participant;
 pub mod presence;
@@ -44,6 +45,8 @@ pub struct Hub {
     pub sweeps: presence::Sweeps,
     /// Cancelled when the replica shuts down.
     pub shutdown: CancellationToken,
+    /// How many new connections and joins the replica takes per second.
+    pub admission: Arc<admission::Admission>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -76,13 +79,17 @@ impl Hub {
             send_burst: config.send_burst,
         };
         Self {
-            config,
             node,
             bus,
             rooms,
             limits: Arc::new(limits),
             sweeps: presence::Sweeps::default(),
             shutdown,
+            admission: Arc::new(admission::Admission {
+                connections: admission::Gate::new(config.admit_connections_per_sec),
+                joins: admission::Gate::new(config.admit_joins_per_sec),
+            }),
+            config,
         }
     }
 }

@@ -177,9 +177,21 @@ impl Participant {
                 since,
                 epoch,
                 req,
-            } => match self.join(&room, &nick, person, since, epoch, req).await {
-                Ok(answer) => return Reply::Frames(self.join_frames(answer)),
-                Err(e) => Err(e),
+            } => match self.hub.admission.joins.admit() {
+                Err(wait) => {
+                    metrics::counter!("roomcast_admission_refused_total", "what" => "join")
+                        .increment(1);
+                    return Reply::Frame(ServerMsg::TryAgain {
+                        after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        request: "join".into(),
+                        room: Some(room),
+                        req,
+                    });
+                }
+                Ok(()) => match self.join(&room, &nick, person, since, epoch, req).await {
+                    Ok(answer) => return Reply::Frames(self.join_frames(answer)),
+                    Err(e) => Err(e),
+                },
             },
             ClientMsg::Leave { room, req } => self.leave(&room).map(|room| ServerMsg::Left {
                 room,
@@ -290,6 +302,11 @@ impl Participant {
             Ok(frame) => Reply::Frame(frame),
             Err(error) => Reply::Refused { error, close: None },
         }
+    }
+
+    /// The connection's id on this replica.
+    pub fn conn(&self) -> ConnId {
+        self.conn
     }
 
     /// What the connection's token allows, when authentication is on.

@@ -45,6 +45,44 @@ pub async fn serve(socket: WebSocket, hub: Hub, conn: ConnId, grant: Option<Gran
     .await;
 }
 
+/// Tells a connection the replica cannot take it now (admission control): `try_again`, then close 1013.
+pub async fn turn_away(socket: WebSocket, after: Duration) {
+    let (mut sink, mut stream) = socket.split();
+    let msg = ServerMsg::TryAgain {
+        after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        request: "connect".into(),
+        room: None,
+        req: None,
+    };
+    let close = CloseFrame {
+        code: close_code::TRY_AGAIN_LATER,
+        reason: "busy: reconnect after try_again's after_ms".into(),
+    };
+    let said = tokio::time::timeout(WRITE_TIMEOUT, async {
+        sink.send(codec::text(&msg)).await?;
+        sink.send(Message::Close(Some(close))).await
+    })
+    .await;
+    if matches!(said, Ok(Ok(()))) {
+        let drain = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+    }
+}
+
+/// When, in a drain of `window`, connection `conn` closes: spread evenly over the window by a hash of its id, so
+/// neighbours (connections made at the same moment, often by one client machine) close apart.
+fn drain_slot(conn: ConnId, window: Duration) -> Duration {
+    let spread = conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    #[allow(clippy::cast_precision_loss)]
+    window.mul_f64(spread as f64 / (1_u64 << 53) as f64)
+}
+
 /// Why the session ended, and the close frame it sent, if any.
 #[derive(Debug)]
 enum End {
@@ -101,8 +139,19 @@ impl Session {
             return End::PeerGone;
         }
         let (shutdown, too_slow) = (self.hub.shutdown.clone(), self.outlet.too_slow.clone());
-        // Made once, not per frame: each `cancelled()` registers with the token, which takes a lock.
-        let mut shutdown = pin!(shutdown.cancelled_owned());
+        // A drain closes each connection at its own moment of the window; until then it is served as usual.
+        let slot = drain_slot(
+            self.participant.conn(),
+            Duration::from_secs(self.hub.config.drain_secs),
+        );
+        // Made once, not per frame: each `cancelled()` registers with the token, which takes a lock. The timer is
+        // boxed, made only once the drain starts: inline, it would enlarge every idle connection's task.
+        let mut shutdown = pin!(async move {
+            shutdown.cancelled_owned().await;
+            if !slot.is_zero() {
+                Box::pin(tokio::time::sleep(slot)).await;
+            }
+        });
         let mut too_slow = pin!(too_slow.cancelled_owned());
         let ping_every = self.hub.config.ping_interval();
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -269,4 +318,26 @@ fn too_slow_end() -> End {
         close_code::TRY_AGAIN_LATER,
         "too slow: outgoing queue over its bound while not reading; reconnect and resume with since".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_slots_spread_over_the_window() {
+        let window = Duration::from_secs(10);
+        let mut per_second = [0_u32; 10];
+        for conn in 1..=10_000 {
+            let slot = drain_slot(conn, window);
+            assert!(slot < window);
+            per_second[usize::try_from(slot.as_secs()).unwrap()] += 1;
+        }
+        // Consecutive ids land all over the window: every second gets its tenth, give or take 10 %.
+        assert!(
+            per_second.iter().all(|n| (900..=1100).contains(n)),
+            "{per_second:?}"
+        );
+        assert_eq!(drain_slot(7, Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -97,5 +97,7 @@ pub fn config(redis_url: Option<&str>) -> Config {
     config.static_dir = PathBuf::from("/nonexistent-roomcast-static");
     config.sends_per_sec = 10_000;
     config.send_burst = 10_000;
+    // Stopping a test replica closes its connections at once unless a test asks for a drain window.
+    config.drain_secs = 0;
     config
 }

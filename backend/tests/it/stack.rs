@@ -1,7 +1,8 @@
 //! The deployed topology on this machine: real nginx running the repository's own `deploy/nginx.conf` in front of
 //! two `roomcast` processes and Redis — what `docker compose up` and `cargo xtask stack` run. Clients land on both
-//! replicas through nginx (round robin, no sticky sessions); a replica stopped with SIGTERM under traffic drains,
-//! its clients resume through nginx on the other, and nothing acked is lost or doubled.
+//! replicas through nginx (round robin, no sticky sessions); a replica stopped with SIGTERM under traffic drains
+//! (spreading its closes over `--drain-secs`), its clients resume through nginx on the other, and nothing acked is
+//! lost or doubled.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -19,7 +20,8 @@ fn nginx_conf() -> &'static Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_balances_without_sticky_sessions_and_a_draining_replica_loses_nothing() {
     let redis = Redis::start().await;
-    let mut a = replica_process(&redis.url(), "stack-a", &[]).await;
+    // A drain of 3 s: its clients leave over that window, not all in the same instant.
+    let mut a = replica_process(&redis.url(), "stack-a", &["--drain-secs", "3"]).await;
     let b = replica_process(&redis.url(), "stack-b", &[]).await;
     let nginx = Nginx::start(nginx_conf(), &[a.addr, b.addr]).await;
     let url = nginx.ws_url();

@@ -89,6 +89,8 @@ struct Report {
     p999_ms: f64,
     max_ms: f64,
     closed: u64,
+    /// `try_again` answers honoured while connecting and joining.
+    try_again: u64,
 }
 
 fn now_micros() -> u64 {
@@ -145,6 +147,21 @@ async fn open(url: &str, source: IpAddr) -> Ws {
     ws
 }
 
+/// How many `try_again` answers the generator honoured (Roomcast's admission control).
+static TRY_AGAIN: AtomicU64 = AtomicU64::new(0);
+
+/// Waits what a `try_again` frame asks, plus up to as much again (jitter), as a client must.
+async fn honour_try_again(frame: &str) {
+    let value: serde_json::Value = serde_json::from_str(frame).expect("JSON");
+    let after = value["after_ms"].as_u64().unwrap_or(1000);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let jitter = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (after + 1);
+    TRY_AGAIN.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(after + jitter)).await;
+}
+
 impl Conn {
     async fn connect(system: System, base: &str, room: &str, nick: &str, source: IpAddr) -> Self {
         let url = match system {
@@ -152,32 +169,72 @@ impl Conn {
             System::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket"),
             System::Fastapi | System::Ceiling => format!("{base}/ws/{room}"),
         };
-        let (sink, stream) = open(&url, source).await.split();
-        let mut conn = Self {
-            system,
-            sink,
-            stream,
-            room: room.to_owned(),
-            seq: 0,
-        };
-        match system {
+        loop {
+            let (sink, stream) = open(&url, source).await.split();
+            let mut conn = Self {
+                system,
+                sink,
+                stream,
+                room: room.to_owned(),
+                seq: 0,
+            };
+            if conn.setup(nick).await {
+                return conn;
+            }
+        }
+    }
+
+    /// Joins the room; `false` when the server turned the connection away (after waiting as it asked).
+    async fn setup(&mut self, nick: &str) -> bool {
+        let room = self.room.clone();
+        match self.system {
             System::Roomcast => {
+                let first = self.next_text().await;
+                if first.contains("\"type\":\"try_again\"") {
+                    honour_try_again(&first).await;
+                    return false;
+                }
                 let join = serde_json::json!({"type": "join", "room": room, "nick": nick});
-                conn.raw(join.to_string()).await;
-                conn.until(|t| t.contains("\"type\":\"joined\"")).await;
+                loop {
+                    self.raw(join.to_string()).await;
+                    let answer = self
+                        .until_text(|t| {
+                            t.contains("\"type\":\"joined\"")
+                                || t.contains("\"type\":\"try_again\"")
+                        })
+                        .await;
+                    if answer.contains("\"type\":\"joined\"") {
+                        break;
+                    }
+                    honour_try_again(&answer).await;
+                }
             }
             System::Socketio => {
-                conn.until(|t| t.starts_with('0')).await;
-                conn.raw("40".into()).await;
-                conn.until(|t| t.starts_with("40")).await;
+                self.until(|t| t.starts_with('0')).await;
+                self.raw("40".into()).await;
+                self.until(|t| t.starts_with("40")).await;
                 // With an ack id (1), so the join is known to have taken effect before any message is sent.
-                conn.raw(format!("421{}", serde_json::json!(["join", room])))
+                self.raw(format!("421{}", serde_json::json!(["join", room])))
                     .await;
-                conn.until(|t| t.starts_with("431")).await;
+                self.until(|t| t.starts_with("431")).await;
             }
             System::Fastapi | System::Ceiling => {}
         }
-        conn
+        true
+    }
+
+    async fn next_text(&mut self) -> String {
+        self.until_text(|_| true).await
+    }
+
+    async fn until_text(&mut self, done: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Message::Text(t))) if done(&t) => return t.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("connection ended during setup: {other:?}"),
+            }
+        }
     }
 
     async fn raw(&mut self, text: String) {
@@ -185,13 +242,7 @@ impl Conn {
     }
 
     async fn until(&mut self, done: impl Fn(&str) -> bool) {
-        loop {
-            match self.stream.next().await {
-                Some(Ok(Message::Text(t))) if done(&t) => return,
-                Some(Ok(_)) => {}
-                other => panic!("connection ended during setup: {other:?}"),
-            }
-        }
+        self.until_text(done).await;
     }
 
     /// Publishes one message to the room.
@@ -282,7 +333,11 @@ async fn main() {
         }));
     }
     if args.idle {
-        eprintln!("{} idle members connected", args.members);
+        eprintln!(
+            "{} idle members connected ({} try_again honoured)",
+            args.members,
+            TRY_AGAIN.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         let _ = stop_tx.send(true);
         return;
@@ -382,6 +437,7 @@ async fn main() {
         p999_ms: ms(0.999),
         max_ms: histogram.max() as f64 / 1000.0,
         closed: closed.load(Ordering::Relaxed),
+        try_again: TRY_AGAIN.load(Ordering::Relaxed),
     };
     println!("{}", serde_json::to_string(&report).expect("serializes"));
 }

@@ -16,8 +16,9 @@ mod subscriber;
 pub mod topology;
 mod tracker;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
@@ -197,7 +198,16 @@ pub struct RedisBus {
     /// This process among the replicas: the node id plus a random part, so a replica restarted under the same name
     /// never refreshes the connections its previous run left in a roster.
     instance: Arc<str>,
+    /// History reads about to be sent, by what they read: identical reads made meanwhile (thousands of members
+    /// rejoining one room with the same `since` after a replica died) share one.
+    reads: Arc<Mutex<HashMap<String, (u64, SharedRead)>>>,
 }
+
+/// `history.lua`'s reply, as documented there.
+type RawHistory = (String, i64, Vec<Entry>, Vec<Entry>, Vec<String>);
+
+/// One history read that several requests wait for.
+type SharedRead = futures_util::future::Shared<BoxFuture<'static, Result<RawHistory, BusError>>>;
 
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,6 +260,7 @@ impl RedisBus {
             commands,
             up,
             instance,
+            reads: Arc::default(),
         })
     }
 }
@@ -263,39 +274,62 @@ impl RedisBus {
         query: HistoryQuery,
         before: Option<MsgId>,
     ) -> BoxFuture<'static, Result<History, BusError>> {
-        let keys = &self.store.keys;
-        let ks = [keys.stream(room), keys.meta(room), keys.state(room)];
-        let store = self.store.clone();
+        let (epoch_arg, since_arg) = (
+            query.epoch.clone().unwrap_or_default(),
+            query.since.map(|s| s.to_string()).unwrap_or_default(),
+        );
+        let before_arg = before.map(|b| b.to_string()).unwrap_or_default();
+        let (recent, limit) = (query.recent, query.limit.max(1));
+        let what = format!("{room} {epoch_arg} {since_arg} {before_arg} {recent} {limit}");
+        let read = {
+            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            match reads.get(&what) {
+                Some((_, read)) => read.clone(),
+                None => {
+                    static GENERATION: AtomicU64 = AtomicU64::new(0);
+                    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+                    let keys = &self.store.keys;
+                    let ks = [keys.stream(room), keys.meta(room), keys.state(room)];
+                    let (store, pending, what_) =
+                        (self.store.clone(), self.reads.clone(), what.clone());
+                    let read = async move {
+                        // Requests that arrive while the runtime goes round once join this read. Every one of them
+                        // asked before it is sent, so none reads older state than it would alone (a join subscribes
+                        // first, then asks).
+                        tokio::task::yield_now().await;
+                        {
+                            let mut pending =
+                                pending.lock().unwrap_or_else(PoisonError::into_inner);
+                            if pending.get(&what_).is_some_and(|(g, _)| *g == generation) {
+                                pending.remove(&what_);
+                            }
+                        }
+                        let script = store.history.clone();
+                        store
+                            .run(|mut conn| async move {
+                                let mut invocation = script.key(&ks[..]);
+                                invocation
+                                    .arg(new_epoch())
+                                    .arg(epoch_arg)
+                                    .arg(since_arg)
+                                    .arg(recent)
+                                    .arg(limit)
+                                    .arg(codec::ACTION_FIELD)
+                                    .arg(before_arg);
+                                invocation.invoke_async(&mut conn).await
+                            })
+                            .await
+                    }
+                    .boxed()
+                    .shared();
+                    reads.insert(what, (generation, read.clone()));
+                    read
+                }
+            }
+        };
         let room = room.clone();
         async move {
-            let script = store.history.clone();
-            let (epoch_arg, since_arg) = (
-                query.epoch.clone().unwrap_or_default(),
-                query.since.map(|s| s.to_string()).unwrap_or_default(),
-            );
-            let before_arg = before.map(|b| b.to_string()).unwrap_or_default();
-            let (recent, limit) = (query.recent, query.limit.max(1));
-            #[allow(clippy::type_complexity)] // The script's reply, as documented in history.lua.
-            let (epoch, reset, entries, oldest, states): (
-                String,
-                i64,
-                Vec<Entry>,
-                Vec<Entry>,
-                Vec<String>,
-            ) = store
-                .run(|mut conn| async move {
-                    let mut invocation = script.key(&ks[..]);
-                    invocation
-                        .arg(new_epoch())
-                        .arg(epoch_arg)
-                        .arg(since_arg)
-                        .arg(recent)
-                        .arg(limit)
-                        .arg(codec::ACTION_FIELD)
-                        .arg(before_arg);
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await?;
+            let (epoch, reset, entries, oldest, states) = read.await?;
             let reset = reset == 1;
             let oldest = oldest
                 .into_iter()
