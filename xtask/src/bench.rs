@@ -5,8 +5,10 @@
 //! Scenarios: (1) one room of 1,000 members, the publish rate ramped until p99 exceeds 100 ms or a delivery is lost;
 //! (2) 10,000 members in 1,000 rooms of 10, one message per member every 10 s; (3) idle members on one server:
 //! memory per connection; (4) 100 members across both servers at 100 messages/s: latency at light load.
-//! Everything runs on loopback, bounded in time. `--quick` runs a short subset (and is what `cargo xtask test`
-//! smoke-tests, so the harness cannot rot).
+//! Everything runs on loopback, bounded in time. This machine is shared by servers and generator, so every figure
+//! is the median of `--runs` runs (default 3) with its min and max, and the ramp measures the systems in turns at
+//! each rate. Each point also says what the replicas, Redis and the generator spent per delivery. `--quick` runs
+//! a short subset (and is what `cargo xtask test` smoke-tests, so the harness cannot rot).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,10 @@ pub struct Args {
     /// The debug binaries are built already (by `cargo xtask test`'s one build): do not build them again.
     #[arg(skip)]
     pub built: bool,
+    /// Runs per figure: each figure is the median of this many runs, reported with its min and max (the smoke run
+    /// makes one). The ramp measures every rate this many times, the systems interleaved.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
 
 /// A process that dies with its handle.
@@ -73,19 +79,7 @@ impl Proc {
 
     /// CPU time used so far (user + system), in seconds.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start at ") ".
-        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of /proc/<pid>/stat, i.e. 11 and 12 after the state field.
-        (ticks(11) + ticks(12)) / clock_ticks()
+        cpu_secs(self.child.id())
     }
 
     /// A line of /proc/<pid>/status in KiB (VmRSS now, VmHWM the peak).
@@ -97,6 +91,22 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// CPU time process `pid` used so far (user + system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/<pid>/stat, i.e. 11 and 12 after the state field.
+    (ticks(11) + ticks(12)) / clock_ticks()
 }
 
 fn clock_ticks() -> f64 {
@@ -129,10 +139,6 @@ struct Deployment {
 impl Deployment {
     fn procs(&self) -> impl Iterator<Item = &Proc> {
         self.servers.iter().chain(self.redis.iter())
-    }
-
-    fn cpu_secs(&self) -> f64 {
-        self.procs().map(Proc::cpu_secs).sum()
     }
 }
 
@@ -260,14 +266,23 @@ fn load(env: &Env, system: &str, dep: &Deployment, args: &[String]) -> anyhow::R
         .spawn()
         .context("run loadgen")?;
     let stderr = child.stderr.take().context("loadgen's stderr")?;
+    let generator = child.id();
+    // CPU seconds of (replicas, Redis, the generator) at a moment.
+    let split = || {
+        (
+            dep.servers.iter().map(Proc::cpu_secs).sum::<f64>(),
+            dep.redis.as_ref().map_or(0.0, Proc::cpu_secs),
+            cpu_secs(generator),
+        )
+    };
     let (mut sending, mut done) = (None, None);
     for line in std::io::BufReader::new(stderr)
         .lines()
         .map_while(Result::ok)
     {
         match line.as_str() {
-            "phase: sending" => sending = Some(dep.cpu_secs()),
-            "phase: done" => done = Some(dep.cpu_secs()),
+            "phase: sending" => sending = Some(split()),
+            "phase: done" => done = Some(split()),
             other => eprintln!("{other}"),
         }
     }
@@ -276,14 +291,24 @@ fn load(env: &Env, system: &str, dep: &Deployment, args: &[String]) -> anyhow::R
         bail!("loadgen failed ({}) for {system} {args:?}", out.status);
     }
     let mut report: Value = serde_json::from_slice(&out.stdout).context("loadgen's report")?;
-    let cpu = done.zip(sending).map_or(0.0, |(d, s)| d - s);
+    let (replicas, redis, generator) = done
+        .zip(sending)
+        .map_or((0.0, 0.0, 0.0), |(d, s)| (d.0 - s.0, d.1 - s.1, d.2 - s.2));
+    let cpu = replicas + redis;
     let delivered = report["delivered"].as_f64().unwrap_or(0.0);
+    let per_delivery = |secs: f64| {
+        if delivered > 0.0 {
+            secs * 1e6 / delivered
+        } else {
+            0.0
+        }
+    };
     report["server_cpu_secs"] = json!(cpu);
-    report["server_cpu_us_per_delivery"] = json!(if delivered > 0.0 {
-        cpu * 1e6 / delivered
-    } else {
-        0.0
-    });
+    report["server_cpu_us_per_delivery"] = json!(per_delivery(cpu));
+    // Who spends what per delivery: the servers (replicas), Redis, and the generator on the same cores.
+    report["replicas_cpu_us_per_delivery"] = json!(per_delivery(replicas));
+    report["redis_cpu_us_per_delivery"] = json!(per_delivery(redis));
+    report["generator_cpu_us_per_delivery"] = json!(per_delivery(generator));
     report["peak_rss_kib"] = json!(
         dep.procs()
             .map(|p| json!({"process": p.name, "kib": p.status_kib("VmHWM:")}))
@@ -296,9 +321,49 @@ fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Scenario 1: the publish rate into one room of 1,000 members, ramped until p99 > 100 ms or a loss.
-fn ramp(env: &Env, system: &str, quick: bool) -> anyhow::Result<Vec<Value>> {
-    let dep = deploy(env, system, 2)?;
+/// The median of several runs of one measurement: the run whose p99 is the median, with `runs` and the min and max
+/// of the figures that matter.
+fn median(mut reports: Vec<Value>) -> Value {
+    let figure = |r: &Value, key: &str| r[key].as_f64().unwrap_or(f64::MAX);
+    reports.sort_by(|a, b| figure(a, "p99_ms").total_cmp(&figure(b, "p99_ms")));
+    let mut out = reports[reports.len() / 2].clone();
+    for key in [
+        "p99_ms",
+        "deliveries_per_sec",
+        "server_cpu_us_per_delivery",
+        "lost",
+    ] {
+        let mut values: Vec<f64> = reports.iter().map(|r| figure(r, key)).collect();
+        values.sort_by(f64::total_cmp);
+        out[format!("{key}_min")] = json!(values[0]);
+        out[format!("{key}_max")] = json!(values[values.len() - 1]);
+        // The median of each figure on its own (the run picked above is the median of p99 only).
+        out[format!("{key}_median")] = json!(values[values.len() / 2]);
+    }
+    out["runs"] = json!(reports.len());
+    out
+}
+
+/// Whether a ramp point failed: p99 over 100 ms, or a delivery lost.
+fn failed(report: &Value) -> bool {
+    report["p99_ms"].as_f64().unwrap_or(f64::MAX) > 100.0
+        || report["lost"].as_f64().unwrap_or(1.0) > 0.0
+}
+
+/// Scenario 1: the publish rate into one room of 1,000 members, ramped until p99 > 100 ms or a loss, for every
+/// system at once: each rate is measured `runs` times, the systems taking turns (so a noisy moment of this shared
+/// machine hits them alike and their ratio means something), and a system's ramp ends when the median of its runs
+/// fails, never on one noisy run.
+fn ramp(
+    env: &Env,
+    systems: &[String],
+    quick: bool,
+    runs: usize,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut deployments = Vec::new();
+    for system in systems {
+        deployments.push((system.clone(), deploy(env, system, 2)?));
+    }
     let (members, seconds, rates): (&str, &str, &[u64]) = if quick {
         ("200", "2", &[50, 200])
     } else {
@@ -308,57 +373,94 @@ fn ramp(env: &Env, system: &str, quick: bool) -> anyhow::Result<Vec<Value>> {
             &[50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000],
         )
     };
-    let mut points = Vec::new();
+    let mut points: serde_json::Map<String, Value> =
+        systems.iter().map(|s| (s.clone(), json!([]))).collect();
+    let mut ramping: Vec<bool> = vec![true; systems.len()];
     for (i, rate) in rates.iter().enumerate() {
-        let args = strs(&[
-            "--members",
-            members,
-            "--rooms",
-            "1",
-            "--size",
-            "100",
-            "--seconds",
-            seconds,
-        ])
-        .into_iter()
-        .chain([
-            "--rate".into(),
-            rate.to_string(),
-            "--prefix".into(),
-            format!("ramp{i}"),
-        ])
-        .collect::<Vec<_>>();
-        let mut report = load(env, system, &dep, &args)?;
-        // This machine is shared with the generator: a point that fails is measured once more before the ramp
-        // stops, so one noisy second does not end it.
-        if report["p99_ms"].as_f64().unwrap_or(f64::MAX) > 100.0
-            || report["lost"].as_u64() != Some(0)
-        {
-            let mut again = args.clone();
-            if let Some(prefix) = again.last_mut() {
-                prefix.push_str("-again");
+        let mut reports: Vec<Vec<Value>> = vec![Vec::new(); systems.len()];
+        for run in 0..runs {
+            for (k, (system, dep)) in deployments.iter().enumerate() {
+                if !ramping[k] {
+                    continue;
+                }
+                let args = strs(&[
+                    "--members",
+                    members,
+                    "--rooms",
+                    "1",
+                    "--size",
+                    "100",
+                    "--seconds",
+                    seconds,
+                ])
+                .into_iter()
+                .chain([
+                    "--rate".into(),
+                    rate.to_string(),
+                    "--prefix".into(),
+                    format!("ramp{i}-{run}"),
+                ])
+                .collect::<Vec<_>>();
+                reports[k].push(load(env, system, dep, &args)?);
             }
-            report = load(env, system, &dep, &again)?;
         }
-        step(&format!(
-            "{system}: {rate} msg/s -> {:.0} deliveries/s, p99 {} ms, lost {}, {:.2} µs server CPU per delivery",
-            report["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-            report["p99_ms"],
-            report["lost"],
-            report["server_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
-        ));
-        let done = report["p99_ms"].as_f64().unwrap_or(f64::MAX) > 100.0
-            || report["lost"].as_u64() != Some(0);
-        points.push(report);
-        if done {
+        for (k, (system, _)) in deployments.iter().enumerate() {
+            if !ramping[k] {
+                continue;
+            }
+            let point = median(std::mem::take(&mut reports[k]));
+            step(&format!(
+                "{system}: {rate} msg/s -> {:.0} deliveries/s ({:.0}–{:.0}), p99 {:.1} ms ({:.1}–{:.1}), lost {}, {:.2} µs CPU per delivery (replicas {:.2}, Redis {:.2}; generator {:.2}), median of {runs}",
+                point["deliveries_per_sec"].as_f64().unwrap_or(0.0),
+                point["deliveries_per_sec_min"].as_f64().unwrap_or(0.0),
+                point["deliveries_per_sec_max"].as_f64().unwrap_or(0.0),
+                point["p99_ms"].as_f64().unwrap_or(0.0),
+                point["p99_ms_min"].as_f64().unwrap_or(0.0),
+                point["p99_ms_max"].as_f64().unwrap_or(0.0),
+                point["lost"],
+                point["server_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
+                point["replicas_cpu_us_per_delivery"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                point["redis_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
+                point["generator_cpu_us_per_delivery"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+            ));
+            ramping[k] = !failed(&point);
+            if let Some(list) = points[system].as_array_mut() {
+                list.push(point);
+            }
+        }
+        if !ramping.iter().any(|r| *r) {
             break;
         }
     }
     Ok(points)
 }
 
-/// Scenario 3: memory per idle connection on one server.
-fn idle(env: &Env, system: &str, quick: bool) -> anyhow::Result<Value> {
+/// Scenario 3: memory per idle connection on one server, the median of `runs` fresh servers.
+fn idle(env: &Env, system: &str, quick: bool, runs: usize) -> anyhow::Result<Value> {
+    let mut reports = Vec::new();
+    for _ in 0..runs {
+        reports.push(idle_once(env, system, quick)?);
+    }
+    let figure = |r: &Value| r["kib_per_connection"].as_f64().unwrap_or(f64::MAX);
+    reports.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
+    let (low, high) = (figure(&reports[0]), figure(&reports[reports.len() - 1]));
+    let mut out = reports[reports.len() / 2].clone();
+    out["kib_per_connection_min"] = json!(low);
+    out["kib_per_connection_max"] = json!(high);
+    out["runs"] = json!(runs);
+    step(&format!(
+        "{system}: idle: {:.1} KiB per connection ({low:.1}–{high:.1}), median of {runs}",
+        figure(&out)
+    ));
+    Ok(out)
+}
+
+/// One run of scenario 3.
+fn idle_once(env: &Env, system: &str, quick: bool) -> anyhow::Result<Value> {
     let dep = deploy(env, system, 1)?;
     let count = if quick { 1000 } else { 19_000 };
     let before = dep.servers[0].status_kib("VmRSS:");
@@ -529,15 +631,25 @@ fn profile(env: &Env, rate: u64, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenarios 2 and 4 at fixed load.
-fn fixed(env: &Env, system: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
+/// Scenarios 2 and 4 at fixed load: the median of `runs` runs.
+fn fixed(env: &Env, system: &str, name: &str, args: &[&str], runs: usize) -> anyhow::Result<Value> {
     let dep = deploy(env, system, 2)?;
-    let mut report = load(env, system, &dep, &strs(args))?;
+    let mut reports = Vec::new();
+    for run in 0..runs {
+        let mut args = strs(args);
+        if let Some(prefix) = args.last_mut() {
+            prefix.push_str(&format!("-{run}"));
+        }
+        reports.push(load(env, system, &dep, &args)?);
+    }
+    let mut report = median(reports);
     report["scenario"] = json!(name);
     step(&format!(
-        "{system}: {name}: p50 {} ms, p99 {} ms, lost {}, {:.2} server CPU s",
+        "{system}: {name}: p50 {} ms, p99 {:.2} ms ({:.2}–{:.2}), lost {}, {:.2} server CPU s, median of {runs}",
         report["p50_ms"],
-        report["p99_ms"],
+        report["p99_ms"].as_f64().unwrap_or(0.0),
+        report["p99_ms_min"].as_f64().unwrap_or(0.0),
+        report["p99_ms_max"].as_f64().unwrap_or(0.0),
         report["lost"],
         report["server_cpu_secs"].as_f64().unwrap_or(0.0)
     ));
@@ -623,16 +735,21 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
     }
     prepare_peers(&env, &systems)?;
 
+    let runs = if args.smoke { 1 } else { args.runs.max(1) };
+    let run = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
+    let mut ramps = if run("ramp") {
+        step(&format!(
+            "== ramp: {} interleaved, {runs} runs per rate ==",
+            systems.join(", ")
+        ));
+        ramp(&env, &systems, quick, runs)?
+    } else {
+        serde_json::Map::new()
+    };
     let mut results = serde_json::Map::new();
     for system in &systems {
         step(&format!("== {system} =="));
-        let run =
-            |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
-        let ramp = if run("ramp") {
-            json!(ramp(&env, system, quick)?)
-        } else {
-            Value::Null
-        };
+        let ramp = ramps.remove(system).unwrap_or(Value::Null);
         let light = if !run("light") {
             Value::Null
         } else {
@@ -654,6 +771,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
                     "--prefix",
                     "light",
                 ],
+                runs,
             )?
         };
         let many = if !run("many") {
@@ -677,6 +795,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
                     "--prefix",
                     "many",
                 ],
+                runs,
             )?
         } else {
             fixed(
@@ -699,10 +818,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
                     "--prefix",
                     "many",
                 ],
+                runs,
             )?
         };
         let idle = if run("idle") {
-            idle(&env, system, quick)?
+            idle(&env, system, quick, runs)?
         } else {
             Value::Null
         };

@@ -216,6 +216,7 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
                             scenarios: Vec::new(),
                             profile: None,
                             built: true,
+                            runs: 1,
                         },
                     )
                     .context("the benchmark harness is broken: cargo xtask bench --smoke")
