@@ -201,6 +201,102 @@ pub struct RedisBus {
     /// History reads about to be sent, by what they read: identical reads made meanwhile (thousands of members
     /// rejoining one room with the same `since` after a replica died) share one.
     reads: Arc<Mutex<HashMap<String, (u64, SharedRead)>>>,
+    /// Roster changes about to run, per room: those made together run as one script.
+    rosters: Arc<Mutex<RosterQueue>>,
+}
+
+/// The most roster changes one script run carries.
+const ROSTER_BATCH: usize = 256;
+
+/// Roster changes waiting to run, per room: the connection, the change, and where its answer goes.
+type RosterQueue = HashMap<
+    RoomName,
+    Vec<(
+        u64,
+        RosterOp,
+        oneshot::Sender<Result<RosterChange, BusError>>,
+    )>,
+>;
+
+/// `roster.lua`'s reply for one change: taken, arrived, departed, banned until, muted until.
+type ChangeReply = (i64, i64, Vec<String>, u64, u64);
+
+/// Runs one batch of roster changes of `room` as one `roster.lua` call; the answers are in the batch's order.
+async fn roster_batch(
+    store: &Store,
+    room: &RoomName,
+    instance: &str,
+    ops: Vec<(u64, RosterOp)>,
+    timing: RosterTiming,
+) -> Result<Vec<RosterChange>, BusError> {
+    let [a, b, c, d, e, f] = store.keys.roster(room);
+    let ks = [a, b, c, d, e, f, store.keys.moderation(room)];
+    let mut lists = Vec::with_capacity(ops.len());
+    let mut args: Vec<String> = vec![
+        instance.to_owned(),
+        timing.grace_ms.to_string(),
+        timing.alive_ms.to_string(),
+        shared::MEMBERS_SHOWN.to_string(),
+    ];
+    for (conn, op) in ops {
+        let (name, nick, person, from) = match op {
+            RosterOp::Join { nick, person } => ("join", Some(nick), person, None),
+            RosterOp::Rename { from, to, person } => ("rename", Some(to), person, Some(from)),
+            RosterOp::Leave { nick } => ("leave", Some(nick), None, None),
+            RosterOp::Refresh => ("refresh", None, None, None),
+            RosterOp::List => ("list", None, None, None),
+        };
+        lists.push(!matches!(name, "leave" | "refresh"));
+        args.extend([
+            name.to_owned(),
+            conn.to_string(),
+            nick.as_ref().map_or("", Nick::as_str).to_owned(),
+            person.unwrap_or_default(),
+            from.as_ref().map_or("", Nick::as_str).to_owned(),
+        ]);
+    }
+    let script = store.roster.clone();
+    let (online, members, slow, changes): (u32, Vec<String>, u64, Vec<ChangeReply>) = store
+        .run(|mut conn| async move {
+            let mut invocation = script.key(&ks[..]);
+            invocation.arg(args);
+            invocation.invoke_async(&mut conn).await
+        })
+        .await?;
+    let nicks = |names: Vec<String>| -> Result<Vec<Nick>, BusError> {
+        names
+            .into_iter()
+            .map(|n| Nick::parse(&n).map_err(protocol))
+            .collect()
+    };
+    let members = nicks(members)?;
+    if changes.len() != lists.len() {
+        return Err(protocol(format!(
+            "roster.lua answered {} changes for {}",
+            changes.len(),
+            lists.len()
+        )));
+    }
+    changes
+        .into_iter()
+        .zip(lists)
+        .map(|((taken, arrived, departed, banned, muted), lists)| {
+            Ok(RosterChange {
+                taken: taken == 1,
+                arrived: arrived == 1,
+                departed: nicks(departed)?,
+                members: if lists && banned == 0 {
+                    members.clone()
+                } else {
+                    Vec::new()
+                },
+                online,
+                banned_until: (banned > 0).then_some(banned),
+                muted_until: (muted > 0).then_some(muted),
+                slow_mode: slow,
+            })
+        })
+        .collect()
 }
 
 /// `history.lua`'s reply, as documented there.
@@ -261,6 +357,7 @@ impl RedisBus {
             up,
             instance,
             reads: Arc::default(),
+            rosters: Arc::default(),
         })
     }
 }
@@ -528,61 +625,42 @@ impl Bus for RedisBus {
         op: RosterOp,
         timing: RosterTiming,
     ) -> BoxFuture<'static, Result<RosterChange, BusError>> {
-        let [a, b, c, d, e, f] = self.store.keys.roster(room);
-        let ks = [a, b, c, d, e, f, self.store.keys.moderation(room)];
-        let (name, nick, person, from) = match op {
-            RosterOp::Join { nick, person } => ("join", Some(nick), person, None),
-            RosterOp::Rename { from, to, person } => ("rename", Some(to), person, Some(from)),
-            RosterOp::Leave { nick } => ("leave", Some(nick), None, None),
-            RosterOp::Refresh => ("refresh", None, None, None),
-            RosterOp::List => ("list", None, None, None),
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut pending = self.rosters.lock().unwrap_or_else(PoisonError::into_inner);
+            let batch = pending.entry(room.clone()).or_default();
+            batch.push((conn, op, tx));
+            batch.len() == 1
         };
-        let instance = self.instance.clone();
-        let store = self.store.clone();
+        if first {
+            // Changes to this room made while the runtime goes round once (a storm of joins) run as one script.
+            let (store, pending, room) = (self.store.clone(), self.rosters.clone(), room.clone());
+            let instance = self.instance.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let mut batch = pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&room)
+                    .unwrap_or_default();
+                while !batch.is_empty() {
+                    let rest = batch.split_off(batch.len().min(ROSTER_BATCH));
+                    let chunk = std::mem::replace(&mut batch, rest);
+                    let (ops, answers): (Vec<_>, Vec<_>) =
+                        chunk.into_iter().map(|(c, op, tx)| ((c, op), tx)).unzip();
+                    let result = roster_batch(&store, &room, &instance, ops, timing).await;
+                    for (i, answer) in answers.into_iter().enumerate() {
+                        let _ = answer.send(match &result {
+                            Ok(changes) => Ok(changes[i].clone()),
+                            Err(e) => Err(e.clone()),
+                        });
+                    }
+                }
+            });
+        }
         async move {
-            let script = store.roster.clone();
-            #[allow(clippy::type_complexity)] // The script's reply, as documented in roster.lua.
-            let (taken, arrived, departed, online, members, banned, muted, slow): (
-                i64,
-                i64,
-                Vec<String>,
-                u32,
-                Vec<String>,
-                u64,
-                u64,
-                u64,
-            ) = store
-                .run(|mut conn_| async move {
-                    let mut invocation = script.key(&ks[..]);
-                    invocation
-                        .arg(name)
-                        .arg(&*instance)
-                        .arg(conn)
-                        .arg(nick.as_ref().map_or("", Nick::as_str))
-                        .arg(person.as_deref().unwrap_or(""))
-                        .arg(timing.grace_ms)
-                        .arg(timing.alive_ms)
-                        .arg(shared::MEMBERS_SHOWN)
-                        .arg(from.as_ref().map_or("", Nick::as_str));
-                    invocation.invoke_async(&mut conn_).await
-                })
-                .await?;
-            let nicks = |names: Vec<String>| -> Result<Vec<Nick>, BusError> {
-                names
-                    .into_iter()
-                    .map(|n| Nick::parse(&n).map_err(protocol))
-                    .collect()
-            };
-            Ok(RosterChange {
-                taken: taken == 1,
-                arrived: arrived == 1,
-                departed: nicks(departed)?,
-                members: nicks(members)?,
-                online,
-                banned_until: (banned > 0).then_some(banned),
-                muted_until: (muted > 0).then_some(muted),
-                slow_mode: slow,
-            })
+            rx.await
+                .unwrap_or_else(|_| Err(BusError::Unavailable("roster batch dropped".into())))
         }
         .boxed()
     }

@@ -1,14 +1,17 @@
--- A room's members online, across replicas; one atomic step per change. The same rules as bus/roster.rs.
+-- A room's members online, across replicas; one atomic step per batch of changes (joins to one room that arrive
+-- together, as in a reconnect storm, share one run: one upkeep, one member list). The same rules as bus/roster.rs.
 -- KEYS: 1 instances (hash: replica instance -> alive until, ms), 2 conns (hash: "instance|conn" -> nick),
 --       3 counts (hash: nick -> live connections), 4 members (zset: nick -> arrival ms, members within their grace
 --       included), 5 leaving (zset: nick -> end of grace, ms), 6 holders (hash: nick -> person), 7 the room's
 --       moderation (see publish.lua): a banned nick or person does not enter
 
--- ARGV: op (join | rename | leave | refresh | list), instance, conn, nick, person ('' = none), grace ms, alive ms,
---       members to list, old nick (rename)
--- Returns {taken, arrived, departed nicks, online, listed nicks, banned until, muted until, slow mode secs}.
-local op, inst, conn, nick, person = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local grace, alive, shown, from = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+-- ARGV: instance, grace ms, alive ms, members to list, then 5 per change: op (join | rename | leave | refresh |
+--       list), conn, nick, person ('' = none), old nick (rename)
+-- Returns {online, listed nicks (when any change lists), slow mode secs, changes}, each change
+-- {taken, arrived, departed nicks, banned until, muted until}; the upkeep's departures go to the first change.
+local inst = ARGV[1]
+local grace, alive, shown = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local op, conn, nick, person, from
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local departed = {}
@@ -74,45 +77,53 @@ local function until_of(f)
   if v and v > now then return v end
   return 0
 end
-local banned, muted = 0, 0
-if op == 'join' or op == 'rename' then
-  banned = until_of('ban:' .. nick)
-  if person ~= '' then banned = math.max(banned, until_of('ban:person:' .. person)) end
-  muted = until_of('mute:' .. nick)
-end
 local slow = tonumber(redis.call('HGET', KEYS[7], 'slow') or '0')
 
-local field = inst .. '|' .. conn
-local is_taken, arrived = 0, 0
-if banned > 0 then
-  op = 'banned'
-elseif op == 'join' then
-  if taken(nick) then
-    is_taken = 1
-  else
-    local old = redis.call('HGET', KEYS[2], field)
-    redis.call('HSET', KEYS[2], field, nick)
-    if old then release(old, false) end
-    arrived = enter(nick)
+local changes, lists = {}, false
+for i = 5, #ARGV, 5 do
+  op, conn, nick, person, from = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  -- The upkeep's departures belong to the first change; each later change starts its own list.
+  if i > 5 then departed = {} end
+  local banned, muted = 0, 0
+  if op == 'join' or op == 'rename' then
+    banned = until_of('ban:' .. nick)
+    if person ~= '' then banned = math.max(banned, until_of('ban:person:' .. person)) end
+    muted = until_of('mute:' .. nick)
   end
-elseif op == 'rename' then
-  if taken(nick) then
-    is_taken = 1
-  else
-    redis.call('HSET', KEYS[2], field, nick)
-    arrived = enter(nick)
-    release(from, true)
+  local field = inst .. '|' .. conn
+  local is_taken, arrived = 0, 0
+  if banned > 0 then
+    op = 'banned'
+  elseif op == 'join' then
+    if taken(nick) then
+      is_taken = 1
+    else
+      local old = redis.call('HGET', KEYS[2], field)
+      redis.call('HSET', KEYS[2], field, nick)
+      if old then release(old, false) end
+      arrived = enter(nick)
+    end
+  elseif op == 'rename' then
+    if taken(nick) then
+      is_taken = 1
+    else
+      redis.call('HSET', KEYS[2], field, nick)
+      arrived = enter(nick)
+      release(from, true)
+    end
+  elseif op == 'leave' then
+    if redis.call('HGET', KEYS[2], field) == nick then
+      redis.call('HDEL', KEYS[2], field)
+      release(nick, false)
+    end
   end
-elseif op == 'leave' then
-  if redis.call('HGET', KEYS[2], field) == nick then
-    redis.call('HDEL', KEYS[2], field)
-    release(nick, false)
-  end
+  if op ~= 'leave' and op ~= 'refresh' and op ~= 'banned' then lists = true end
+  changes[#changes + 1] = {is_taken, arrived, departed, banned, muted}
 end
 
 -- Everything lives a while past the last sign of life, then goes by itself.
 local ttl = 4 * alive + grace
 for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local listed = {}
-if op ~= 'leave' and op ~= 'refresh' and op ~= 'banned' then listed = redis.call('ZRANGE', KEYS[4], 0, shown - 1) end
-return {is_taken, arrived, departed, redis.call('ZCARD', KEYS[4]), listed, banned, muted, slow}
+if lists then listed = redis.call('ZRANGE', KEYS[4], 0, shown - 1) end
+return {redis.call('ZCARD', KEYS[4]), listed, slow, changes}
