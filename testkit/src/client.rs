@@ -104,14 +104,36 @@ impl Drop for Client {
     }
 }
 
+/// What [`Client::start`]'s error begins with when the replica turned the connection away (`try_again`).
+const TURNED_AWAY: &str = "turned away";
+
+/// Waits what a `try_again` asks, plus up to as much again (jitter), as every client must.
+pub async fn honour_try_again(after_ms: u64) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let jitter = nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (after_ms + 1);
+    tokio::time::sleep(Duration::from_millis(after_ms + jitter)).await;
+}
+
 impl Client {
-    /// Connects, consumes the welcome frame and reads continuously from then on.
+    /// Connects, consumes the welcome frame and reads continuously from then on. A replica that answers
+    /// `try_again` (admission control) is asked again after the wait it named, plus jitter.
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        Self::welcomed(ws).await
+        let give_up = crate::GiveUp::after_recovery();
+        loop {
+            let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("connect timed out")
+                .expect("connect failed");
+            match Self::start(ws, true).await {
+                Ok(client) => return client,
+                Err(e) if e.starts_with(TURNED_AWAY) => {
+                    give_up.check("the replica kept turning the connection away");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// [`Client::connect`], or `None` when nothing accepts the connection within [`PATIENCE`] or it does not open
@@ -185,6 +207,10 @@ impl Client {
                 assert_eq!(version, shared::PROTOCOL_VERSION);
                 client.node = node;
                 Ok(client)
+            }
+            Received::Frame(ServerMsg::TryAgain { after_ms, .. }) => {
+                honour_try_again(after_ms).await;
+                Err(format!("{TURNED_AWAY} (try_again after {after_ms} ms)"))
             }
             Received::Frame(other) => Err(format!("expected welcome, got {other:?}")),
             Received::Closed(code) => Err(format!("closed before the welcome ({code:?})")),
@@ -361,20 +387,32 @@ impl Client {
         since: Option<MsgId>,
     ) -> Result<ServerMsg, (ErrorCode, String)> {
         let req = format!("join-{room}-{nick}");
-        self.send(&ClientMsg::Join {
-            person: person.map(Into::into),
-            room: room.into(),
-            nick: nick.into(),
-            since,
-            epoch: None,
-            req: Some(req.clone()),
-        })
-        .await;
-        self.answer(&req, |m| match m {
-            ServerMsg::Joined { req: Some(r), .. } if *r == req => Some(m.clone()),
-            _ => None,
-        })
-        .await
+        loop {
+            self.send(&ClientMsg::Join {
+                person: person.map(Into::into),
+                room: room.into(),
+                nick: nick.into(),
+                since,
+                epoch: None,
+                req: Some(req.clone()),
+            })
+            .await;
+            let answer = self
+                .answer(&req, |m| match m {
+                    ServerMsg::Joined { req: Some(r), .. }
+                    | ServerMsg::TryAgain { req: Some(r), .. }
+                        if *r == req =>
+                    {
+                        Some(m.clone())
+                    }
+                    _ => None,
+                })
+                .await?;
+            match answer {
+                ServerMsg::TryAgain { after_ms, .. } => honour_try_again(after_ms).await,
+                joined => return Ok(joined),
+            }
+        }
     }
 
     /// Waits for the answer to the request `req` (a join's `req`, a send's cid): what `pick` takes from it, or the
@@ -444,6 +482,14 @@ impl Client {
                         req: Some(r),
                         ..
                     }) if r == req => break,
+                    Received::Frame(ServerMsg::TryAgain {
+                        after_ms,
+                        req: Some(r),
+                        ..
+                    }) if r == req => {
+                        honour_try_again(after_ms).await;
+                        break;
+                    }
                     Received::Frame(ServerMsg::Error { code, message, .. }) => {
                         panic!("join refused: {code:?} {message}")
                     }
