@@ -205,7 +205,7 @@ impl View {
 
 /// Reads frames until the event `id` arrived, folding all of them into `view`.
 async fn until_event(client: &mut Client, view: &mut View, id: MsgId) {
-    while view.arrivals.get(&id).is_none() {
+    while !view.arrivals.contains_key(&id) {
         let frame = client.next().await;
         view.apply(&frame);
     }
