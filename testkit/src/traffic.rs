@@ -101,9 +101,15 @@ async fn member(
             }
             tokio::select! {
                 r = client.next_within(PATIENCE * 3) => match r {
-                    Received::Frame(ServerMsg::Message(m)) if m.room.as_str() == room => {
-                        resume.since = Some(m.id);
-                        seen.ids.push(m.id);
+                    Received::Frame(frame @ (ServerMsg::Message(_)
+                        | ServerMsg::Edited { .. }
+                        | ServerMsg::Deleted { .. }
+                        | ServerMsg::Reacted { .. })) => {
+                        // Messages and the actions on them are events of the room alike: each arrives once, in
+                        // id order, and moves the resume point.
+                        let id = event_id(&frame);
+                        resume.since = Some(id);
+                        seen.ids.push(id);
                     }
                     Received::Frame(ServerMsg::Gap { epoch, reset, .. }) => {
                         seen.gaps += 1;
@@ -125,11 +131,24 @@ async fn member(
     }
 }
 
+/// The id of a stored event's frame.
+fn event_id(frame: &ServerMsg) -> MsgId {
+    match frame {
+        ServerMsg::Message(m) => m.id,
+        ServerMsg::Edited { id, .. }
+        | ServerMsg::Deleted { id, .. }
+        | ServerMsg::Reacted { id, .. } => *id,
+        other => unreachable!("not an event: {other:?}"),
+    }
+}
+
 /// What the sender did.
 #[derive(Debug, Default)]
 pub struct Sent {
-    /// Messages it meant to send (distinct cids).
+    /// Events it meant to store (distinct cids): messages, and edits and reactions of its own messages.
     pub sent: usize,
+    /// How many of those were actions (edits, reactions).
+    pub actions: usize,
     /// The id each one was acked with, in order.
     pub acked: Vec<MsgId>,
     /// `unavailable` answers (each followed by a resend with the same cid).
@@ -143,8 +162,9 @@ pub struct Sent {
 }
 
 /// Sends `count` messages one after another, each until it is acked: on `unavailable` or a lost connection it
-/// resends the same cid (after reconnecting to any replica), as the browser client does. `fault` runs once, just
-/// after message `fault_at` is acked.
+/// resends the same cid (after reconnecting to any replica), as the browser client does. Every third message is
+/// then edited, and every third (another) gets a reaction, each an event with its own cid, resent the same way.
+/// `fault` runs once, just after message `fault_at` is acked.
 async fn send_steadily<F: Future<Output = ()>>(
     urls: &[String],
     room: &str,
@@ -162,59 +182,95 @@ async fn send_steadily<F: Future<Output = ()>>(
     }
     let mut last_ack = tokio::time::Instant::now();
     for i in 0..count {
-        out.sent += 1;
-        let cid = format!("m{i}");
-        let send = ClientMsg::Send {
-            room: room.into(),
-            text: format!("message {i}"),
-            cid: cid.clone(),
-            reply_to: None,
-        };
-        let first_try = tokio::time::Instant::now();
-        'resend: loop {
-            assert!(
-                first_try.elapsed() < PATIENCE * 6,
-                "message {i} was not acked within {:?} of resending",
-                PATIENCE * 6
-            );
-            if client.try_send(&send).await {
+        let mut requests = vec![(
+            format!("m{i}"),
+            ClientMsg::Send {
+                room: room.into(),
+                text: format!("message {i}"),
+                cid: format!("m{i}"),
+                reply_to: None,
+            },
+        )];
+        let mut target = None;
+        let mut k = 0;
+        while k < requests.len() {
+            let (cid, send) = requests[k].clone();
+            k += 1;
+            out.sent += 1;
+            let first_try = tokio::time::Instant::now();
+            'resend: loop {
+                assert!(
+                    first_try.elapsed() < PATIENCE * 6,
+                    "{cid} was not acked within {:?} of resending",
+                    PATIENCE * 6
+                );
+                if client.try_send(&send).await {
+                    loop {
+                        match client.next_within(PATIENCE).await {
+                            Received::Frame(ServerMsg::Ack {
+                                cid: c,
+                                id,
+                                duplicate,
+                                ..
+                            }) if c == cid => {
+                                out.duplicate_acks += usize::from(duplicate);
+                                out.acked.push(id);
+                                target.get_or_insert(id);
+                                out.longest_wait = out.longest_wait.max(last_ack.elapsed());
+                                last_ack = tokio::time::Instant::now();
+                                break 'resend;
+                            }
+                            Received::Frame(ServerMsg::Error {
+                                code: ErrorCode::Unavailable,
+                                req: Some(c),
+                                ..
+                            }) if c == cid => {
+                                out.unavailable += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue 'resend;
+                            }
+                            Received::Frame(ServerMsg::Error { code, message, .. }) => {
+                                panic!("send refused: {code:?} {message}")
+                            }
+                            Received::Frame(_) => {}
+                            Received::Closed(_) | Received::Silent => break,
+                        }
+                    }
+                }
+                // The connection is gone: reconnect anywhere, rejoin, resend the same cid.
+                out.reconnects += 1;
                 loop {
-                    match client.next_within(PATIENCE).await {
-                        Received::Frame(ServerMsg::Ack {
-                            cid: c,
-                            id,
-                            duplicate,
-                            ..
-                        }) if c == cid => {
-                            out.duplicate_acks += usize::from(duplicate);
-                            out.acked.push(id);
-                            out.longest_wait = out.longest_wait.max(last_ack.elapsed());
-                            last_ack = tokio::time::Instant::now();
-                            break 'resend;
-                        }
-                        Received::Frame(ServerMsg::Error {
-                            code: ErrorCode::Unavailable,
-                            req: Some(c),
-                            ..
-                        }) if c == cid => {
-                            out.unavailable += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue 'resend;
-                        }
-                        Received::Frame(ServerMsg::Error { code, message, .. }) => {
-                            panic!("send refused: {code:?} {message}")
-                        }
-                        Received::Frame(_) => {}
-                        Received::Closed(_) | Received::Silent => break,
+                    client = connect_any(urls, &mut next).await;
+                    if resume.join(&mut client, room, "sender").await.is_some() {
+                        break;
                     }
                 }
             }
-            // The connection is gone: reconnect anywhere, rejoin, resend the same cid.
-            out.reconnects += 1;
-            loop {
-                client = connect_any(urls, &mut next).await;
-                if resume.join(&mut client, room, "sender").await.is_some() {
-                    break;
+            if k == 1 {
+                let target = target.expect("the message was acked");
+                let action = match i % 3 {
+                    1 => Some(ClientMsg::Edit {
+                        room: room.into(),
+                        id: target,
+                        text: format!("message {i} (edited)"),
+                        cid: format!("e{i}"),
+                    }),
+                    2 => Some(ClientMsg::React {
+                        room: room.into(),
+                        id: target,
+                        emoji: "👍".into(),
+                        on: true,
+                        cid: format!("r{i}"),
+                    }),
+                    _ => None,
+                };
+                if let Some(action) = action {
+                    let cid = match &action {
+                        ClientMsg::Edit { cid, .. } | ClientMsg::React { cid, .. } => cid.clone(),
+                        _ => unreachable!(),
+                    };
+                    out.actions += 1;
+                    requests.push((cid, action));
                 }
             }
         }
@@ -257,11 +313,12 @@ impl Outcome {
             delivered.push(seen.ids.len());
         }
         println!(
-            "fault={} sent={} acked={} delivered_per_member={:?} lost={} duplicated={} unavailable_answers={} \
+            "fault={} sent={} (actions {}) acked={} delivered_per_member={:?} lost={} duplicated={} unavailable_answers={} \
              duplicate_acks={} sender_reconnects={} member_reconnects={:?} gaps={:?} resets={:?} \
              longest_wait_between_acks_ms={}",
             self.name,
             self.sent.sent,
+            self.sent.actions,
             acked.len(),
             delivered,
             lost,

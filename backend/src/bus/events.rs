@@ -203,6 +203,8 @@ impl MsgState {
             message.deleted = true;
             message.text.clear();
             message.reactions.clear();
+            message.reply_to = None;
+            message.edited_at = None;
             return;
         }
         if let Some(text) = &self.text {

@@ -1,6 +1,7 @@
 //! Integration tests of a replica at its boundaries: real WebSockets, real in-process replicas, a real
 //! redis-server on a private port. One binary, one module per concern.
 
+mod actions;
 mod admission;
 mod api;
 mod assets;
