@@ -105,7 +105,10 @@ pub async fn run(
     let span = info_span!("replica", node = %node);
     async move {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let bus = start_bus(&config, node.clone(), events_tx, &shutdown)?;
+        // The bus outlives the drain: connections waiting for their moment to close keep receiving their rooms.
+        let bus_stop = CancellationToken::new();
+        let _stop_bus = bus_stop.clone().drop_guard();
+        let bus = start_bus(&config, node.clone(), events_tx, &bus_stop)?;
         let auth = auth::Verifier::from_config(&config).map_err(StartError::Auth)?;
         if auth.is_some() {
             info!("WebSocket connections need a token (JWT)");
@@ -122,7 +125,7 @@ pub async fn run(
                 )
                 .in_current_span(),
         );
-        tokio::spawn(hub::presence::heartbeat(hub.clone()).in_current_span());
+        tokio::spawn(hub::presence::heartbeat(hub.clone(), bus_stop.clone()).in_current_span());
         let state = AppState {
             hub,
             config,

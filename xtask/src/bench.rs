@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long)]
     pub smoke: bool,
     /// Scenarios to run (default: all): ramp, light, many, idle, wide (Roomcast only: 51,000 idle connections over
-    /// three replicas and three generator processes). A partial run still writes results.json.
+    /// three replicas and three generator processes), storm (Roomcast only: 15,000 clients, one replica killed and
+    /// one drained; draws storm.svg). A partial run still writes results.json.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Instead of the scenarios: record Roomcast's replica with `perf` at this many messages/s into 1,000 members
@@ -133,6 +134,8 @@ fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
 struct Deployment {
     servers: Vec<Proc>,
     redis: Option<Proc>,
+    /// Redis's port, when there is one.
+    redis_port: Option<u16>,
     urls: Vec<String>,
 }
 
@@ -180,6 +183,7 @@ fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment>
         return Ok(Deployment {
             servers: vec![proc],
             redis: None,
+            redis_port: None,
             urls: vec![format!("ws://127.0.0.1:{port}")],
         });
     }
@@ -246,6 +250,7 @@ fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment>
     Ok(Deployment {
         servers: procs,
         redis: Some(redis),
+        redis_port: url.rsplit(':').next().and_then(|p| p.parse().ok()),
         urls,
     })
 }
@@ -566,6 +571,228 @@ fn idle_wide(env: &Env, system: &str, servers: usize, per_server: usize) -> anyh
     }))
 }
 
+/// Redis's `total_commands_processed`, read with `redis-cli`.
+fn redis_commands(port: u16) -> u64 {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "stats"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One status line of the storm generator: seconds since it started, clients joined, clients down, `try_again`
+/// answers so far, refused connection attempts so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StormStatus {
+    pub t: f64,
+    pub joined: u64,
+    pub down: u64,
+    pub try_again: u64,
+    pub refused: u64,
+}
+
+/// Scenario 5: a reconnect storm. Redis and three replicas; clients in one big room and many small ones, steady
+/// traffic; replica 0 is killed (SIGKILL), later replica 1 is drained (SIGTERM, `--drain-secs`). Measures how long
+/// each client takes to be back, what Redis and the replicas spend meanwhile, and checks nothing was lost or
+/// received twice. Draws the timeline into `timeline`.
+#[allow(clippy::too_many_lines)]
+fn storm(env: &Env, quick: bool, timeline: &Path) -> anyhow::Result<Value> {
+    use std::io::{BufRead, Write};
+    let mut dep = deploy(env, "roomcast", 3)?;
+    let redis_port = dep.redis_port.context("the storm needs Redis")?;
+    let (big, small_rooms, steady) = if quick {
+        ("300", "30", 3)
+    } else {
+        ("5000", "1000", 10)
+    };
+    let mut cmd = Command::new(env.bin("stormgen"));
+    for url in &dep.urls {
+        cmd.args(["--url", url]);
+    }
+    let mut child = cmd
+        .args(["--big", big, "--small-rooms", small_rooms])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run stormgen")?;
+    let stderr = child.stderr.take().context("stormgen's stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<StormStatus, String>>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sent = match fields.as_slice() {
+                ["status", t, joined, down, again, refused] => Ok(StormStatus {
+                    t: t.parse().unwrap_or(0.0),
+                    joined: joined.parse().unwrap_or(0),
+                    down: down.parse().unwrap_or(0),
+                    try_again: again.parse().unwrap_or(0),
+                    refused: refused.parse().unwrap_or(0),
+                }),
+                _ => Err(line),
+            };
+            if tx.send(sent).is_err() {
+                break;
+            }
+        }
+    });
+    let mut series: Vec<StormStatus> = Vec::new();
+    let total: u64 = big.parse::<u64>()? + small_rooms.parse::<u64>()? * 10;
+    // Reads status lines until `done` says so or `limit` passes; returns the last status.
+    let follow = |series: &mut Vec<StormStatus>,
+                  limit: Duration,
+                  done: &dyn Fn(&StormStatus) -> bool|
+     -> anyhow::Result<StormStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(status)) => {
+                    series.push(status);
+                    if done(&status) {
+                        return Ok(status);
+                    }
+                }
+                Ok(Err(line)) => eprintln!("{line}"),
+                Err(_) => {
+                    return series
+                        .last()
+                        .copied()
+                        .context("the storm generator said nothing");
+                }
+            }
+        }
+    };
+    let joined_all = follow(&mut series, Duration::from_secs(300), &|s| {
+        s.joined == total
+    })?;
+    step(&format!(
+        "storm: {total} clients joined after {:.1} s ({} try_again answers)",
+        joined_all.t, joined_all.try_again
+    ));
+    follow(&mut series, Duration::from_secs(steady), &|_| false)?;
+    let mut events = Vec::new();
+    let mut phases = Vec::new();
+    for (victim, how) in [(0, "SIGKILL"), (1, "SIGTERM (drain)")] {
+        let before = series.last().copied().unwrap_or_default();
+        let (redis_cpu, commands) = (
+            dep.redis.as_ref().map_or(0.0, Proc::cpu_secs),
+            redis_commands(redis_port),
+        );
+        // The replicas that run through the whole phase (a killed one reads as 0 once gone).
+        let survivors: Vec<usize> = (0..dep.servers.len()).filter(|i| *i > victim).collect();
+        let replicas_cpu: f64 = survivors.iter().map(|i| dep.servers[*i].cpu_secs()).sum();
+        let started = Instant::now();
+        let peak_before = dep.servers[victim].status_kib("VmHWM:");
+        if victim == 0 {
+            dep.servers[0].child.kill()?;
+        } else {
+            exec(
+                Command::new("kill").args(["-TERM", &dep.servers[victim].child.id().to_string()]),
+            )?;
+        }
+        events.push((before.t, how));
+        // Back: the replica is gone (a drain takes its window: its clients are served until their moment), nobody
+        // is down any more, everyone joined.
+        let mut back = before;
+        for _ in 0..360 {
+            back = follow(&mut series, Duration::from_secs(180), &|s| {
+                s.t > before.t + 1.0 && s.down == 0 && s.joined == total
+            })?;
+            if matches!(dep.servers[victim].child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            follow(&mut series, Duration::from_millis(500), &|_| false)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let redis_cpu = dep.redis.as_ref().map_or(0.0, Proc::cpu_secs) - redis_cpu;
+        let ops = redis_commands(redis_port).saturating_sub(commands);
+        let replicas_cpu = survivors
+            .iter()
+            .map(|i| dep.servers[*i].cpu_secs())
+            .sum::<f64>()
+            - replicas_cpu;
+        #[allow(clippy::cast_precision_loss)]
+        let phase = json!({
+            "event": how,
+            "replica": victim,
+            "all_back_after_s": back.t - before.t,
+            "try_again": back.try_again - before.try_again,
+            "refused_connects": back.refused - before.refused,
+            "redis_cpu_percent": 100.0 * redis_cpu / secs,
+            "redis_ops_per_sec": ops as f64 / secs,
+            "surviving_replicas_cpu_percent": 100.0 * replicas_cpu / secs,
+            "victim_peak_rss_kib": peak_before,
+        });
+        step(&format!(
+            "storm: {how} of replica {victim}: everyone back after {:.1} s; Redis {:.0} % CPU, {:.0} ops/s; the surviving replicas {:.0} % CPU; {} try_again",
+            back.t - before.t,
+            phase["redis_cpu_percent"].as_f64().unwrap_or(0.0),
+            phase["redis_ops_per_sec"].as_f64().unwrap_or(0.0),
+            phase["surviving_replicas_cpu_percent"]
+                .as_f64()
+                .unwrap_or(0.0),
+            back.try_again - before.try_again,
+        ));
+        phases.push(phase);
+        follow(&mut series, Duration::from_secs(steady), &|_| false)?;
+    }
+    let stdin = child.stdin.as_mut().context("stormgen's stdin")?;
+    writeln!(stdin, "stop")?;
+    let out = child.wait_with_output().context("stormgen")?;
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+        if let Err(line) = line {
+            eprintln!("{line}");
+        }
+    }
+    if !out.status.success() {
+        bail!("stormgen failed ({})", out.status);
+    }
+    let mut report: Value = serde_json::from_slice(&out.stdout).context("stormgen's report")?;
+    report["phases"] = json!(phases);
+    report["survivor_peak_rss_kib"] = json!(dep.servers[2].status_kib("VmHWM:"));
+    report["timeline"] = json!(
+        series
+            .iter()
+            .map(|s| json!([s.t, s.joined, s.down, s.try_again, s.refused]))
+            .collect::<Vec<_>>()
+    );
+    step(&format!(
+        "storm: {} clients, {} acked, {} expected deliveries, {} lost, {} duplicated; back after an outage: p50 {} ms, p99 {} ms, max {} ms over {} outages; {} try_again (connect {}, join {})",
+        report["clients"],
+        report["acked"],
+        report["expected"],
+        report["lost"],
+        report["duplicated"],
+        report["recovery_p50_ms"],
+        report["recovery_p99_ms"],
+        report["recovery_max_ms"],
+        report["outages"],
+        report["try_again_connect"].as_u64().unwrap_or(0)
+            + report["try_again_join"].as_u64().unwrap_or(0),
+        report["try_again_connect"],
+        report["try_again_join"],
+    ));
+    crate::plot::storm_timeline(&series, &events, timeline)?;
+    if report["lost"].as_u64() != Some(0) || report["duplicated"].as_u64() != Some(0) {
+        bail!(
+            "the storm lost {} and duplicated {} deliveries",
+            report["lost"],
+            report["duplicated"]
+        );
+    }
+    Ok(report)
+}
+
 /// A flame graph of replica 0 under scenario 1 at `rate` messages/s (`perf record -g`, folded and drawn by
 /// `inferno`), written to `out`.
 fn profile(env: &Env, rate: u64, out: &Path) -> anyhow::Result<()> {
@@ -713,7 +940,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
     };
     if !(args.smoke && args.built) {
         step(&format!(
-            "building the binaries (roomcast, loadgen, ceiling) into {}",
+            "building the binaries (roomcast, loadgen, stormgen, ceiling) into {}",
             bins.display()
         ));
         exec(&mut build)?;
@@ -826,6 +1053,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         } else {
             Value::Null
         };
+        let storm = if run("storm") && system == "roomcast" {
+            storm(&env, quick, &env.scratch.join("storm.svg"))?
+        } else {
+            Value::Null
+        };
         let idle_wide = if run("wide") && system == "roomcast" {
             idle_wide(&env, system, 3, if quick { 300 } else { 17_000 })?
         } else {
@@ -833,7 +1065,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         };
         results.insert(
             system.clone(),
-            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle, "idle_wide": idle_wide}),
+            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle, "idle_wide": idle_wide, "storm": storm}),
         );
     }
     let machine = json!({

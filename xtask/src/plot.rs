@@ -76,3 +76,81 @@ pub fn p99_against_rate(results: &Value, out: &Path) -> anyhow::Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// Draws the storm's timeline: clients joined and clients down over time, `try_again` answers per second, and a
+/// marker at each event (kill, drain).
+pub fn storm_timeline(
+    series: &[crate::bench::StormStatus],
+    events: &[(f64, &str)],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let max_t = series.last().map_or(1.0, |s| s.t);
+    let max_y = series.iter().map(|s| s.joined).max().unwrap_or(1).max(1);
+    #[allow(clippy::cast_precision_loss)]
+    let max_y = max_y as f64 * 1.1;
+    let root = SVGBackend::new(out, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Reconnect storm: 3 replicas, one killed, then one drained",
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_t, 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("clients (try_again: answers per second)")
+        .draw()?;
+    #[allow(clippy::cast_precision_loss)]
+    let lines: [(&str, Vec<(f64, f64)>); 3] = [
+        (
+            "joined",
+            series.iter().map(|s| (s.t, s.joined as f64)).collect(),
+        ),
+        (
+            "reconnecting",
+            series.iter().map(|s| (s.t, s.down as f64)).collect(),
+        ),
+        (
+            "try_again per second",
+            series
+                .windows(2)
+                .map(|w| {
+                    let dt = (w[1].t - w[0].t).max(0.1);
+                    (w[1].t, (w[1].try_again - w[0].try_again) as f64 / dt)
+                })
+                .collect(),
+        ),
+    ];
+    for (i, (name, points)) in lines.into_iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    for (t, what) in events {
+        chart.draw_series(LineSeries::new(
+            vec![(*t, 0.0), (*t, max_y)],
+            COLORS[3].stroke_width(1),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            (*what).to_owned(),
+            (*t + max_t * 0.005, max_y * 0.95),
+            ("sans-serif", 14),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::MiddleRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -133,14 +133,15 @@ fn announce(
 }
 
 /// Every heartbeat, for each room with local members: this replica is alive, and members whose grace ended or
-/// whose replica vanished are announced as gone. Runs until shutdown.
-pub async fn heartbeat(hub: Hub) {
+/// whose replica vanished are announced as gone. Runs until `stop` (after a drain: its connections are members
+/// until they close).
+pub async fn heartbeat(hub: Hub, stop: tokio_util::sync::CancellationToken) {
     let every = Duration::from_millis(hub.config.presence_heartbeat_ms);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = hub.shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
         // Spread over half the interval in small batches: a burst of one script per room would queue every

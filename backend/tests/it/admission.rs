@@ -1,5 +1,6 @@
-//! Admission control: a replica takes new connections and joins at a bounded rate and tells the rest `try_again`;
-//! clients that honour it all get in, each exactly once. Counts are exact; the rates are set so that being admitted
+//! Admission control and drains: a replica takes new connections and joins at a bounded rate and tells the rest
+//! `try_again`; clients that honour it all get in, each exactly once. A draining replica takes no one new but keeps
+//! serving its connections until each one's moment to close. Counts are exact; the rates are set so that being admitted
 //! without a refusal would take the test machine many seconds of work it does in well under one.
 
 use std::collections::HashSet;
@@ -9,7 +10,7 @@ use futures_util::StreamExt;
 use shared::{ClientMsg, ServerMsg, close_code};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Client, Replica, config};
+use crate::harness::{Client, Redis, Replica, config};
 
 /// Waits what a `try_again` asks, plus up to as much again.
 async fn honour(after_ms: u64, i: u64) {
@@ -183,4 +184,36 @@ async fn connections_beyond_the_rate_get_try_again_and_close_1013() {
     );
     // The ones taken are served as usual.
     drop(kept);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_keeps_relaying_to_the_connections_it_still_serves() {
+    let redis = Redis::start().await;
+    let mut c = config(Some(&redis.url()));
+    // A window far longer than the test: no connection reaches its moment to close meanwhile.
+    c.drain_secs = 600;
+    let draining = Replica::start_with(c).await;
+    let other = Replica::start(Some(&redis.url())).await;
+    let mut stays = draining.client().await;
+    stays.join("drain", "stays", None).await;
+    let mut talks = other.client().await;
+    talks.join("drain", "talks", None).await;
+    draining.begin_shutdown();
+    // New connections are refused at once (the listener is closed) ...
+    let addr = draining.addr;
+    testkit::eventually(
+        "the draining replica refuses new connections",
+        || async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    // ... while the one it serves still gets the room's messages, live, from the other replica.
+    let id = talks.say("drain", "still there?").await;
+    assert_eq!(stays.message_in("drain").await.id, id);
+    let answer = talks.say("drain", "and this one").await;
+    assert_eq!(stays.message_in("drain").await.id, answer);
 }

@@ -71,6 +71,11 @@ impl Replica {
         Client::connect(&self.ws_url()).await
     }
 
+    /// Starts shutting the replica down (SIGTERM): it stops accepting and drains, without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Shuts the replica down gracefully and waits until it has exited.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
