@@ -229,6 +229,24 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+/// What a request from the command line runs on: a hub on the configured bus, the token that stops it, and the
+/// bus's event channel, kept open (and unread) while the request runs.
+type OneShot = (
+    Hub,
+    CancellationToken,
+    mpsc::UnboundedReceiver<bus::BusEvent>,
+);
+
+/// A hub on the configured bus for one request from the command line.
+fn one_shot_hub(config: &Config) -> Result<OneShot, StartError> {
+    let shutdown = CancellationToken::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let node: Arc<str> = format!("cli:{}", std::process::id()).into();
+    let bus = start_bus(config, node.clone(), events_tx, &shutdown)?;
+    let hub = Hub::new(Arc::new(config.clone()), node, bus, shutdown.clone());
+    Ok((hub, shutdown, events_rx))
+}
+
 /// Publishes one message through the configured bus and the same room rules as a WebSocket `send`, without serving:
 /// what `roomcast publish` runs (a cron job needs no HTTP).
 pub async fn publish_once(
@@ -239,11 +257,7 @@ pub async fn publish_once(
     cid: Option<String>,
 ) -> Result<Stored, PublishError> {
     let nick = shared::Nick::parse(nick)?;
-    let shutdown = CancellationToken::new();
-    let (events_tx, _events_rx) = mpsc::unbounded_channel();
-    let node: Arc<str> = format!("cli:{}", std::process::id()).into();
-    let bus = start_bus(config, node.clone(), events_tx, &shutdown)?;
-    let hub = Hub::new(Arc::new(config.clone()), node, bus, shutdown.clone());
+    let (hub, shutdown, _events) = one_shot_hub(config)?;
     let request = shared::ClientMsg::Send {
         room: room.into(),
         text: text.into(),
@@ -271,11 +285,7 @@ pub async fn moderate_once(
     by: &str,
 ) -> Result<shared::MsgId, PublishError> {
     let by = shared::Nick::parse(by)?;
-    let shutdown = CancellationToken::new();
-    let (events_tx, _events_rx) = mpsc::unbounded_channel();
-    let node: Arc<str> = format!("cli:{}", std::process::id()).into();
-    let bus = start_bus(config, node.clone(), events_tx, &shutdown)?;
-    let hub = Hub::new(Arc::new(config.clone()), node, bus, shutdown.clone());
+    let (hub, shutdown, _events) = one_shot_hub(config)?;
     let done = Participant::publisher(hub, by)
         .moderate(room, action, nick, secs, None)
         .await;

@@ -41,63 +41,54 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(backend::config::Command::Publish {
-        room,
-        nick,
-        cid,
-        text,
-    }) = config.command.clone()
-    {
+    if let Some(command) = config.command.clone() {
         if config.redis_url.is_none() {
             eprintln!(
-                "error: publish needs --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
+                "error: publish and moderate need --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
             );
             return ExitCode::from(2);
         }
-        return match runtime.block_on(backend::publish_once(&config, &room, &nick, &text, cid)) {
-            Ok(published) => {
-                let duplicate = if published.duplicate {
-                    " (already stored: duplicate cid)"
-                } else {
-                    ""
+        let done = match command {
+            backend::config::Command::Publish {
+                room,
+                nick,
+                cid,
+                text,
+            } => runtime
+                .block_on(backend::publish_once(&config, &room, &nick, &text, cid))
+                .map(|published| {
+                    let duplicate = if published.duplicate {
+                        " (already stored: duplicate cid)"
+                    } else {
+                        ""
+                    };
+                    format!("{}{duplicate}", published.id)
+                }),
+            backend::config::Command::Moderate {
+                room,
+                nick,
+                secs,
+                by,
+                action,
+            } => {
+                let Ok(action) = serde_json::from_value(serde_json::Value::String(action)) else {
+                    unreachable!("clap accepts only the four actions");
                 };
-                println!("{}{duplicate}", published.id);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
+                runtime
+                    .block_on(backend::moderate_once(
+                        &config,
+                        &room,
+                        action,
+                        nick.as_deref(),
+                        secs,
+                        &by,
+                    ))
+                    .map(|id| id.to_string())
             }
         };
-    }
-    if let Some(backend::config::Command::Moderate {
-        room,
-        nick,
-        secs,
-        by,
-        action,
-    }) = config.command.clone()
-    {
-        if config.redis_url.is_none() {
-            eprintln!(
-                "error: moderate needs --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
-            );
-            return ExitCode::from(2);
-        }
-        let Ok(action) = serde_json::from_value(serde_json::Value::String(action)) else {
-            unreachable!("clap accepts only the four actions");
-        };
-        let done = runtime.block_on(backend::moderate_once(
-            &config,
-            &room,
-            action,
-            nick.as_deref(),
-            secs,
-            &by,
-        ));
         return match done {
-            Ok(id) => {
-                println!("{id}");
+            Ok(line) => {
+                println!("{line}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
