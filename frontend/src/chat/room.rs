@@ -4,7 +4,7 @@
 use shared::{ChatMessage, MsgId, Nick, PresenceKind, RoomName};
 
 use super::Rejoin;
-use super::outbox::{Outbox, Outgoing};
+use super::outbox::{Act, Outbox, Outgoing};
 use super::timeline::{Item, Older, Posted, Timeline};
 
 /// How often this client says it is typing, while the message box changes.
@@ -19,6 +19,8 @@ pub enum Phase {
     Joined,
     /// The server refused the join, with its reason.
     Failed(String),
+    /// A moderator took this client out of the room (kicked or banned), in words. Not joined again by itself.
+    Removed(String),
 }
 
 /// One room this client is in. [`Chat`](super::Chat) changes it; the components only read it.
@@ -41,7 +43,20 @@ pub struct Room {
     pub(super) members: Vec<Nick>,
     /// How many members the room has, also beyond those listed.
     pub(super) online: u32,
+    /// This client moderates the room.
+    pub(super) moderator: bool,
+    /// This nick is muted here until then (wall clock, ms).
+    pub(super) muted_until: Option<u64>,
+    /// Slow mode: seconds between one member's messages; 0 when off.
+    pub(super) slow_mode: u64,
+    /// In slow mode, when this client may send again (wall clock, ms), as the server last said.
+    pub(super) slow_until: Option<u64>,
+    /// The last few new messages from others that arrived live, as "nick: text", for the screen reader's live region.
+    pub(super) live: Vec<String>,
 }
+
+/// How many lines the live region keeps: enough to announce a quick exchange, never the whole timeline.
+pub const LIVE_LINES: usize = 3;
 
 impl Room {
     /// A room being joined, with nothing on its timeline yet.
@@ -60,7 +75,57 @@ impl Room {
             typed_at: None,
             members: Vec::new(),
             online: 0,
+            moderator: false,
+            muted_until: None,
+            slow_mode: 0,
+            slow_until: None,
+            live: Vec::new(),
         }
+    }
+
+    /// Whether this client moderates the room (its token's `roles`).
+    pub fn moderator(&self) -> bool {
+        self.moderator
+    }
+
+    /// Until when this nick is muted here (wall clock, ms), if it is or was.
+    pub fn muted_until(&self) -> Option<u64> {
+        self.muted_until
+    }
+
+    /// Slow mode: seconds between one member's messages; 0 when off. Moderators are not slowed.
+    pub fn slow_mode(&self) -> u64 {
+        if self.moderator { 0 } else { self.slow_mode }
+    }
+
+    /// In slow mode, when the next message may go (wall clock, ms), if known.
+    pub fn slow_until(&self) -> Option<u64> {
+        self.slow_until
+    }
+
+    /// What the live region says: the last few new messages from others, as "nick: text".
+    pub fn live(&self) -> &[String] {
+        &self.live
+    }
+
+    /// The last own message that can still be edited (Up arrow in an empty message box).
+    pub fn last_own(&self) -> Option<&Posted> {
+        self.timeline
+            .items()
+            .iter()
+            .rev()
+            .find_map(|item| match item {
+                Item::Message(m) if m.nick == self.nick && !m.deleted => Some(m),
+                _ => None,
+            })
+    }
+
+    /// A message on the timeline, by id.
+    pub fn message(&self, id: MsgId) -> Option<&Posted> {
+        self.timeline.items().iter().find_map(|item| match item {
+            Item::Message(m) if m.id == id => Some(m),
+            _ => None,
+        })
     }
 
     /// Who is in the room, in the order they arrived (the server lists the first [`shared::MEMBERS_SHOWN`]).
@@ -197,14 +262,17 @@ impl Room {
         self.typing.retain(|(nick, _)| *nick != msg.nick);
         let own = msg.nick == self.nick;
         let id = msg.id;
-        let new = self.timeline.insert(Posted {
-            id,
-            own,
-            acked: false,
-            nick: msg.nick,
-            text: msg.text,
-            ts: msg.ts,
-        });
+        let quote = msg.reply_to.clone();
+        let new = self.timeline.insert(Posted::from_message(msg, own));
+        if !new
+            && let Some(m) = self.timeline.message_mut(id)
+            && m.reply_to.is_none()
+            && quote.is_some()
+        {
+            // Shown from its ack before it arrived: the server's quote completes it.
+            m.reply_to = quote;
+            m.rev += 1;
+        }
         self.resume = self.resume.max(Some(id));
         if new && !own && !viewing && count_unread {
             self.unread += 1;
@@ -218,12 +286,27 @@ impl Room {
         let Some(out) = self.outbox.acked(cid) else {
             return;
         };
+        let Act::Send { reply_to } = out.act else {
+            // An edit, delete or reaction: its event shows the change, to every member alike.
+            return;
+        };
+        if self.slow_mode() > 0 {
+            self.slow_until = Some(ts + self.slow_mode * 1000);
+        }
         // The message may have overtaken its ack (or come back in the rejoin history before the ack of its
         // resend): then it is already in the timeline, now known to be ours.
         if self.timeline.mark_acked(id) {
             return;
         }
         // The ack came first: show the message now; its delivery will be dropped as a duplicate.
+        // The quote as the server makes it, from the message answered as it is now.
+        let reply_to = reply_to.and_then(|to| {
+            self.message(to).map(|m| shared::Quote {
+                id: to,
+                nick: m.nick.clone(),
+                text: shared::validate::quote(&m.text),
+            })
+        });
         let nick = self.nick.clone();
         self.timeline.insert(Posted {
             id,
@@ -232,6 +315,11 @@ impl Room {
             ts,
             own: true,
             acked: true,
+            reply_to,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: 0,
         });
     }
 }
@@ -498,6 +586,9 @@ mod tests {
             truncated: false,
             members: vec![nick("ann"), nick("me")],
             online: 150,
+            moderator: false,
+            muted_until: None,
+            slow_mode: 0,
             req: None,
         });
         let members = |chat: &Chat| {
