@@ -491,7 +491,7 @@ impl Chat {
                     && msg.nick != room.nick
                     && crate::text::mentions(&msg.text, room.nick.as_str()))
                 .then(|| msg.clone());
-                let line = format!("{}: {}", msg.nick, msg.text);
+                let line = (msg.id, format!("{}: {}", msg.nick, msg.text));
                 let own = msg.nick == room.nick;
                 if room.deliver(msg, viewing, true) {
                     if !own {
@@ -1149,6 +1149,11 @@ mod tests {
             )));
         }
         chat.apply(ServerMsg::Message(msg("general", 6, "bob", "m6")));
-        assert_eq!(general(&chat).live(), ["bob: m4", "ann: m5", "bob: m6"]);
+        let live: Vec<&str> = general(&chat)
+            .live()
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        assert_eq!(live, ["bob: m4", "ann: m5", "bob: m6"]);
     }
 }

@@ -52,7 +52,7 @@ pub struct Room {
     /// In slow mode, when this client may send again (wall clock, ms), as the server last said.
     pub(super) slow_until: Option<u64>,
     /// The last few new messages from others that arrived live, as "nick: text", for the screen reader's live region.
-    pub(super) live: Vec<String>,
+    pub(super) live: Vec<(MsgId, String)>,
 }
 
 /// How many lines the live region keeps: enough to announce a quick exchange, never the whole timeline.
@@ -98,13 +98,18 @@ impl Room {
         if self.moderator { 0 } else { self.slow_mode }
     }
 
+    /// The room's slow mode as set (seconds, 0 = off), whoever is looking: what its control shows.
+    pub fn slow_mode_set(&self) -> u64 {
+        self.slow_mode
+    }
+
     /// In slow mode, when the next message may go (wall clock, ms), if known.
     pub fn slow_until(&self) -> Option<u64> {
         self.slow_until
     }
 
     /// What the live region says: the last few new messages from others, as "nick: text".
-    pub fn live(&self) -> &[String] {
+    pub fn live(&self) -> &[(MsgId, String)] {
         &self.live
     }
 
