@@ -23,7 +23,7 @@ use shared::{
 
 use crate::backoff::Backoff;
 use crate::browser;
-use crate::chat::{Act, Chat, Rejoin};
+use crate::chat::{Act, Chat, Rejoin, TypingDue};
 use crate::heartbeat::{Beat, Heartbeat};
 
 /// The close code for a socket this client gives up on: a normal closure, one of the few a browser may send.
@@ -162,10 +162,15 @@ impl Client {
             return;
         }
         let now = browser::now();
-        if self.chat.try_update(|chat| chat.typing_due(room, now)) == Some(true) {
-            self.frame(ClientMsg::Typing {
+        match self.chat.try_update(|chat| chat.typing_due(room, now)) {
+            Some(TypingDue::Send) => self.frame(ClientMsg::Typing {
                 room: room.to_string(),
-            });
+            }),
+            Some(TypingDue::Later(ms)) => {
+                let (client, room) = (*self, room.clone());
+                set_timeout(move || client.typing(&room), Duration::from_millis(ms));
+            }
+            Some(TypingDue::Skip) | None => {}
         }
     }
 

@@ -149,6 +149,8 @@ pub struct Page {
     /// The WebDriver session, for what the kit does not wrap (finding elements, typing, windows).
     pub client: fantoccini::Client,
     out: PathBuf,
+    /// chromedriver's port, for the commands fantoccini does not wrap (see [`Page::cdp`]).
+    driver_port: u16,
     /// A script whose result a failed wait shows, to say what the page was showing (see [`Page::explained_by`]).
     explain: Option<String>,
 }
@@ -197,6 +199,7 @@ impl Page {
             name,
             client,
             out: out.to_path_buf(),
+            driver_port: driver.port,
             explain: None,
         }
     }
@@ -273,6 +276,60 @@ impl Page {
             json!(selector),
         )
         .await;
+    }
+
+    /// Runs a Chrome DevTools Protocol command in the page (chromedriver's `goog/cdp/execute`), e.g.
+    /// `Accessibility.getFullAXTree`, and returns its result. Plain HTTP/1.1 to chromedriver: fantoccini has no
+    /// wrapper for it.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let session = self
+            .client
+            .session_id()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("page {}: no WebDriver session", self.name));
+        let body = json!({ "cmd": cmd, "params": params }).to_string();
+        let request = format!(
+            "POST /session/{session}/goog/cdp/execute HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len(),
+            port = self.driver_port,
+        );
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.driver_port))
+            .await
+            .unwrap_or_else(|e| panic!("page {}: cannot reach chromedriver: {e}", self.name));
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("page {}: no HTTP answer to {cmd}", self.name));
+        // chromedriver answers with a Content-Length, or chunked: undo the chunking then.
+        let mut json = String::new();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            let mut rest = body;
+            while let Some((size, after)) = rest.split_once("\r\n") {
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if size == 0 || after.len() < size {
+                    break;
+                }
+                json.push_str(&after[..size]);
+                rest = after[size..].trim_start_matches("\r\n");
+            }
+        } else {
+            json.push_str(body);
+        }
+        let mut answer: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("page {}: {cmd} answered {json} ({e})", self.name));
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "page {}: {cmd} failed: {head}\n{answer}",
+            self.name
+        );
+        answer["value"].take()
     }
 
     /// Saves a PNG of the page as `browser-page-<name>[-<suffix>].png` in the output directory.

@@ -30,7 +30,7 @@ use shared::{
 };
 
 pub use outbox::{Act, Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
-pub use room::{LIVE_LINES, Phase, Room, TYPING_SEND_EVERY_MS};
+pub use room::{LIVE_LINES, Phase, Room, TYPING_SEND_EVERY_MS, TypingDue};
 pub use timeline::{
     GAP_NOTICE, Item, ModLine, OLDER_PAGE, Older, Posted, PresenceLine, TIMELINE_CAP,
 };
@@ -133,20 +133,38 @@ impl Chat {
     }
 
     /// Whether to tell `name` that this client is typing, at `now`: at most once per [`TYPING_SEND_EVERY_MS`],
-    /// only in a joined room. Records the send when it says yes.
-    pub fn typing_due(&mut self, name: &RoomName, now: u64) -> bool {
+    /// only in a joined room, except right after a message was sent: the message cleared the typing line on the
+    /// other pages, so the next keystroke says so again as soon as the server takes it (it drops a `typing` within
+    /// [`shared::TYPING_EVERY_MS`] of the last). Records the send when it says [`TypingDue::Send`].
+    pub fn typing_due(&mut self, name: &RoomName, now: u64) -> TypingDue {
         let Some(room) = self.room_mut(name) else {
-            return false;
+            return TypingDue::Skip;
         };
-        if room.phase != Phase::Joined
-            || room
-                .typed_at
-                .is_some_and(|at| now < at + TYPING_SEND_EVERY_MS)
-        {
-            return false;
+        if room.phase != Phase::Joined {
+            return TypingDue::Skip;
         }
-        room.typed_at = Some(now);
-        true
+        let due = match room.typed_at {
+            None => TypingDue::Send,
+            Some(at) if room.sent_since_typed => {
+                let ready = at + shared::TYPING_EVERY_MS + room::TYPING_SERVER_SLACK_MS;
+                if now >= ready {
+                    TypingDue::Send
+                } else if room.typing_later {
+                    TypingDue::Skip
+                } else {
+                    room.typing_later = true;
+                    TypingDue::Later(ready - now)
+                }
+            }
+            Some(at) if now >= at + TYPING_SEND_EVERY_MS => TypingDue::Send,
+            Some(_) => TypingDue::Skip,
+        };
+        if due == TypingDue::Send {
+            room.typed_at = Some(now);
+            room.sent_since_typed = false;
+            room.typing_later = false;
+        }
+        due
     }
 
     /// The rooms, in the order they were opened.
@@ -271,7 +289,7 @@ impl Chat {
         // Writing in the room means what came before was read.
         room.timeline.mark_read();
         // The message ends the typing line on the other pages: the next keystroke must be able to start it again.
-        room.typed_at = None;
+        room.sent_since_typed = true;
         Some(cid)
     }
 
@@ -1125,14 +1143,25 @@ mod tests {
     #[test]
     fn sending_resets_the_typing_throttle() {
         let mut chat = chat();
+        let general = room("general");
         chat.apply(joined("general", vec![]));
-        assert!(chat.typing_due(&room("general"), 10_000));
-        chat.queue_send(&room("general"), "hi".into(), None);
-        assert!(
-            chat.typing_due(&room("general"), 10_500),
-            "typing right after a message is announced at once"
+        assert_eq!(chat.typing_due(&general, 10_000), TypingDue::Send);
+        assert_eq!(chat.typing_due(&general, 10_300), TypingDue::Skip);
+        chat.queue_send(&general, "hi".into(), None);
+        // Typing on at once: announced as soon as the server takes it (2 s after the last, and some slack).
+        assert_eq!(chat.typing_due(&general, 10_500), TypingDue::Later(1_750));
+        assert_eq!(
+            chat.typing_due(&general, 10_600),
+            TypingDue::Skip,
+            "one timer"
         );
-        assert!(!chat.typing_due(&room("general"), 11_000));
+        assert_eq!(chat.typing_due(&general, 12_250), TypingDue::Send);
+        // Then the usual pace again.
+        assert_eq!(chat.typing_due(&general, 13_000), TypingDue::Skip);
+        assert_eq!(chat.typing_due(&general, 15_250), TypingDue::Send);
+        // Long after the last one, a message changes nothing: the next keystroke goes at once.
+        chat.queue_send(&general, "later".into(), None);
+        assert_eq!(chat.typing_due(&general, 30_000), TypingDue::Send);
     }
 
     #[test]
