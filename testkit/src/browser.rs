@@ -278,6 +278,26 @@ impl Page {
         .await;
     }
 
+    /// Moves the mouse over the element matching `selector` (what shows a hover menu).
+    pub async fn hover(&self, selector: &str) {
+        use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+        let element = self
+            .client
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("page {}: nothing matches {selector}: {e}", self.name));
+        let hover = MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+            element,
+            duration: None,
+            x: 0.0,
+            y: 0.0,
+        });
+        self.client
+            .perform_actions(hover)
+            .await
+            .unwrap_or_else(|e| panic!("page {}: cannot hover {selector}: {e}", self.name));
+    }
+
     /// Runs a Chrome DevTools Protocol command in the page (chromedriver's `goog/cdp/execute`), e.g.
     /// `Accessibility.getFullAXTree`, and returns its result. Plain HTTP/1.1 to chromedriver: fantoccini has no
     /// wrapper for it.
@@ -301,31 +321,41 @@ impl Page {
             .await
             .unwrap_or_else(|e| panic!("page {}: cannot reach chromedriver: {e}", self.name));
         stream.write_all(request.as_bytes()).await.unwrap();
+        // chromedriver may keep the connection open: read the head, then exactly the body it announces.
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let response = String::from_utf8_lossy(&response);
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("page {}: no HTTP answer to {cmd}", self.name));
-        // chromedriver answers with a Content-Length, or chunked: undo the chunking then.
-        let mut json = String::new();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            let mut rest = body;
-            while let Some((size, after)) = rest.split_once("\r\n") {
-                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                if size == 0 || after.len() < size {
-                    break;
-                }
-                json.push_str(&after[..size]);
-                rest = after[size..].trim_start_matches("\r\n");
+        let mut chunk = [0u8; 64 * 1024];
+        let body_at = loop {
+            if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
             }
-        } else {
-            json.push_str(body);
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "page {}: chromedriver closed before answering {cmd}",
+                self.name
+            );
+            response.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&response[..body_at]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("page {}: no Content-Length in {head}", self.name));
+        while response.len() < body_at + length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "page {}: chromedriver cut its answer to {cmd}",
+                self.name
+            );
+            response.extend_from_slice(&chunk[..n]);
         }
+        let json = String::from_utf8_lossy(&response[body_at..body_at + length]).into_owned();
         let mut answer: Value = serde_json::from_str(&json)
             .unwrap_or_else(|e| panic!("page {}: {cmd} answered {json} ({e})", self.name));
         assert!(
-            head.starts_with("HTTP/1.1 200"),
+            head.starts_with("http/1.1 200"),
             "page {}: {cmd} failed: {head}\n{answer}",
             self.name
         );
