@@ -733,7 +733,7 @@ const MESSAGE_STATE: &str = r"(text) => {
     if (!m) return null;
     return {
         quote: m.querySelector('.quote')?.textContent ?? null,
-        edited: !!m.querySelector('.edited'),
+        edited: !!m.querySelector('.edited:not([hidden])'),
         tombstone: !!m.querySelector('.text.tombstone'),
         chips: [...m.querySelectorAll('.chip')].map(c => [c.textContent, c.getAttribute('aria-pressed')]),
     };
@@ -925,7 +925,7 @@ async fn replies_edits_deletes_and_reactions_reach_the_other_replica() {
     b.wait_state("agreed", quoted).await;
     let bar: bool = a
         .js(
-            "return document.querySelector('.compose-bar') === null;",
+            "return document.querySelector('.compose-bar').hidden;",
             Value::Null,
         )
         .await;
@@ -1066,11 +1066,14 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         page.wait_for("the room's message box", "#composer-input")
             .await;
     }
-    a.wait_for("Mute beside troll", "[data-nick=troll] [data-mod=mute]")
+    a.wait_for(
+        "Mute beside troll",
+        "[data-nick=troll] .mod-tools:not([hidden]) [data-mod=mute]",
+    )
         .await;
     let own_tools: bool = b
         .js(
-            "return document.querySelector('[data-mod], .slow-mode') === null;",
+            "return [...document.querySelectorAll('[data-mod], .slow-mode')].every(e => !e.checkVisibility());",
             Value::Null,
         )
         .await;

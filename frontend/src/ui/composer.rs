@@ -133,15 +133,15 @@ pub fn Composer(room: RoomName) -> impl IntoView {
     };
     let send_on_submit = send.clone();
     view! {
-        {move || state.get().map(|(_, why)| view! {
-            <p class="composer-state" role="status">{why}</p>
-        })}
-        {move || mode.get().map(|c| view! {
-            <div class="compose-bar">
-                <span>{if c.edit { "Editing your message" } else { "Replying to " }} {(!c.edit).then_some(c.quote)}</span>
-                <button type="button" class="icon-button" aria-label="Cancel (Esc)" on:click=move |_| cancel()>"×"</button>
-            </div>
-        })}
+        <p class="composer-state" role="status" hidden=move || state.with(Option::is_none)>
+            {move || state.get().map(|(_, why)| why)}
+        </p>
+        <div class="compose-bar" hidden=move || mode.with(Option::is_none)>
+            <span>
+                {move || mode.get().map(|c| if c.edit { "Editing your message".into() } else { format!("Replying to {}", c.quote) })}
+            </span>
+            <button type="button" class="icon-button" aria-label="Cancel (Esc)" on:click=move |_| cancel()>"×"</button>
+        </div>
         <form
             class="composer"
             on:submit=move |ev| {

@@ -123,8 +123,7 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                     "×"
                 </button>
             </div>
-            <Show when=move || moderator.get()>
-                <label class="slow-mode">
+                <label class="slow-mode" hidden=move || !moderator.get()>
                     "Slow mode "
                     <select
                         prop:value=move || slow.get().to_string()
@@ -142,7 +141,6 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                         }).collect_view()}
                     </select>
                 </label>
-            </Show>
             <ul class="member-list" on:click=on_mod>
                 // At most 100 short rows: redrawn whole when someone comes or goes.
                 {move || {
@@ -151,21 +149,19 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                         .0
                         .into_iter()
                         .map(|(nick, me)| {
-                            let tools = (moderator.get() && !me).then(|| {
-                                let labels = [
-                                    format!("Mute {nick} for 10 minutes"),
-                                    format!("Kick {nick}"),
-                                    format!("Ban {nick} for 1 day"),
-                                ];
-                                let [mute, kick, ban] = labels;
-                                view! {
-                                    <span class="mod-tools">
-                                        <button data-mod="mute" aria-label=mute>"Mute 10 min"</button>
-                                        <button data-mod="kick" aria-label=kick>"Kick"</button>
-                                        <button data-mod="ban" aria-label=ban>"Ban 1 day"</button>
-                                    </span>
-                                }
-                            });
+                            let labels = [
+                                format!("Mute {nick} for 10 minutes"),
+                                format!("Kick {nick}"),
+                                format!("Ban {nick} for 1 day"),
+                            ];
+                            let [mute, kick, ban] = labels;
+                            let tools = view! {
+                                <span class="mod-tools" hidden={!moderator.get() || me}>
+                                    <button data-mod="mute" aria-label=mute>"Mute 10 min"</button>
+                                    <button data-mod="kick" aria-label=kick>"Kick"</button>
+                                    <button data-mod="ban" aria-label=ban>"Ban 1 day"</button>
+                                </span>
+                            };
                             let (attr, avatar) = (nick.clone(), nick.clone());
                             view! {
                                 <li class="member" class:me=me data-nick=attr>

@@ -179,9 +179,37 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     let (retry_all_room, discard_all_room) = (room.clone(), room.clone());
     let empty = move || rows.with(Vec::is_empty);
     let (action_room, live_room) = (room.clone(), room.clone());
-    let live = Memo::new(move |_| {
-        chat.with(|c| c.room(&live_room).map(|r| r.live().to_vec()))
-            .unwrap_or_default()
+    // The live region gets each new line appended (only additions are announced) and keeps the last few; written
+    // straight into the DOM, which is all it needs.
+    let live_box = NodeRef::<html::Div>::new();
+    // The last line appended; before the first run, none: what arrived before the room was opened is not news.
+    let live_last = StoredValue::new(None::<Option<shared::MsgId>>);
+    Effect::new(move |_| {
+        let lines = chat
+            .with(|c| c.room(&live_room).map(|r| r.live().to_vec()))
+            .unwrap_or_default();
+        let Some(el) = live_box.get() else {
+            return;
+        };
+        let Some(last) = live_last.get_value() else {
+            live_last.set_value(Some(lines.last().map(|(id, _)| *id)));
+            return;
+        };
+        for (id, line) in lines {
+            if last.is_some_and(|last| id <= last) {
+                continue;
+            }
+            live_last.set_value(Some(Some(id)));
+            if let Ok(p) = document().create_element("p") {
+                p.set_text_content(Some(&line));
+                let _ = el.append_child(&p);
+            }
+        }
+        while el.child_element_count() > crate::chat::LIVE_LINES as u32 {
+            if let Some(first) = el.first_element_child() {
+                first.remove();
+            }
+        }
     });
     view! {
         <section class="room" aria-labelledby="room-title">
@@ -295,9 +323,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
             </div>
             <p class="typing" aria-live="polite">{move || typing_line.get()}</p>
             // New live messages only, for screen readers: the log above stays quiet (history, pages, edits).
-            <div class="sr-only live" aria-live="polite">
-                <For each=move || live.get() key=|(id, _)| *id children=|(_, line)| view! { <p>{line}</p> } />
-            </div>
+            <div class="sr-only live" aria-live="polite" node_ref=live_box></div>
             <Show when=move || { failed.get() > 1 }>
                 <div class="outbox-bar" role="status">
                     <span>{move || format!("{} messages not sent", failed.get())}</span>

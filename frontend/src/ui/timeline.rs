@@ -286,40 +286,38 @@ fn message_view(m: Posted, cont: bool, me: Option<String>, moderator: bool) -> A
                     </button>
                 })}
                 <p class="text" class:tombstone=deleted>
-                    {if deleted { "message deleted".into_any() } else { text_view(&m.text, me.as_deref()).into_any() }}
+                    {text_view(if deleted { "message deleted" } else { &m.text }, me.as_deref())}
                 </p>
-                {m.edited_at.filter(|_| !deleted).map(|at| view! {
-                    <span class="edited" title=browser::full_time(at)>"(edited)"</span>
-                })}
-                {(!m.reactions.is_empty()).then(|| view! {
-                    <div class="reactions">
-                        {m.reactions.into_iter().map(|r| {
-                            let label = format!("{} {}", r.emoji, r.count);
-                            view! {
-                                <button class="chip" data-act="chip" data-emoji=r.emoji aria-pressed=r.mine.to_string()>
-                                    {label}
-                                </button>
-                            }
-                        }).collect_view()}
-                    </div>
-                })}
+                // Parts a message may lack are hidden rather than left out: one shape for every message keeps
+                // the page's code small.
+                <span class="edited" hidden={m.edited_at.is_none() || deleted} title=m.edited_at.map(browser::full_time)>
+                    "(edited)"
+                </span>
+                <div class="reactions">
+                    {m.reactions.into_iter().map(|r| {
+                        let label = format!("{} {}", r.emoji, r.count);
+                        view! {
+                            <button class="chip" data-act="chip" data-emoji=r.emoji aria-pressed=r.mine.to_string()>
+                                {label}
+                            </button>
+                        }
+                    }).collect_view()}
+                </div>
             </div>
             {m.acked.then(|| view! { <span class="tick" title="Sent">"✓"<span class="sr-only">" sent"</span></span> })}
-            {(!deleted).then(|| view! {
-                <div class="actions" role="toolbar" aria-label="Message actions">
-                    <button data-act="reply">"Reply"</button>
-                    <details>
-                        <summary>"React"</summary>
-                        <div class="picker">
-                            {shared::validate::EMOJI.map(|e| view! {
-                                <button data-act="react" data-emoji=e aria-label=format!("React with {e}")>{e}</button>
-                            }).collect_view()}
-                        </div>
-                    </details>
-                    {mine.then(|| view! { <button data-act="edit">"Edit"</button> })}
-                    {(mine || moderator).then(|| view! { <button data-act="delete">"Delete"</button> })}
-                </div>
-            })}
+            <div class="actions" role="toolbar" aria-label="Message actions" hidden=deleted>
+                <button data-act="reply">"Reply"</button>
+                <details>
+                    <summary>"React"</summary>
+                    <div class="picker">
+                        {shared::validate::EMOJI.map(|e| view! {
+                            <button data-act="react" data-emoji=e aria-label=format!("React with {e}")>{e}</button>
+                        }).collect_view()}
+                    </div>
+                </details>
+                <button data-act="edit" hidden={!mine}>"Edit"</button>
+                <button data-act="delete" hidden={!(mine || moderator)}>"Delete"</button>
+            </div>
         </article>
     }
     .into_any()
