@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use leptos::prelude::*;
-use shared::{Nick, RoomName};
+use shared::{MsgId, Nick, RoomName};
 
 use crate::browser::{self, Route};
 use crate::chat::Chat;
@@ -21,6 +21,23 @@ pub struct Ui {
     pub drafts: StoredValue<HashMap<RoomName, String>>,
     /// A `/r/<name>` address whose name is not valid: the text and why, shown with a join form to fix it.
     pub bad_route: RwSignal<Option<(String, String)>>,
+    /// What the message box is doing besides writing a new message: answering one, or editing one.
+    pub compose: RwSignal<Option<Compose>>,
+    /// A message to scroll to and highlight (a reply's quote was clicked); older pages load until it shows.
+    pub jump: RwSignal<Option<MsgId>>,
+}
+
+/// The message box answers or edits a message of `room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compose {
+    /// The room.
+    pub room: RoomName,
+    /// The message answered or edited.
+    pub id: MsgId,
+    /// Editing it (else replying to it).
+    pub edit: bool,
+    /// What the bar above the box shows of it: "nick: the start of its text".
+    pub quote: String,
 }
 
 /// The component context. Panics only if called outside [`App`], which would be a bug.
@@ -133,6 +150,8 @@ pub fn App() -> impl IntoView {
         ),
         drafts: StoredValue::new(HashMap::new()),
         bad_route: RwSignal::new(None),
+        compose: RwSignal::new(None),
+        jump: RwSignal::new(None),
     };
     provide_context(ui);
     let chat = ui.client.chat();

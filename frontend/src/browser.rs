@@ -167,6 +167,14 @@ pub fn now() -> u64 {
     ms
 }
 
+/// Milliseconds since the Unix epoch on the wall clock, to compare with the server's times (`until`).
+pub fn wall() -> u64 {
+    // Far below 2^53 and never negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ms = js_sys::Date::now() as u64;
+    ms
+}
+
 /// Whether the browser believes it has a network at all.
 pub fn online() -> bool {
     window().navigator().on_line()

@@ -17,11 +17,13 @@ use futures::{SinkExt, StreamExt};
 use gloo_net::websocket::futures::WebSocket;
 use gloo_net::websocket::{Message, WebSocketError};
 use leptos::prelude::*;
-use shared::{ClientMsg, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code};
+use shared::{
+    ClientMsg, MsgId, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code,
+};
 
 use crate::backoff::Backoff;
 use crate::browser;
-use crate::chat::{Chat, Rejoin};
+use crate::chat::{Act, Chat, Rejoin, TypingDue};
 use crate::heartbeat::{Beat, Heartbeat};
 
 /// The close code for a socket this client gives up on: a normal closure, one of the few a browser may send.
@@ -160,10 +162,15 @@ impl Client {
             return;
         }
         let now = browser::now();
-        if self.chat.try_update(|chat| chat.typing_due(room, now)) == Some(true) {
-            self.frame(ClientMsg::Typing {
+        match self.chat.try_update(|chat| chat.typing_due(room, now)) {
+            Some(TypingDue::Send) => self.frame(ClientMsg::Typing {
                 room: room.to_string(),
-            });
+            }),
+            Some(TypingDue::Later(ms)) => {
+                let (client, room) = (*self, room.clone());
+                set_timeout(move || client.typing(&room), Duration::from_millis(ms));
+            }
+            Some(TypingDue::Skip) | None => {}
         }
     }
 
@@ -216,16 +223,40 @@ impl Client {
     /// Sends a message: it shows as pending at once and goes out as soon as the room is joined (at once when
     /// connected, otherwise after the reconnect), then shows as sent when acked, or as failed when refused for good.
     /// Refuses text the server would refuse, with the server's own reason.
-    pub fn send(&self, room: &RoomName, text: &str) -> Result<(), ValidationError> {
+    pub fn send(
+        &self,
+        room: &RoomName,
+        text: &str,
+        reply_to: Option<MsgId>,
+    ) -> Result<(), ValidationError> {
         shared::validate::text(text)?;
         let queued = self
             .chat
-            .try_update(|chat| chat.queue_send(room, text.to_owned()))
+            .try_update(|chat| chat.queue_send(room, text.to_owned(), reply_to))
             .flatten();
         if queued.is_some() {
             self.post(Cmd::Flush);
         }
         Ok(())
+    }
+
+    /// Edits, deletes or reacts to a message (`text` is an edit's new text): through the room's outbox, so it is
+    /// sent once joined and resent with the same `cid` after a reconnect, like a message.
+    pub fn act(&self, room: &RoomName, text: String, act: Act) {
+        if self
+            .chat
+            .try_update(|chat| chat.queue(room, text, act))
+            .flatten()
+            .is_some()
+        {
+            self.post(Cmd::Flush);
+        }
+    }
+
+    /// Sends a moderation request (`mute`, `kick`, `ban`, `slow_mode`); it is answered `done` and announced in the
+    /// room, or refused with a notice.
+    pub fn moderate(&self, msg: ClientMsg) {
+        self.frame(msg);
     }
 
     /// Sends a failed message again, with the client message id it always had, so it is stored at most once.
@@ -452,9 +483,10 @@ impl Client {
             return Ok(());
         }
         // One update for both, so the components redraw once per frame.
-        let now = browser::now();
+        let (now, wall) = (browser::now(), browser::wall());
         let Some((applied, sends)) = self.chat.try_update(|chat| {
             chat.set_now(now);
+            chat.set_wall(wall);
             let applied = chat.apply(msg);
             (applied, chat.flush())
         }) else {

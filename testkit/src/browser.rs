@@ -149,6 +149,8 @@ pub struct Page {
     /// The WebDriver session, for what the kit does not wrap (finding elements, typing, windows).
     pub client: fantoccini::Client,
     out: PathBuf,
+    /// chromedriver's port, for the commands fantoccini does not wrap (see [`Page::cdp`]).
+    driver_port: u16,
     /// A script whose result a failed wait shows, to say what the page was showing (see [`Page::explained_by`]).
     explain: Option<String>,
 }
@@ -197,6 +199,7 @@ impl Page {
             name,
             client,
             out: out.to_path_buf(),
+            driver_port: driver.port,
             explain: None,
         }
     }
@@ -273,6 +276,90 @@ impl Page {
             json!(selector),
         )
         .await;
+    }
+
+    /// Moves the mouse over the element matching `selector` (what shows a hover menu).
+    pub async fn hover(&self, selector: &str) {
+        use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+        let element = self
+            .client
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("page {}: nothing matches {selector}: {e}", self.name));
+        let hover = MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+            element,
+            duration: None,
+            x: 0.0,
+            y: 0.0,
+        });
+        self.client
+            .perform_actions(hover)
+            .await
+            .unwrap_or_else(|e| panic!("page {}: cannot hover {selector}: {e}", self.name));
+    }
+
+    /// Runs a Chrome DevTools Protocol command in the page (chromedriver's `goog/cdp/execute`), e.g.
+    /// `Accessibility.getFullAXTree`, and returns its result. Plain HTTP/1.1 to chromedriver: fantoccini has no
+    /// wrapper for it.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let session = self
+            .client
+            .session_id()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("page {}: no WebDriver session", self.name));
+        let body = json!({ "cmd": cmd, "params": params }).to_string();
+        let request = format!(
+            "POST /session/{session}/goog/cdp/execute HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len(),
+            port = self.driver_port,
+        );
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.driver_port))
+            .await
+            .unwrap_or_else(|e| panic!("page {}: cannot reach chromedriver: {e}", self.name));
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // chromedriver may keep the connection open: read the head, then exactly the body it announces.
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 64 * 1024];
+        let body_at = loop {
+            if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "page {}: chromedriver closed before answering {cmd}",
+                self.name
+            );
+            response.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&response[..body_at]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("page {}: no Content-Length in {head}", self.name));
+        while response.len() < body_at + length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "page {}: chromedriver cut its answer to {cmd}",
+                self.name
+            );
+            response.extend_from_slice(&chunk[..n]);
+        }
+        let json = String::from_utf8_lossy(&response[body_at..body_at + length]).into_owned();
+        let mut answer: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("page {}: {cmd} answered {json} ({e})", self.name));
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "page {}: {cmd} failed: {head}\n{answer}",
+            self.name
+        );
+        answer["value"].take()
     }
 
     /// Saves a PNG of the page as `browser-page-<name>[-<suffix>].png` in the output directory.

@@ -167,12 +167,22 @@ struct Stage {
 
 impl Stage {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Stage::start`] with both replicas' configuration changed by `tweak`.
+    async fn start_with(tweak: impl Fn(&mut backend::Config)) -> Self {
         let dist = dist_dir();
         let out = output_dir();
         let driver = Chromedriver::start().await;
         let redis = Redis::start().await;
-        let one = Replica::start_with(replica_config(&redis, &dist, "replica-1", 0)).await;
-        let two = Replica::start_with(replica_config(&redis, &dist, "replica-2", 0)).await;
+        let config = |node, port| {
+            let mut c = replica_config(&redis, &dist, node, port);
+            tweak(&mut c);
+            c
+        };
+        let one = Replica::start_with(config("replica-1", 0)).await;
+        let two = Replica::start_with(config("replica-2", 0)).await;
         Self {
             dist,
             out,
@@ -701,6 +711,469 @@ async fn a_killed_replicas_people_leave_the_member_list() {
     );
     let lines: Vec<String> = a.js(PRESENCE_LINES, Value::Null).await;
     assert_eq!(lines, ["bob joined", "bob left"]);
+    a.close().await;
+    b.close().await;
+}
+
+/// Marks the timeline message whose text is `arguments[0]` with `data-target` (and no other), scrolled into view,
+/// so WebDriver can find it by a selector.
+const MARK_MESSAGE: &str = r"document.querySelectorAll('[data-target]').forEach(e => e.removeAttribute('data-target'));
+    const m = [...document.querySelectorAll('.timeline .msg')]
+        .find(m => m.querySelector('.text').textContent === arguments[0]);
+    if (!m) return false;
+    m.setAttribute('data-target', '');
+    m.scrollIntoView({ block: 'center' });
+    return true;";
+
+/// A function of a message's text: what the page shows of that message, `{quote, edited, tombstone, chips}` (chips
+/// as `[label, pressed]`), or null.
+const MESSAGE_STATE: &str = r"(text) => {
+    const m = [...document.querySelectorAll('.timeline .msg')]
+        .find(m => m.querySelector('.text').textContent === text);
+    if (!m) return null;
+    return {
+        quote: m.querySelector('.quote')?.textContent ?? null,
+        edited: !!m.querySelector('.edited:not([hidden])'),
+        tombstone: !!m.querySelector('.text.tombstone'),
+        chips: [...m.querySelectorAll('.chip')].map(c => [c.textContent, c.getAttribute('aria-pressed')]),
+    };
+}";
+
+/// The message actions a person reaches with the mouse: hover a message (its menu shows), press one of its buttons.
+trait Actions {
+    /// Hovers the message `text` and presses its menu's `selector` (inside the message).
+    async fn on_message(&self, text: &str, selector: &str);
+
+    /// Waits until the message `text` shows `state` (see [`MESSAGE_STATE`]; fields left out are not checked).
+    async fn wait_state(&self, text: &str, state: Value);
+}
+
+impl Actions for Page {
+    async fn on_message(&self, text: &str, selector: &str) {
+        self.wait_until(
+            &format!("message {text:?} on the page"),
+            MARK_MESSAGE,
+            json!(text),
+        )
+        .await;
+        self.hover(".msg[data-target]").await;
+        self.client
+            .find(Locator::Css(&format!(".msg[data-target] {selector}")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "page {}: cannot press {selector} on {text:?}: {e}",
+                    self.name
+                )
+            });
+    }
+
+    async fn wait_state(&self, text: &str, state: Value) {
+        self.wait_until(
+            &format!("message {text:?} showing {state}"),
+            &format!(
+                "const shown = ({MESSAGE_STATE})(arguments[0][0]);
+                 const want = arguments[0][1];
+                 return !!shown && Object.keys(want).every(k => JSON.stringify(shown[k]) === JSON.stringify(want[k]));"
+            ),
+            json!([text, state]),
+        )
+        .await;
+    }
+}
+
+/// Whether the message box holds exactly `arguments[0]`.
+const COMPOSER_HOLDS: &str =
+    "return document.querySelector('#composer-input').value === arguments[0];";
+
+/// Checks the page's accessibility tree as Chromium builds it for screen readers (DevTools
+/// `Accessibility.getFullAXTree`): the timeline is a log, and every button, link, text box, select or disclosure
+/// has a name. Returns how many interactive nodes it checked.
+async fn check_accessibility_tree(page: &Page) -> usize {
+    let tree = page.cdp("Accessibility.getFullAXTree", json!({})).await;
+    let nodes = tree["nodes"].as_array().expect("an accessibility tree");
+    let role = |n: &Value| n["role"]["value"].as_str().unwrap_or("").to_owned();
+    let name = |n: &Value| n["name"]["value"].as_str().unwrap_or("").trim().to_owned();
+    let live: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| n["ignored"] != json!(true))
+        .collect();
+    assert!(
+        live.iter()
+            .any(|n| role(n) == "log" && name(n) == format!("Messages in #{ROOM}")),
+        "the timeline is a named log"
+    );
+    let interactive = [
+        "button",
+        "link",
+        "textbox",
+        "combobox",
+        "checkbox",
+        "menuitem",
+        "DisclosureTriangle",
+        "PopUpButton",
+        "listbox",
+    ];
+    let checked: Vec<&&Value> = live
+        .iter()
+        .filter(|n| interactive.contains(&role(n).as_str()))
+        .collect();
+    let unnamed: Vec<String> = checked
+        .iter()
+        .filter(|n| name(n).is_empty())
+        .map(|n| format!("{} {}", role(n), n["nodeId"]))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "interactive nodes without a name: {unnamed:?}"
+    );
+    checked.len()
+}
+
+/// Replies, edits, deletes and reactions between two pages on two replicas, and a screen reader's view of it: a
+/// reply's quote jumps to the original (loading older pages until it is there); an edit and a delete on A show on
+/// B; a reaction toggled on both pages (by mouse and by keyboard) keeps the same count on both; A's live region
+/// announces B's new message and nothing from history; the accessibility tree names the log and every control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_edits_deletes_and_reactions_reach_the_other_replica() {
+    let stage = Stage::start().await;
+    // Carol (a script on replica 2) wrote the original long ago: 60 messages later she answers it.
+    let mut carol = stage.two.client().await;
+    carol.join(ROOM, "carol", None).await;
+    let original = carol.say(ROOM, "the original").await;
+    for i in 0..60 {
+        carol.say(ROOM, &format!("filler {i}")).await;
+    }
+    carol
+        .send(&shared::ClientMsg::Send {
+            room: ROOM.into(),
+            text: "a late answer".into(),
+            cid: "late".into(),
+            reply_to: Some(original),
+        })
+        .await;
+    let answer = carol
+        .take(|m| match m {
+            shared::ServerMsg::Ack { cid, .. } if cid == "late" => Some(Ok(())),
+            shared::ServerMsg::Error { req, message, .. } if req.as_deref() == Some("late") => {
+                Some(Err(message.clone()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(answer, Ok(()), "carol's reply stored");
+
+    let a = open(&stage.driver, "actions-a", &stage.out).await;
+    let b = open(&stage.driver, "actions-b", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    b.enter_room(stage.two.addr, "bob").await;
+    a.wait_message("carol", "a late answer").await;
+    a.wait_connected("replica-1").await;
+    b.wait_connected("replica-2").await;
+    assert!(
+        !a.messages().await.iter().any(|(_, t)| t == "the original"),
+        "the original is older than the first page"
+    );
+
+    // The live region: B's new message, and nothing of the history shown at the join.
+    b.send("hello live").await;
+    a.wait_until(
+        "A's live region announcing bob's message",
+        "return [...document.querySelectorAll('.live p')].map(p => p.textContent).includes('bob: hello live');",
+        Value::Null,
+    )
+    .await;
+    let live: Vec<String> = a
+        .js(
+            "return [...document.querySelectorAll('.live p')].map(p => p.textContent);",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(live, ["bob: hello live"], "only the new live message");
+
+    // The quote jumps to the original, loading older pages until it is there, and highlights it.
+    a.wait_state(
+        "a late answer",
+        json!({ "quote": "In reply to carol the original" }),
+    )
+    .await;
+    a.on_message("a late answer", ".quote").await;
+    a.wait_until(
+        "the original highlighted, in view and focused",
+        "const m = document.querySelector('.msg.highlight');
+         if (!m || m.querySelector('.text').textContent !== 'the original') return false;
+         const r = m.getBoundingClientRect(), t = document.querySelector('.timeline').getBoundingClientRect();
+         return r.top >= t.top && r.bottom <= t.bottom && document.activeElement === m;",
+        Value::Null,
+    )
+    .await;
+
+    // A replies to it from the message's menu: a quote bar over the box, and the quote on both pages.
+    a.on_message("the original", "[data-act=reply]").await;
+    a.wait_until(
+        "the quote bar over A's message box",
+        "return (document.querySelector('.compose-bar')?.textContent ?? '').includes('Replying to carol: the original');",
+        Value::Null,
+    )
+    .await;
+    a.send("agreed").await;
+    let quoted = json!({ "quote": "In reply to carol the original" });
+    a.wait_state("agreed", quoted.clone()).await;
+    b.wait_state("agreed", quoted).await;
+    let bar: bool = a
+        .js(
+            "return document.querySelector('.compose-bar').hidden;",
+            Value::Null,
+        )
+        .await;
+    assert!(bar, "the quote bar goes once the reply is sent");
+
+    // An edit from the menu: the box takes the text; what is saved shows "(edited)" on both pages.
+    a.send("see you at 5").await;
+    a.on_message("see you at 5", "[data-act=edit]").await;
+    a.wait_until(
+        "the message's text in A's box",
+        COMPOSER_HOLDS,
+        json!("see you at 5"),
+    )
+    .await;
+    let input = a
+        .client
+        .find(Locator::Css("#composer-input"))
+        .await
+        .unwrap();
+    input.send_keys(" (or 6)").await.unwrap();
+    input.send_keys(ENTER).await.unwrap();
+    b.wait_state("see you at 5 (or 6)", json!({ "edited": true }))
+        .await;
+    a.wait_state("see you at 5 (or 6)", json!({ "edited": true }))
+        .await;
+
+    // Up arrow in the empty box edits my last message; Esc cancels.
+    a.send("second thoughts").await;
+    input.send_keys("\u{e013}").await.unwrap(); // ArrowUp
+    a.wait_until(
+        "Up arrow putting the last own message in the box",
+        COMPOSER_HOLDS,
+        json!("second thoughts"),
+    )
+    .await;
+    input.send_keys("\u{e00c}").await.unwrap(); // Escape
+    a.wait_until("Esc emptying the box", COMPOSER_HOLDS, json!(""))
+        .await;
+
+    // A deletes it: a tombstone on both pages, in its place.
+    a.on_message("second thoughts", "[data-act=delete]").await;
+    for page in [&a, &b] {
+        page.wait_until(
+            "a tombstone where alice's last message was",
+            &format!(
+                "const last = {MESSAGES}.filter(([n]) => n === 'alice').pop();
+                 return !!last && last[1] === 'message deleted'
+                     && !{MESSAGES}.some(([, t]) => t === 'second thoughts');"
+            ),
+            Value::Null,
+        )
+        .await;
+    }
+
+    // A reaction: A adds 👍 to bob's message from the picker; B adds its own from the chip by keyboard (Enter);
+    // A takes its back with a click. Both pages agree on every count.
+    a.on_message("hello live", "details summary").await;
+    a.on_message("hello live", "[data-act=react][data-emoji='👍']")
+        .await;
+    a.wait_state("hello live", json!({ "chips": [["👍 1", "true"]] }))
+        .await;
+    b.wait_state("hello live", json!({ "chips": [["👍 1", "false"]] }))
+        .await;
+    b.wait_until("hello live", MARK_MESSAGE, json!("hello live"))
+        .await;
+    b.client
+        .find(Locator::Css(".msg[data-target] .chip"))
+        .await
+        .unwrap()
+        .send_keys(ENTER)
+        .await
+        .unwrap();
+    b.wait_state("hello live", json!({ "chips": [["👍 2", "true"]] }))
+        .await;
+    a.wait_state("hello live", json!({ "chips": [["👍 2", "true"]] }))
+        .await;
+    a.on_message("hello live", ".chip").await;
+    a.wait_state("hello live", json!({ "chips": [["👍 1", "false"]] }))
+        .await;
+    b.wait_state("hello live", json!({ "chips": [["👍 1", "true"]] }))
+        .await;
+
+    let checked = check_accessibility_tree(&a).await;
+    assert!(checked > 20, "the tree has the page's controls ({checked})");
+    // The README's picture: a reply with its quote, an edited message, a tombstone, reaction chips.
+    a.js::<bool>(
+        "document.querySelector('.timeline').scrollTop = 1e9; document.activeElement.blur(); return true;",
+        Value::Null,
+    )
+    .await;
+    a.screenshot("actions").await;
+    a.close().await;
+    b.close().await;
+}
+
+/// A token for the stage's replicas: `nick`, valid for an hour, with `roles` if given.
+fn token(nick: &str, roles: Option<Value>) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let mut claims = json!({ "nick": nick, "exp": exp });
+    if let Some(roles) = roles {
+        claims["roles"] = roles;
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+const JWT_SECRET: &str = "a-browser-test-secret-of-at-least-32-bytes";
+
+/// Moderation in the browser, signed in with tokens (the moderator's has `roles: {e2e: moderator}`): the moderator
+/// sees Mute / Kick / Ban beside the other member and the slow-mode control; muting troll (on the other replica)
+/// makes troll's message box say why and stop sending; slow mode and a kick are announced and explained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_member_is_told_why_in_the_message_box() {
+    let stage = Stage::start_with(|c| c.jwt_secret = Some(JWT_SECRET.into())).await;
+    let a = open(&stage.driver, "moderator", &stage.out).await;
+    let b = open(&stage.driver, "troll", &stage.out).await;
+    let moderator = token("mod", Some(json!({ ROOM: "moderator" })));
+    a.goto(&format!(
+        "http://{}/r/{ROOM}#token={moderator}",
+        stage.one.addr
+    ))
+    .await;
+    b.goto(&format!(
+        "http://{}/r/{ROOM}#token={}",
+        stage.two.addr,
+        token("troll", None)
+    ))
+    .await;
+    for page in [&a, &b] {
+        page.wait_for("the room's message box", "#composer-input")
+            .await;
+    }
+    a.wait_for(
+        "Mute beside troll",
+        "[data-nick=troll] .mod-tools:not([hidden]) [data-mod=mute]",
+    )
+        .await;
+    let own_tools: bool = b
+        .js(
+            "return [...document.querySelectorAll('[data-mod], .slow-mode')].every(e => !e.checkVisibility());",
+            Value::Null,
+        )
+        .await;
+    assert!(own_tools, "troll is no moderator: no tools");
+    b.send("first!").await;
+    a.wait_message("troll", "first!").await;
+    let mute = a
+        .client
+        .find(Locator::Css("[data-nick=troll] [data-mod=mute]"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mute.attr("aria-label").await.unwrap().as_deref(),
+        Some("Mute troll for 10 minutes")
+    );
+    a.screenshot("moderation").await;
+    mute.click().await.unwrap();
+    b.wait_until(
+        "troll's message box saying it is muted, and disabled",
+        r"const s = document.querySelector('.composer-state')?.textContent ?? '';
+         return /^You are muted until \d\d:\d\d\.$/.test(s) && document.querySelector('#composer-input').disabled;",
+        Value::Null,
+    )
+    .await;
+    for page in [&a, &b] {
+        page.wait_until(
+            "the mute announced in the room",
+            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod muted troll for 10 min'));",
+            Value::Null,
+        )
+        .await;
+    }
+    b.screenshot("muted").await;
+
+    // Slow mode from its control; then a kick, which troll's page explains.
+    a.js::<bool>(
+        "const s = document.querySelector('.slow-mode select');
+         s.value = '30'; s.dispatchEvent(new Event('change')); return true;",
+        Value::Null,
+    )
+    .await;
+    b.wait_until(
+        "slow mode announced to troll",
+        "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod turned on slow mode: 30 s'));",
+        Value::Null,
+    )
+    .await;
+    a.client
+        .find(Locator::Css("[data-nick=troll] [data-mod=kick]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until(
+        "troll's page saying it was kicked",
+        "return (document.querySelector('.composer-state')?.textContent ?? '') === 'You were kicked from #e2e.'
+             && document.querySelector('#composer-input').disabled;",
+        Value::Null,
+    )
+    .await;
+    a.close().await;
+    b.close().await;
+}
+
+/// "Typing right after sending is not shown", fixed: B sends a message and at once types the next one key by key
+/// for about a second; A shows "bob is typing…" again (B's message had cleared it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_right_after_sending_is_shown() {
+    let stage = Stage::start().await;
+    let a = open(&stage.driver, "typing-after-a", &stage.out).await;
+    let b = open(&stage.driver, "typing-after-b", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    b.enter_room(stage.two.addr, "bob").await;
+    a.wait_connected("replica-1").await;
+    b.wait_connected("replica-2").await;
+    b.send("hi").await;
+    a.wait_message("bob", "hi").await;
+    a.wait_until(
+        "A's typing line cleared by bob's message",
+        "return (document.querySelector('.typing')?.textContent ?? '') === '';",
+        Value::Null,
+    )
+    .await;
+    let _: bool = a.js(TYPING_RECORDER, Value::Null).await;
+    let input = b
+        .client
+        .find(Locator::Css("#composer-input"))
+        .await
+        .unwrap();
+    for key in "and then".chars() {
+        input.send_keys(&key.to_string()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    }
+    a.wait_until(
+        "\"bob is typing…\" on A after bob's message",
+        "return window.typingLines.includes(arguments[0]);",
+        json!("bob is typing…"),
+    )
+    .await;
     a.close().await;
     b.close().await;
 }

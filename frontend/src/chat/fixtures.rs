@@ -19,6 +19,10 @@ pub(super) fn msg(room_name: &str, ms: u64, from: &str, text: &str) -> ChatMessa
         nick: nick(from),
         text: text.into(),
         ts: ms,
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
     }
 }
 
@@ -42,6 +46,9 @@ pub(super) fn joined_in(
         truncated,
         members: vec![nick("me")],
         online: 1,
+        moderator: false,
+        muted_until: None,
+        slow_mode: 0,
         req: None,
     }
 }
@@ -63,6 +70,7 @@ pub(super) fn send_error(cid: &str, code: ErrorCode, message: &str) -> ServerMsg
         request: Some("send".into()),
         req: Some(cid.into()),
         room: Some("general".into()),
+        until: None,
     }
 }
 
@@ -85,7 +93,7 @@ pub(super) fn messages(chat: &Chat, name: &str) -> Vec<(u64, String, bool, bool)
         .iter()
         .filter_map(|item| match item {
             Item::Message(m) => Some((m.id.ms, m.text.clone(), m.own, m.acked)),
-            Item::Presence(_) | Item::Notice { .. } => None,
+            Item::Presence(_) | Item::Moderation(_) | Item::Notice { .. } => None,
         })
         .collect()
 }
@@ -99,7 +107,9 @@ pub(super) fn sent(sends: &[ClientMsg]) -> Vec<(String, String)> {
     sends
         .iter()
         .map(|send| match send {
-            ClientMsg::Send { room, text, cid } => {
+            ClientMsg::Send {
+                room, text, cid, ..
+            } => {
                 assert_eq!(room, "general");
                 (cid.clone(), text.clone())
             }
@@ -110,7 +120,35 @@ pub(super) fn sent(sends: &[ClientMsg]) -> Vec<(String, String)> {
 
 /// Joins `general` and sends one message, returning its cid.
 pub(super) fn sent_one(chat: &mut Chat, text: &str) -> String {
-    let cid = chat.queue_send(&room("general"), text.into()).unwrap();
+    let cid = chat
+        .queue_send(&room("general"), text.into(), None)
+        .unwrap();
     assert_eq!(sent(&chat.flush()), [(cid.clone(), text.to_owned())]);
     cid
+}
+
+/// `reacted` on message `target` in `general`: `who` turned `emoji` on or off, leaving `count`.
+pub(super) fn reacted(
+    id: u64,
+    target: u64,
+    who: &str,
+    emoji: &str,
+    on: bool,
+    count: u32,
+) -> ServerMsg {
+    ServerMsg::Reacted {
+        room: room("general"),
+        id: MsgId::new(id, 0),
+        target: MsgId::new(target, 0),
+        nick: nick(who),
+        emoji: emoji.into(),
+        on,
+        count,
+        ts: id,
+    }
+}
+
+/// The one message with id `ms` in `general`.
+pub(super) fn posted(chat: &Chat, ms: u64) -> super::Posted {
+    general(chat).message(MsgId::new(ms, 0)).unwrap().clone()
 }

@@ -24,17 +24,26 @@ mod fixtures;
 
 use std::time::Duration;
 
-use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, Nick, RoomName, ServerMsg};
+use shared::{
+    ChatMessage, ClientMsg, ErrorCode, ModerationAction, ModerationEvent, MsgId, Nick, RoomName,
+    ServerMsg,
+};
 
-pub use outbox::{Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
-pub use room::{Phase, Room, TYPING_SEND_EVERY_MS};
-pub use timeline::{GAP_NOTICE, Item, OLDER_PAGE, Older, Posted, PresenceLine, TIMELINE_CAP};
+pub use outbox::{Act, Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
+pub use room::{LIVE_LINES, Phase, Room, TYPING_SEND_EVERY_MS, TypingDue};
+pub use timeline::{
+    GAP_NOTICE, Item, ModLine, OLDER_PAGE, Older, Posted, PresenceLine, TIMELINE_CAP,
+};
+
+use timeline::Change;
 
 /// Every room this client is in, which one the person is looking at, and the counters that name own messages.
 #[derive(Debug, Clone)]
 pub struct Chat {
     /// The page clock (ms) as of the frame being applied; set by [`Chat::set_now`].
     now: u64,
+    /// The wall clock (ms since the Unix epoch) as of the frame being applied, for the server's `until` times.
+    wall: u64,
     /// The tab is hidden (another tab or window is in front).
     hidden: bool,
     rooms: Vec<Room>,
@@ -79,6 +88,7 @@ impl Chat {
     pub fn new(cid_prefix: impl Into<String>) -> Self {
         Self {
             now: 0,
+            wall: 0,
             hidden: false,
             rooms: Vec::new(),
             active: None,
@@ -117,21 +127,44 @@ impl Chat {
         self.now = now;
     }
 
+    /// Sets the wall clock (ms since the Unix epoch) that the server's `until` times are compared with.
+    pub fn set_wall(&mut self, wall: u64) {
+        self.wall = wall;
+    }
+
     /// Whether to tell `name` that this client is typing, at `now`: at most once per [`TYPING_SEND_EVERY_MS`],
-    /// only in a joined room. Records the send when it says yes.
-    pub fn typing_due(&mut self, name: &RoomName, now: u64) -> bool {
+    /// only in a joined room, except right after a message was sent: the message cleared the typing line on the
+    /// other pages, so the next keystroke says so again as soon as the server takes it (it drops a `typing` within
+    /// [`shared::TYPING_EVERY_MS`] of the last). Records the send when it says [`TypingDue::Send`].
+    pub fn typing_due(&mut self, name: &RoomName, now: u64) -> TypingDue {
         let Some(room) = self.room_mut(name) else {
-            return false;
+            return TypingDue::Skip;
         };
-        if room.phase != Phase::Joined
-            || room
-                .typed_at
-                .is_some_and(|at| now < at + TYPING_SEND_EVERY_MS)
-        {
-            return false;
+        if room.phase != Phase::Joined {
+            return TypingDue::Skip;
         }
-        room.typed_at = Some(now);
-        true
+        let due = match room.typed_at {
+            None => TypingDue::Send,
+            Some(at) if room.sent_since_typed => {
+                let ready = at + shared::TYPING_EVERY_MS + room::TYPING_SERVER_SLACK_MS;
+                if now >= ready {
+                    TypingDue::Send
+                } else if room.typing_later {
+                    TypingDue::Skip
+                } else {
+                    room.typing_later = true;
+                    TypingDue::Later(ready - now)
+                }
+            }
+            Some(at) if now >= at + TYPING_SEND_EVERY_MS => TypingDue::Send,
+            Some(_) => TypingDue::Skip,
+        };
+        if due == TypingDue::Send {
+            room.typed_at = Some(now);
+            room.sent_since_typed = false;
+            room.typing_later = false;
+        }
+        due
     }
 
     /// The rooms, in the order they were opened.
@@ -211,6 +244,8 @@ impl Chat {
     pub fn rejoins(&self) -> Vec<Rejoin> {
         self.rooms
             .iter()
+            // A room a moderator took this client out of is joined again only when the person asks.
+            .filter(|room| !matches!(room.phase, Phase::Removed(_)))
             .map(|room| Rejoin {
                 person: self.person.clone(),
                 ..room.rejoin()
@@ -239,14 +274,31 @@ impl Chat {
         })
     }
 
-    /// Queues an own message at the end of its room's outbox and returns its client message id. It goes on the
-    /// wire with the next [`Chat::flush`] once the room is joined, which may be at once or after a reconnect.
-    pub fn queue_send(&mut self, room: &RoomName, text: String) -> Option<String> {
-        let cid = self.fresh_cid();
-        let room = self.room_mut(room)?;
+    /// Queues an own message (a reply to `reply_to`, if given) at the end of its room's outbox and returns its
+    /// client message id. It goes on the wire with the next [`Chat::flush`] once the room is joined, which may be
+    /// at once or after a reconnect.
+    pub fn queue_send(
+        &mut self,
+        room: &RoomName,
+        text: String,
+        reply_to: Option<MsgId>,
+    ) -> Option<String> {
+        let name = room.clone();
+        let cid = self.queue(room, text, Act::Send { reply_to })?;
+        let room = self.room_mut(&name)?;
         // Writing in the room means what came before was read.
         room.timeline.mark_read();
-        room.outbox.push(cid.clone(), text);
+        // The message ends the typing line on the other pages: the next keystroke must be able to start it again.
+        room.sent_since_typed = true;
+        Some(cid)
+    }
+
+    /// Queues an action on a message (edit, delete, react) in its room's outbox, under a fresh client message id
+    /// that it keeps for every resend, exactly like a message. `text` is an edit's new text.
+    pub fn queue(&mut self, room: &RoomName, text: String, act: Act) -> Option<String> {
+        self.room(room)?;
+        let cid = self.fresh_cid();
+        self.room_mut(room)?.outbox.push(cid.clone(), text, act);
         Some(cid)
     }
 
@@ -326,7 +378,72 @@ impl Chat {
             self.active.clone()
         };
         match msg {
-            ServerMsg::Welcome { .. } | ServerMsg::Left { .. } | ServerMsg::Pong { .. } => {}
+            ServerMsg::Welcome { .. }
+            | ServerMsg::Pong { .. }
+            | ServerMsg::Done { .. }
+            | ServerMsg::Left { reason: None, .. } => {}
+            ServerMsg::Left {
+                room,
+                reason: Some(reason),
+                ..
+            } => {
+                let room = self.room_mut(&room)?;
+                let how = if reason == "banned" {
+                    "banned"
+                } else {
+                    "kicked"
+                };
+                room.phase = Phase::Removed(format!("You were {how} from #{}", room.name));
+            }
+            ServerMsg::Edited {
+                room,
+                id,
+                target,
+                text,
+                ts,
+                ..
+            } => self.change(&room, id, target, &Change::Edited(&text, ts))?,
+            ServerMsg::Deleted {
+                room, id, target, ..
+            } => self.change(&room, id, target, &Change::Deleted)?,
+            ServerMsg::Reacted {
+                room,
+                id,
+                target,
+                nick,
+                emoji,
+                on,
+                count,
+                ..
+            } => {
+                let mine = (self.room(&room)?.nick == nick).then_some(on);
+                let change = Change::Reacted {
+                    emoji: &emoji,
+                    count,
+                    mine,
+                };
+                self.change(&room, id, target, &change)?;
+            }
+            ServerMsg::Moderation(event) => {
+                let room = self.room_mut(&event.room)?;
+                room.resume = room.resume.max(Some(event.id));
+                let secs = event.secs;
+                match event.action {
+                    ModerationAction::Mute if event.nick.as_ref() == Some(&room.nick) => {
+                        room.muted_until = (secs > 0).then(|| event.ts + secs * 1000);
+                    }
+                    ModerationAction::SlowMode => {
+                        room.slow_mode = secs;
+                        room.slow_until = None;
+                    }
+                    _ => {}
+                }
+                room.timeline.moderation(ModLine {
+                    id: event.id,
+                    text: moderation_text(&event),
+                    ts: event.ts,
+                });
+            }
             ServerMsg::HistoryPage {
                 room,
                 messages,
@@ -351,6 +468,9 @@ impl Chat {
                 truncated,
                 members,
                 online,
+                moderator,
+                muted_until,
+                slow_mode,
                 ..
             } => {
                 let viewing = active.as_ref() == Some(&room);
@@ -361,6 +481,9 @@ impl Chat {
                 room.epoch = Some(epoch);
                 room.members = members;
                 room.online = online;
+                room.moderator = moderator;
+                room.muted_until = muted_until;
+                room.slow_mode = slow_mode;
                 // A history request asked on a connection that is gone will not be answered.
                 room.timeline.drop_older_request();
                 if reset {
@@ -386,10 +509,18 @@ impl Chat {
                     && msg.nick != room.nick
                     && crate::text::mentions(&msg.text, room.nick.as_str()))
                 .then(|| msg.clone());
-                if room.deliver(msg, viewing, true)
-                    && let Some(mention) = mention
-                {
-                    applied.mentions.push(mention);
+                let line = (msg.id, format!("{}: {}", msg.nick, msg.text));
+                let own = msg.nick == room.nick;
+                if room.deliver(msg, viewing, true) {
+                    if !own {
+                        if room.live.len() == LIVE_LINES {
+                            room.live.remove(0);
+                        }
+                        room.live.push(line);
+                    }
+                    if let Some(mention) = mention {
+                        applied.mentions.push(mention);
+                    }
                 }
             }
             // A `duplicate` ack means an earlier attempt was stored: it settles the message just the same.
@@ -424,13 +555,28 @@ impl Chat {
                 request,
                 req,
                 room,
+                until,
             } => {
                 let room = room.and_then(|r| RoomName::parse(&r).ok());
+                if let Some(room) = room.as_ref().and_then(|r| self.room_mut(r)) {
+                    match code {
+                        ErrorCode::Muted => room.muted_until = until,
+                        ErrorCode::SlowMode => room.slow_until = until,
+                        _ => {}
+                    }
+                }
                 match (request.as_deref(), req, room) {
-                    (Some("send"), Some(cid), _) => match self.refuse(&cid, code, &message) {
-                        Some(hold) => applied.retry_after = hold,
-                        None => applied.notice = Some(message),
-                    },
+                    (Some("send" | "edit" | "delete" | "react"), Some(cid), _) => {
+                        match self.refuse(&cid, code, until, &message) {
+                            Some((hold, tell)) => {
+                                applied.retry_after = hold;
+                                if tell {
+                                    applied.notice = Some(message);
+                                }
+                            }
+                            None => applied.notice = Some(message),
+                        }
+                    }
                     (Some("join"), _, Some(name)) => match self.room_mut(&name) {
                         Some(room) => room.phase = Phase::Failed(message),
                         None => applied.notice = Some(message),
@@ -442,17 +588,46 @@ impl Chat {
         Some(())
     }
 
-    /// The server refused the `send` with `cid`. A transient refusal (`rate_limited`, `unavailable`) queues the
-    /// message again and holds its room's outbox; any other fails it. Returns `None` when no own message has that
-    /// `cid`, else the hold the caller must time, if this refusal started one.
-    fn refuse(&mut self, cid: &str, code: ErrorCode, reason: &str) -> Option<Option<Duration>> {
+    /// Applies an action event to its target message in `name`, and moves the resume point past it.
+    fn change(
+        &mut self,
+        name: &RoomName,
+        id: MsgId,
+        target: MsgId,
+        change: &Change<'_>,
+    ) -> Option<()> {
+        let room = self.room_mut(name)?;
+        room.resume = room.resume.max(Some(id));
+        room.timeline.change(target, change);
+        Some(())
+    }
+
+    /// The server refused the request with `cid` (a message or an action). A transient refusal (`rate_limited`,
+    /// `unavailable`, `slow_mode` until `until`) queues it again and holds its room's outbox; any other fails a
+    /// message and drops an action. Returns `None` when no own request has that `cid`, else the hold the caller
+    /// must time (if this refusal started one) and whether the reason needs a notice.
+    fn refuse(
+        &mut self,
+        cid: &str,
+        code: ErrorCode,
+        until: Option<u64>,
+        reason: &str,
+    ) -> Option<(Option<Duration>, bool)> {
+        let hold = match code {
+            ErrorCode::RateLimited => Some(RATE_LIMITED_HOLD),
+            ErrorCode::Unavailable => Some(UNAVAILABLE_HOLD),
+            ErrorCode::SlowMode => Some(Duration::from_millis(
+                until.map_or(1000, |u| u.saturating_sub(self.wall).max(100)),
+            )),
+            _ => None,
+        };
         // Nothing was stored under a reused cid, so a fresh one is safe, and the only way a retry can succeed.
         let fresh = (code == ErrorCode::CidReused).then(|| self.fresh_cid());
         let room = self
             .rooms
             .iter_mut()
             .find(|room| room.outbox.contains(cid))?;
-        room.outbox.refuse(cid, code, reason, fresh)
+        room.outbox.refuse(cid, hold, reason, fresh)
     }
 
     fn next_key(&mut self) -> u64 {
@@ -463,6 +638,35 @@ impl Chat {
     fn fresh_cid(&mut self) -> String {
         self.next_cid += 1;
         format!("{}-{}", self.cid_prefix, self.next_cid)
+    }
+}
+
+/// A moderator's action in words: "mod muted troll for 10 min", "mod turned on slow mode: 30 s".
+pub fn moderation_text(e: &ModerationEvent) -> String {
+    let who = e.nick.as_ref().map_or("", Nick::as_str);
+    let (by, secs) = (&e.by, e.secs);
+    let span = duration(secs);
+    match (e.action, secs) {
+        (ModerationAction::Mute, 0) => format!("{by} unmuted {who}"),
+        (ModerationAction::Mute, _) => format!("{by} muted {who} for {span}"),
+        (ModerationAction::Kick, _) => format!("{by} kicked {who}"),
+        (ModerationAction::Ban, 0) => format!("{by} lifted the ban on {who}"),
+        (ModerationAction::Ban, _) => format!("{by} banned {who} for {span}"),
+        (ModerationAction::SlowMode, 0) => format!("{by} turned off slow mode"),
+        (ModerationAction::SlowMode, _) => format!("{by} turned on slow mode: {span}"),
+    }
+}
+
+/// A duration in the largest unit that says it exactly: "30 s", "10 min", "2 h", "1 day", "7 days".
+pub fn duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => match s / 86_400 {
+            1 => "1 day".into(),
+            d => format!("{d} days"),
+        },
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 
@@ -538,6 +742,7 @@ mod tests {
             request: Some("join".into()),
             req: None,
             room: Some("full".into()),
+            until: None,
         });
         assert_eq!(applied.notice, None);
         assert_eq!(
@@ -550,6 +755,7 @@ mod tests {
             request: None,
             req: None,
             room: None,
+            until: None,
         });
         assert_eq!(applied.notice.as_deref(), Some("frame is not valid JSON"));
         // A refusal for a send this tab does not know is shown as a notice too.
@@ -569,5 +775,414 @@ mod tests {
         assert_eq!(chat.active(), None);
         assert!(!chat.close(&room("general")));
         assert_eq!(chat.rooms().len(), 1);
+    }
+
+    fn edited(id: u64, target: u64, text: &str) -> ServerMsg {
+        ServerMsg::Edited {
+            room: room("general"),
+            id: MsgId::new(id, 0),
+            target: MsgId::new(target, 0),
+            nick: nick("me"),
+            text: text.into(),
+            ts: id,
+        }
+    }
+
+    fn deleted(id: u64, target: u64) -> ServerMsg {
+        ServerMsg::Deleted {
+            room: room("general"),
+            id: MsgId::new(id, 0),
+            target: MsgId::new(target, 0),
+            nick: nick("mod"),
+            ts: id,
+        }
+    }
+
+    fn moderation(id: u64, action: ModerationAction, who: Option<&str>, secs: u64) -> ServerMsg {
+        ServerMsg::Moderation(ModerationEvent {
+            room: room("general"),
+            id: MsgId::new(id, 0),
+            by: nick("mod"),
+            action,
+            nick: who.map(nick),
+            secs,
+            ts: id,
+        })
+    }
+
+    fn error(code: ErrorCode, request: &str, req: &str, until: Option<u64>) -> ServerMsg {
+        ServerMsg::Error {
+            code,
+            message: format!("refused: {code:?}"),
+            request: Some(request.into()),
+            req: Some(req.into()),
+            room: Some("general".into()),
+            until,
+        }
+    }
+
+    fn lines(chat: &Chat) -> Vec<String> {
+        general(chat)
+            .items()
+            .iter()
+            .filter_map(|item| match item {
+                Item::Moderation(m) => Some(m.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn edits_and_deletes_apply_once_and_replays_change_nothing() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 1, "me", "helo")]));
+        chat.apply(edited(2, 1, "hello"));
+        let m = posted(&chat, 1);
+        assert_eq!((m.text.as_str(), m.edited_at), ("hello", Some(2)));
+        let rev = m.rev;
+        // The same event again (a resume overlapping what was seen) leaves the message as it is.
+        chat.apply(edited(2, 1, "hello"));
+        assert_eq!(posted(&chat, 1).rev, rev, "a replay changes nothing");
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(2, 0)));
+
+        chat.apply(deleted(3, 1));
+        let m = posted(&chat, 1);
+        assert!(m.deleted && m.text.is_empty(), "a tombstone without text");
+        // An edit replayed after the delete does not bring the text back.
+        chat.apply(edited(2, 1, "hello"));
+        chat.apply(deleted(3, 1));
+        assert_eq!(posted(&chat, 1), m);
+        assert_eq!(
+            general(&chat).last_own(),
+            None,
+            "a tombstone cannot be edited"
+        );
+
+        // A target not loaded is left to history, which brings its current state.
+        chat.apply(edited(5, 4, "not here"));
+        chat.apply(deleted(6, 4));
+        assert_eq!(ids(&chat, "general"), [1]);
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(6, 0)));
+    }
+
+    #[test]
+    fn history_brings_messages_with_their_state() {
+        let mut chat = chat();
+        let mut m = msg("general", 9, "bob", "agreed");
+        m.reply_to = Some(shared::Quote {
+            id: MsgId::new(1, 0),
+            nick: nick("ann"),
+            text: "lunch?".into(),
+        });
+        m.edited_at = Some(12);
+        m.reactions = vec![shared::Reaction {
+            emoji: "🎉".into(),
+            count: 2,
+            mine: true,
+        }];
+        chat.apply(joined("general", vec![m]));
+        let p = posted(&chat, 9);
+        assert_eq!(p.reply_to.unwrap().text, "lunch?");
+        assert_eq!(p.edited_at, Some(12));
+        assert!(p.reactions[0].mine);
+    }
+
+    #[test]
+    fn reactions_take_the_count_and_mine_only_from_my_nick() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 1, "bob", "hi")]));
+        let chips = |chat: &Chat| {
+            posted(chat, 1)
+                .reactions
+                .iter()
+                .map(|r| (r.emoji.clone(), r.count, r.mine))
+                .collect::<Vec<_>>()
+        };
+        chat.apply(reacted(2, 1, "bob", "👍", true, 1));
+        assert_eq!(chips(&chat), [("👍".into(), 1, false)]);
+        chat.apply(reacted(3, 1, "me", "👍", true, 2));
+        chat.apply(reacted(4, 1, "me", "🎉", true, 1));
+        assert_eq!(
+            chips(&chat),
+            [("👍".into(), 2, true), ("🎉".into(), 1, true)]
+        );
+        // Replays set the same count: nothing doubles.
+        chat.apply(reacted(3, 1, "me", "👍", true, 2));
+        assert_eq!(chips(&chat)[0], ("👍".into(), 2, true));
+        // Someone else taking theirs back leaves mine.
+        chat.apply(reacted(5, 1, "bob", "👍", false, 1));
+        assert_eq!(chips(&chat)[0], ("👍".into(), 1, true));
+        chat.apply(reacted(6, 1, "me", "👍", false, 0));
+        assert_eq!(chips(&chat), [("🎉".into(), 1, true)], "a count of 0 goes");
+        chat.apply(reacted(7, 1, "me", "🎉", false, 0));
+        chat.apply(reacted(7, 1, "me", "🎉", false, 0));
+        assert!(chips(&chat).is_empty());
+        chat.apply(reacted(8, 99, "me", "🎉", true, 1));
+        assert_eq!(general(&chat).resume_point(), Some(MsgId::new(8, 0)));
+    }
+
+    #[test]
+    fn moderation_lines_and_my_own_mute() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        chat.apply(moderation(1000, ModerationAction::Mute, Some("troll"), 600));
+        chat.apply(moderation(1001, ModerationAction::Kick, Some("troll"), 0));
+        chat.apply(moderation(
+            1002,
+            ModerationAction::Ban,
+            Some("troll"),
+            86_400,
+        ));
+        chat.apply(moderation(1003, ModerationAction::SlowMode, None, 30));
+        chat.apply(moderation(1003, ModerationAction::SlowMode, None, 30));
+        assert_eq!(
+            lines(&chat),
+            [
+                "mod muted troll for 10 min",
+                "mod kicked troll",
+                "mod banned troll for 1 day",
+                "mod turned on slow mode: 30 s",
+            ],
+            "a replayed line shows once"
+        );
+        assert_eq!(general(&chat).slow_mode(), 30);
+        assert_eq!(
+            general(&chat).muted_until(),
+            None,
+            "troll was muted, not me"
+        );
+        chat.apply(moderation(2000, ModerationAction::Mute, Some("me"), 60));
+        assert_eq!(general(&chat).muted_until(), Some(2000 + 60_000));
+        chat.apply(moderation(3000, ModerationAction::Mute, Some("me"), 0));
+        chat.apply(moderation(3001, ModerationAction::SlowMode, None, 0));
+        chat.apply(moderation(3002, ModerationAction::Ban, Some("x"), 0));
+        assert_eq!(general(&chat).muted_until(), None);
+        assert_eq!(general(&chat).slow_mode(), 0);
+        assert_eq!(
+            lines(&chat)[4..],
+            [
+                "mod muted me for 1 min",
+                "mod unmuted me",
+                "mod turned off slow mode",
+                "mod lifted the ban on x"
+            ]
+        );
+        assert_eq!(duration(90), "90 s");
+        assert_eq!(duration(7200), "2 h");
+        assert_eq!(duration(604_800), "7 days");
+    }
+
+    #[test]
+    fn joined_says_moderator_mute_and_slow_mode() {
+        let mut chat = chat();
+        let ServerMsg::Joined {
+            room,
+            nick,
+            history,
+            epoch,
+            members,
+            online,
+            ..
+        } = joined("general", vec![])
+        else {
+            unreachable!()
+        };
+        chat.apply(ServerMsg::Joined {
+            room,
+            nick,
+            history,
+            epoch,
+            reset: false,
+            truncated: false,
+            members,
+            online,
+            moderator: false,
+            muted_until: Some(5000),
+            slow_mode: 30,
+            req: None,
+        });
+        let r = general(&chat);
+        assert_eq!(
+            (r.moderator(), r.muted_until(), r.slow_mode()),
+            (false, Some(5000), 30)
+        );
+    }
+
+    #[test]
+    fn kicked_or_banned_the_room_says_so_and_is_not_rejoined_by_itself() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        chat.apply(ServerMsg::Left {
+            room: room("general"),
+            reason: Some("kicked".into()),
+            req: None,
+        });
+        assert_eq!(
+            general(&chat).phase(),
+            &Phase::Removed("You were kicked from #general".into())
+        );
+        chat.disconnected();
+        assert!(chat.rejoins().is_empty());
+        assert!(
+            chat.rejoining(&room("general")).is_some(),
+            "the person may join again"
+        );
+        chat.apply(joined("general", vec![]));
+        chat.apply(ServerMsg::Left {
+            room: room("general"),
+            reason: Some("banned".into()),
+            req: None,
+        });
+        assert_eq!(
+            general(&chat).phase(),
+            &Phase::Removed("You were banned from #general".into())
+        );
+    }
+
+    #[test]
+    fn actions_go_through_the_outbox_with_their_cids_and_are_resent_after_a_reconnect() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 1, "me", "hi")]));
+        let id = MsgId::new(1, 0);
+        let react = Act::React {
+            id,
+            emoji: "👍".into(),
+            on: true,
+        };
+        let edit = chat
+            .queue(&room("general"), "hi!".into(), Act::Edit { id })
+            .unwrap();
+        let cid = chat.queue(&room("general"), String::new(), react).unwrap();
+        let reply = chat
+            .queue_send(&room("general"), "re".into(), Some(id))
+            .unwrap();
+        let first = chat.flush();
+        assert!(
+            matches!(&first[0], ClientMsg::Edit { text, cid, .. } if text == "hi!" && *cid == edit)
+        );
+        assert!(matches!(&first[1], ClientMsg::React { on: true, .. }));
+        assert!(matches!(&first[2], ClientMsg::Send { reply_to: Some(to), .. } if *to == id));
+        chat.disconnected();
+        chat.apply(joined("general", vec![]));
+        assert_eq!(chat.flush(), first, "the same frames, the same cids");
+        // Actions never show as messages on their way; their events show the change.
+        assert_eq!(
+            general(&chat)
+                .outbox()
+                .iter()
+                .filter(|o| o.is_message())
+                .count(),
+            1
+        );
+        chat.apply(ack("general", &edit, 2));
+        chat.apply(ack("general", &cid, 3));
+        assert_eq!(ids(&chat, "general"), [1]);
+        // The reply's ack came first: it shows with the quote made from the message it answers.
+        chat.apply(ack("general", &reply, 4));
+        assert_eq!(posted(&chat, 4).reply_to.unwrap().text, "hi");
+        assert!(general(&chat).outbox().is_empty());
+    }
+
+    #[test]
+    fn refused_actions_are_dropped_and_told_while_transient_ones_wait() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 1, "bob", "hi")]));
+        let id = MsgId::new(1, 0);
+        let del = chat
+            .queue(&room("general"), String::new(), Act::Delete { id })
+            .unwrap();
+        chat.flush();
+        let applied = chat.apply(error(ErrorCode::Forbidden, "delete", &del, None));
+        assert_eq!(applied.notice.as_deref(), Some("refused: Forbidden"));
+        assert!(general(&chat).outbox().is_empty());
+
+        let react = Act::React {
+            id,
+            emoji: "👍".into(),
+            on: true,
+        };
+        let r = chat.queue(&room("general"), String::new(), react).unwrap();
+        chat.flush();
+        let applied = chat.apply(error(ErrorCode::RateLimited, "react", &r, None));
+        assert_eq!(
+            (applied.retry_after, applied.notice),
+            (Some(RATE_LIMITED_HOLD), None)
+        );
+        chat.release_holds();
+        assert_eq!(chat.flush().len(), 1, "sent again");
+        chat.apply(error(ErrorCode::MessageGone, "react", &r, None));
+        assert!(general(&chat).outbox().is_empty());
+    }
+
+    #[test]
+    fn muted_and_slow_mode_refusals_say_until_when() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![]));
+        chat.set_wall(10_000);
+        let a = chat.queue_send(&room("general"), "a".into(), None).unwrap();
+        chat.flush();
+        let applied = chat.apply(error(ErrorCode::SlowMode, "send", &a, Some(40_000)));
+        assert_eq!(
+            applied.retry_after,
+            Some(Duration::from_secs(30)),
+            "held until then"
+        );
+        assert_eq!(general(&chat).slow_until(), Some(40_000));
+        assert_eq!(general(&chat).outbox()[0].status, SendStatus::Queued);
+        chat.release_holds();
+        chat.flush();
+        let applied = chat.apply(error(ErrorCode::Muted, "send", &a, Some(99_000)));
+        assert_eq!(applied.notice, None, "the failed message says why");
+        assert_eq!(general(&chat).muted_until(), Some(99_000));
+        assert!(matches!(
+            general(&chat).outbox()[0].status,
+            SendStatus::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn sending_resets_the_typing_throttle() {
+        let mut chat = chat();
+        let general = room("general");
+        chat.apply(joined("general", vec![]));
+        assert_eq!(chat.typing_due(&general, 10_000), TypingDue::Send);
+        assert_eq!(chat.typing_due(&general, 10_300), TypingDue::Skip);
+        chat.queue_send(&general, "hi".into(), None);
+        // Typing on at once: announced as soon as the server takes it (2 s after the last, and some slack).
+        assert_eq!(chat.typing_due(&general, 10_500), TypingDue::Later(1_750));
+        assert_eq!(
+            chat.typing_due(&general, 10_600),
+            TypingDue::Skip,
+            "one timer"
+        );
+        assert_eq!(chat.typing_due(&general, 12_250), TypingDue::Send);
+        // Then the usual pace again.
+        assert_eq!(chat.typing_due(&general, 13_000), TypingDue::Skip);
+        assert_eq!(chat.typing_due(&general, 15_250), TypingDue::Send);
+        // Long after the last one, a message changes nothing: the next keystroke goes at once.
+        chat.queue_send(&general, "later".into(), None);
+        assert_eq!(chat.typing_due(&general, 30_000), TypingDue::Send);
+    }
+
+    #[test]
+    fn the_live_region_keeps_the_last_few_new_messages_from_others() {
+        let mut chat = chat();
+        chat.apply(joined("general", vec![msg("general", 1, "ann", "history")]));
+        assert!(general(&chat).live().is_empty(), "history is not announced");
+        for (ms, who) in [(2, "bob"), (3, "me"), (4, "bob"), (5, "ann"), (6, "bob")] {
+            chat.apply(ServerMsg::Message(msg(
+                "general",
+                ms,
+                who,
+                &format!("m{ms}"),
+            )));
+        }
+        chat.apply(ServerMsg::Message(msg("general", 6, "bob", "m6")));
+        let live: Vec<&str> = general(&chat)
+            .live()
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        assert_eq!(live, ["bob: m4", "ann: m5", "bob: m6"]);
     }
 }

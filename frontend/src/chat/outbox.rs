@@ -1,9 +1,10 @@
-//! A room's outbox: own messages the server has not stored yet (queued → pending → acked, or failed), each matched
-//! by its client message id (`cid`), never by its text.
+//! A room's outbox: own messages and actions (edit, delete, react) the server has not stored yet (queued → pending →
+//! acked, or failed), each matched by its client message id (`cid`), never by its text. Actions are stored room
+//! events with a `cid` just like messages, so they are resent and deduplicated the same way.
 
 use std::time::Duration;
 
-use shared::{ClientMsg, ErrorCode, RoomName};
+use shared::{ClientMsg, MsgId, RoomName};
 
 /// How long a room's outbox waits after a `rate_limited` refusal before sending again.
 pub const RATE_LIMITED_HOLD: Duration = Duration::from_secs(1);
@@ -27,16 +28,54 @@ pub enum SendStatus {
     },
 }
 
-/// An own message not yet in the timeline.
+/// What an outbox entry asks the server to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    /// A new message (the entry's text), perhaps a reply.
+    Send {
+        /// The message it answers.
+        reply_to: Option<MsgId>,
+    },
+    /// New text (the entry's) for an own message.
+    Edit {
+        /// The message.
+        id: MsgId,
+    },
+    /// Delete a message.
+    Delete {
+        /// The message.
+        id: MsgId,
+    },
+    /// Add or take back a reaction.
+    React {
+        /// The message.
+        id: MsgId,
+        /// Which one.
+        emoji: String,
+        /// Add or take back.
+        on: bool,
+    },
+}
+
+/// An own message not yet in the timeline, or an action not yet stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// The client message id: fixed for the message's whole life, so every resend and retry is one idempotent
     /// `send` to the server. It changes only after a `cid_reused` refusal, which proves nothing was stored under it.
     pub cid: String,
-    /// The text as typed.
+    /// The text as typed (of a message or an edit; empty for other actions).
     pub text: String,
     /// Queued, pending or failed.
     pub status: SendStatus,
+    /// What it asks for.
+    pub act: Act,
+}
+
+impl Outgoing {
+    /// Whether this is a message (shown in the timeline until stored), not an action.
+    pub fn is_message(&self) -> bool {
+        matches!(self.act, Act::Send { .. })
+    }
 }
 
 /// One room's own messages not stored yet, in the order they go on the wire.
@@ -58,12 +97,13 @@ impl Outbox {
         self.queue.iter().any(|out| out.cid == cid)
     }
 
-    /// Queues a new message at the end, under its client message id for life.
-    pub(super) fn push(&mut self, cid: String, text: String) {
+    /// Queues a new message or action at the end, under its client message id for life.
+    pub(super) fn push(&mut self, cid: String, text: String, act: Act) {
         self.queue.push(Outgoing {
             cid,
             text,
             status: SendStatus::Queued,
+            act,
         });
     }
 
@@ -117,10 +157,28 @@ impl Outbox {
         for out in &mut self.queue {
             if out.status == SendStatus::Queued {
                 out.status = SendStatus::Pending;
-                sends.push(ClientMsg::Send {
-                    room: room.to_string(),
-                    text: out.text.clone(),
-                    cid: out.cid.clone(),
+                let (room, cid) = (room.to_string(), out.cid.clone());
+                sends.push(match &out.act {
+                    Act::Send { reply_to } => ClientMsg::Send {
+                        room,
+                        text: out.text.clone(),
+                        cid,
+                        reply_to: *reply_to,
+                    },
+                    Act::Edit { id } => ClientMsg::Edit {
+                        room,
+                        id: *id,
+                        text: out.text.clone(),
+                        cid,
+                    },
+                    Act::Delete { id } => ClientMsg::Delete { room, id: *id, cid },
+                    Act::React { id, emoji, on } => ClientMsg::React {
+                        room,
+                        id: *id,
+                        emoji: emoji.clone(),
+                        on: *on,
+                        cid,
+                    },
                 });
             }
         }
@@ -149,27 +207,29 @@ impl Outbox {
         Some(self.queue.remove(at))
     }
 
-    /// The server refused the `send` with `cid`. A transient refusal (`rate_limited`, `unavailable`) queues the
-    /// message again and holds the outbox; any other fails it, and a `cid_reused` one moves it to `fresh`. Returns
-    /// `None` when no message here has that `cid`, else the hold the caller must time, if this refusal started one.
+    /// The server refused the request with `cid`. With a `hold` (a transient refusal: rate limit, store
+    /// unavailable, slow mode) it is queued again and the outbox held; otherwise a message fails (the person may
+    /// retry it; a `cid_reused` one moves to `fresh`) and an action is dropped. Returns `None` when nothing here has
+    /// that `cid`, else the hold the caller must time if this refusal started one, and whether the person must be
+    /// told in a notice (a dropped action: no row shows it).
     pub(super) fn refuse(
         &mut self,
         cid: &str,
-        code: ErrorCode,
+        hold: Option<Duration>,
         reason: &str,
         fresh: Option<String>,
-    ) -> Option<Option<Duration>> {
-        let hold = match code {
-            ErrorCode::RateLimited => Some(RATE_LIMITED_HOLD),
-            ErrorCode::Unavailable => Some(UNAVAILABLE_HOLD),
-            _ => None,
-        };
-        let out = self.queue.iter_mut().find(|out| out.cid == cid)?;
+    ) -> Option<(Option<Duration>, bool)> {
+        let at = self.queue.iter().position(|out| out.cid == cid)?;
+        let out = &mut self.queue[at];
         if let Some(hold) = hold {
             out.status = SendStatus::Queued;
             let started = !self.held;
             self.held = true;
-            return Some(started.then_some(hold));
+            return Some((started.then_some(hold), false));
+        }
+        if !out.is_message() {
+            self.queue.remove(at);
+            return Some((None, true));
         }
         out.status = SendStatus::Failed {
             reason: reason.to_owned(),
@@ -177,7 +237,7 @@ impl Outbox {
         if let Some(fresh) = fresh {
             out.cid = fresh;
         }
-        Some(None)
+        Some((None, false))
     }
 }
 
@@ -247,8 +307,12 @@ mod tests {
     #[test]
     fn messages_typed_offline_are_queued_then_sent_once_joined() {
         let mut chat = chat();
-        let first = chat.queue_send(&room("general"), "one".into()).unwrap();
-        let second = chat.queue_send(&room("general"), "two".into()).unwrap();
+        let first = chat
+            .queue_send(&room("general"), "one".into(), None)
+            .unwrap();
+        let second = chat
+            .queue_send(&room("general"), "two".into(), None)
+            .unwrap();
         assert_eq!(statuses(&chat), [SendStatus::Queued, SendStatus::Queued]);
         // Not joined yet: nothing may go on the wire, or the server would refuse it as not joined.
         assert!(chat.flush().is_empty());
@@ -274,7 +338,7 @@ mod tests {
         chat.apply(ack("general", &a, 2));
         chat.disconnected();
         assert_eq!(statuses(&chat), [SendStatus::Queued, SendStatus::Queued]);
-        let d = chat.queue_send(&room("general"), "d".into()).unwrap();
+        let d = chat.queue_send(&room("general"), "d".into(), None).unwrap();
         assert!(chat.flush().is_empty());
 
         // `b` was stored before the drop; its ack was lost. The rejoin history brings it back as ours.
@@ -425,7 +489,7 @@ mod tests {
         assert_eq!(applied.retry_after, None);
         assert_eq!(statuses(&chat), [SendStatus::Queued, SendStatus::Queued]);
         // Typed during the hold: waits behind them.
-        let c = chat.queue_send(&room("general"), "c".into()).unwrap();
+        let c = chat.queue_send(&room("general"), "c".into(), None).unwrap();
         assert!(chat.flush().is_empty());
         chat.release_holds();
         assert_eq!(
@@ -447,7 +511,10 @@ mod tests {
         chat.apply(joined("general", vec![]));
         let cids: Vec<String> = ["a", "b", "c"]
             .iter()
-            .map(|t| chat.queue_send(&room("general"), (*t).to_string()).unwrap())
+            .map(|t| {
+                chat.queue_send(&room("general"), (*t).to_string(), None)
+                    .unwrap()
+            })
             .collect();
         let sent = chat.flush();
         assert_eq!(sent.len(), 3);

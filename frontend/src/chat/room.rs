@@ -4,11 +4,27 @@
 use shared::{ChatMessage, MsgId, Nick, PresenceKind, RoomName};
 
 use super::Rejoin;
-use super::outbox::{Outbox, Outgoing};
+use super::outbox::{Act, Outbox, Outgoing};
 use super::timeline::{Item, Older, Posted, Timeline};
 
 /// How often this client says it is typing, while the message box changes.
 pub const TYPING_SEND_EVERY_MS: u64 = 3_000;
+
+/// Slack on the server's own `typing` throttle ([`shared::TYPING_EVERY_MS`], timed from when it received the last
+/// one): a `typing` sent this much later than that is not dropped even if the last one travelled faster.
+pub const TYPING_SERVER_SLACK_MS: u64 = 250;
+
+/// Whether to tell the room that this client is typing: see [`Chat::typing_due`](super::Chat::typing_due).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypingDue {
+    /// Send `typing` now.
+    Send,
+    /// Ask again after this many milliseconds: the server would drop it before then, and it must not be lost (the
+    /// person just sent a message, which cleared their typing line on the other pages).
+    Later(u64),
+    /// Nothing to send.
+    Skip,
+}
 
 /// Where a room's membership stands on the current connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +35,8 @@ pub enum Phase {
     Joined,
     /// The server refused the join, with its reason.
     Failed(String),
+    /// A moderator took this client out of the room (kicked or banned), in words. Not joined again by itself.
+    Removed(String),
 }
 
 /// One room this client is in. [`Chat`](super::Chat) changes it; the components only read it.
@@ -37,11 +55,28 @@ pub struct Room {
     pub(super) typing: Vec<(Nick, u64)>,
     /// When this client last told the room it is typing (page clock, ms).
     pub(super) typed_at: Option<u64>,
+    /// A message was sent since: the next `typing` goes as soon as the server takes it, not after the usual wait.
+    pub(super) sent_since_typed: bool,
+    /// A deferred `typing` is scheduled ([`TypingDue::Later`]).
+    pub(super) typing_later: bool,
     /// Who is in the room (the first ones the server listed, then kept current by presence), in arrival order.
     pub(super) members: Vec<Nick>,
     /// How many members the room has, also beyond those listed.
     pub(super) online: u32,
+    /// This client moderates the room.
+    pub(super) moderator: bool,
+    /// This nick is muted here until then (wall clock, ms).
+    pub(super) muted_until: Option<u64>,
+    /// Slow mode: seconds between one member's messages; 0 when off.
+    pub(super) slow_mode: u64,
+    /// In slow mode, when this client may send again (wall clock, ms), as the server last said.
+    pub(super) slow_until: Option<u64>,
+    /// The last few new messages from others that arrived live, as "nick: text", for the screen reader's live region.
+    pub(super) live: Vec<(MsgId, String)>,
 }
+
+/// How many lines the live region keeps: enough to announce a quick exchange, never the whole timeline.
+pub const LIVE_LINES: usize = 3;
 
 impl Room {
     /// A room being joined, with nothing on its timeline yet.
@@ -58,9 +93,66 @@ impl Room {
             ever_joined: false,
             typing: Vec::new(),
             typed_at: None,
+            sent_since_typed: false,
+            typing_later: false,
             members: Vec::new(),
             online: 0,
+            moderator: false,
+            muted_until: None,
+            slow_mode: 0,
+            slow_until: None,
+            live: Vec::new(),
         }
+    }
+
+    /// Whether this client moderates the room (its token's `roles`).
+    pub fn moderator(&self) -> bool {
+        self.moderator
+    }
+
+    /// Until when this nick is muted here (wall clock, ms), if it is or was.
+    pub fn muted_until(&self) -> Option<u64> {
+        self.muted_until
+    }
+
+    /// Slow mode: seconds between one member's messages; 0 when off. Moderators are not slowed.
+    pub fn slow_mode(&self) -> u64 {
+        if self.moderator { 0 } else { self.slow_mode }
+    }
+
+    /// The room's slow mode as set (seconds, 0 = off), whoever is looking: what its control shows.
+    pub fn slow_mode_set(&self) -> u64 {
+        self.slow_mode
+    }
+
+    /// In slow mode, when the next message may go (wall clock, ms), if known.
+    pub fn slow_until(&self) -> Option<u64> {
+        self.slow_until
+    }
+
+    /// What the live region says: the last few new messages from others, as "nick: text".
+    pub fn live(&self) -> &[(MsgId, String)] {
+        &self.live
+    }
+
+    /// The last own message that can still be edited (Up arrow in an empty message box).
+    pub fn last_own(&self) -> Option<&Posted> {
+        self.timeline
+            .items()
+            .iter()
+            .rev()
+            .find_map(|item| match item {
+                Item::Message(m) if m.nick == self.nick && !m.deleted => Some(m),
+                _ => None,
+            })
+    }
+
+    /// A message on the timeline, by id.
+    pub fn message(&self, id: MsgId) -> Option<&Posted> {
+        self.timeline.items().iter().find_map(|item| match item {
+            Item::Message(m) if m.id == id => Some(m),
+            _ => None,
+        })
     }
 
     /// Who is in the room, in the order they arrived (the server lists the first [`shared::MEMBERS_SHOWN`]).
@@ -197,14 +289,17 @@ impl Room {
         self.typing.retain(|(nick, _)| *nick != msg.nick);
         let own = msg.nick == self.nick;
         let id = msg.id;
-        let new = self.timeline.insert(Posted {
-            id,
-            own,
-            acked: false,
-            nick: msg.nick,
-            text: msg.text,
-            ts: msg.ts,
-        });
+        let quote = msg.reply_to.clone();
+        let new = self.timeline.insert(Posted::from_message(msg, own));
+        if !new
+            && let Some(m) = self.timeline.message_mut(id)
+            && m.reply_to.is_none()
+            && quote.is_some()
+        {
+            // Shown from its ack before it arrived: the server's quote completes it.
+            m.reply_to = quote;
+            m.rev += 1;
+        }
         self.resume = self.resume.max(Some(id));
         if new && !own && !viewing && count_unread {
             self.unread += 1;
@@ -218,12 +313,27 @@ impl Room {
         let Some(out) = self.outbox.acked(cid) else {
             return;
         };
+        let Act::Send { reply_to } = out.act else {
+            // An edit, delete or reaction: its event shows the change, to every member alike.
+            return;
+        };
+        if self.slow_mode() > 0 {
+            self.slow_until = Some(ts + self.slow_mode * 1000);
+        }
         // The message may have overtaken its ack (or come back in the rejoin history before the ack of its
         // resend): then it is already in the timeline, now known to be ours.
         if self.timeline.mark_acked(id) {
             return;
         }
         // The ack came first: show the message now; its delivery will be dropped as a duplicate.
+        // The quote as the server makes it, from the message answered as it is now.
+        let reply_to = reply_to.and_then(|to| {
+            self.message(to).map(|m| shared::Quote {
+                id: to,
+                nick: m.nick.clone(),
+                text: shared::validate::quote(&m.text),
+            })
+        });
         let nick = self.nick.clone();
         self.timeline.insert(Posted {
             id,
@@ -232,6 +342,11 @@ impl Room {
             ts,
             own: true,
             acked: true,
+            reply_to,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: 0,
         });
     }
 }
@@ -298,13 +413,15 @@ mod tests {
             "carol's message ends her typing"
         );
 
-        assert!(chat.typing_due(&room("general"), 10_000));
-        assert!(
-            !chat.typing_due(&room("general"), 12_000),
+        let due = |chat: &mut Chat, name: &str, at| chat.typing_due(&room(name), at);
+        assert_eq!(due(&mut chat, "general", 10_000), TypingDue::Send);
+        assert_eq!(
+            due(&mut chat, "general", 12_000),
+            TypingDue::Skip,
             "at most every 3 s"
         );
-        assert!(chat.typing_due(&room("general"), 13_000));
-        assert!(!chat.typing_due(&room("elsewhere"), 20_000));
+        assert_eq!(due(&mut chat, "general", 13_000), TypingDue::Send);
+        assert_eq!(due(&mut chat, "elsewhere", 20_000), TypingDue::Skip);
     }
 
     #[test]
@@ -498,6 +615,9 @@ mod tests {
             truncated: false,
             members: vec![nick("ann"), nick("me")],
             online: 150,
+            moderator: false,
+            muted_until: None,
+            slow_mode: 0,
             req: None,
         });
         let members = |chat: &Chat| {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use shared::{ChatMessage, MsgId, Nick, PresenceKind};
+use shared::{ChatMessage, MsgId, Nick, PresenceKind, Quote, Reaction};
 
 /// Most items kept per room; older ones scroll off so a long-open tab does not grow without bound.
 pub const TIMELINE_CAP: usize = 1000;
@@ -29,6 +29,62 @@ pub struct Posted {
     pub own: bool,
     /// Sent from this tab and acknowledged by the server, so the person can see it made it.
     pub acked: bool,
+    /// The message this one answers, quoted as it was then.
+    pub reply_to: Option<Quote>,
+    /// When the text was last edited.
+    pub edited_at: Option<u64>,
+    /// Deleted: a tombstone, its text gone.
+    pub deleted: bool,
+    /// Reactions with their counts, in the order they first appeared; none with a count of 0.
+    pub reactions: Vec<Reaction>,
+    /// Counts the changes applied since it arrived, so the view can tell a changed message from an unchanged one.
+    pub rev: u32,
+}
+
+impl Posted {
+    /// A stored message as it arrived, with its current state (history carries edits, deletion and reactions).
+    pub(super) fn from_message(m: ChatMessage, own: bool) -> Self {
+        Self {
+            id: m.id,
+            own,
+            acked: false,
+            nick: m.nick,
+            text: m.text,
+            ts: m.ts,
+            reply_to: m.reply_to,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
+            reactions: m.reactions,
+            rev: 0,
+        }
+    }
+}
+
+/// A moderator's action as a line in the timeline ("mod muted troll for 10 min"). Stored by the server, so it
+/// has an id, which keeps a replayed one from showing twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModLine {
+    /// The event's id.
+    pub id: MsgId,
+    /// What happened, in words.
+    pub text: String,
+    /// Server time, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// An action on a message already on the timeline, as the server announced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Change<'a> {
+    /// New text, edited at this time.
+    Edited(&'a str, u64),
+    /// Deleted.
+    Deleted,
+    /// This emoji's count is now `count`; `mine` is `Some(on)` when the reacting nick is this client's.
+    Reacted {
+        emoji: &'a str,
+        count: u32,
+        mine: Option<bool>,
+    },
 }
 
 /// One line of a room's timeline.
@@ -38,6 +94,8 @@ pub enum Item {
     Message(Posted),
     /// Someone joined, left or took another nick.
     Presence(PresenceLine),
+    /// A moderator acted.
+    Moderation(ModLine),
     /// A note from the client itself, such as [`GAP_NOTICE`] where history was lost. It has no server time; it
     /// sits where the client learned of it.
     Notice {
@@ -127,7 +185,7 @@ impl Timeline {
     fn oldest_message(&self) -> Option<MsgId> {
         self.items.iter().find_map(|item| match item {
             Item::Message(m) => Some(m.id),
-            Item::Presence(_) | Item::Notice { .. } => None,
+            Item::Presence(_) | Item::Moderation(_) | Item::Notice { .. } => None,
         })
     }
 
@@ -158,14 +216,8 @@ impl Timeline {
             .into_iter()
             .filter(|m| oldest.is_none_or(|o| m.id < o) && self.seen.insert(m.id))
             .map(|m| {
-                Item::Message(Posted {
-                    id: m.id,
-                    own: &m.nick == nick,
-                    acked: false,
-                    nick: m.nick,
-                    text: m.text,
-                    ts: m.ts,
-                })
+                let own = &m.nick == nick;
+                Item::Message(Posted::from_message(m, own))
             })
             .collect();
         self.items.splice(0..0, older);
@@ -190,7 +242,7 @@ impl Timeline {
             match item {
                 Item::Message(m) if m.id > posted.id => at = i,
                 Item::Message(_) | Item::Notice { .. } => break,
-                Item::Presence(_) => {}
+                Item::Presence(_) | Item::Moderation(_) => {}
             }
         }
         self.items.insert(at, Item::Message(posted));
@@ -212,6 +264,76 @@ impl Timeline {
             }
         }
         true
+    }
+
+    /// The message with `id`, if it is on the timeline.
+    pub(super) fn message_mut(&mut self, id: MsgId) -> Option<&mut Posted> {
+        if !self.seen.contains(&id) {
+            return None;
+        }
+        self.items.iter_mut().rev().find_map(|item| match item {
+            Item::Message(m) if m.id == id => Some(m),
+            _ => None,
+        })
+    }
+
+    /// Applies an action to the message `target`. A message not on the timeline is left to history, which answers
+    /// with its current state once it is loaded; one that already shows the change stays as it is. Returns whether
+    /// anything changed.
+    pub(super) fn change(&mut self, target: MsgId, change: &Change<'_>) -> bool {
+        let Some(m) = self.message_mut(target) else {
+            return false;
+        };
+        let before = (m.text.clone(), m.edited_at, m.deleted, m.reactions.clone());
+        match *change {
+            // A tombstone stays one: its text is gone for good, and it takes no reactions.
+            _ if m.deleted => {}
+            Change::Edited(text, at) => {
+                text.clone_into(&mut m.text);
+                m.edited_at = Some(at);
+            }
+            Change::Deleted => {
+                m.deleted = true;
+                m.text.clear();
+                m.reactions.clear();
+            }
+            Change::Reacted { emoji, count, mine } => {
+                match m.reactions.iter().position(|r| r.emoji == emoji) {
+                    Some(at) if count == 0 => {
+                        m.reactions.remove(at);
+                    }
+                    Some(at) => {
+                        let r = &mut m.reactions[at];
+                        r.count = count;
+                        if let Some(mine) = mine {
+                            r.mine = mine;
+                        }
+                    }
+                    None if count > 0 => m.reactions.push(Reaction {
+                        emoji: emoji.to_owned(),
+                        count,
+                        mine: mine.unwrap_or(false),
+                    }),
+                    None => {}
+                }
+            }
+        }
+        let changed = before != (m.text.clone(), m.edited_at, m.deleted, m.reactions.clone());
+        if changed {
+            m.rev += 1;
+        }
+        changed
+    }
+
+    /// Adds a moderation line, unless one with its id is already here (a replay).
+    pub(super) fn moderation(&mut self, line: ModLine) {
+        let known = self
+            .items
+            .iter()
+            .any(|item| matches!(item, Item::Moderation(m) if m.id == line.id));
+        if !known {
+            self.push(Item::Moderation(line));
+        }
     }
 
     /// Adds a client notice at the end of the timeline, unless the last item already says the same.
@@ -354,7 +476,7 @@ mod tests {
         );
         chat.apply(ServerMsg::Message(msg("general", 5, "bob", "new 3")));
         chat.view(Some(room("general")));
-        chat.queue_send(&room("general"), "reply".into());
+        chat.queue_send(&room("general"), "reply".into(), None);
         assert_eq!(
             general(&chat).first_unread(),
             None,

@@ -9,7 +9,7 @@ use super::composer::Composer;
 use super::members::{MembersPanel, OnlineButton};
 use super::sidebar::{JoinForm, Logo};
 use super::status::OutageBanner;
-use super::timeline::{Row, RowKey, row_view, rows};
+use super::timeline::{Row, RowKey, on_action, row_view, rows};
 use crate::app::use_ui;
 use crate::browser;
 use crate::chat::{Older, Phase};
@@ -73,7 +73,9 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     let first_row = StoredValue::new(None::<RowKey>);
     let jumped = StoredValue::new(false);
     let last_height = StoredValue::new(0);
+    let jump_room = room.clone();
     Effect::new(move |_| {
+        let target = ui.jump.get();
         let first = rows.with(|r| {
             r.iter()
                 .map(Row::key)
@@ -85,7 +87,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
             && older.get_untracked() != Some(Older::Loading);
         first_row.set_value(first);
         let follow = stick.get_untracked();
-        let fill_room = fill_room.clone();
+        let (fill_room, jump_room) = (fill_room.clone(), jump_room.clone());
         request_animation_frame(move || {
             let Some(el) = scroller.get_untracked() else {
                 return;
@@ -114,6 +116,26 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                 el.set_scroll_top(el.scroll_top() + grown);
             }
             last_height.set_value(el.scroll_height());
+            if let Some(id) = target {
+                // A reply's quote was clicked: show the original, loading older pages until it is here.
+                if let Ok(Some(found)) = el.query_selector(&format!("[data-id=\"{id}\"]")) {
+                    ui.jump.set(None);
+                    stick.set(false);
+                    auto_top.set_value(i32::MAX);
+                    found.scroll_into_view();
+                    let _ = found.class_list().remove_1("highlight");
+                    let _ = found.class_list().add_1("highlight");
+                    if let Ok(found) = wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(found)
+                    {
+                        let _ = found.focus();
+                    }
+                } else if older.get_untracked() == Some(Older::Complete) {
+                    ui.jump.set(None);
+                } else {
+                    ui.client.load_older(&jump_room);
+                }
+                return;
+            }
             // Too few messages to scroll (a tall window): fetch older ones until it fills up or the start is here.
             if el.scroll_top() < LOAD_OLDER_PX {
                 ui.client.load_older(&fill_room);
@@ -156,6 +178,39 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     });
     let (retry_all_room, discard_all_room) = (room.clone(), room.clone());
     let empty = move || rows.with(Vec::is_empty);
+    let (action_room, live_room) = (room.clone(), room.clone());
+    // The live region gets each new line appended (only additions are announced) and keeps the last few; written
+    // straight into the DOM, which is all it needs.
+    let live_box = NodeRef::<html::Div>::new();
+    // The last line appended; before the first run, none: what arrived before the room was opened is not news.
+    let live_last = StoredValue::new(None::<Option<shared::MsgId>>);
+    Effect::new(move |_| {
+        let lines = chat
+            .with(|c| c.room(&live_room).map(|r| r.live().to_vec()))
+            .unwrap_or_default();
+        let Some(el) = live_box.get() else {
+            return;
+        };
+        let Some(last) = live_last.get_value() else {
+            live_last.set_value(Some(lines.last().map(|(id, _)| *id)));
+            return;
+        };
+        for (id, line) in lines {
+            if last.is_some_and(|last| id <= last) {
+                continue;
+            }
+            live_last.set_value(Some(Some(id)));
+            if let Ok(p) = document().create_element("p") {
+                p.set_text_content(Some(&line));
+                let _ = el.append_child(&p);
+            }
+        }
+        while el.child_element_count() > crate::chat::LIVE_LINES as u32 {
+            if let Some(first) = el.first_element_child() {
+                first.remove();
+            }
+        }
+    });
     view! {
         <section class="room" aria-labelledby="room-title">
             <header class="room-head">
@@ -183,7 +238,19 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                     class="timeline"
                     node_ref=scroller
                     on:scroll=on_scroll
+                    on:click=move |ev| on_action(&ev, &action_room)
+                    on:contextmenu=|ev| {
+                        // A long press on a touch screen: show the message's actions instead of the browser's menu.
+                        let target = ev.target().and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Element>(t).ok());
+                        if let Some(Ok(Some(msg))) = target.map(|t| t.closest(".msg[data-id]")) {
+                            ev.prevent_default();
+                            if let Ok(msg) = wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(msg) {
+                                let _ = msg.focus();
+                            }
+                        }
+                    }
                     role="log"
+                    aria-live="off"
                     aria-label=format!("Messages in #{title}")
                     tabindex="0"
                 >
@@ -200,14 +267,19 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                             _ => None,
                         }}
                         {move || match phase.get() {
-                            Some(Phase::Failed(reason)) => {
+                            Some(phase @ (Phase::Failed(_) | Phase::Removed(_))) => {
                                 let room = retry_room.clone();
+                                let (text, again) = match phase {
+                                    Phase::Failed(reason) => (format!("Could not join this room: {reason}"), "Try again"),
+                                    Phase::Removed(reason) => (format!("{reason}."), "Join again"),
+                                    _ => unreachable!(),
+                                };
                                 Some(
                                     view! {
                                         <div class="callout error" role="alert">
-                                            <p>"Could not join this room: " {reason}</p>
+                                            <p>{text}</p>
                                             <button class="button small" on:click=move |_| ui.client.rejoin(&room)>
-                                                "Try again"
+                                                {again}
                                             </button>
                                         </div>
                                     }
@@ -250,6 +322,8 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                 </Show>
             </div>
             <p class="typing" aria-live="polite">{move || typing_line.get()}</p>
+            // New live messages only, for screen readers: the log above stays quiet (history, pages, edits).
+            <div class="sr-only live" aria-live="polite" node_ref=live_box></div>
             <Show when=move || { failed.get() > 1 }>
                 <div class="outbox-bar" role="status">
                     <span>{move || format!("{} messages not sent", failed.get())}</span>

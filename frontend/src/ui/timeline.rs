@@ -1,14 +1,16 @@
-//! A room's timeline as rows on screen: day separators, messages grouped by sender, join/leave notices, the client's
-//! own notices (such as lost history), and own messages that are still queued, pending or failed, with their retry
-//! buttons.
+//! A room's timeline as rows on screen: day separators, messages grouped by sender (with their reply quotes,
+//! "(edited)", tombstones, reaction chips and action menus), join/leave and moderation notices, the client's own
+//! notices (such as lost history), and own messages that are still queued, pending or failed, with their retry
+//! buttons. The message actions are plain buttons marked with `data-act`; one listener on the timeline serves them
+//! all ([`on_action`]), which keeps the page small.
 
 use leptos::prelude::*;
 use shared::{MsgId, Nick, PresenceKind, RoomName};
 
 use super::Avatar;
-use crate::app::use_ui;
+use crate::app::{Compose, use_ui};
 use crate::browser;
-use crate::chat::{Item, Outgoing, Posted, PresenceLine, Room, SendStatus};
+use crate::chat::{Act, Item, ModLine, Outgoing, Posted, PresenceLine, Room, SendStatus};
 use crate::text::Segment;
 
 /// Consecutive messages from one sender closer than this share one header.
@@ -25,6 +27,8 @@ pub enum Row {
     Message { posted: Posted, cont: bool },
     /// Someone joined, left or took another nick.
     Presence(PresenceLine),
+    /// A moderator acted.
+    Moderation(ModLine),
     /// A note from the client, such as lost history.
     Notice { key: u64, text: String },
     /// An own message not stored yet.
@@ -39,10 +43,12 @@ pub enum RowKey {
     Day(String),
     /// The unread divider (one at most).
     Unread,
-    /// A message: id, own, acked, continues a group.
-    Message(MsgId, bool, bool, bool),
+    /// A message: id, own, acked, continues a group, changes applied.
+    Message(MsgId, bool, bool, bool, u32),
     /// A presence notice, by its local key.
     Presence(u64),
+    /// A moderation line, by its id.
+    Moderation(MsgId),
     /// A client notice, by its local key.
     Notice(u64),
     /// An own message in flight: client id, failed, continues a group.
@@ -56,9 +62,10 @@ impl Row {
             Self::Day(label) => RowKey::Day(label.clone()),
             Self::Unread => RowKey::Unread,
             Self::Message { posted, cont } => {
-                RowKey::Message(posted.id, posted.own, posted.acked, *cont)
+                RowKey::Message(posted.id, posted.own, posted.acked, *cont, posted.rev)
             }
             Self::Presence(line) => RowKey::Presence(line.key),
+            Self::Moderation(line) => RowKey::Moderation(line.id),
             Self::Notice { key, .. } => RowKey::Notice(*key),
             Self::Outgoing { out, cont } => RowKey::Outgoing(
                 out.cid.clone(),
@@ -79,6 +86,7 @@ pub fn rows(room: &Room) -> Vec<Row> {
         let ts = match item {
             Item::Message(m) => Some(m.ts),
             Item::Presence(line) => Some(line.ts),
+            Item::Moderation(line) => Some(line.ts),
             Item::Notice { .. } => None,
         };
         if let Some(ts) = ts {
@@ -112,6 +120,10 @@ pub fn rows(room: &Room) -> Vec<Row> {
                 rows.push(Row::Presence(line.clone()));
                 last = None;
             }
+            Item::Moderation(line) => {
+                rows.push(Row::Moderation(line.clone()));
+                last = None;
+            }
             Item::Notice { key, text } => {
                 rows.push(Row::Notice {
                     key: *key,
@@ -122,7 +134,7 @@ pub fn rows(room: &Room) -> Vec<Row> {
         }
     }
     let mut own_last = last.is_some_and(|(nick, _)| nick == room.nick());
-    for out in room.outbox() {
+    for out in room.outbox().iter().filter(|o| o.is_message()) {
         rows.push(Row::Outgoing {
             out: out.clone(),
             cont: own_last,
@@ -177,15 +189,29 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
             }
             .into_any()
         }
+        Row::Moderation(ModLine { text, ts, .. }) => view! {
+            <p class="presence mod">
+                {text}
+                " · "
+                <time datetime=browser::iso_time(ts) title=browser::full_time(ts)>
+                    {browser::clock(ts)}
+                </time>
+            </p>
+        }
+        .into_any(),
         Row::Notice { text, .. } => {
             view! { <p class="presence notice" role="note">{text}</p> }.into_any()
         }
         Row::Message { posted, cont } => {
-            let me = use_ui()
+            let (me, moderator) = use_ui()
                 .client
                 .chat()
-                .with_untracked(|c| c.room(&room).map(|r| r.nick().to_string()));
-            message_view(posted, cont, me)
+                .with_untracked(|c| {
+                    c.room(&room)
+                        .map(|r| (Some(r.nick().to_string()), r.moderator()))
+                })
+                .unwrap_or_default();
+            message_view(posted, cont, me, moderator)
         }
         Row::Outgoing { out, cont } => outgoing_view(out, cont, room),
     }
@@ -206,15 +232,24 @@ fn text_view(text: &str, me: Option<&str>) -> impl IntoView + use<> {
         .collect_view()
 }
 
-fn message_view(m: Posted, cont: bool, me: Option<String>) -> AnyView {
+fn message_view(m: Posted, cont: bool, me: Option<String>, moderator: bool) -> AnyView {
     let nick = m.nick.to_string();
     let mentioned = !m.own
         && me
             .as_deref()
             .is_some_and(|me| crate::text::mentions(&m.text, me));
     let time = browser::clock(m.ts);
+    let mine = me.as_deref() == Some(nick.as_str());
+    let deleted = m.deleted;
     view! {
-        <article class="msg" class:own=m.own class:cont=cont class:mentioned=mentioned>
+        <article
+            class="msg"
+            class:own=m.own
+            class:cont=cont
+            class:mentioned=mentioned
+            data-id=m.id.to_string()
+            tabindex="-1"
+        >
             <div class="gutter">
                 {if cont {
                     view! {
@@ -242,12 +277,119 @@ fn message_view(m: Posted, cont: bool, me: Option<String>) -> AnyView {
                     }
                         .into_any()
                 }}
-                <p class="text">{text_view(&m.text, me.as_deref())}</p>
+                {m.reply_to.filter(|_| !deleted).map(|q| view! {
+                    <button class="quote" data-act="quote" data-to=q.id.to_string()>
+                        <span class="sr-only">"In reply to "</span>
+                        <b>{q.nick.to_string()}</b>
+                        " "
+                        {q.text}
+                    </button>
+                })}
+                <p class="text" class:tombstone=deleted>
+                    {text_view(if deleted { "message deleted" } else { &m.text }, me.as_deref())}
+                </p>
+                // Parts a message may lack are hidden rather than left out: one shape for every message keeps
+                // the page's code small.
+                <span class="edited" hidden={m.edited_at.is_none() || deleted} title=m.edited_at.map(browser::full_time)>
+                    "(edited)"
+                </span>
+                <div class="reactions">
+                    {m.reactions.into_iter().map(|r| {
+                        let label = format!("{} {}", r.emoji, r.count);
+                        view! {
+                            <button class="chip" data-act="chip" data-emoji=r.emoji aria-pressed=r.mine.to_string()>
+                                {label}
+                            </button>
+                        }
+                    }).collect_view()}
+                </div>
             </div>
             {m.acked.then(|| view! { <span class="tick" title="Sent">"✓"<span class="sr-only">" sent"</span></span> })}
+            <div class="actions" role="toolbar" aria-label="Message actions" hidden=deleted>
+                <button data-act="reply">"Reply"</button>
+                <details>
+                    <summary>"React"</summary>
+                    <div class="picker">
+                        {shared::validate::EMOJI.map(|e| view! {
+                            <button data-act="react" data-emoji=e aria-label=format!("React with {e}")>{e}</button>
+                        }).collect_view()}
+                    </div>
+                </details>
+                <button data-act="edit" hidden={!mine}>"Edit"</button>
+                <button data-act="delete" hidden={!(mine || moderator)}>"Delete"</button>
+            </div>
         </article>
     }
     .into_any()
+}
+
+/// Serves every message action button of a room's timeline: a click (or Enter/Space, which click a button) on an
+/// element marked `data-act` inside a message marked `data-id`.
+pub fn on_action(ev: &web_sys::MouseEvent, room: &RoomName) {
+    use wasm_bindgen::JsCast;
+    let Some(button) = ev
+        .target()
+        .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+        .and_then(|t| t.closest("[data-act]").ok().flatten())
+    else {
+        return;
+    };
+    let attr = |el: &web_sys::Element, name: &str| el.get_attribute(name).unwrap_or_default();
+    let Some(id) = button
+        .closest("[data-id]")
+        .ok()
+        .flatten()
+        .and_then(|m| attr(&m, "data-id").parse::<MsgId>().ok())
+    else {
+        return;
+    };
+    let ui = use_ui();
+    let client = ui.client;
+    let emoji = attr(&button, "data-emoji");
+    let found = client.chat().with_untracked(|c| {
+        c.room(room)?.message(id).map(|m| {
+            let mine = m.reactions.iter().any(|r| r.emoji == emoji && r.mine);
+            (m.nick.to_string(), m.text.clone(), mine)
+        })
+    });
+    let Some((nick, text, mine)) = found else {
+        return;
+    };
+    let compose = |edit| {
+        let quote = format!("{nick}: {}", shared::validate::quote(&text));
+        ui.compose.set(Some(Compose {
+            room: room.clone(),
+            id,
+            edit,
+            quote,
+        }));
+        if let Some(input) = document().get_element_by_id("composer-input")
+            && let Ok(input) = input.dyn_into::<web_sys::HtmlElement>()
+        {
+            let _ = input.focus();
+        }
+    };
+    match attr(&button, "data-act").as_str() {
+        "reply" => compose(false),
+        "edit" => compose(true),
+        "delete" => client.act(room, String::new(), Act::Delete { id }),
+        "react" | "chip" => {
+            if let Some(details) = button.closest("details").ok().flatten() {
+                let _ = details.remove_attribute("open");
+            }
+            client.act(
+                room,
+                String::new(),
+                Act::React {
+                    id,
+                    emoji,
+                    on: !mine,
+                },
+            );
+        }
+        "quote" => ui.jump.set(attr(&button, "data-to").parse().ok()),
+        _ => {}
+    }
 }
 
 fn outgoing_view(out: Outgoing, cont: bool, room: RoomName) -> AnyView {
