@@ -70,6 +70,8 @@ enum Cmd {
 enum End {
     /// Try again after a backoff.
     Retry,
+    /// The server was busy (`try_again`): connect again after this long.
+    After(Duration),
     /// Do not try again until the person asks: the server said this client cannot work with it.
     Stop(String),
 }
@@ -340,7 +342,8 @@ impl Client {
                     let delay = backoff.next_delay(browser::random());
                     self.count_down(delay, &mut cmds).await;
                 }
-                End::Retry => {}
+                End::After(delay) if browser::online() => self.count_down(delay, &mut cmds).await,
+                End::Retry | End::After(_) => {}
             }
         }
     }
@@ -469,6 +472,31 @@ impl Client {
         ws: &mut WebSocket,
         backoff: &mut Backoff,
     ) -> Result<(), End> {
+        // A busy replica (a reconnect storm): wait what it asks plus a random part of it, so thousands of pages
+        // do not come back in the same instant; then connect again, or send the refused join again.
+        if let ServerMsg::TryAgain {
+            after_ms,
+            request,
+            room,
+            ..
+        } = &msg
+        {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let wait =
+                Duration::from_millis(after_ms + (browser::random() * *after_ms as f64) as u64);
+            if request == "connect" {
+                return Err(End::After(wait));
+            }
+            if let Some(room) = room.as_deref().and_then(|r| RoomName::parse(r).ok()) {
+                let client = *self;
+                set_timeout(move || client.rejoin(&room), wait);
+            }
+            return Ok(());
+        }
         if let ServerMsg::Welcome { version, node, .. } = &msg {
             if *version != PROTOCOL_VERSION {
                 return Err(End::Stop(format!(

@@ -1070,7 +1070,7 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         "Mute beside troll",
         "[data-nick=troll] .mod-tools:not([hidden]) [data-mod=mute]",
     )
-        .await;
+    .await;
     let own_tools: bool = b
         .js(
             "return [...document.querySelectorAll('[data-mod], .slow-mode')].every(e => !e.checkVisibility());",

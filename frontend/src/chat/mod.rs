@@ -378,8 +378,10 @@ impl Chat {
             self.active.clone()
         };
         match msg {
+            // `try_again` is the connection's business (it waits and asks again), not the chat's.
             ServerMsg::Welcome { .. }
             | ServerMsg::Pong { .. }
+            | ServerMsg::TryAgain { .. }
             | ServerMsg::Done { .. }
             | ServerMsg::Left { reason: None, .. } => {}
             ServerMsg::Left {
