@@ -168,10 +168,6 @@ impl Client {
             Some(TypingDue::Send) => self.frame(ClientMsg::Typing {
                 room: room.to_string(),
             }),
-            Some(TypingDue::Later(ms)) => {
-                let (client, room) = (*self, room.clone());
-                set_timeout(move || client.typing(&room), Duration::from_millis(ms));
-            }
             Some(TypingDue::Skip) | None => {}
         }
     }

@@ -151,7 +151,8 @@ pub enum ClientMsg {
         req: Option<String>,
     },
     /// The person is typing in a joined room. Not answered; relayed to the room's other members as `typing`, at
-    /// most one per room every [`TYPING_EVERY_MS`] per connection (more are dropped). Send it again while typing
+    /// most one per room every [`TYPING_EVERY_MS`] per connection (more are dropped), the first after a `send`
+    /// at once. Send it again while typing
     /// goes on: the indicator expires by itself after [`TYPING_SHOWN_MS`].
     Typing {
         /// The room.

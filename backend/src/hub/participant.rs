@@ -711,7 +711,13 @@ impl Participant {
             reply_to,
             moderator: self.moderator(&room),
         };
+        let is_message = matches!(draft.body, BusBody::Message { .. });
         let published = self.hub.bus.publish(&room, draft).await?;
+        if is_message && let Some(joined) = self.rooms.get_mut(&room) {
+            // A message ends what was being typed: the next keystroke starts a new `typing`, relayed at once (the
+            // others cleared the line when the message arrived).
+            joined.typed = None;
+        }
         if published.duplicate {
             metrics::counter!("roomcast_duplicate_sends_total").increment(1);
             debug!(%room, id = %published.id, "repeated cid: answered with the original id");

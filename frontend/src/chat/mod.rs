@@ -134,8 +134,8 @@ impl Chat {
 
     /// Whether to tell `name` that this client is typing, at `now`: at most once per [`TYPING_SEND_EVERY_MS`],
     /// only in a joined room, except right after a message was sent: the message cleared the typing line on the
-    /// other pages, so the next keystroke says so again as soon as the server takes it (it drops a `typing` within
-    /// [`shared::TYPING_EVERY_MS`] of the last). Records the send when it says [`TypingDue::Send`].
+    /// other pages, so the next keystroke says so again at once (the server relays the first `typing` after a
+    /// `send` whatever its own throttle). Records the send when it says [`TypingDue::Send`].
     pub fn typing_due(&mut self, name: &RoomName, now: u64) -> TypingDue {
         let Some(room) = self.room_mut(name) else {
             return TypingDue::Skip;
@@ -145,24 +145,13 @@ impl Chat {
         }
         let due = match room.typed_at {
             None => TypingDue::Send,
-            Some(at) if room.sent_since_typed => {
-                let ready = at + shared::TYPING_EVERY_MS + room::TYPING_SERVER_SLACK_MS;
-                if now >= ready {
-                    TypingDue::Send
-                } else if room.typing_later {
-                    TypingDue::Skip
-                } else {
-                    room.typing_later = true;
-                    TypingDue::Later(ready - now)
-                }
-            }
+            Some(_) if room.sent_since_typed => TypingDue::Send,
             Some(at) if now >= at + TYPING_SEND_EVERY_MS => TypingDue::Send,
             Some(_) => TypingDue::Skip,
         };
         if due == TypingDue::Send {
             room.typed_at = Some(now);
             room.sent_since_typed = false;
-            room.typing_later = false;
         }
         due
     }
@@ -1150,17 +1139,11 @@ mod tests {
         assert_eq!(chat.typing_due(&general, 10_000), TypingDue::Send);
         assert_eq!(chat.typing_due(&general, 10_300), TypingDue::Skip);
         chat.queue_send(&general, "hi".into(), None);
-        // Typing on at once: announced as soon as the server takes it (2 s after the last, and some slack).
-        assert_eq!(chat.typing_due(&general, 10_500), TypingDue::Later(1_750));
-        assert_eq!(
-            chat.typing_due(&general, 10_600),
-            TypingDue::Skip,
-            "one timer"
-        );
-        assert_eq!(chat.typing_due(&general, 12_250), TypingDue::Send);
+        // Typing on at once: announced at once (the server relays the first `typing` after a send).
+        assert_eq!(chat.typing_due(&general, 10_500), TypingDue::Send);
         // Then the usual pace again.
-        assert_eq!(chat.typing_due(&general, 13_000), TypingDue::Skip);
-        assert_eq!(chat.typing_due(&general, 15_250), TypingDue::Send);
+        assert_eq!(chat.typing_due(&general, 10_600), TypingDue::Skip);
+        assert_eq!(chat.typing_due(&general, 13_500), TypingDue::Send);
         // Long after the last one, a message changes nothing: the next keystroke goes at once.
         chat.queue_send(&general, "later".into(), None);
         assert_eq!(chat.typing_due(&general, 30_000), TypingDue::Send);

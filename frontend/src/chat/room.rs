@@ -10,18 +10,11 @@ use super::timeline::{Item, Older, Posted, Timeline};
 /// How often this client says it is typing, while the message box changes.
 pub const TYPING_SEND_EVERY_MS: u64 = 3_000;
 
-/// Slack on the server's own `typing` throttle ([`shared::TYPING_EVERY_MS`], timed from when it received the last
-/// one): a `typing` sent this much later than that is not dropped even if the last one travelled faster.
-pub const TYPING_SERVER_SLACK_MS: u64 = 250;
-
 /// Whether to tell the room that this client is typing: see [`Chat::typing_due`](super::Chat::typing_due).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypingDue {
     /// Send `typing` now.
     Send,
-    /// Ask again after this many milliseconds: the server would drop it before then, and it must not be lost (the
-    /// person just sent a message, which cleared their typing line on the other pages).
-    Later(u64),
     /// Nothing to send.
     Skip,
 }
@@ -57,8 +50,6 @@ pub struct Room {
     pub(super) typed_at: Option<u64>,
     /// A message was sent since: the next `typing` goes as soon as the server takes it, not after the usual wait.
     pub(super) sent_since_typed: bool,
-    /// A deferred `typing` is scheduled ([`TypingDue::Later`]).
-    pub(super) typing_later: bool,
     /// Who is in the room (the first ones the server listed, then kept current by presence), in arrival order.
     pub(super) members: Vec<Nick>,
     /// How many members the room has, also beyond those listed.
@@ -94,7 +85,6 @@ impl Room {
             typing: Vec::new(),
             typed_at: None,
             sent_since_typed: false,
-            typing_later: false,
             members: Vec::new(),
             online: 0,
             moderator: false,
