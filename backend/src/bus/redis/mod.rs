@@ -54,15 +54,16 @@ const HISTORY_SCRIPT: &str = include_str!("history.lua");
 const ROSTER_SCRIPT: &str = include_str!("roster.lua");
 
 /// The request side of Redis: scripts over one command connection, shared by publishers, history reads and the
-/// subscriber's backfill.
+/// subscriber's backfill. Every request clones it into its future, so the scripts are shared, not copied: a
+/// `redis::Script` owns its source (13.5 KB for the four), and 19,000 members leaving at once each held a copy.
 #[derive(Clone)]
 pub(crate) struct Store {
     link: Arc<Link>,
     keys: Keys,
-    publish: redis::Script,
-    position: redis::Script,
-    history: redis::Script,
-    roster: redis::Script,
+    publish: Arc<redis::Script>,
+    position: Arc<redis::Script>,
+    history: Arc<redis::Script>,
+    roster: Arc<redis::Script>,
 }
 
 impl Store {
@@ -329,10 +330,10 @@ impl RedisBus {
         let store = Store {
             link: Arc::new(Link::new(topology.clone())),
             keys: Keys::new(&options.prefix),
-            publish: redis::Script::new(PUBLISH_SCRIPT),
-            position: redis::Script::new(POSITION_SCRIPT),
-            history: redis::Script::new(HISTORY_SCRIPT),
-            roster: redis::Script::new(ROSTER_SCRIPT),
+            publish: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
+            position: Arc::new(redis::Script::new(POSITION_SCRIPT)),
+            history: Arc::new(redis::Script::new(HISTORY_SCRIPT)),
+            roster: Arc::new(redis::Script::new(ROSTER_SCRIPT)),
         };
         let (commands, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
