@@ -87,12 +87,11 @@ async fn ws(
         // session; larger ones are cut off by tungstenite before they are buffered whole.
         .max_message_size(MAX_FRAME_BYTES * 4)
         .max_frame_size(MAX_FRAME_BYTES * 4)
-        // tungstenite's defaults reserve 128 KiB per socket for reading alone, allocated up front. Client frames are
-        // small and rare: a 256-byte read chunk holds a join or a short send, a longer frame gets its full length
-        // reserved once its header is read, and idle sockets stay lean (1 KiB here was an eighth of an idle
-        // connection). Writes collect up to 16 KiB until the session flushes, so a burst of frames leaves in one
-        // write (the buffer is only as large as what was queued).
-        .read_buffer_size(256)
+        // tungstenite's defaults reserve 128 KiB per socket for reading alone. Client frames are small and rare: a
+        // 1 KiB read chunk costs nothing (a long message takes a few reads) and keeps idle sockets lean. Writes
+        // collect up to 16 KiB until the session flushes, so a burst of frames leaves in one write (the buffer is
+        // only as large as what was queued).
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(MAX_FRAME_BYTES * 8)
         .on_upgrade(move |socket| {
