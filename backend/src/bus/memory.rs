@@ -114,6 +114,13 @@ impl Bus for MemoryBus {
             return async move { result }.boxed();
         }
         let ms = now_ms();
+        // Same rule as XADD: the clock's millisecond, or the last id's with the sequence bumped. The rules run at
+        // the id's time, so an edit's `edited_at` is the `ts` of the `edited` frame live members get.
+        let id = if ms > inner.last_id.ms {
+            MsgId::new(ms, 0)
+        } else {
+            inner.last_id.successor()
+        };
         let Inner {
             history, rosters, ..
         } = &mut *inner;
@@ -136,16 +143,10 @@ impl Bus for MemoryBus {
             moderation,
             holder: &holder,
         }
-        .apply(&draft, ms);
+        .apply(&draft, id.ms);
         let body = match body {
             Ok(body) => body,
             Err(e) => return async move { Err(e) }.boxed(),
-        };
-        // Same rule as XADD: the clock's millisecond, or the last id's with the sequence bumped.
-        let id = if ms > inner.last_id.ms {
-            MsgId::new(ms, 0)
-        } else {
-            inner.last_id.successor()
         };
         inner.last_id = id;
         inner.cids.insert(key.clone(), (id, hash));

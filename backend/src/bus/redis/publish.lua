@@ -133,6 +133,9 @@ else
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[8], off, ARGV[9], json, ARGV[14], kind)
 end
 if state_id then
+  -- An edit's time is its event's: the id XADD chose, which live members see as the `edited` frame's ts (the
+  -- clock read above can be a millisecond behind it, or the stream's last id ahead of the clock).
+  if kind == 'edit' then state.e = tonumber(string.match(id, '^(%d+)')) end
   redis.call('HSET', KEYS[4], state_id, cjson.encode(state))
   -- States of messages trimmed from the stream go, now and then.
   if redis.call('HLEN', KEYS[4]) > 2 * tonumber(ARGV[2]) then
