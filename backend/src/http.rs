@@ -60,7 +60,7 @@ async fn ws(
     let grant = match &state.auth {
         None => None,
         Some(verifier) => match verifier.check(uri.query(), &headers) {
-            Ok(grant) => Some(grant),
+            Ok(grant) => Some(Box::new(grant)),
             Err(e) => {
                 warn!(error = %e, "WebSocket refused: token");
                 metrics::counter!("roomcast_auth_refused_total").increment(1);

@@ -28,9 +28,13 @@ use crate::config::Config;
 pub use participant::{Close, Participant, Reply};
 pub use registry::{ConnId, Member, Outbound, Outlet, Rooms};
 
-/// The room core's shared state: cheap handles, cloned into every participant.
-#[derive(Clone)]
-pub struct Hub {
+/// The room core's shared state, cloned into every participant: one pointer, so each connection pays 8 bytes
+/// for it, not a copy of every handle.
+#[derive(Clone, Debug)]
+pub struct Hub(Arc<HubState>);
+
+/// What a [`Hub`] points to (its fields read through the hub).
+pub struct HubState {
     /// The validated configuration (the room rules read their limits from it).
     pub config: Arc<Config>,
     /// This replica's node id.
@@ -49,7 +53,15 @@ pub struct Hub {
     pub admission: Arc<admission::Admission>,
 }
 
-impl std::fmt::Debug for Hub {
+impl std::ops::Deref for Hub {
+    type Target = HubState;
+
+    fn deref(&self) -> &HubState {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HubState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("node", &self.node)
@@ -78,7 +90,7 @@ impl Hub {
             sends_per_sec: config.sends_per_sec,
             send_burst: config.send_burst,
         };
-        Self {
+        Self(Arc::new(HubState {
             node,
             bus,
             rooms,
@@ -90,7 +102,7 @@ impl Hub {
                 joins: admission::Gate::new(config.admit_joins_per_sec),
             }),
             config,
-        }
+        }))
     }
 }
 

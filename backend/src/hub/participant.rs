@@ -114,7 +114,8 @@ pub struct Participant {
     rooms: HashMap<RoomName, Joined>,
     sends: TokenBucket,
     /// What the connection's token allows; `None` when authentication is off.
-    grant: Option<Grant>,
+    /// Boxed: most connections have none, and the rest keep it for the connection's life.
+    grant: Option<Box<Grant>>,
 }
 
 impl std::fmt::Debug for Participant {
@@ -128,7 +129,7 @@ impl std::fmt::Debug for Participant {
 
 impl Participant {
     /// A connection in no room yet; room frames for it go to `member`'s queue.
-    pub fn new(hub: Hub, conn: ConnId, member: Member, grant: Option<Grant>) -> Self {
+    pub fn new(hub: Hub, conn: ConnId, member: Member, grant: Option<Box<Grant>>) -> Self {
         let sends = TokenBucket::new(hub.config.sends_per_sec, hub.config.send_burst);
         Self {
             hub,
@@ -304,6 +305,11 @@ impl Participant {
         }
     }
 
+    /// The room core's shared state this participant acts in.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     /// The connection's id on this replica.
     pub fn conn(&self) -> ConnId {
         self.conn
@@ -311,7 +317,7 @@ impl Participant {
 
     /// What the connection's token allows, when authentication is on.
     pub fn grant(&self) -> Option<&Grant> {
-        self.grant.as_ref()
+        self.grant.as_deref()
     }
 
     /// Joins (or re-joins) a room. Subscribes before reading history, so a message stored in between arrives

@@ -21,6 +21,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 64;
 
+/// The socket's receiving half.
+pub type Stream = futures_util::stream::SplitStream<WebSocket>;
+
 /// A write failed or timed out: the peer is gone.
 #[derive(Debug)]
 pub struct Gone;
@@ -103,8 +106,9 @@ pub async fn write_batch(
                     sink.feed(Message::Text(codec::shared_text(out.frame.clone())))
                         .await?;
                     frames += 1;
-                    if let Some(left) = participant.evicted(&out) {
-                        sink.feed(codec::text(&left)).await?;
+                    // Encoded before the await: a `ServerMsg` held across it would enlarge every connection's task.
+                    if let Some(left) = participant.evicted(&out).map(|left| codec::text(&left)) {
+                        sink.feed(left).await?;
                         frames += 1;
                     }
                 }
