@@ -965,8 +965,17 @@ async fn replies_edits_deletes_and_reactions_reach_the_other_replica() {
     a.wait_until("Esc emptying the box", COMPOSER_HOLDS, json!(""))
         .await;
 
-    // A deletes it: a tombstone on both pages, in its place.
+    // A deletes it, asked to confirm first: a tombstone on both pages, in its place.
     a.on_message("second thoughts", "[data-act=delete]").await;
+    a.wait_until(
+        "Delete asking to confirm",
+        "return [...document.querySelectorAll('.msg[data-target] [data-act=delete-confirm]')]
+             .some(b => b.textContent === 'Really delete?' && b === document.activeElement);",
+        Value::Null,
+    )
+    .await;
+    a.on_message("second thoughts", "[data-act=delete-confirm]")
+        .await;
     for page in [&a, &b] {
         page.wait_until(
             "a tombstone where alice's last message was",
@@ -1087,8 +1096,21 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         .unwrap();
     assert_eq!(
         mute.attr("aria-label").await.unwrap().as_deref(),
-        Some("Mute troll for 10 minutes")
+        Some("Mute troll for 10 min")
     );
+    // The moderator chooses how long: 1 hour.
+    a.js::<bool>(
+        "const s = document.querySelector('.mod-span select');
+         s.value = '3600'; s.dispatchEvent(new Event('change')); return true;",
+        Value::Null,
+    )
+    .await;
+    a.wait_until(
+        "Mute saying 1 h",
+        "return document.querySelector('[data-nick=troll] [data-mod=mute]').getAttribute('aria-label') === 'Mute troll for 1 h';",
+        Value::Null,
+    )
+    .await;
     a.screenshot("moderation").await;
     mute.click().await.unwrap();
     b.wait_until(
@@ -1101,12 +1123,60 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
     for page in [&a, &b] {
         page.wait_until(
             "the mute announced in the room",
-            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod muted troll for 10 min'));",
+            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod muted troll for 1 h'));",
             Value::Null,
         )
         .await;
     }
     b.screenshot("muted").await;
+
+    // Lifting it by nick: a nick that cannot be is refused in place, with the shared validation's reason; then
+    // Unmute frees troll's message box, on the other replica, and the room is told.
+    let lift = a
+        .client
+        .find(Locator::Css(".mod-lift input"))
+        .await
+        .unwrap();
+    lift.send_keys("no such nick!").await.unwrap();
+    a.client
+        .find(Locator::Css("[data-lift=mute]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    a.wait_until(
+        "the lift form refusing a bad nick",
+        "const e = document.querySelector('#mod-lift-error');
+         return !e.hidden && e.textContent.length > 0
+             && document.querySelector('.mod-lift input').getAttribute('aria-invalid') === 'true';",
+        Value::Null,
+    )
+    .await;
+    lift.clear().await.unwrap();
+    lift.send_keys("troll").await.unwrap();
+    a.client
+        .find(Locator::Css("[data-lift=mute]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until(
+        "troll's message box free again",
+        "return (document.querySelector('.composer-state')?.textContent ?? '') === ''
+             && !document.querySelector('#composer-input').disabled;",
+        Value::Null,
+    )
+    .await;
+    for page in [&a, &b] {
+        page.wait_until(
+            "the unmute announced in the room",
+            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod unmuted troll'));",
+            Value::Null,
+        )
+        .await;
+    }
 
     // Slow mode from its control; then a kick, which troll's page explains.
     a.js::<bool>(

@@ -1,6 +1,7 @@
 //! Who is in the room: the online count in the room's header, and the member list — a side panel on wide screens,
-//! a sheet over the conversation on phones. A moderator also gets Mute 10 min / Kick / Ban 1 day per member and the
-//! room's slow mode there.
+//! a sheet over the conversation on phones. A moderator also gets Mute / Kick / Ban per member there, for a length
+//! they choose, a form that lifts a mute or a ban by nick (a banned person is no longer in the list), and the room's
+//! slow mode.
 
 use leptos::prelude::*;
 use shared::{ClientMsg, RoomName};
@@ -27,10 +28,8 @@ pub fn OnlineButton(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
     }
 }
 
-/// How long the member list's Mute lasts.
-const MUTE_SECS: u64 = 600;
-/// How long its Ban lasts.
-const BAN_SECS: u64 = 86_400;
+/// How long a Mute or a Ban from the member list lasts: the moderator's choice, 10 minutes first.
+const FOR_SECS: [u64; 4] = [600, 3600, 86_400, 604_800];
 /// The slow mode choices, in seconds (0 = off).
 const SLOW_SECS: [u64; 5] = [0, 10, 30, 60, 300];
 
@@ -50,7 +49,9 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                 .map_or(0, crate::chat::Room::slow_mode_set)
         })
     });
-    let (act_room, slow_set_room) = (room.to_string(), room.to_string());
+    let (act_room, slow_set_room, lift_room) =
+        (room.to_string(), room.to_string(), room.to_string());
+    let span = RwSignal::new(FOR_SECS[0]);
     // One listener for every member's buttons (`data-mod` on the button, `data-nick` on its row).
     let on_mod = move |ev: leptos::ev::MouseEvent| {
         use wasm_bindgen::JsCast;
@@ -67,23 +68,55 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
             .flatten()
             .and_then(|li| li.get_attribute("data-nick"))
             .unwrap_or_default();
-        let (room, req) = (act_room.clone(), None);
+        let (room, req, secs) = (act_room.clone(), None, span.get_untracked());
         client.moderate(match button.get_attribute("data-mod").as_deref() {
             Some("mute") => ClientMsg::Mute {
                 room,
                 nick,
-                secs: MUTE_SECS,
+                secs,
                 req,
             },
             Some("kick") => ClientMsg::Kick { room, nick, req },
             _ => ClientMsg::Ban {
                 room,
                 nick,
-                secs: BAN_SECS,
+                secs,
                 req,
             },
         });
     };
+    // Lifting: a mute or a ban with 0 seconds, for a nick typed in (validated as the server will).
+    let lift_nick = NodeRef::<leptos::html::Input>::new();
+    let lift_error = RwSignal::new(None::<String>);
+    let lift = move |ban: bool| {
+        let Some(input) = lift_nick.get() else {
+            return;
+        };
+        match shared::Nick::parse(&input.value()) {
+            Ok(nick) => {
+                lift_error.set(None);
+                input.set_value("");
+                let (room, nick, req) = (lift_room.clone(), nick.to_string(), None);
+                client.moderate(if ban {
+                    ClientMsg::Ban {
+                        room,
+                        nick,
+                        secs: 0,
+                        req,
+                    }
+                } else {
+                    ClientMsg::Mute {
+                        room,
+                        nick,
+                        secs: 0,
+                        req,
+                    }
+                });
+            }
+            Err(e) => lift_error.set(Some(e.to_string())),
+        }
+    };
+    let unban = lift.clone();
     let list_room = room.clone();
     let members = Memo::new(move |_| {
         chat.with(|c| {
@@ -123,7 +156,8 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                     "×"
                 </button>
             </div>
-                <label class="slow-mode" hidden=move || !moderator.get()>
+            <div class="mod-panel" hidden=move || !moderator.get()>
+                <label class="slow-mode">
                     "Slow mode "
                     <select
                         prop:value=move || slow.get().to_string()
@@ -141,25 +175,45 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                         }).collect_view()}
                     </select>
                 </label>
+                <label class="mod-span">
+                    "Mute or ban for "
+                    <select on:change=move |ev| span.set(event_target_value(&ev).parse().unwrap_or(FOR_SECS[0]))>
+                        {FOR_SECS.map(|s| view! { <option value=s.to_string()>{crate::chat::duration(s)}</option> }).collect_view()}
+                    </select>
+                </label>
+                <div class="mod-lift" role="group" aria-label="Lift a mute or a ban">
+                    <input
+                        node_ref=lift_nick
+                        class="input small"
+                        placeholder="nick"
+                        aria-label="Nick to unmute or unban"
+                        aria-invalid=move || lift_error.with(Option::is_some).to_string()
+                        aria-describedby="mod-lift-error"
+                        autocomplete="off"
+                    />
+                    <button class="button ghost small" data-lift="mute" on:click=move |_| lift(false)>"Unmute"</button>
+                    <button class="button ghost small" data-lift="ban" on:click=move |_| unban(true)>"Unban"</button>
+                </div>
+                <p id="mod-lift-error" class="field-msg error mod-lift-error" hidden=move || lift_error.with(Option::is_none)>
+                    {move || lift_error.get()}
+                </p>
+            </div>
             <ul class="member-list" on:click=on_mod>
-                // At most 100 short rows: redrawn whole when someone comes or goes.
+                // At most 100 short rows: redrawn whole when someone comes or goes, or the mute/ban length changes.
                 {move || {
+                    let length = crate::chat::duration(span.get());
                     members
                         .get()
                         .0
                         .into_iter()
                         .map(|(nick, me)| {
-                            let labels = [
-                                format!("Mute {nick} for 10 minutes"),
-                                format!("Kick {nick}"),
-                                format!("Ban {nick} for 1 day"),
-                            ];
-                            let [mute, kick, ban] = labels;
+                            let mute = format!("Mute {nick} for {length}");
+                            let ban = format!("Ban {nick} for {length}");
                             let tools = view! {
                                 <span class="mod-tools" hidden={!moderator.get() || me}>
-                                    <button data-mod="mute" aria-label=mute>"Mute 10 min"</button>
-                                    <button data-mod="kick" aria-label=kick>"Kick"</button>
-                                    <button data-mod="ban" aria-label=ban>"Ban 1 day"</button>
+                                    <button data-mod="mute" aria-label=mute>"Mute"</button>
+                                    <button data-mod="kick" aria-label=format!("Kick {nick}")>"Kick"</button>
+                                    <button data-mod="ban" aria-label=ban>"Ban"</button>
                                 </span>
                             };
                             let (attr, avatar) = (nick.clone(), nick.clone());

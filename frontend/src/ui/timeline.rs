@@ -372,7 +372,15 @@ pub fn on_action(ev: &web_sys::MouseEvent, room: &RoomName) {
     match attr(&button, "data-act").as_str() {
         "reply" => compose(false),
         "edit" => compose(true),
-        "delete" => client.act(room, String::new(), Act::Delete { id }),
+        // Deleting cannot be undone: the first press turns the button into "Really delete?", the second deletes.
+        "delete" => {
+            let _ = button.set_attribute("data-act", "delete-confirm");
+            button.set_text_content(Some("Really delete?"));
+            if let Ok(button) = button.dyn_into::<web_sys::HtmlElement>() {
+                let _ = button.focus();
+            }
+        }
+        "delete-confirm" => client.act(room, String::new(), Act::Delete { id }),
         "react" | "chip" => {
             if let Some(details) = button.closest("details").ok().flatten() {
                 let _ = details.remove_attribute("open");
