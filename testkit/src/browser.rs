@@ -278,6 +278,35 @@ impl Page {
         .await;
     }
 
+    /// Clicks the element matching `selector`.
+    pub async fn click(&self, selector: &str) {
+        self.client
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("page {}: nothing matches {selector}: {e}", self.name))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("page {}: cannot click {selector}: {e}", self.name));
+    }
+
+    /// Picks `value` in the `<select>` matching `selector`, as a person does (the page hears `change`).
+    pub async fn choose(&self, selector: &str, value: &str) {
+        let chosen: bool = self
+            .js(
+                "const [selector, value] = arguments[0];
+                 const s = document.querySelector(selector);
+                 if (!s) return false;
+                 s.value = value; s.dispatchEvent(new Event('change')); return s.value === value;",
+                json!([selector, value]),
+            )
+            .await;
+        assert!(
+            chosen,
+            "page {}: {selector} has no option {value}",
+            self.name
+        );
+    }
+
     /// Moves the mouse over the element matching `selector` (what shows a hover menu).
     pub async fn hover(&self, selector: &str) {
         use fantoccini::actions::{InputSource, MouseActions, PointerAction};

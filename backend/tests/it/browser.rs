@@ -493,13 +493,7 @@ async fn the_unread_divider_marks_where_reading_stopped() {
         Value::Null,
     )
     .await;
-    a.client
-        .find(Locator::Css(&format!(".room-link[href='/r/{ROOM}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    a.click(&format!(".room-link[href='/r/{ROOM}']")).await;
     a.wait_until(
         "the divider right before the first unread message",
         "const d = document.querySelector('.timeline .unread-divider');
@@ -1099,12 +1093,7 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         Some("Mute troll for 10 min")
     );
     // The moderator chooses how long: 1 hour.
-    a.js::<bool>(
-        "const s = document.querySelector('.mod-span select');
-         s.value = '3600'; s.dispatchEvent(new Event('change')); return true;",
-        Value::Null,
-    )
-    .await;
+    a.choose(".mod-span select", "3600").await;
     a.wait_until(
         "Mute saying 1 h",
         "return document.querySelector('[data-nick=troll] [data-mod=mute]').getAttribute('aria-label') === 'Mute troll for 1 h';",
@@ -1120,14 +1109,7 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         Value::Null,
     )
     .await;
-    for page in [&a, &b] {
-        page.wait_until(
-            "the mute announced in the room",
-            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod muted troll for 1 h'));",
-            Value::Null,
-        )
-        .await;
-    }
+    announced(&[&a, &b], "mod muted troll for 1 h").await;
     b.screenshot("muted").await;
 
     // Lifting it by nick: a nick that cannot be is refused in place, with the shared validation's reason; then
@@ -1138,13 +1120,7 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         .await
         .unwrap();
     lift.send_keys("no such nick!").await.unwrap();
-    a.client
-        .find(Locator::Css("[data-lift=mute]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    a.click("[data-lift=mute]").await;
     a.wait_until(
         "the lift form refusing a bad nick",
         "const e = document.querySelector('#mod-lift-error');
@@ -1155,13 +1131,7 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
     .await;
     lift.clear().await.unwrap();
     lift.send_keys("troll").await.unwrap();
-    a.client
-        .find(Locator::Css("[data-lift=mute]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    a.click("[data-lift=mute]").await;
     b.wait_until(
         "troll's message box free again",
         "return (document.querySelector('.composer-state')?.textContent ?? '') === ''
@@ -1169,35 +1139,12 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
         Value::Null,
     )
     .await;
-    for page in [&a, &b] {
-        page.wait_until(
-            "the unmute announced in the room",
-            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod unmuted troll'));",
-            Value::Null,
-        )
-        .await;
-    }
+    announced(&[&a, &b], "mod unmuted troll").await;
 
     // Slow mode from its control; then a kick, which troll's page explains.
-    a.js::<bool>(
-        "const s = document.querySelector('.slow-mode select');
-         s.value = '30'; s.dispatchEvent(new Event('change')); return true;",
-        Value::Null,
-    )
-    .await;
-    b.wait_until(
-        "slow mode announced to troll",
-        "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith('mod turned on slow mode: 30 s'));",
-        Value::Null,
-    )
-    .await;
-    a.client
-        .find(Locator::Css("[data-nick=troll] [data-mod=kick]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    a.choose(".slow-mode select", "30").await;
+    announced(&[&b], "mod turned on slow mode: 30 s").await;
+    a.click("[data-nick=troll] [data-mod=kick]").await;
     b.wait_until(
         "troll's page saying it was kicked",
         "return (document.querySelector('.composer-state')?.textContent ?? '') === 'You were kicked from #e2e.'
@@ -1207,6 +1154,18 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
     .await;
     a.close().await;
     b.close().await;
+}
+
+/// Waits until every page shows a moderation line in the room starting with `line`.
+async fn announced(pages: &[&Page], line: &str) {
+    for page in pages {
+        page.wait_until(
+            &format!("{line:?} announced in the room"),
+            "return [...document.querySelectorAll('.timeline .presence.mod')].some(p => p.textContent.startsWith(arguments[0]));",
+            json!(line),
+        )
+        .await;
+    }
 }
 
 /// "Typing right after sending is not shown", fixed: B sends a message and at once types the next one key by key
