@@ -49,6 +49,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM toolchain AS build
 COPY --from=planner /src/recipe.json recipe.json
+# Cargo's settings (the wasm build's flags) before the dependencies are cooked, so the code's build reuses them.
+COPY .cargo/config.toml .cargo/config.toml
 # Dependencies only: the replica (release), the browser client (release, wasm32, in the target directory xtask
 # builds it in) and xtask, which drives the frontend build.
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p backend --bin roomcast \
