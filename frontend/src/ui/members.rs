@@ -33,6 +33,26 @@ const FOR_SECS: [u64; 4] = [600, 3600, 86_400, 604_800];
 /// The slow mode choices, in seconds (0 = off).
 const SLOW_SECS: [u64; 5] = [0, 10, 30, 60, 300];
 
+/// A ban (`ban`) or a mute of `nick` for `secs`; 0 lifts it.
+fn restrict(ban: bool, room: String, nick: String, secs: u64) -> ClientMsg {
+    let req = None;
+    if ban {
+        ClientMsg::Ban {
+            room,
+            nick,
+            secs,
+            req,
+        }
+    } else {
+        ClientMsg::Mute {
+            room,
+            nick,
+            secs,
+            req,
+        }
+    }
+}
+
 /// The member list of a room, the person's own nick first-class ("you"), in the order people arrived.
 #[component]
 pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
@@ -68,21 +88,14 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
             .flatten()
             .and_then(|li| li.get_attribute("data-nick"))
             .unwrap_or_default();
-        let (room, req, secs) = (act_room.clone(), None, span.get_untracked());
+        let room = act_room.clone();
         client.moderate(match button.get_attribute("data-mod").as_deref() {
-            Some("mute") => ClientMsg::Mute {
+            Some("kick") => ClientMsg::Kick {
                 room,
                 nick,
-                secs,
-                req,
+                req: None,
             },
-            Some("kick") => ClientMsg::Kick { room, nick, req },
-            _ => ClientMsg::Ban {
-                room,
-                nick,
-                secs,
-                req,
-            },
+            act => restrict(act == Some("ban"), room, nick, span.get_untracked()),
         });
     };
     // Lifting: a mute or a ban with 0 seconds, for a nick typed in (validated as the server will).
@@ -96,22 +109,7 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
             Ok(nick) => {
                 lift_error.set(None);
                 input.set_value("");
-                let (room, nick, req) = (lift_room.clone(), nick.to_string(), None);
-                client.moderate(if ban {
-                    ClientMsg::Ban {
-                        room,
-                        nick,
-                        secs: 0,
-                        req,
-                    }
-                } else {
-                    ClientMsg::Mute {
-                        room,
-                        nick,
-                        secs: 0,
-                        req,
-                    }
-                });
+                client.moderate(restrict(ban, lift_room.clone(), nick.to_string(), 0));
             }
             Err(e) => lift_error.set(Some(e.to_string())),
         }
