@@ -103,7 +103,7 @@ async fn main() {
             let Some(Ok(Message::Text(t))) = stream.next().await else {
                 panic!("sender closed")
             };
-            if matches!(serde_json::from_str(&t).unwrap(), ServerMsg::Ack { .. }) {
+            if matches!(serde_json::from_str(&t).unwrap(), ServerMsg::Ack(_)) {
                 acks += 1;
             }
         }

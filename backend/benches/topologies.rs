@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use shared::{ClientMsg, ServerMsg};
+use shared::{ClientMsg, ServerMsg, frame};
 use testkit::{ClusterSet, Redis, ReplicaProcess};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -64,8 +64,8 @@ async fn ack_latency(url: &str, room: &str, n: usize) -> Vec<u64> {
                 other => panic!("connection ended: {other:?}"),
             };
             match serde_json::from_str(&frame).unwrap() {
-                ServerMsg::Ack { .. } => break,
-                ServerMsg::Error { message, .. } => panic!("send refused: {message}"),
+                ServerMsg::Ack(_) => break,
+                ServerMsg::Error(frame::Error { message, .. }) => panic!("send refused: {message}"),
                 _ => {}
             }
         }
@@ -133,7 +133,7 @@ async fn fan_out(
                 }
                 match stream.next().await {
                     Some(Ok(Message::Text(t))) => {
-                        if let ServerMsg::Ack { .. } = serde_json::from_str(&t).unwrap() {
+                        if let ServerMsg::Ack(_) = serde_json::from_str(&t).unwrap() {
                             in_flight -= 1;
                         }
                     }

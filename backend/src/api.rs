@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::{ChatMessage, ErrorCode, ModerationAction, MsgId, Nick, RoomName, ServerMsg};
+use shared::{ChatMessage, ErrorCode, ModerationAction, MsgId, Nick, RoomName, ServerMsg, frame};
 use tracing::warn;
 
 use crate::AppState;
@@ -311,7 +311,7 @@ async fn post_message(
         .handle(request)
         .await
     {
-        Reply::Frame(shared::ServerMsg::Ack { id, duplicate, .. }) => {
+        Reply::Frame(shared::ServerMsg::Ack(frame::Ack { id, duplicate, .. })) => {
             let status = if duplicate {
                 StatusCode::OK
             } else {

@@ -1,6 +1,6 @@
 //! Request errors and the one place that turns them into `error` frames for clients.
 
-use shared::{ErrorCode, ServerMsg, ValidationError};
+use shared::{ErrorCode, ServerMsg, ValidationError, frame};
 use tracing::warn;
 
 use crate::bus::BusError;
@@ -100,13 +100,13 @@ impl RequestError {
     pub fn into_frame(self, re: RequestRef) -> ServerMsg {
         metrics::counter!("roomcast_request_errors_total", "code" => format!("{:?}", self.code))
             .increment(1);
-        ServerMsg::Error {
+        ServerMsg::Error(frame::Error {
             code: self.code,
             message: self.message,
             request: re.request,
             req: re.req,
             room: re.room,
             until: self.until,
-        }
+        })
     }
 }

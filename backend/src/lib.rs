@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod session;
 
+use shared::frame;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -268,7 +269,9 @@ pub async fn publish_once(
     let reply = publisher.handle(request).await;
     shutdown.cancel();
     match reply {
-        Reply::Frame(shared::ServerMsg::Ack { id, duplicate, .. }) => Ok(Stored { id, duplicate }),
+        Reply::Frame(shared::ServerMsg::Ack(frame::Ack { id, duplicate, .. })) => {
+            Ok(Stored { id, duplicate })
+        }
         Reply::Refused { error, .. } => Err(error.into()),
         other => unreachable!("a send is acked or refused, not answered with {other:?}"),
     }

@@ -19,6 +19,7 @@ use gloo_net::websocket::{Message, WebSocketError};
 use leptos::prelude::*;
 use shared::{
     ClientMsg, MsgId, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code,
+    frame,
 };
 
 use crate::backoff::Backoff;
@@ -400,7 +401,7 @@ impl Client {
             match event {
                 Event::Frame(Some(Ok(Message::Text(text)))) => {
                     heartbeat.received(browser::now());
-                    match serde_json::from_str::<ServerMsg>(&text) {
+                    match crate::decode::server_frame(&text) {
                         Ok(msg) => {
                             if let Err(end) = self.receive(msg, &mut ws, backoff).await {
                                 return end;
@@ -470,12 +471,12 @@ impl Client {
     ) -> Result<(), End> {
         // A busy replica (a reconnect storm): wait what it asks plus a random part of it, so thousands of pages
         // do not come back in the same instant; then connect again, or send the refused join again.
-        if let ServerMsg::TryAgain {
+        if let ServerMsg::TryAgain(frame::TryAgain {
             after_ms,
             request,
             room,
             ..
-        } = &msg
+        }) = &msg
         {
             #[allow(
                 clippy::cast_possible_truncation,
@@ -493,7 +494,7 @@ impl Client {
             }
             return Ok(());
         }
-        if let ServerMsg::Welcome { version, node, .. } = &msg {
+        if let ServerMsg::Welcome(frame::Welcome { version, node, .. }) = &msg {
             if *version != PROTOCOL_VERSION {
                 return Err(End::Stop(format!(
                     "the server speaks protocol {version}, this page {PROTOCOL_VERSION}: reload the page"

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod chat;
+pub mod decode;
 pub mod heartbeat;
 pub mod text;
 pub mod token;

@@ -3,6 +3,7 @@
 //! This crate is deliberately synchronous and serde-only so the browser (wasm32) and the backend compile the very
 //! same definitions; if a field changes here, both sides change together or neither compiles.
 
+pub mod frame;
 mod id;
 mod protocol;
 pub mod validate;
@@ -11,7 +12,7 @@ pub use id::{MsgId, ParseMsgIdError};
 pub use protocol::{
     BusBody, ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, MEMBERS_SHOWN,
     ModerationAction, ModerationEvent, PresenceEvent, PresenceKind, PresenceNotice, Quote,
-    Reaction, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS, TypingNotice,
+    Reaction, ServerKind, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS, Tagged, TypingNotice,
 };
 pub use validate::{Nick, RoomName, ValidationError};
 

@@ -2,9 +2,9 @@
 //! other through the bus (`BusBody`). docs/PROTOCOL.md documents each wire message with a JSON example, ARCHITECTURE.md
 //! each bus body, and a test parses those.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{MsgId, Nick, RoomName};
+use crate::{MsgId, Nick, RoomName, frame};
 
 /// A frame from a client. Every frame is a JSON object with a `type` field.
 ///
@@ -186,212 +186,128 @@ pub const MEMBERS_SHOWN: usize = 100;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// The first frame on every connection: which protocol and which replica this is.
-    Welcome {
-        /// The server's [`crate::PROTOCOL_VERSION`].
-        version: u32,
-        /// The replica's node id, so a person can see which replica they are on.
-        node: String,
-        /// The limits this replica enforces.
-        limits: Limits,
-    },
+    Welcome(frame::Welcome),
     /// Answers `join`: the room's recent history (or everything after `since`), oldest first. Live messages follow.
-    Joined {
-        /// The joined room.
-        room: RoomName,
-        /// The nickname in use in that room.
-        nick: Nick,
-        /// Stored messages, oldest first, all with ids above the request's `since`. Bounded in bytes: when more
-        /// messages are due, they follow at once as `message` frames, before any live message.
-        history: Vec<ChatMessage>,
-        /// The room's history epoch. It changes only when the store lost the room's history; send it back with
-        /// `since` when resuming.
-        epoch: String,
-        /// The `since`/`epoch` the client resumed from belong to a history that was lost (the store was reset):
-        /// `history` is the newest messages instead, and some messages the client never saw may be gone.
-        #[serde(default, skip_serializing_if = "is_false")]
-        reset: bool,
-        /// History no longer reaches back to `since` (older messages were trimmed): some messages after it may be
-        /// missing; `history` starts at the oldest one still kept.
-        #[serde(default, skip_serializing_if = "is_false")]
-        truncated: bool,
-        /// Who is in the room now, across all replicas, this connection included: the first
-        /// [`MEMBERS_SHOWN`] nicks in the order they arrived. `presence` events keep it current.
-        #[serde(default)]
-        members: Vec<Nick>,
-        /// How many members the room has (each nick once), also when `members` lists only the first ones.
-        #[serde(default)]
-        online: u32,
-        /// This connection moderates the room (from its token's `roles`).
-        #[serde(default, skip_serializing_if = "is_false")]
-        moderator: bool,
-        /// This nick is muted in the room until then (milliseconds since the Unix epoch).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        muted_until: Option<u64>,
-        /// Slow mode: seconds between one member's messages; 0 when off.
-        #[serde(default, skip_serializing_if = "is_zero")]
-        slow_mode: u64,
-        /// The request's correlation id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-    },
+    Joined(frame::Joined),
     /// Answers `leave`; also sent unasked when a moderator kicked or banned this member (`reason`).
-    Left {
-        /// The room left.
-        room: RoomName,
-        /// Why the server took the member out: `kicked` or `banned`. Absent when the client asked to leave.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
-        /// The request's correlation id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-    },
+    Left(frame::Left),
     /// Answers `send`: the message was stored with this id and is on its way to every member.
-    Ack {
-        /// The room the message went to.
-        room: RoomName,
-        /// The `cid` of the `send` this answers.
-        cid: String,
-        /// The id the bus assigned; the delivered `message` carries the same id.
-        id: MsgId,
-        /// Server timestamp, milliseconds since the Unix epoch.
-        ts: u64,
-        /// This `cid` had already been stored: nothing was stored again, and `id` is the original message's id.
-        #[serde(default, skip_serializing_if = "is_false")]
-        duplicate: bool,
-    },
+    Ack(frame::Ack),
     /// A chat message in a joined room, delivered to every member on every replica, the sender included.
     Message(ChatMessage),
     /// A message was edited. Stored and delivered like a message (its own `id`, after the message it edits).
-    Edited {
-        /// The room.
-        room: RoomName,
-        /// This event's id.
-        id: MsgId,
-        /// The message edited.
-        target: MsgId,
-        /// Its author.
-        nick: Nick,
-        /// The new text.
-        text: String,
-        /// When (the `edited_at` the message now has).
-        ts: u64,
-    },
+    Edited(frame::Edited),
     /// A message was deleted: show a tombstone instead.
-    Deleted {
-        /// The room.
-        room: RoomName,
-        /// This event's id.
-        id: MsgId,
-        /// The message deleted.
-        target: MsgId,
-        /// Who deleted it (the author, or a moderator).
-        nick: Nick,
-        /// When.
-        ts: u64,
-    },
+    Deleted(frame::Deleted),
     /// Someone added or took back a reaction.
-    Reacted {
-        /// The room.
-        room: RoomName,
-        /// This event's id.
-        id: MsgId,
-        /// The message reacted to.
-        target: MsgId,
-        /// Who.
-        nick: Nick,
-        /// Which emoji.
-        emoji: String,
-        /// Added or taken back.
-        on: bool,
-        /// How many people have this reaction on the message now.
-        count: u32,
-        /// When.
-        ts: u64,
-    },
+    Reacted(frame::Reacted),
     /// A moderator acted in the room: shown to everyone. Stored and delivered like a message.
     Moderation(ModerationEvent),
     /// Answers a moderation request (`mute`, `kick`, `ban`, `slow_mode`): done, and announced to the room.
-    Done {
-        /// The room.
-        room: RoomName,
-        /// The request's correlation id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-    },
+    Done(frame::Done),
     /// Someone else joined or left a joined room.
     Presence(PresenceEvent),
     /// Messages of a joined room were lost before they reached this connection and are no longer in history.
     /// Unsolicited; the room stays joined and later messages follow as usual.
-    Gap {
-        /// The room.
-        room: RoomName,
-        /// The room's history epoch from now on.
-        epoch: String,
-        /// The store lost the room's whole history (for example Redis restarted without persistence): resume
-        /// points from before are void.
-        #[serde(default, skip_serializing_if = "is_false")]
-        reset: bool,
-    },
+    Gap(frame::Gap),
     /// Someone else in the room is typing (not stored; shown until [`TYPING_SHOWN_MS`] pass without another, or
     /// their message arrives).
-    Typing {
-        /// The room.
-        room: RoomName,
-        /// Who.
-        nick: Nick,
-    },
+    Typing(frame::Typing),
     /// Answers `history`: older messages, oldest first.
-    HistoryPage {
-        /// The room.
-        room: RoomName,
-        /// Up to `limit` messages older than `before`, oldest first.
-        messages: Vec<ChatMessage>,
-        /// Nothing older is kept: the first message here (if any) is the oldest the room still has.
-        complete: bool,
-        /// The request's correlation id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-    },
+    HistoryPage(frame::HistoryPage),
     /// The replica is busy (a reconnect storm): it did not take this connection or this `join`. Wait `after_ms`
     /// plus a random part of it (jitter, so thousands of clients do not come back in the same instant), then
     /// reconnect (the connection closes with 1013 after this frame) or send the `join` again.
-    TryAgain {
-        /// How long to wait at least, in milliseconds.
-        after_ms: u64,
-        /// `connect` when the connection itself was not taken; otherwise the request's `type` (`join`).
-        request: String,
-        /// The room of a refused `join`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room: Option<String>,
-        /// The request's correlation id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-    },
+    TryAgain(frame::TryAgain),
     /// Answers `ping`.
-    Pong {
-        /// The ping's correlation id.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-    },
+    Pong(frame::Pong),
     /// A request failed. The connection stays open unless a close frame follows.
-    Error {
-        /// Machine-readable cause.
-        code: ErrorCode,
-        /// Human-readable explanation, safe to show to a person.
-        message: String,
-        /// The `type` of the request this answers, when it could be read.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        request: Option<String>,
-        /// The request's correlation id: its `req`, or its `cid` for `send`, `edit`, `delete` and `react`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req: Option<String>,
-        /// The room the request named, when it named one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room: Option<String>,
-        /// For `muted`, `banned` and `slow_mode`: when the request may succeed again (ms since the Unix epoch).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        until: Option<u64>,
-    },
+    Error(frame::Error),
+}
+
+impl ServerMsg {
+    /// Decodes a frame whose `type` was read first (with [`Tagged`]): `frame` deserializes the whole frame, and only
+    /// the payload of `kind` is decoded from it (its `type` member is ignored like any unknown member).
+    ///
+    /// The derived `Deserialize` accepts `type` anywhere in the object, so it first buffers every member of every
+    /// frame in a generic tree and decodes from that; the browser reads frames with this instead, which keeps that
+    /// machinery (about 5 KB of the compressed wasm) out of the page and decodes each frame straight from its text.
+    pub fn decode<'de, D: Deserializer<'de>>(kind: ServerKind, frame: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            ServerKind::Welcome => Self::Welcome(Deserialize::deserialize(frame)?),
+            ServerKind::Joined => Self::Joined(Deserialize::deserialize(frame)?),
+            ServerKind::Left => Self::Left(Deserialize::deserialize(frame)?),
+            ServerKind::Ack => Self::Ack(Deserialize::deserialize(frame)?),
+            ServerKind::Message => Self::Message(Deserialize::deserialize(frame)?),
+            ServerKind::Edited => Self::Edited(Deserialize::deserialize(frame)?),
+            ServerKind::Deleted => Self::Deleted(Deserialize::deserialize(frame)?),
+            ServerKind::Reacted => Self::Reacted(Deserialize::deserialize(frame)?),
+            ServerKind::Moderation => Self::Moderation(Deserialize::deserialize(frame)?),
+            ServerKind::Done => Self::Done(Deserialize::deserialize(frame)?),
+            ServerKind::Presence => Self::Presence(Deserialize::deserialize(frame)?),
+            ServerKind::Gap => Self::Gap(Deserialize::deserialize(frame)?),
+            ServerKind::Typing => Self::Typing(Deserialize::deserialize(frame)?),
+            ServerKind::HistoryPage => Self::HistoryPage(Deserialize::deserialize(frame)?),
+            ServerKind::TryAgain => Self::TryAgain(Deserialize::deserialize(frame)?),
+            ServerKind::Pong => Self::Pong(Deserialize::deserialize(frame)?),
+            ServerKind::Error => Self::Error(Deserialize::deserialize(frame)?),
+        })
+    }
+
+    /// This frame's `type`.
+    pub fn kind(&self) -> ServerKind {
+        match self {
+            Self::Welcome(_) => ServerKind::Welcome,
+            Self::Joined(_) => ServerKind::Joined,
+            Self::Left(_) => ServerKind::Left,
+            Self::Ack(_) => ServerKind::Ack,
+            Self::Message(_) => ServerKind::Message,
+            Self::Edited(_) => ServerKind::Edited,
+            Self::Deleted(_) => ServerKind::Deleted,
+            Self::Reacted(_) => ServerKind::Reacted,
+            Self::Moderation(_) => ServerKind::Moderation,
+            Self::Done(_) => ServerKind::Done,
+            Self::Presence(_) => ServerKind::Presence,
+            Self::Gap(_) => ServerKind::Gap,
+            Self::Typing(_) => ServerKind::Typing,
+            Self::HistoryPage(_) => ServerKind::HistoryPage,
+            Self::TryAgain(_) => ServerKind::TryAgain,
+            Self::Pong(_) => ServerKind::Pong,
+            Self::Error(_) => ServerKind::Error,
+        }
+    }
+}
+
+/// The `type` of a [`ServerMsg`], without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ServerKind {
+    Welcome,
+    Joined,
+    Left,
+    Ack,
+    Message,
+    Edited,
+    Deleted,
+    Reacted,
+    Moderation,
+    Done,
+    Presence,
+    Gap,
+    Typing,
+    HistoryPage,
+    TryAgain,
+    Pong,
+    Error,
+}
+
+/// Only the `type` of a server frame: decoding a frame into this skips every other member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Tagged {
+    /// The frame's `type`.
+    #[serde(rename = "type")]
+    pub kind: ServerKind,
 }
 
 /// One stored chat message.
@@ -591,12 +507,12 @@ pub enum ErrorCode {
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
-fn is_false(b: &bool) -> bool {
+pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
-fn is_zero(n: &u64) -> bool {
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
@@ -698,6 +614,23 @@ pub struct PresenceNotice {
 mod tests {
     use super::*;
 
+    /// A server frame survives JSON both ways: with the derived decoder, and with the browser's (`type` first, then
+    /// only that payload).
+    fn server_round_trip(msg: &ServerMsg) {
+        round_trip(msg);
+        assert_eq!(&decode_tagged(&serde_json::to_string(msg).unwrap()), msg);
+    }
+
+    /// What the browser does with a frame's text.
+    fn decode_tagged(json: &str) -> ServerMsg {
+        let Tagged { kind } = serde_json::from_str(json).unwrap();
+        let mut de = serde_json::Deserializer::from_str(json);
+        let msg = ServerMsg::decode(kind, &mut de).unwrap();
+        de.end().unwrap();
+        assert_eq!(msg.kind(), kind, "{json}");
+        msg
+    }
+
     fn round_trip<T>(value: &T)
     where
         T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
@@ -786,16 +719,16 @@ mod tests {
             limit: 50,
             req: Some("h".into()),
         });
-        round_trip(&ServerMsg::Typing {
+        server_round_trip(&ServerMsg::Typing(frame::Typing {
             room: RoomName::parse("general").unwrap(),
             nick: Nick::parse("bob").unwrap(),
-        });
-        round_trip(&ServerMsg::HistoryPage {
+        }));
+        server_round_trip(&ServerMsg::HistoryPage(frame::HistoryPage {
             room: RoomName::parse("general").unwrap(),
             messages: vec![],
             complete: true,
             req: None,
-        });
+        }));
         round_trip(&BusBody::Typing(TypingNotice {
             nick: Nick::parse("bob").unwrap(),
             node: "n".into(),
@@ -806,7 +739,7 @@ mod tests {
     #[test]
     fn server_messages_round_trip() {
         let mut msg = ChatMessage::new(MsgId::new(10, 0), room(), nick(), "<b>hi</b>".into());
-        round_trip(&ServerMsg::Message(msg.clone()));
+        server_round_trip(&ServerMsg::Message(msg.clone()));
         msg.reply_to = Some(Quote {
             id: MsgId::new(9, 0),
             nick: nick(),
@@ -818,7 +751,7 @@ mod tests {
             count: 2,
             mine: true,
         }];
-        round_trip(&ServerMsg::Reacted {
+        server_round_trip(&ServerMsg::Reacted(frame::Reacted {
             room: room(),
             id: MsgId::new(12, 0),
             target: MsgId::new(10, 0),
@@ -827,8 +760,8 @@ mod tests {
             on: true,
             count: 2,
             ts: 12,
-        });
-        round_trip(&ServerMsg::Moderation(ModerationEvent {
+        }));
+        server_round_trip(&ServerMsg::Moderation(ModerationEvent {
             room: room(),
             id: MsgId::new(13, 0),
             by: nick(),
@@ -837,7 +770,7 @@ mod tests {
             secs: 60,
             ts: 13,
         }));
-        round_trip(&ServerMsg::Welcome {
+        server_round_trip(&ServerMsg::Welcome(frame::Welcome {
             version: 1,
             node: "host:3000".into(),
             limits: Limits {
@@ -848,8 +781,8 @@ mod tests {
                 sends_per_sec: 5,
                 send_burst: 6,
             },
-        });
-        round_trip(&ServerMsg::Joined {
+        }));
+        server_round_trip(&ServerMsg::Joined(frame::Joined {
             room: room(),
             nick: nick(),
             history: vec![msg.clone()],
@@ -862,8 +795,8 @@ mod tests {
             muted_until: Some(5),
             slow_mode: 10,
             req: Some("r".into()),
-        });
-        round_trip(&ServerMsg::Joined {
+        }));
+        server_round_trip(&ServerMsg::Joined(frame::Joined {
             room: room(),
             nick: nick(),
             history: vec![],
@@ -876,54 +809,54 @@ mod tests {
             muted_until: None,
             slow_mode: 0,
             req: None,
-        });
-        round_trip(&ServerMsg::Left {
+        }));
+        server_round_trip(&ServerMsg::Left(frame::Left {
             room: room(),
             reason: Some("kicked".into()),
             req: None,
-        });
-        round_trip(&ServerMsg::Ack {
+        }));
+        server_round_trip(&ServerMsg::Ack(frame::Ack {
             room: room(),
             cid: "c".into(),
             id: MsgId::new(10, 0),
             ts: 10,
             duplicate: true,
-        });
-        round_trip(&ServerMsg::Message(msg));
-        round_trip(&ServerMsg::Gap {
+        }));
+        server_round_trip(&ServerMsg::Message(msg));
+        server_round_trip(&ServerMsg::Gap(frame::Gap {
             room: room(),
             epoch: "e2".into(),
             reset: true,
-        });
-        round_trip(&ServerMsg::Pong { req: None });
-        round_trip(&ServerMsg::TryAgain {
+        }));
+        server_round_trip(&ServerMsg::Pong(frame::Pong { req: None }));
+        server_round_trip(&ServerMsg::TryAgain(frame::TryAgain {
             after_ms: 250,
             request: "join".into(),
             room: Some("general".into()),
             req: Some("j".into()),
-        });
-        round_trip(&ServerMsg::Presence(PresenceEvent {
+        }));
+        server_round_trip(&ServerMsg::Presence(PresenceEvent {
             room: room(),
             nick: nick(),
             event: PresenceKind::Left,
             from: None,
             ts: 3,
         }));
-        round_trip(&ServerMsg::Presence(PresenceEvent {
+        server_round_trip(&ServerMsg::Presence(PresenceEvent {
             room: room(),
             nick: nick(),
             event: PresenceKind::Renamed,
             from: Some(Nick::parse("old").unwrap()),
             ts: 4,
         }));
-        round_trip(&ServerMsg::Error {
+        server_round_trip(&ServerMsg::Error(frame::Error {
             code: ErrorCode::NotJoined,
             message: "m".into(),
             request: Some("send".into()),
             req: Some("c".into()),
             room: Some("x".into()),
             until: Some(7),
-        });
+        }));
     }
 
     #[test]
@@ -1021,8 +954,10 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
                 client.insert(kind);
             } else {
-                serde_json::from_value::<ServerMsg>(value)
+                let msg = serde_json::from_value::<ServerMsg>(value)
                     .unwrap_or_else(|e| panic!("{e}: {json}"));
+                // The browser reads the same text its own way: `type` first, then the payload.
+                assert_eq!(decode_tagged(json), msg, "{json}");
                 server.insert(kind);
             }
         }

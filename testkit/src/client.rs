@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, ServerMsg};
+use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, ServerMsg, frame};
 use tokio::sync::mpsc;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -203,12 +203,12 @@ impl Client {
             },
         };
         match client.next_within(PATIENCE).await {
-            Received::Frame(ServerMsg::Welcome { version, node, .. }) => {
+            Received::Frame(ServerMsg::Welcome(frame::Welcome { version, node, .. })) => {
                 assert_eq!(version, shared::PROTOCOL_VERSION);
                 client.node = node;
                 Ok(client)
             }
-            Received::Frame(ServerMsg::TryAgain { after_ms, .. }) => {
+            Received::Frame(ServerMsg::TryAgain(frame::TryAgain { after_ms, .. })) => {
                 honour_try_again(after_ms).await;
                 Err(format!("{TURNED_AWAY} (try_again after {after_ms} ms)"))
             }
@@ -358,7 +358,7 @@ impl Client {
         since: Option<MsgId>,
     ) -> Result<Vec<ChatMessage>, (ErrorCode, String)> {
         match self.join_answer(room, nick, None, since).await? {
-            ServerMsg::Joined { history, .. } => Ok(history),
+            ServerMsg::Joined(frame::Joined { history, .. }) => Ok(history),
             _ => unreachable!("join_answer returns joined frames"),
         }
     }
@@ -371,9 +371,9 @@ impl Client {
         person: &str,
     ) -> Result<(Vec<String>, u32), (ErrorCode, String)> {
         match self.join_answer(room, nick, Some(person), None).await? {
-            ServerMsg::Joined {
+            ServerMsg::Joined(frame::Joined {
                 members, online, ..
-            } => Ok((members.iter().map(ToString::to_string).collect(), online)),
+            }) => Ok((members.iter().map(ToString::to_string).collect(), online)),
             _ => unreachable!("join_answer returns joined frames"),
         }
     }
@@ -399,8 +399,8 @@ impl Client {
             .await;
             let answer = self
                 .answer(&req, |m| match m {
-                    ServerMsg::Joined { req: Some(r), .. }
-                    | ServerMsg::TryAgain { req: Some(r), .. }
+                    ServerMsg::Joined(frame::Joined { req: Some(r), .. })
+                    | ServerMsg::TryAgain(frame::TryAgain { req: Some(r), .. })
                         if *r == req =>
                     {
                         Some(m.clone())
@@ -409,7 +409,9 @@ impl Client {
                 })
                 .await?;
             match answer {
-                ServerMsg::TryAgain { after_ms, .. } => honour_try_again(after_ms).await,
+                ServerMsg::TryAgain(frame::TryAgain { after_ms, .. }) => {
+                    honour_try_again(after_ms).await
+                }
                 joined => return Ok(joined),
             }
         }
@@ -423,12 +425,12 @@ impl Client {
         mut pick: impl FnMut(&ServerMsg) -> Option<T>,
     ) -> Result<T, (ErrorCode, String)> {
         self.take(|m| match m {
-            ServerMsg::Error {
+            ServerMsg::Error(frame::Error {
                 req: Some(r),
                 code,
                 message,
                 ..
-            } if r == req => Some(Err((*code, message.clone()))),
+            }) if r == req => Some(Err((*code, message.clone()))),
             _ => pick(m).map(Ok),
         })
         .await
@@ -462,14 +464,14 @@ impl Client {
             }
             loop {
                 match self.next_within(PATIENCE).await {
-                    Received::Frame(ServerMsg::Joined {
+                    Received::Frame(ServerMsg::Joined(frame::Joined {
                         history,
                         epoch,
                         reset,
                         truncated,
                         req: Some(r),
                         ..
-                    }) if r == req => {
+                    })) if r == req => {
                         return Some(Joined {
                             history,
                             epoch,
@@ -477,20 +479,20 @@ impl Client {
                             truncated,
                         });
                     }
-                    Received::Frame(ServerMsg::Error {
+                    Received::Frame(ServerMsg::Error(frame::Error {
                         code: ErrorCode::Unavailable,
                         req: Some(r),
                         ..
-                    }) if r == req => break,
-                    Received::Frame(ServerMsg::TryAgain {
+                    })) if r == req => break,
+                    Received::Frame(ServerMsg::TryAgain(frame::TryAgain {
                         after_ms,
                         req: Some(r),
                         ..
-                    }) if r == req => {
+                    })) if r == req => {
                         honour_try_again(after_ms).await;
                         break;
                     }
-                    Received::Frame(ServerMsg::Error { code, message, .. }) => {
+                    Received::Frame(ServerMsg::Error(frame::Error { code, message, .. })) => {
                         panic!("join refused: {code:?} {message}")
                     }
                     Received::Frame(_) => {}
@@ -541,7 +543,7 @@ impl Client {
     /// Waits for the answer to the send with `cid`: the id from its ack, or the error.
     async fn answer_to(&mut self, cid: &str) -> Result<MsgId, (ErrorCode, String)> {
         self.answer(cid, |m| match m {
-            ServerMsg::Ack { cid: c, id, .. } if c == cid => Some(*id),
+            ServerMsg::Ack(frame::Ack { cid: c, id, .. }) if c == cid => Some(*id),
             _ => None,
         })
         .await
@@ -634,9 +636,9 @@ impl Client {
     /// The next error frame.
     pub async fn error(&mut self) -> (ErrorCode, String, Option<String>) {
         self.take(|m| match m {
-            ServerMsg::Error {
+            ServerMsg::Error(frame::Error {
                 code, message, req, ..
-            } => Some((*code, message.clone(), req.clone())),
+            }) => Some((*code, message.clone(), req.clone())),
             _ => None,
         })
         .await
@@ -664,7 +666,7 @@ pub async fn node_behind(url: &str) -> String {
         panic!("no welcome from {url}")
     };
     match serde_json::from_str::<ServerMsg>(&text).expect("a server frame") {
-        ServerMsg::Welcome { node, .. } => node,
+        ServerMsg::Welcome(frame::Welcome { node, .. }) => node,
         other => panic!("expected welcome, got {other:?}"),
     }
 }

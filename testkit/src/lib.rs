@@ -10,6 +10,7 @@ pub mod client;
 mod topologies;
 pub mod traffic;
 
+use shared::frame;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -541,8 +542,10 @@ pub async fn join_ws(url: &str, room: &str, nick: &str) -> Ws {
             panic!("connection closed during join")
         };
         match serde_json::from_str(&t).expect("server frames are JSON") {
-            shared::ServerMsg::Joined { .. } => return ws,
-            shared::ServerMsg::Error { message, .. } => panic!("join refused: {message}"),
+            shared::ServerMsg::Joined(_) => return ws,
+            shared::ServerMsg::Error(frame::Error { message, .. }) => {
+                panic!("join refused: {message}")
+            }
             _ => {}
         }
     }

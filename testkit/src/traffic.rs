@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg, close_code};
+use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg, close_code, frame};
 use tokio::sync::watch;
 
 use crate::PATIENCE;
@@ -102,16 +102,16 @@ async fn member(
             tokio::select! {
                 r = client.next_within(PATIENCE * 3) => match r {
                     Received::Frame(frame @ (ServerMsg::Message(_)
-                        | ServerMsg::Edited { .. }
-                        | ServerMsg::Deleted { .. }
-                        | ServerMsg::Reacted { .. })) => {
+                        | ServerMsg::Edited(_)
+                        | ServerMsg::Deleted(_)
+                        | ServerMsg::Reacted(_))) => {
                         // Messages and the actions on them are events of the room alike: each arrives once, in
                         // id order, and moves the resume point.
                         let id = event_id(&frame);
                         resume.since = Some(id);
                         seen.ids.push(id);
                     }
-                    Received::Frame(ServerMsg::Gap { epoch, reset, .. }) => {
+                    Received::Frame(ServerMsg::Gap(frame::Gap { epoch, reset, .. })) => {
                         seen.gaps += 1;
                         seen.resets += usize::from(reset);
                         resume.epoch = Some(epoch);
@@ -135,9 +135,9 @@ async fn member(
 fn event_id(frame: &ServerMsg) -> MsgId {
     match frame {
         ServerMsg::Message(m) => m.id,
-        ServerMsg::Edited { id, .. }
-        | ServerMsg::Deleted { id, .. }
-        | ServerMsg::Reacted { id, .. } => *id,
+        ServerMsg::Edited(frame::Edited { id, .. })
+        | ServerMsg::Deleted(frame::Deleted { id, .. })
+        | ServerMsg::Reacted(frame::Reacted { id, .. }) => *id,
         other => unreachable!("not an event: {other:?}"),
     }
 }
@@ -207,12 +207,12 @@ async fn send_steadily<F: Future<Output = ()>>(
                 if client.try_send(&send).await {
                     loop {
                         match client.next_within(PATIENCE).await {
-                            Received::Frame(ServerMsg::Ack {
+                            Received::Frame(ServerMsg::Ack(frame::Ack {
                                 cid: c,
                                 id,
                                 duplicate,
                                 ..
-                            }) if c == cid => {
+                            })) if c == cid => {
                                 out.duplicate_acks += usize::from(duplicate);
                                 out.acked.push(id);
                                 target.get_or_insert(id);
@@ -220,16 +220,20 @@ async fn send_steadily<F: Future<Output = ()>>(
                                 last_ack = tokio::time::Instant::now();
                                 break 'resend;
                             }
-                            Received::Frame(ServerMsg::Error {
+                            Received::Frame(ServerMsg::Error(frame::Error {
                                 code: ErrorCode::Unavailable,
                                 req: Some(c),
                                 ..
-                            }) if c == cid => {
+                            })) if c == cid => {
                                 out.unavailable += 1;
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue 'resend;
                             }
-                            Received::Frame(ServerMsg::Error { code, message, .. }) => {
+                            Received::Frame(ServerMsg::Error(frame::Error {
+                                code,
+                                message,
+                                ..
+                            })) => {
                                 panic!("send refused: {code:?} {message}")
                             }
                             Received::Frame(_) => {}

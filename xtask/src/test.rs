@@ -158,7 +158,7 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
         let web = scope.spawn(|| {
             stages.run(
                 "browser client: release build into dist/, linted by clippy for wasm32",
-                || web::build(&tools, root, true),
+                || web::build(&tools, root, true)?.within_budget(),
             )
         });
         let engine = scope.spawn(|| {

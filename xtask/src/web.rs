@@ -27,12 +27,32 @@ use crate::{exec, step};
 /// The wasm build's own target directory (`cargo chef cook` in the Dockerfile warms the same one).
 pub const TARGET_DIR: &str = "target/web";
 
+/// What a first visit may download at most, brotli-compressed: the page, its JS glue, the wasm and the stylesheet.
+/// Issue #16 set it; README's "Size" section reports where the build stands.
+pub const FIRST_LOAD_BUDGET: usize = 200 * 1024;
+
 /// What `dist/` holds after a build, for the size report.
 #[derive(Debug)]
 pub struct Built {
     pub wasm_bytes: usize,
     pub wasm_gzip: usize,
     pub wasm_brotli: usize,
+    /// Every asset in `dist/` brotli-compressed, as a first visit downloads them.
+    pub first_load: usize,
+}
+
+impl Built {
+    /// Fails when a first visit would download more than [`FIRST_LOAD_BUDGET`].
+    pub fn within_budget(self) -> anyhow::Result<Self> {
+        if self.first_load > FIRST_LOAD_BUDGET {
+            bail!(
+                "a first visit downloads {} bytes (brotli), over the budget of {FIRST_LOAD_BUDGET}: \
+                 find what grew with `twiggy top` on the wasm, or make the budget a decision in README's \"Size\"",
+                self.first_load
+            );
+        }
+        Ok(self)
+    }
 }
 
 /// Builds the browser client into `<root>/dist`; with `lint`, our crates are compiled by clippy for wasm32 with
@@ -138,17 +158,22 @@ dispatchEvent(new CustomEvent("TrunkApplicationStarted", {{detail: {{wasm}}}}));
         ),
     );
     std::fs::write(dist.join("index.html"), html)?;
-    let (wasm_gzip, wasm_brotli) = compress_assets(&dist, &wasm_name)?;
+    let sizes = compress_assets(&dist, &wasm_name)?;
     let built = Built {
         wasm_bytes: module.len(),
-        wasm_gzip,
-        wasm_brotli,
+        wasm_gzip: sizes.wasm_gzip,
+        wasm_brotli: sizes.wasm_brotli,
+        first_load: sizes.brotli,
     };
     step(&format!(
-        "browser client built into dist/: wasm {} KB, {} KB gzip, {} KB brotli (what browsers download)",
+        "browser client built into dist/: wasm {} KB, {} KB gzip, {} KB brotli (what browsers download); \
+         a first visit downloads {} KB ({} bytes; budget {} KB)",
         built.wasm_bytes / 1024,
         built.wasm_gzip / 1024,
-        built.wasm_brotli / 1024
+        built.wasm_brotli / 1024,
+        built.first_load / 1024,
+        built.first_load,
+        FIRST_LOAD_BUDGET / 1024
     ));
     Ok(built)
 }
@@ -237,10 +262,9 @@ fn integrity(bytes: &[u8]) -> String {
 }
 
 /// Writes a brotli (`.br`) and a gzip (`.gz`) copy next to every text or wasm asset in `dist`, at the highest
-/// levels (done once at build time); the replica serves them to browsers that accept them. Returns the compressed
-/// sizes of `wasm`.
-fn compress_assets(dist: &Path, wasm: &str) -> anyhow::Result<(usize, usize)> {
-    let mut sizes = (0, 0);
+/// levels (done once at build time); the replica serves them to browsers that accept them.
+fn compress_assets(dist: &Path, wasm: &str) -> anyhow::Result<Compressed> {
+    let mut sizes = Compressed::default();
     for entry in std::fs::read_dir(dist).context("read dist/")? {
         let path = entry?.path();
         let compressible = path
@@ -267,10 +291,20 @@ fn compress_assets(dist: &Path, wasm: &str) -> anyhow::Result<(usize, usize)> {
         std::fs::write(with(".gz"), &gz)?;
         std::fs::write(with(".br"), &br)?;
         if path.file_name().is_some_and(|n| n == wasm) {
-            sizes = (gz.len(), br.len());
+            (sizes.wasm_gzip, sizes.wasm_brotli) = (gz.len(), br.len());
         }
+        sizes.brotli += br.len();
     }
     Ok(sizes)
+}
+
+/// Compressed sizes of `dist/`.
+#[derive(Debug, Default)]
+struct Compressed {
+    wasm_gzip: usize,
+    wasm_brotli: usize,
+    /// All assets, brotli.
+    brotli: usize,
 }
 
 #[cfg(test)]

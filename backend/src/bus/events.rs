@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use shared::{
     BusBody, ChatMessage, ErrorCode, ModerationAction, ModerationEvent, MsgId, Nick, Quote,
-    Reaction, RoomName, ServerMsg, validate,
+    Reaction, RoomName, ServerMsg, frame, validate,
 };
 
 use super::{BusError, Draft};
@@ -46,28 +46,28 @@ impl Stored {
                 message.reply_to.clone_from(quote);
                 ServerMsg::Message(message)
             }
-            BusBody::Edit { nick, target, text } => ServerMsg::Edited {
+            BusBody::Edit { nick, target, text } => ServerMsg::Edited(frame::Edited {
                 room,
                 id,
                 target: *target,
                 nick: nick.clone(),
                 text: text.clone(),
                 ts,
-            },
-            BusBody::Delete { nick, target } => ServerMsg::Deleted {
+            }),
+            BusBody::Delete { nick, target } => ServerMsg::Deleted(frame::Deleted {
                 room,
                 id,
                 target: *target,
                 nick: nick.clone(),
                 ts,
-            },
+            }),
             BusBody::React {
                 nick,
                 target,
                 emoji,
                 on,
                 count,
-            } => ServerMsg::Reacted {
+            } => ServerMsg::Reacted(frame::Reacted {
                 room,
                 id,
                 target: *target,
@@ -76,7 +76,7 @@ impl Stored {
                 on: *on,
                 count: *count,
                 ts,
-            },
+            }),
             BusBody::Moderation {
                 by,
                 action,
@@ -141,9 +141,9 @@ impl Stored {
 pub fn event_id(frame: &ServerMsg) -> Option<MsgId> {
     match frame {
         ServerMsg::Message(m) => Some(m.id),
-        ServerMsg::Edited { id, .. }
-        | ServerMsg::Deleted { id, .. }
-        | ServerMsg::Reacted { id, .. } => Some(*id),
+        ServerMsg::Edited(frame::Edited { id, .. })
+        | ServerMsg::Deleted(frame::Deleted { id, .. })
+        | ServerMsg::Reacted(frame::Reacted { id, .. }) => Some(*id),
         ServerMsg::Moderation(m) => Some(m.id),
         _ => None,
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::{PresenceEvent, RoomName, ServerMsg};
+use shared::{PresenceEvent, RoomName, ServerMsg, frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -101,18 +101,18 @@ impl Rooms {
             }
             BusEvent::Typing { room, notice } => {
                 let skip = self.own_conn(&notice.node, notice.conn);
-                let msg = ServerMsg::Typing {
+                let msg = ServerMsg::Typing(frame::Typing {
                     room: room.clone(),
                     nick: notice.nick,
-                };
+                });
                 (notice_frame(room, &msg), skip)
             }
             BusEvent::Gap { room, epoch, reset } => {
-                let msg = ServerMsg::Gap {
+                let msg = ServerMsg::Gap(frame::Gap {
                     room: room.clone(),
                     epoch: epoch.to_string(),
                     reset,
-                };
+                });
                 let out = Outbound {
                     room,
                     id: None,

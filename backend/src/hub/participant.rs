@@ -9,11 +9,11 @@ use std::collections::{HashMap, VecDeque};
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use shared::validate;
 use shared::{
     BusBody, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, ModerationAction, MsgId, Nick,
     PROTOCOL_VERSION, RoomName, ServerMsg, TYPING_EVERY_MS, TypingNotice, close_code,
 };
+use shared::{frame, validate};
 use tracing::{debug, info, warn};
 
 use super::registry::{ConnId, Member, Outbound};
@@ -182,22 +182,24 @@ impl Participant {
                 Err(wait) => {
                     metrics::counter!("roomcast_admission_refused_total", "what" => "join")
                         .increment(1);
-                    return Reply::Frame(ServerMsg::TryAgain {
+                    return Reply::Frame(ServerMsg::TryAgain(frame::TryAgain {
                         after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                         request: "join".into(),
                         room: Some(room),
                         req,
-                    });
+                    }));
                 }
                 Ok(()) => match self.join(&room, &nick, person, since, epoch, req).await {
                     Ok(answer) => return Reply::Frames(self.join_frames(answer)),
                     Err(e) => Err(e),
                 },
             },
-            ClientMsg::Leave { room, req } => self.leave(&room).map(|room| ServerMsg::Left {
-                room,
-                reason: None,
-                req,
+            ClientMsg::Leave { room, req } => self.leave(&room).map(|room| {
+                ServerMsg::Left(frame::Left {
+                    room,
+                    reason: None,
+                    req,
+                })
             }),
             ClientMsg::Send {
                 room,
@@ -287,7 +289,7 @@ impl Participant {
                 .moderate(&room, ModerationAction::SlowMode, None, secs, req)
                 .await
                 .map(|(frame, _)| frame),
-            ClientMsg::Ping { req } => Ok(ServerMsg::Pong { req }),
+            ClientMsg::Ping { req } => Ok(ServerMsg::Pong(frame::Pong { req })),
             ClientMsg::History {
                 room,
                 before,
@@ -490,7 +492,7 @@ impl Participant {
             left: self.hub.config.history_limit as usize + 2 * CATCH_UP_PAGE,
         };
         Ok(JoinAnswer {
-            joined: ServerMsg::Joined {
+            joined: ServerMsg::Joined(frame::Joined {
                 room,
                 nick,
                 history: messages,
@@ -503,7 +505,7 @@ impl Participant {
                 muted_until: roster.muted_until,
                 slow_mode: roster.slow_mode,
                 req,
-            },
+            }),
             backlog,
         })
     }
@@ -617,12 +619,12 @@ impl Participant {
             .min(fetched);
         messages.truncate(fit);
         messages.reverse();
-        Ok(ServerMsg::HistoryPage {
+        Ok(ServerMsg::HistoryPage(frame::HistoryPage {
             room,
             complete: fit == fetched && fetched < limit,
             messages,
             req,
-        })
+        }))
     }
 
     /// Relays that the person is typing in a joined room, at most once per [`TYPING_EVERY_MS`] (more are dropped:
@@ -731,13 +733,13 @@ impl Participant {
             metrics::counter!("roomcast_messages_published_total").increment(1);
             debug!(%room, id = %published.id, "published");
         }
-        Ok(ServerMsg::Ack {
+        Ok(ServerMsg::Ack(frame::Ack {
             room,
             cid,
             id: published.id,
             ts: published.id.ms,
             duplicate: published.duplicate,
-        })
+        }))
     }
 
     /// A moderator's action: checked, then stored in the room as a `moderation` event whose effect (mute, ban, slow
@@ -793,7 +795,7 @@ impl Participant {
         };
         let published = self.hub.bus.publish(&room, draft).await?;
         info!(%room, ?action, ?nick, secs, "moderated");
-        Ok((ServerMsg::Done { room, req }, published))
+        Ok((ServerMsg::Done(frame::Done { room, req }), published))
     }
 
     /// After a queued frame was written: when it was a moderator's kick or ban of this connection's nick in that
@@ -805,11 +807,11 @@ impl Participant {
         }
         let room = self.leave(out.room.as_str()).ok()?;
         info!(%room, %nick, reason, "taken out of the room by a moderator");
-        Some(ServerMsg::Left {
+        Some(ServerMsg::Left(frame::Left {
             room,
             reason: Some((*reason).to_owned()),
             req: None,
-        })
+        }))
     }
 
     /// Whether a queued frame should reach the client: it belongs to a joined room and is not a duplicate.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use shared::validate::MAX_FRAME_BYTES;
-use shared::{ErrorCode, PROTOCOL_VERSION, ServerMsg, close_code};
+use shared::{ErrorCode, PROTOCOL_VERSION, ServerMsg, close_code, frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
@@ -58,12 +58,12 @@ pub fn serve(
 /// Tells a connection the replica cannot take it now (admission control): `try_again`, then close 1013.
 pub async fn turn_away(socket: WebSocket, after: Duration) {
     let (mut sink, mut stream) = socket.split();
-    let msg = ServerMsg::TryAgain {
+    let msg = ServerMsg::TryAgain(frame::TryAgain {
         after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
         request: "connect".into(),
         room: None,
         req: None,
-    };
+    });
     let close = CloseFrame {
         code: close_code::TRY_AGAIN_LATER,
         reason: "busy: reconnect after try_again's after_ms".into(),
@@ -138,11 +138,11 @@ impl Session {
     /// Serves the connection until it ends; says why.
     async fn run(&mut self, sink: &mut Sink, stream: &mut Stream) -> End {
         let hub = self.participant.hub().clone();
-        let welcome = codec::text(&ServerMsg::Welcome {
+        let welcome = codec::text(&ServerMsg::Welcome(frame::Welcome {
             version: PROTOCOL_VERSION,
             node: hub.node.to_string(),
             limits: (*hub.limits).clone(),
-        });
+        }));
         if write(sink, welcome).await.is_err() {
             return End::PeerGone;
         }

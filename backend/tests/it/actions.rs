@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, ServerMsg};
+use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, ServerMsg, frame};
 
 use crate::harness::{Client, Redis, Replica, config};
 
@@ -151,20 +151,20 @@ impl View {
                 self.message(m);
                 m.id
             }
-            ServerMsg::Edited {
+            ServerMsg::Edited(frame::Edited {
                 id,
                 target,
                 text,
                 ts,
                 ..
-            } => {
+            }) => {
                 if let Some(m) = self.messages.get_mut(target) {
                     m.text.clone_from(text);
                     m.edited_at = Some(*ts);
                 }
                 *id
             }
-            ServerMsg::Deleted { id, target, .. } => {
+            ServerMsg::Deleted(frame::Deleted { id, target, .. }) => {
                 if let Some(m) = self.messages.get_mut(target) {
                     *m = Seen {
                         deleted: true,
@@ -173,7 +173,7 @@ impl View {
                 }
                 *id
             }
-            ServerMsg::Reacted {
+            ServerMsg::Reacted(frame::Reacted {
                 id,
                 target,
                 nick,
@@ -181,7 +181,7 @@ impl View {
                 on,
                 count,
                 ..
-            } => {
+            }) => {
                 let mine = nick.as_str() == self.me;
                 if let Some(m) = self.messages.get_mut(target) {
                     let entry = m.reactions.entry(emoji.clone()).or_insert((0, false));
@@ -223,13 +223,13 @@ async fn act(client: &mut Client, msg: ClientMsg) -> MsgId {
     client.send(&msg).await;
     client
         .take(|m| match m {
-            ServerMsg::Ack { cid: c, id, .. } if *c == cid => Some(*id),
-            ServerMsg::Error {
+            ServerMsg::Ack(frame::Ack { cid: c, id, .. }) if *c == cid => Some(*id),
+            ServerMsg::Error(frame::Error {
                 req: Some(c),
                 code,
                 message,
                 ..
-            } if *c == cid => {
+            }) if *c == cid => {
                 panic!("{cid} refused: {code:?} {message}")
             }
             _ => None,
@@ -241,13 +241,13 @@ async fn act(client: &mut Client, msg: ClientMsg) -> MsgId {
 async fn done(client: &mut Client, req: &str) {
     client
         .take(|m| match m {
-            ServerMsg::Done { req: Some(r), .. } if r == req => Some(()),
-            ServerMsg::Error {
+            ServerMsg::Done(frame::Done { req: Some(r), .. }) if r == req => Some(()),
+            ServerMsg::Error(frame::Error {
                 req: Some(r),
                 code,
                 message,
                 ..
-            } if r == req => {
+            }) if r == req => {
                 panic!("{req} refused: {code:?} {message}")
             }
             _ => None,
@@ -260,14 +260,16 @@ async fn refused(client: &mut Client, msg: ClientMsg, req: &str) -> (ErrorCode, 
     client.send(&msg).await;
     client
         .take(|m| match m {
-            ServerMsg::Error {
+            ServerMsg::Error(frame::Error {
                 req: Some(r),
                 code,
                 until,
                 ..
-            } if r == req => Some((*code, *until)),
-            ServerMsg::Ack { cid, .. } if cid == req => panic!("{req} was accepted"),
-            ServerMsg::Done { req: Some(r), .. } if r == req => panic!("{req} was done"),
+            }) if r == req => Some((*code, *until)),
+            ServerMsg::Ack(frame::Ack { cid, .. }) if cid == req => panic!("{req} was accepted"),
+            ServerMsg::Done(frame::Done { req: Some(r), .. }) if r == req => {
+                panic!("{req} was done")
+            }
             _ => None,
         })
         .await
@@ -411,7 +413,7 @@ async fn every_action_reaches_every_member_once_and_history_shows_the_state(room
     .await;
     let page = dave
         .take(|m| match m {
-            ServerMsg::HistoryPage { messages, .. } => Some(messages.clone()),
+            ServerMsg::HistoryPage(frame::HistoryPage { messages, .. }) => Some(messages.clone()),
             _ => None,
         })
         .await;
@@ -447,7 +449,7 @@ async fn a_member_away_across_actions_ends_in_the_same_state(rooms: Rooms) {
             .await;
         probe
             .take(|m| match m {
-                ServerMsg::Joined { epoch, .. } => Some(epoch.clone()),
+                ServerMsg::Joined(frame::Joined { epoch, .. }) => Some(epoch.clone()),
                 _ => None,
             })
             .await
@@ -476,7 +478,7 @@ async fn a_member_away_across_actions_ends_in_the_same_state(rooms: Rooms) {
     .await;
     let history = back
         .take(|m| match m {
-            ServerMsg::Joined { history, .. } => Some(history.clone()),
+            ServerMsg::Joined(frame::Joined { history, .. }) => Some(history.clone()),
             _ => None,
         })
         .await;
@@ -585,9 +587,9 @@ async fn rules_refuse_with_typed_errors(rooms: Rooms) {
     bob.send(&react(r, target, "👍", true, "b8")).await;
     let again = bob
         .take(|m| match m {
-            ServerMsg::Ack {
+            ServerMsg::Ack(frame::Ack {
                 cid, id, duplicate, ..
-            } if cid == "b8" => Some((*id, *duplicate)),
+            }) if cid == "b8" => Some((*id, *duplicate)),
             _ => None,
         })
         .await;
@@ -626,7 +628,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
         .await;
     let is_moderator = moderator
         .take(|m| match m {
-            ServerMsg::Joined { moderator, .. } => Some(*moderator),
+            ServerMsg::Joined(frame::Joined { moderator, .. }) => Some(*moderator),
             _ => None,
         })
         .await;
@@ -719,7 +721,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
     done(&mut moderator, "kick").await;
     let reason = bob
         .take(|m| match m {
-            ServerMsg::Left { reason, .. } => Some(reason.clone()),
+            ServerMsg::Left(frame::Left { reason, .. }) => Some(reason.clone()),
             _ => None,
         })
         .await;
@@ -740,7 +742,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
     done(&mut moderator, "ban").await;
     let reason = bob
         .take(|m| match m {
-            ServerMsg::Left { reason, .. } => Some(reason.clone()),
+            ServerMsg::Left(frame::Left { reason, .. }) => Some(reason.clone()),
             _ => None,
         })
         .await;
@@ -759,13 +761,13 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             .await;
         again
             .take(|m| match m {
-                ServerMsg::Error {
+                ServerMsg::Error(frame::Error {
                     req: Some(q),
                     code,
                     until,
                     ..
-                } if q == "rejoin" => Some((*code, *until)),
-                ServerMsg::Joined { .. } => panic!("a banned nick joined"),
+                }) if q == "rejoin" => Some((*code, *until)),
+                ServerMsg::Joined(_) => panic!("a banned nick joined"),
                 _ => None,
             })
             .await
@@ -805,7 +807,7 @@ async fn a_ban_follows_the_person_behind_the_nick() {
     assert_eq!(status, 200, "{body}");
     let reason = troll
         .take(|m| match m {
-            ServerMsg::Left { reason, .. } => Some(reason.clone()),
+            ServerMsg::Left(frame::Left { reason, .. }) => Some(reason.clone()),
             _ => None,
         })
         .await;
@@ -872,9 +874,9 @@ async fn a_ban_follows_the_person_behind_the_nick() {
     other.send(&send(r, "hello?", "o1", None)).await;
     let code = other
         .take(|m| match m {
-            ServerMsg::Error {
+            ServerMsg::Error(frame::Error {
                 req: Some(q), code, ..
-            } if q == "o1" => Some(*code),
+            }) if q == "o1" => Some(*code),
             _ => None,
         })
         .await;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use shared::{ClientMsg, ServerMsg, close_code};
+use shared::{ClientMsg, ServerMsg, close_code, frame};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{Client, Redis, Replica, config};
@@ -46,7 +46,8 @@ async fn joins_beyond_the_rate_are_told_to_come_back_and_all_get_in_once() {
                     .await;
                 let answer = client
                     .take(|m| match m {
-                        ServerMsg::Joined { req, .. } | ServerMsg::TryAgain { req, .. }
+                        ServerMsg::Joined(frame::Joined { req, .. })
+                        | ServerMsg::TryAgain(frame::TryAgain { req, .. })
                             if req.as_deref() == Some(&format!("j{i}")) =>
                         {
                             Some(m.clone())
@@ -55,12 +56,12 @@ async fn joins_beyond_the_rate_are_told_to_come_back_and_all_get_in_once() {
                     })
                     .await;
                 match answer {
-                    ServerMsg::TryAgain {
+                    ServerMsg::TryAgain(frame::TryAgain {
                         after_ms,
                         request,
                         room,
                         ..
-                    } => {
+                    }) => {
                         assert_eq!((request.as_str(), room.as_deref()), ("join", Some("storm")));
                         refused += 1;
                         honour(after_ms, i).await;
@@ -101,17 +102,14 @@ async fn joins_beyond_the_rate_are_told_to_come_back_and_all_get_in_once() {
         })
         .await;
         match last
-            .take(|m| {
-                matches!(m, ServerMsg::Joined { .. } | ServerMsg::TryAgain { .. })
-                    .then(|| m.clone())
-            })
+            .take(|m| matches!(m, ServerMsg::Joined(_) | ServerMsg::TryAgain(_)).then(|| m.clone()))
             .await
         {
-            ServerMsg::TryAgain { after_ms, .. } => {
+            ServerMsg::TryAgain(frame::TryAgain { after_ms, .. }) => {
                 attempt += 1;
                 honour(after_ms, attempt).await;
             }
-            ServerMsg::Joined { online, .. } => {
+            ServerMsg::Joined(frame::Joined { online, .. }) => {
                 assert_eq!(online, u32::try_from(members).unwrap() + 1);
                 break;
             }
@@ -148,13 +146,13 @@ async fn connections_beyond_the_rate_get_try_again_and_close_1013() {
             panic!("a first frame")
         };
         match serde_json::from_str::<ServerMsg>(&first).unwrap() {
-            ServerMsg::Welcome { .. } => {
+            ServerMsg::Welcome(_) => {
                 welcomed += 1;
                 kept.push(ws);
             }
-            ServerMsg::TryAgain {
+            ServerMsg::TryAgain(frame::TryAgain {
                 after_ms, request, ..
-            } => {
+            }) => {
                 assert_eq!(request, "connect");
                 assert!(after_ms >= 100);
                 turned_away += 1;

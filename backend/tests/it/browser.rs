@@ -3,6 +3,7 @@
 //! The WebDriver kit (chromedriver, pages, waits, screenshots) is `testkit::browser`; what a person does in
 //! Roomcast's pages is [`Chat`], here.
 
+use shared::frame;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -851,8 +852,10 @@ async fn replies_edits_deletes_and_reactions_reach_the_other_replica() {
         .await;
     let answer = carol
         .take(|m| match m {
-            shared::ServerMsg::Ack { cid, .. } if cid == "late" => Some(Ok(())),
-            shared::ServerMsg::Error { req, message, .. } if req.as_deref() == Some("late") => {
+            shared::ServerMsg::Ack(frame::Ack { cid, .. }) if cid == "late" => Some(Ok(())),
+            shared::ServerMsg::Error(frame::Error { req, message, .. })
+                if req.as_deref() == Some("late") =>
+            {
                 Some(Err(message.clone()))
             }
             _ => None,

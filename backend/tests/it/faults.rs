@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg, close_code};
+use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg, close_code, frame};
 use testkit::traffic::run_traffic;
 use tokio::net::TcpStream;
 
@@ -222,7 +222,7 @@ async fn redis_restarted_empty_tells_every_member() {
     for c in [&mut on_a, &mut on_b] {
         let (epoch, reset) = c
             .take(|m| match m {
-                ServerMsg::Gap { epoch, reset, .. } => Some((epoch.clone(), *reset)),
+                ServerMsg::Gap(frame::Gap { epoch, reset, .. }) => Some((epoch.clone(), *reset)),
                 _ => None,
             })
             .await;
@@ -244,8 +244,10 @@ async fn redis_restarted_empty_tells_every_member() {
         .await;
     let (reset, epoch) = returning
         .take(|m| match m {
-            ServerMsg::Joined { reset, epoch, .. } => Some((*reset, epoch.clone())),
-            ServerMsg::Error { code, message, .. } => panic!("join refused: {code:?} {message}"),
+            ServerMsg::Joined(frame::Joined { reset, epoch, .. }) => Some((*reset, epoch.clone())),
+            ServerMsg::Error(frame::Error { code, message, .. }) => {
+                panic!("join refused: {code:?} {message}")
+            }
             _ => None,
         })
         .await;
@@ -275,9 +277,7 @@ async fn redis_restarted_empty_tells_every_member() {
         let next = c.message_in("lost").await;
         assert_eq!(next.id, marker);
         assert!(
-            !c.pending()
-                .iter()
-                .any(|m| matches!(m, ServerMsg::Gap { .. })),
+            !c.pending().iter().any(|m| matches!(m, ServerMsg::Gap(_))),
             "told once"
         );
     }
@@ -300,7 +300,7 @@ async fn joined_epoch(c: &mut Client, room: &str) -> String {
     })
     .await;
     c.take(|m| match m {
-        ServerMsg::Joined { epoch, .. } => Some(epoch.clone()),
+        ServerMsg::Joined(frame::Joined { epoch, .. }) => Some(epoch.clone()),
         _ => None,
     })
     .await
@@ -337,8 +337,10 @@ async fn a_resent_cid_is_stored_once() {
         again.send(&send("typed once", "tab1-1")).await;
         let (id, duplicate) = again
             .take(|m| match m {
-                ServerMsg::Ack { id, duplicate, .. } => Some((*id, *duplicate)),
-                ServerMsg::Error { code, message, .. } => panic!("{code:?} {message}"),
+                ServerMsg::Ack(frame::Ack { id, duplicate, .. }) => Some((*id, *duplicate)),
+                ServerMsg::Error(frame::Error { code, message, .. }) => {
+                    panic!("{code:?} {message}")
+                }
                 _ => None,
             })
             .await;
@@ -357,7 +359,7 @@ async fn a_resent_cid_is_stored_once() {
     bob.send(&send("typed once", "tab1-1")).await;
     let bobs = bob
         .take(|m| match m {
-            ServerMsg::Ack { id, .. } => Some(*id),
+            ServerMsg::Ack(frame::Ack { id, .. }) => Some(*id),
             _ => None,
         })
         .await;

@@ -2,7 +2,7 @@
 //! stays usable; oversize frames close with 1009; wrong origins are refused; HTTP routes answer.
 
 use shared::validate::{MAX_FRAME_BYTES, TEXT_MAX_CHARS};
-use shared::{ClientMsg, ErrorCode, ServerMsg, close_code};
+use shared::{ClientMsg, ErrorCode, ServerMsg, close_code, frame};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -60,7 +60,7 @@ async fn matching_hello_is_accepted_silently() {
         })
         .await;
     assert!(
-        matches!(client.next().await, ServerMsg::Joined { .. }),
+        matches!(client.next().await, ServerMsg::Joined(_)),
         "the hello got no answer"
     );
 }
@@ -71,12 +71,12 @@ async fn incompatible_version_gets_an_error_then_a_close() {
     let mut client = replica.client().await;
     client.send(&ClientMsg::Hello { version: 99 }).await;
     match client.next().await {
-        ServerMsg::Error {
+        ServerMsg::Error(frame::Error {
             code,
             message,
             request,
             ..
-        } => {
+        }) => {
             assert_eq!(code, ErrorCode::UnsupportedVersion);
             assert_eq!(request.as_deref(), Some("hello"));
             assert!(

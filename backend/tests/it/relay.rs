@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use shared::{ChatMessage, MsgId, PresenceKind, ServerMsg, close_code};
+use shared::{ChatMessage, MsgId, PresenceKind, ServerMsg, close_code, frame};
 
 use crate::harness::{Client, PATIENCE, Redis, Replica, config};
 
@@ -98,7 +98,9 @@ async fn typing_reaches_the_others_once_per_interval(cluster: Cluster) {
     a.send(&typing).await;
     let who = b
         .take(|m| match m {
-            ServerMsg::Typing { room, nick } if room.as_str() == "keys" => Some(nick.to_string()),
+            ServerMsg::Typing(frame::Typing { room, nick }) if room.as_str() == "keys" => {
+                Some(nick.to_string())
+            }
             _ => None,
         })
         .await;
@@ -113,7 +115,7 @@ async fn typing_reaches_the_others_once_per_interval(cluster: Cluster) {
     let relayed = |c: &Client| {
         c.pending()
             .iter()
-            .filter(|m| matches!(m, ServerMsg::Typing { .. }))
+            .filter(|m| matches!(m, ServerMsg::Typing(_)))
             .count()
     };
     assert_eq!(relayed(&a), 0, "alice hears her own typing");
@@ -152,15 +154,15 @@ async fn page(
     })
     .await;
     c.take(|m| match m {
-        ServerMsg::HistoryPage {
+        ServerMsg::HistoryPage(frame::HistoryPage {
             messages,
             complete,
             req: Some(r),
             ..
-        } if *r == req => Some(Ok((messages.clone(), *complete))),
-        ServerMsg::Error {
+        }) if *r == req => Some(Ok((messages.clone(), *complete))),
+        ServerMsg::Error(frame::Error {
             code, req: Some(r), ..
-        } if *r == req => Some(Err(*code)),
+        }) if *r == req => Some(Err(*code)),
         _ => None,
     })
     .await
@@ -640,7 +642,7 @@ async fn leave_stops_delivery(cluster: Cluster) {
         .await;
     let left = leaver
         .take(|m| match m {
-            ServerMsg::Left { room, req, .. } => Some((room.to_string(), req.clone())),
+            ServerMsg::Left(frame::Left { room, req, .. }) => Some((room.to_string(), req.clone())),
             _ => None,
         })
         .await;

@@ -1,6 +1,6 @@
 //! Frames as the server would send them and readers of the chat state, shared by the tests of every chat module.
 
-use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, Nick, RoomName, ServerMsg};
+use shared::{ChatMessage, ClientMsg, ErrorCode, MsgId, Nick, RoomName, ServerMsg, frame};
 
 use super::{Chat, Item, Room};
 
@@ -37,7 +37,7 @@ pub(super) fn joined_in(
     room_name: &str,
     history: Vec<ChatMessage>,
 ) -> ServerMsg {
-    ServerMsg::Joined {
+    ServerMsg::Joined(frame::Joined {
         room: room(room_name),
         nick: nick("me"),
         history,
@@ -50,28 +50,28 @@ pub(super) fn joined_in(
         muted_until: None,
         slow_mode: 0,
         req: None,
-    }
+    })
 }
 
 pub(super) fn ack(room_name: &str, cid: &str, ms: u64) -> ServerMsg {
-    ServerMsg::Ack {
+    ServerMsg::Ack(frame::Ack {
         room: room(room_name),
         cid: cid.into(),
         id: MsgId::new(ms, 0),
         ts: ms,
         duplicate: false,
-    }
+    })
 }
 
 pub(super) fn send_error(cid: &str, code: ErrorCode, message: &str) -> ServerMsg {
-    ServerMsg::Error {
+    ServerMsg::Error(frame::Error {
         code,
         message: message.into(),
         request: Some("send".into()),
         req: Some(cid.into()),
         room: Some("general".into()),
         until: None,
-    }
+    })
 }
 
 /// A chat in room `general` as `me`, looking at it.
@@ -136,7 +136,7 @@ pub(super) fn reacted(
     on: bool,
     count: u32,
 ) -> ServerMsg {
-    ServerMsg::Reacted {
+    ServerMsg::Reacted(frame::Reacted {
         room: room("general"),
         id: MsgId::new(id, 0),
         target: MsgId::new(target, 0),
@@ -145,7 +145,7 @@ pub(super) fn reacted(
         on,
         count,
         ts: id,
-    }
+    })
 }
 
 /// The one message with id `ms` in `general`.

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use shared::{
     ChatMessage, ClientMsg, ErrorCode, ModerationAction, ModerationEvent, MsgId, Nick, RoomName,
-    ServerMsg,
+    ServerMsg, frame,
 };
 
 pub use outbox::{Act, Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
@@ -368,16 +368,16 @@ impl Chat {
         };
         match msg {
             // `try_again` is the connection's business (it waits and asks again), not the chat's.
-            ServerMsg::Welcome { .. }
-            | ServerMsg::Pong { .. }
-            | ServerMsg::TryAgain { .. }
-            | ServerMsg::Done { .. }
-            | ServerMsg::Left { reason: None, .. } => {}
-            ServerMsg::Left {
+            ServerMsg::Welcome(_)
+            | ServerMsg::Pong(_)
+            | ServerMsg::TryAgain(_)
+            | ServerMsg::Done(_)
+            | ServerMsg::Left(frame::Left { reason: None, .. }) => {}
+            ServerMsg::Left(frame::Left {
                 room,
                 reason: Some(reason),
                 ..
-            } => {
+            }) => {
                 let room = self.room_mut(&room)?;
                 let how = if reason == "banned" {
                     "banned"
@@ -386,18 +386,18 @@ impl Chat {
                 };
                 room.phase = Phase::Removed(format!("You were {how} from #{}", room.name));
             }
-            ServerMsg::Edited {
+            ServerMsg::Edited(frame::Edited {
                 room,
                 id,
                 target,
                 text,
                 ts,
                 ..
-            } => self.change(&room, id, target, &Change::Edited(&text, ts))?,
-            ServerMsg::Deleted {
+            }) => self.change(&room, id, target, &Change::Edited(&text, ts))?,
+            ServerMsg::Deleted(frame::Deleted {
                 room, id, target, ..
-            } => self.change(&room, id, target, &Change::Deleted)?,
-            ServerMsg::Reacted {
+            }) => self.change(&room, id, target, &Change::Deleted)?,
+            ServerMsg::Reacted(frame::Reacted {
                 room,
                 id,
                 target,
@@ -406,7 +406,7 @@ impl Chat {
                 on,
                 count,
                 ..
-            } => {
+            }) => {
                 let mine = (self.room(&room)?.nick == nick).then_some(on);
                 let change = Change::Reacted {
                     emoji: &emoji,
@@ -435,22 +435,22 @@ impl Chat {
                     ts: event.ts,
                 });
             }
-            ServerMsg::HistoryPage {
+            ServerMsg::HistoryPage(frame::HistoryPage {
                 room,
                 messages,
                 complete,
                 ..
-            } => {
+            }) => {
                 let room = self.room_mut(&room)?;
                 room.timeline.prepend(messages, complete, &room.nick);
             }
-            ServerMsg::Typing { room, nick } => {
+            ServerMsg::Typing(frame::Typing { room, nick }) => {
                 let now = self.now;
                 let room = self.room_mut(&room)?;
                 room.typing.retain(|(n, _)| *n != nick);
                 room.typing.push((nick, now));
             }
-            ServerMsg::Joined {
+            ServerMsg::Joined(frame::Joined {
                 room,
                 nick,
                 history,
@@ -463,7 +463,7 @@ impl Chat {
                 muted_until,
                 slow_mode,
                 ..
-            } => {
+            }) => {
                 let viewing = active.as_ref() == Some(&room);
                 let key = self.next_key();
                 let room = self.room_mut(&room)?;
@@ -515,9 +515,9 @@ impl Chat {
                 }
             }
             // A `duplicate` ack means an earlier attempt was stored: it settles the message just the same.
-            ServerMsg::Ack {
+            ServerMsg::Ack(frame::Ack {
                 room, cid, id, ts, ..
-            } => self.room_mut(&room)?.ack(&cid, id, ts),
+            }) => self.room_mut(&room)?.ack(&cid, id, ts),
             ServerMsg::Presence(p) => {
                 let key = self.next_key();
                 let room = self.room_mut(&p.room)?;
@@ -530,7 +530,7 @@ impl Chat {
                     ts: p.ts,
                 }));
             }
-            ServerMsg::Gap { room, epoch, reset } => {
+            ServerMsg::Gap(frame::Gap { room, epoch, reset }) => {
                 let key = self.next_key();
                 let room = self.room_mut(&room)?;
                 room.epoch = Some(epoch);
@@ -540,14 +540,14 @@ impl Chat {
                 }
                 room.timeline.notice(key, GAP_NOTICE);
             }
-            ServerMsg::Error {
+            ServerMsg::Error(frame::Error {
                 code,
                 message,
                 request,
                 req,
                 room,
                 until,
-            } => {
+            }) => {
                 let room = room.and_then(|r| RoomName::parse(&r).ok());
                 if let Some(room) = room.as_ref().and_then(|r| self.room_mut(r)) {
                     match code {
@@ -663,7 +663,7 @@ pub fn duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use shared::{PresenceEvent, PresenceKind};
+    use shared::{PresenceEvent, PresenceKind, frame};
 
     use super::fixtures::*;
     use super::*;
@@ -727,27 +727,27 @@ mod tests {
         assert_eq!(general(&chat).unread(), 0);
 
         chat.open(room("full"), nick("me"));
-        let applied = chat.apply(ServerMsg::Error {
+        let applied = chat.apply(ServerMsg::Error(frame::Error {
             code: ErrorCode::TooManyRooms,
             message: "too many rooms".into(),
             request: Some("join".into()),
             req: None,
             room: Some("full".into()),
             until: None,
-        });
+        }));
         assert_eq!(applied.notice, None);
         assert_eq!(
             chat.room(&room("full")).unwrap().phase(),
             &Phase::Failed("too many rooms".into())
         );
-        let applied = chat.apply(ServerMsg::Error {
+        let applied = chat.apply(ServerMsg::Error(frame::Error {
             code: ErrorCode::Malformed,
             message: "frame is not valid JSON".into(),
             request: None,
             req: None,
             room: None,
             until: None,
-        });
+        }));
         assert_eq!(applied.notice.as_deref(), Some("frame is not valid JSON"));
         // A refusal for a send this tab does not know is shown as a notice too.
         let applied = chat.apply(send_error("nope", ErrorCode::RateLimited, "slow down"));
@@ -769,24 +769,24 @@ mod tests {
     }
 
     fn edited(id: u64, target: u64, text: &str) -> ServerMsg {
-        ServerMsg::Edited {
+        ServerMsg::Edited(frame::Edited {
             room: room("general"),
             id: MsgId::new(id, 0),
             target: MsgId::new(target, 0),
             nick: nick("me"),
             text: text.into(),
             ts: id,
-        }
+        })
     }
 
     fn deleted(id: u64, target: u64) -> ServerMsg {
-        ServerMsg::Deleted {
+        ServerMsg::Deleted(frame::Deleted {
             room: room("general"),
             id: MsgId::new(id, 0),
             target: MsgId::new(target, 0),
             nick: nick("mod"),
             ts: id,
-        }
+        })
     }
 
     fn moderation(id: u64, action: ModerationAction, who: Option<&str>, secs: u64) -> ServerMsg {
@@ -802,14 +802,14 @@ mod tests {
     }
 
     fn error(code: ErrorCode, request: &str, req: &str, until: Option<u64>) -> ServerMsg {
-        ServerMsg::Error {
+        ServerMsg::Error(frame::Error {
             code,
             message: format!("refused: {code:?}"),
             request: Some(request.into()),
             req: Some(req.into()),
             room: Some("general".into()),
             until,
-        }
+        })
     }
 
     fn lines(chat: &Chat) -> Vec<String> {
@@ -966,7 +966,7 @@ mod tests {
     #[test]
     fn joined_says_moderator_mute_and_slow_mode() {
         let mut chat = chat();
-        let ServerMsg::Joined {
+        let ServerMsg::Joined(frame::Joined {
             room,
             nick,
             history,
@@ -974,11 +974,11 @@ mod tests {
             members,
             online,
             ..
-        } = joined("general", vec![])
+        }) = joined("general", vec![])
         else {
             unreachable!()
         };
-        chat.apply(ServerMsg::Joined {
+        chat.apply(ServerMsg::Joined(frame::Joined {
             room,
             nick,
             history,
@@ -991,7 +991,7 @@ mod tests {
             muted_until: Some(5000),
             slow_mode: 30,
             req: None,
-        });
+        }));
         let r = general(&chat);
         assert_eq!(
             (r.moderator(), r.muted_until(), r.slow_mode()),
@@ -1003,11 +1003,11 @@ mod tests {
     fn kicked_or_banned_the_room_says_so_and_is_not_rejoined_by_itself() {
         let mut chat = chat();
         chat.apply(joined("general", vec![]));
-        chat.apply(ServerMsg::Left {
+        chat.apply(ServerMsg::Left(frame::Left {
             room: room("general"),
             reason: Some("kicked".into()),
             req: None,
-        });
+        }));
         assert_eq!(
             general(&chat).phase(),
             &Phase::Removed("You were kicked from #general".into())
@@ -1019,11 +1019,11 @@ mod tests {
             "the person may join again"
         );
         chat.apply(joined("general", vec![]));
-        chat.apply(ServerMsg::Left {
+        chat.apply(ServerMsg::Left(frame::Left {
             room: room("general"),
             reason: Some("banned".into()),
             req: None,
-        });
+        }));
         assert_eq!(
             general(&chat).phase(),
             &Phase::Removed("You were banned from #general".into())

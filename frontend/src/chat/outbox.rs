@@ -243,20 +243,20 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg};
+    use shared::{ClientMsg, ErrorCode, MsgId, ServerMsg, frame};
 
     use super::*;
     use crate::chat::fixtures::*;
     use crate::chat::{Applied, Chat};
 
     fn duplicate_ack(room_name: &str, cid: &str, ms: u64) -> ServerMsg {
-        ServerMsg::Ack {
+        ServerMsg::Ack(frame::Ack {
             room: room(room_name),
             cid: cid.into(),
             id: MsgId::new(ms, 0),
             ts: ms,
             duplicate: true,
-        }
+        })
     }
 
     fn statuses(chat: &Chat) -> Vec<SendStatus> {

@@ -343,18 +343,18 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
-    use shared::{MsgId, ServerMsg};
+    use shared::{MsgId, ServerMsg, frame};
 
     use super::*;
     use crate::chat::fixtures::*;
     use crate::chat::{Chat, GAP_NOTICE, Rejoin};
 
     fn gap(epoch: &str, reset: bool) -> ServerMsg {
-        ServerMsg::Gap {
+        ServerMsg::Gap(frame::Gap {
             room: room("general"),
             epoch: epoch.into(),
             reset,
-        }
+        })
     }
 
     fn notices(chat: &Chat) -> usize {
@@ -379,9 +379,11 @@ mod tests {
     fn typing_shows_for_a_while_and_ends_with_the_message() {
         let mut chat = chat();
         chat.apply(joined("general", vec![]));
-        let typing = |who: &str| ServerMsg::Typing {
-            room: room("general"),
-            nick: nick(who),
+        let typing = |who: &str| {
+            ServerMsg::Typing(frame::Typing {
+                room: room("general"),
+                nick: nick(who),
+            })
         };
         chat.set_now(1_000);
         chat.apply(typing("bob"));
@@ -571,11 +573,11 @@ mod tests {
         );
         // A gap in a room this client is not in changes nothing.
         let before = notices(&chat);
-        chat.apply(ServerMsg::Gap {
+        chat.apply(ServerMsg::Gap(frame::Gap {
             room: room("elsewhere"),
             epoch: "x".into(),
             reset: true,
-        });
+        }));
         assert_eq!(notices(&chat), before);
     }
 
@@ -596,7 +598,7 @@ mod tests {
     #[test]
     fn the_member_list_follows_joined_and_presence() {
         let mut chat = chat();
-        chat.apply(ServerMsg::Joined {
+        chat.apply(ServerMsg::Joined(frame::Joined {
             room: room("general"),
             nick: nick("me"),
             history: vec![],
@@ -609,7 +611,7 @@ mod tests {
             muted_until: None,
             slow_mode: 0,
             req: None,
-        });
+        }));
         let members = |chat: &Chat| {
             let r = general(chat);
             (

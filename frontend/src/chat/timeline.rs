@@ -368,19 +368,19 @@ impl Timeline {
 
 #[cfg(test)]
 mod tests {
-    use shared::{ChatMessage, MsgId, ServerMsg};
+    use shared::{ChatMessage, MsgId, ServerMsg, frame};
 
     use super::*;
     use crate::chat::Applied;
     use crate::chat::fixtures::*;
 
     fn page(messages: Vec<ChatMessage>, complete: bool) -> ServerMsg {
-        ServerMsg::HistoryPage {
+        ServerMsg::HistoryPage(frame::HistoryPage {
             room: room("general"),
             messages,
             complete,
             req: None,
-        }
+        })
     }
 
     #[test]
@@ -516,7 +516,7 @@ mod tests {
         assert_eq!(ids(&chat, "general"), [1, 2, 3, 4, 5]);
         assert_eq!(general(&chat).resume_point(), Some(MsgId::new(5, 0)));
         assert_eq!(
-            chat.apply(ServerMsg::Pong { req: None }),
+            chat.apply(ServerMsg::Pong(frame::Pong { req: None })),
             Applied::default()
         );
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use shared::{ClientMsg, MsgId, ServerMsg};
+use shared::{ClientMsg, MsgId, ServerMsg, frame};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -161,8 +161,8 @@ async fn connect(shared: &Shared, start: usize, source: IpAddr) -> Ws {
         i += 1;
         if let Some(mut ws) = open(url, source).await {
             match next_frame(&mut ws).await {
-                Some(ServerMsg::Welcome { .. }) => return ws,
-                Some(ServerMsg::TryAgain { after_ms, .. }) => {
+                Some(ServerMsg::Welcome(_)) => return ws,
+                Some(ServerMsg::TryAgain(frame::TryAgain { after_ms, .. })) => {
                     shared
                         .counters
                         .try_again_connect
@@ -231,10 +231,10 @@ async fn client(
             let answer = loop {
                 match next_frame(&mut ws).await {
                     None => continue 'connection,
-                    Some(ServerMsg::Joined {
+                    Some(ServerMsg::Joined(frame::Joined {
                         history, epoch: e, ..
-                    }) => break Some((history, e)),
-                    Some(ServerMsg::TryAgain { after_ms, .. }) => {
+                    })) => break Some((history, e)),
+                    Some(ServerMsg::TryAgain(frame::TryAgain { after_ms, .. })) => {
                         shared
                             .counters
                             .try_again_join
@@ -243,7 +243,7 @@ async fn client(
                             .await;
                         break None;
                     }
-                    Some(ServerMsg::Error { .. }) => {
+                    Some(ServerMsg::Error(_)) => {
                         tokio::time::sleep(Duration::from_millis(200 + jitter(200))).await;
                         break None;
                     }
@@ -297,13 +297,13 @@ async fn client(
                         out.ids.push(m.id);
                         since = since.max(Some(m.id));
                     }
-                    Some(ServerMsg::Ack { cid, id, .. }) => {
+                    Some(ServerMsg::Ack(frame::Ack { cid, id, .. })) => {
                         if pending.as_ref().is_some_and(|(c, _)| *c == cid) {
                             pending = None;
                             shared.acked[room].lock().expect("lock").push(id);
                         }
                     }
-                    Some(ServerMsg::Gap { epoch: e, .. }) => epoch = Some(e),
+                    Some(ServerMsg::Gap(frame::Gap { epoch: e, .. })) => epoch = Some(e),
                     Some(_) => {}
                     None => {
                         lost_connection(&shared, &mut dropped_at, &mut out);
