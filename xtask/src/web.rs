@@ -320,6 +320,19 @@ mod tests {
 </html>"#;
 
     #[test]
+    fn a_first_visit_over_the_budget_fails_the_build_check() {
+        let built = |first_load| Built {
+            wasm_bytes: 0,
+            wasm_gzip: 0,
+            wasm_brotli: 0,
+            first_load,
+        };
+        assert!(built(FIRST_LOAD_BUDGET).within_budget().is_ok());
+        let err = built(FIRST_LOAD_BUDGET + 1).within_budget().unwrap_err();
+        assert!(err.to_string().contains("over the budget"), "{err}");
+    }
+
+    #[test]
     fn the_trunk_links_become_a_stylesheet_a_module_script_and_preloads() {
         let links = TrunkLinks::find(PAGE).unwrap();
         assert_eq!(
