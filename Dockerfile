@@ -49,8 +49,11 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM toolchain AS build
 COPY --from=planner /src/recipe.json recipe.json
-# Cargo's settings (the wasm build's flags) before the dependencies are cooked, so the code's build reuses them.
+# Cargo's settings (the wasm build's flags) before the dependencies are cooked, so the code's build reuses them:
+# .cargo/config.toml's, and the remapping of $CARGO_HOME that xtask adds outside Docker (xtask/src/web.rs), set here
+# for the cook and the build alike.
 COPY .cargo/config.toml .cargo/config.toml
+ENV CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS=--remap-path-prefix=/usr/local/cargo=/cargo
 # Dependencies only: the replica (release), the browser client (release, wasm32, in the target directory xtask
 # builds it in) and xtask, which drives the frontend build.
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p backend --bin roomcast \

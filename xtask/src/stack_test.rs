@@ -375,7 +375,7 @@ fn rust_image(engine: &Engine, state: &Path) -> anyhow::Result<()> {
 }
 
 /// One `docker-compose build` of the replica service from `context`'s Dockerfile; returns the builder's output
-/// and how long it took.
+/// (also kept next to `context`, in `<context>.build.log`) and how long it took.
 fn compose_build(engine: &Engine, context: &Path) -> anyhow::Result<(String, Duration)> {
     let started = Instant::now();
     let out = Command::new("docker-compose")
@@ -397,6 +397,9 @@ fn compose_build(engine: &Engine, context: &Path) -> anyhow::Result<(String, Dur
         .output()
         .context("docker-compose build")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The builder's whole output, for when a step is slower or less cached than expected.
+    let log = context.with_extension("build.log");
+    std::fs::write(&log, &text).with_context(|| format!("write {}", log.display()))?;
     if !out.status.success() {
         let lines: Vec<&str> = text.lines().collect();
         bail!(

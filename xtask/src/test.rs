@@ -240,10 +240,12 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
     }
     bench?;
     println!(
-        "browser client: wasm {} KB, {} KB gzip, {} KB brotli",
+        "browser client: wasm {} KB, {} KB gzip, {} KB brotli; a first visit {} KB of the {} KB budget",
         web.wasm_bytes / 1024,
         web.wasm_gzip / 1024,
-        web.wasm_brotli / 1024
+        web.wasm_brotli / 1024,
+        web.first_load / 1024,
+        web::FIRST_LOAD_BUDGET / 1024
     );
     Ok((passed, failed))
 }

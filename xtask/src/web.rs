@@ -71,6 +71,9 @@ pub fn build(tools: &Tools, root: &Path, lint: bool) -> anyhow::Result<Built> {
         .args(["--target", "wasm32-unknown-unknown", "-p", "frontend"])
         .args(["--bin", &links.bin, "--target-dir", TARGET_DIR])
         .current_dir(root);
+    if let Some(flags) = remap_cargo_home() {
+        cargo.env(REMAP_VAR, flags);
+    }
     if lint {
         crate::runner::lint_with_clippy(&mut cargo)?;
     }
@@ -176,6 +179,25 @@ dispatchEvent(new CustomEvent("TrunkApplicationStarted", {{detail: {{wasm}}}}));
         FIRST_LOAD_BUDGET / 1024
     ));
     Ok(built)
+}
+
+/// Cargo's variable for extra wasm32 compiler flags; it adds to `.cargo/config.toml`'s (arrays merge).
+const REMAP_VAR: &str = "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS";
+
+/// Panic locations inside dependencies name their files by absolute path under `$CARGO_HOME`, so the wasm (its size
+/// included) would depend on where the builder's home is: `/cargo/...` instead makes the module the same on every
+/// machine. The Dockerfile sets the variable itself (so its cached dependency layer was built with the same flags),
+/// and a value already set is left alone; a home with whitespace in its path is not remapped.
+fn remap_cargo_home() -> Option<String> {
+    if std::env::var_os(REMAP_VAR).is_some() {
+        return None;
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let home = home.to_str()?.trim_end_matches('/');
+    (!home.is_empty() && !home.contains(char::is_whitespace))
+        .then(|| format!("--remap-path-prefix={home}=/cargo"))
 }
 
 /// The `data-trunk` links of `frontend/index.html` this build understands: one stylesheet and the Rust app. Any
