@@ -159,6 +159,9 @@ pub struct Sent {
     pub reconnects: usize,
     /// The longest time between two consecutive acks: how long sending was impossible during the fault.
     pub longest_wait: Duration,
+    /// The messages of actions refused with `message_gone`: acked, then lost with the writes the fault took (a
+    /// Redis master killed before it replicated them). Never when no acked write can be lost.
+    pub gone: Vec<MsgId>,
 }
 
 /// Sends `count` messages one after another, each until it is acked: on `unavailable` or a lost connection it
@@ -229,12 +232,21 @@ async fn send_steadily<F: Future<Output = ()>>(
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue 'resend;
                             }
+                            // The edited or reacted message was acked, then lost with the failed master.
+                            Received::Frame(ServerMsg::Error(frame::Error {
+                                code: ErrorCode::MessageGone,
+                                req: Some(c),
+                                ..
+                            })) if c == cid && k > 1 => {
+                                out.gone.extend(target);
+                                break 'resend;
+                            }
                             Received::Frame(ServerMsg::Error(frame::Error {
                                 code,
                                 message,
                                 ..
                             })) => {
-                                panic!("send refused: {code:?} {message}")
+                                panic!("{cid} refused: {code:?} {message}")
                             }
                             Received::Frame(_) => {}
                             Received::Closed(_) | Received::Silent => break,
@@ -317,13 +329,14 @@ impl Outcome {
             delivered.push(seen.ids.len());
         }
         println!(
-            "fault={} sent={} (actions {}) acked={} delivered_per_member={:?} lost={} duplicated={} unavailable_answers={} \
-             duplicate_acks={} sender_reconnects={} member_reconnects={:?} gaps={:?} resets={:?} \
-             longest_wait_between_acks_ms={}",
+            "fault={} sent={} (actions {}) acked={} actions_on_lost_messages={} delivered_per_member={:?} lost={} \
+             duplicated={} unavailable_answers={} duplicate_acks={} sender_reconnects={} member_reconnects={:?} \
+             gaps={:?} resets={:?} longest_wait_between_acks_ms={}",
             self.name,
             self.sent.sent,
             self.sent.actions,
             acked.len(),
+            self.sent.gone.len(),
             delivered,
             lost,
             duplicated,
@@ -349,6 +362,12 @@ impl Outcome {
     /// Every acked message reached every member exactly once, in id order, and nothing else arrived.
     pub fn assert_exact(&self) {
         let (lost, duplicated) = self.report();
+        assert_eq!(
+            self.sent.gone,
+            [],
+            "{}: no action found its acked message gone",
+            self.name
+        );
         assert_eq!(
             self.sent.acked.len(),
             self.sent.sent,

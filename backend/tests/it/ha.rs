@@ -5,6 +5,8 @@
 
 use std::collections::HashSet;
 
+use shared::MsgId;
+
 use testkit::traffic::{Outcome, run_traffic};
 use testkit::{ClusterSet, SentinelSet};
 
@@ -59,15 +61,32 @@ async fn sentinel_failover_loses_nothing_acked_with_wait() {
     };
     let outcome = across_two("sentinel-failover-nowait", "ha2", &a, &b, kill).await;
     let (lost, duplicated) = outcome.report();
+    // An edit or reaction whose message was acked by the killed master but never replicated is refused as
+    // `message_gone`: the only answer besides an ack, and only here, where acked writes can be lost.
     assert_eq!(
-        outcome.sent.acked.len(),
+        outcome.sent.acked.len() + outcome.sent.gone.len(),
         outcome.sent.sent,
         "sending resumed"
     );
+    // And such a message really is gone: the room's history, read from just before it, does not have it.
+    for &lost_message in &outcome.sent.gone {
+        let mut reader = Client::connect(&a.ws_url()).await;
+        let just_before = MsgId {
+            ms: lost_message.ms - 1,
+            seq: u64::MAX,
+        };
+        let history = reader.join("ha2", "reader", Some(just_before)).await;
+        assert!(
+            history.iter().all(|m| m.id != lost_message),
+            "{lost_message} was refused as gone but is in the history"
+        );
+    }
     assert_eq!(duplicated, 0, "never shown twice");
     assert_ne!(set.master_port().await, second_master, "failed over again");
     println!(
-        "sentinel failover (no wait): {lost} acked deliveries lost in the asynchronous-replication window"
+        "sentinel failover (no wait): {lost} acked deliveries lost in the asynchronous-replication window, {} \
+         actions on messages lost there",
+        outcome.sent.gone.len()
     );
 }
 
