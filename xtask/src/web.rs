@@ -28,7 +28,8 @@ use crate::{exec, step};
 pub const TARGET_DIR: &str = "target/web";
 
 /// What a first visit may download at most, brotli-compressed: the page, its JS glue, the wasm and the stylesheet.
-/// Issue #16 set it; README's "Size" section reports where the build stands.
+/// Issue #16 set it; README says where the build stands ("The browser client") and where the bytes go
+/// ("Configuration", static files).
 pub const FIRST_LOAD_BUDGET: usize = 200 * 1024;
 
 /// What `dist/` holds after a build, for the size report.
@@ -47,7 +48,8 @@ impl Built {
         if self.first_load > FIRST_LOAD_BUDGET {
             bail!(
                 "a first visit downloads {} bytes (brotli), over the budget of {FIRST_LOAD_BUDGET}: \
-                 find what grew with `twiggy top` on the wasm, or make the budget a decision in README's \"Size\"",
+                 find what grew with `twiggy top` on the wasm (README's \"Configuration\", static files, says \
+                 where the bytes go)",
                 self.first_load
             );
         }

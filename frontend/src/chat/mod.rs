@@ -663,7 +663,7 @@ pub fn duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use shared::{PresenceEvent, PresenceKind, frame};
+    use shared::{PresenceEvent, PresenceKind};
 
     use super::fixtures::*;
     use super::*;
