@@ -15,13 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::{ChatMessage, ErrorCode, ModerationAction, MsgId, Nick, RoomName, ServerMsg, frame};
+use shared::{
+    ChatMessage, ClientMsg, ErrorCode, ModerationAction, MsgId, Nick, RoomName, ServerMsg, frame,
+};
+use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::AppState;
-use crate::bus::HistoryQuery;
 use crate::error::RequestError;
-use crate::hub::{Participant, Reply};
+use crate::hub::{Participant, Reply, Request};
 use crate::ratelimit::TokenBucket;
 
 /// Largest request body the API reads; a message is at most a few KiB of JSON.
@@ -80,6 +82,8 @@ pub struct PostModeration {
     pub secs: Option<u64>,
     /// The name the room sees as the moderator (default `moderator`).
     pub by: Option<String>,
+    /// Idempotency key: a retry with the same `cid` (and `by`) moderates once. Without it, each request is new.
+    pub cid: Option<String>,
 }
 
 /// The answer to a moderation request.
@@ -87,6 +91,9 @@ pub struct PostModeration {
 pub struct Moderated {
     /// The id of the `moderation` event stored in the room.
     pub id: MsgId,
+    /// The `cid` was used already: this is the original event, nothing was done again.
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// The answer to a stored message.
@@ -254,7 +261,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
     // Compare every key in full, so the time taken does not tell how much of a guess was right.
     let mut found = None;
     for key in keys {
-        if constant_time_eq(key.as_bytes(), presented.as_bytes()) {
+        if bool::from(key.as_bytes().ct_eq(presented.as_bytes())) {
             found = Some(key.clone());
         }
     }
@@ -266,13 +273,6 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
             "this API key is not accepted here",
         )
     })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn post_message(
@@ -298,7 +298,7 @@ async fn post_message(
             ),
         ));
     }
-    let request = shared::ClientMsg::Send {
+    let request = ClientMsg::Send {
         room: room.to_string(),
         text: post.text,
         cid: post
@@ -306,29 +306,28 @@ async fn post_message(
             .unwrap_or_else(|| format!("api-{}", crate::bus::new_epoch())),
         reply_to: post.reply_to,
     };
-    // The same rules as a WebSocket send, as a publisher: the key's rate limit above replaces the connection's.
-    match Participant::publisher(state.hub.clone(), nick)
+    // The same rules as a WebSocket send from that nick, as a publisher: the key's rate limit above replaces the
+    // connection's.
+    let answer = Participant::publisher(state.hub.clone(), nick)
         .handle(request)
         .await
-    {
-        Reply::Frame(shared::ServerMsg::Ack(frame::Ack { id, duplicate, .. })) => {
-            let status = if duplicate {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            Ok((
-                status,
-                Json(Posted {
-                    id,
-                    ts: id.ms,
-                    duplicate,
-                }),
-            ))
-        }
-        Reply::Refused { error, .. } => Err(error.into()),
-        other => unreachable!("a send is acked or refused, not answered with {other:?}"),
-    }
+        .written()?;
+    let ServerMsg::Ack(frame::Ack { id, duplicate, .. }) = answer else {
+        unreachable!("a send is acked or refused, not answered with {answer:?}")
+    };
+    let status = if duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(Posted {
+            id,
+            ts: id.ms,
+            duplicate,
+        }),
+    ))
 }
 
 async fn history(
@@ -345,7 +344,6 @@ async fn history(
             format!("{} (use ?since=<id>&limit=<n>)", e.body_text()),
         )
     })?;
-    let room = RoomName::parse(&room).map_err(RequestError::from)?;
     let since = params
         .since
         .map(|s| s.parse::<MsgId>())
@@ -358,33 +356,22 @@ async fn history(
             )
         })?;
     let limit = params.limit.unwrap_or(100).clamp(1, MAX_HISTORY_PAGE);
-    let query = HistoryQuery {
-        since,
-        epoch: None,
-        recent: limit,
-        limit,
-        viewer: None,
-    };
-    let history = state
-        .hub
-        .bus
-        .history(&room, query)
+    // Read through the room core like everything else; the API key's holder reads any room.
+    let reader = Nick::parse("api").map_err(RequestError::from)?;
+    let request = Request::Messages { room, since, limit };
+    match Participant::publisher(state.hub.clone(), reader)
+        .handle(request)
         .await
-        .map_err(RequestError::from)?;
-    Ok(Json(HistoryPage {
-        room,
-        epoch: history.epoch.to_string(),
-        // Messages with their current state; the actions that led there are the WebSocket's business.
-        messages: history
-            .events
-            .into_iter()
-            .filter_map(|e| match e {
-                ServerMsg::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect(),
-        truncated: history.truncated,
-    }))
+    {
+        Reply::Messages(page) => Ok(Json(HistoryPage {
+            room: page.room,
+            epoch: page.epoch,
+            messages: page.messages,
+            truncated: page.truncated,
+        })),
+        Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("a read is answered with messages or refused, not {other:?}"),
+    }
 }
 
 async fn post_moderation(
@@ -413,16 +400,65 @@ async fn post_moderation(
             format!("at most {per_sec} requests per second per API key; nothing was done"),
         ));
     }
-    let (_, published) = Participant::publisher(state.hub.clone(), by)
-        .moderate(
-            &room,
-            post.action,
-            post.nick.as_deref(),
-            post.secs.unwrap_or(0),
-            None,
-        )
-        .await?;
-    Ok(Json(Moderated { id: published.id }))
+    let request = moderation_request(
+        room,
+        post.action,
+        post.nick,
+        post.secs.unwrap_or(0),
+        post.cid,
+    )?;
+    // The key holder moderates every room, through the same rules as a moderator's WebSocket request.
+    let answer = Participant::publisher(state.hub.clone(), by)
+        .handle(request)
+        .await
+        .written()?;
+    let ServerMsg::Done(frame::Done { id, duplicate, .. }) = answer else {
+        unreachable!("a moderation is done or refused, not answered with {answer:?}")
+    };
+    Ok(Json(Moderated { id, duplicate }))
+}
+
+/// The protocol's request for a moderator's `action` (what the API's and the CLI's moderation send); `bad_request`
+/// when it names nobody and must.
+pub fn moderation_request(
+    room: String,
+    action: ModerationAction,
+    nick: Option<String>,
+    secs: u64,
+    cid: Option<String>,
+) -> Result<ClientMsg, RequestError> {
+    let whom = || {
+        nick.clone()
+            .ok_or_else(|| RequestError::new(ErrorCode::BadRequest, "say whom: nick is missing"))
+    };
+    Ok(match action {
+        ModerationAction::Mute => ClientMsg::Mute {
+            room,
+            nick: whom()?,
+            secs,
+            req: None,
+            cid,
+        },
+        ModerationAction::Kick => ClientMsg::Kick {
+            room,
+            nick: whom()?,
+            req: None,
+            cid,
+        },
+        ModerationAction::Ban => ClientMsg::Ban {
+            room,
+            nick: whom()?,
+            secs,
+            req: None,
+            cid,
+        },
+        ModerationAction::SlowMode => ClientMsg::SlowMode {
+            room,
+            secs,
+            req: None,
+            cid,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -195,10 +195,25 @@ pub enum Command {
         /// The name the room sees as the moderator.
         #[arg(long, default_value = "moderator")]
         by: String,
-        /// mute, kick, ban or slow_mode.
-        #[arg(value_parser = ["mute", "kick", "ban", "slow_mode"])]
-        action: String,
+        /// Idempotency key: running the command again with the same cid (and `--by`) moderates once.
+        #[arg(long)]
+        cid: Option<String>,
+        /// mute, kick, ban or slow_mode (the protocol's moderation actions).
+        #[arg(value_parser = moderation_action)]
+        action: shared::ModerationAction,
     },
+}
+
+/// A moderation action as the protocol spells it.
+fn moderation_action(name: &str) -> Result<shared::ModerationAction, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| {
+        let names: Vec<String> = shared::ModerationAction::ALL
+            .iter()
+            .filter_map(|a| serde_json::to_value(a).ok())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        format!("expected one of {}", names.join(", "))
+    })
 }
 
 impl Config {

@@ -59,16 +59,12 @@ impl From<ValidationError> for RequestError {
 
 impl From<BusError> for RequestError {
     fn from(e: BusError) -> Self {
-        if let BusError::CidReused = e {
-            return Self::new(
-                ErrorCode::CidReused,
-                "this cid was already used for a different message in this room; use a fresh cid for each message",
-            );
-        }
         if let BusError::Refused { code, until } = e {
             let wait = until.map(wait_text).unwrap_or_default();
             let message = match code {
+                ErrorCode::CidReused => "this cid was already used for a different message in this room; use a fresh cid for each message".to_owned(),
                 ErrorCode::Muted => format!("a moderator muted you in this room for {wait} more; nothing was sent"),
+                ErrorCode::Banned => format!("a moderator banned you from this room for {wait} more; nothing was sent"),
                 ErrorCode::SlowMode => format!("the room is in slow mode: you can send again in {wait}; this message was not sent"),
                 ErrorCode::MessageGone => "that message was deleted or is no longer in the room's history".to_owned(),
                 ErrorCode::Forbidden => "only its author can edit a message, and only its author or a moderator can delete it".to_owned(),

@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod session;
 
-use shared::frame;
+use shared::{ServerMsg, frame};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub use config::Config;
 pub use http::app;
 
 use bus::Bus;
-use hub::{ConnId, Hub, Participant, Reply};
+use hub::{ConnId, Hub, Participant};
 
 /// How long shutdown waits for connections to close after the drain window (`--drain-secs`) has passed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -265,20 +265,20 @@ pub async fn publish_once(
         cid: cid.unwrap_or_else(|| format!("cli-{}", bus::new_epoch())),
         reply_to: None,
     };
-    let mut publisher = Participant::publisher(hub, nick);
-    let reply = publisher.handle(request).await;
+    let answer = Participant::publisher(hub, nick)
+        .handle(request)
+        .await
+        .written();
     shutdown.cancel();
-    match reply {
-        Reply::Frame(shared::ServerMsg::Ack(frame::Ack { id, duplicate, .. })) => {
-            Ok(Stored { id, duplicate })
-        }
-        Reply::Refused { error, .. } => Err(error.into()),
+    match answer? {
+        ServerMsg::Ack(frame::Ack { id, duplicate, .. }) => Ok(Stored { id, duplicate }),
         other => unreachable!("a send is acked or refused, not answered with {other:?}"),
     }
 }
 
-/// Carries out one moderator's action through the configured bus, as the HTTP API's moderation endpoint does:
-/// what `roomcast moderate` runs. Returns the id of the `moderation` event stored in the room.
+/// Carries out one moderator's action through the configured bus and the same rules as the HTTP API's moderation
+/// endpoint: what `roomcast moderate` runs. Returns the id of the `moderation` event stored in the room (the
+/// original one when `cid` was used already).
 pub async fn moderate_once(
     config: &Config,
     room: &str,
@@ -286,14 +286,20 @@ pub async fn moderate_once(
     nick: Option<&str>,
     secs: u64,
     by: &str,
+    cid: Option<String>,
 ) -> Result<shared::MsgId, PublishError> {
     let by = shared::Nick::parse(by)?;
+    let request = api::moderation_request(room.into(), action, nick.map(Into::into), secs, cid)?;
     let (hub, shutdown, _events) = one_shot_hub(config)?;
-    let done = Participant::publisher(hub, by)
-        .moderate(room, action, nick, secs, None)
-        .await;
+    let answer = Participant::publisher(hub, by)
+        .handle(request)
+        .await
+        .written();
     shutdown.cancel();
-    Ok(done?.1.id)
+    match answer? {
+        ServerMsg::Done(frame::Done { id, .. }) => Ok(id),
+        other => unreachable!("a moderation is done or refused, not answered with {other:?}"),
+    }
 }
 
 /// Hides a password in a Redis URL before it is logged.

@@ -69,22 +69,19 @@ fn main() -> ExitCode {
                 nick,
                 secs,
                 by,
+                cid,
                 action,
-            } => {
-                let Ok(action) = serde_json::from_value(serde_json::Value::String(action)) else {
-                    unreachable!("clap accepts only the four actions");
-                };
-                runtime
-                    .block_on(backend::moderate_once(
-                        &config,
-                        &room,
-                        action,
-                        nick.as_deref(),
-                        secs,
-                        &by,
-                    ))
-                    .map(|id| id.to_string())
-            }
+            } => runtime
+                .block_on(backend::moderate_once(
+                    &config,
+                    &room,
+                    action,
+                    nick.as_deref(),
+                    secs,
+                    &by,
+                    cid,
+                ))
+                .map(|id| id.to_string()),
         };
         return match done {
             Ok(line) => {

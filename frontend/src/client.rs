@@ -485,7 +485,7 @@ impl Client {
             )]
             let wait =
                 Duration::from_millis(after_ms + (browser::random() * *after_ms as f64) as u64);
-            if request == "connect" {
+            if *request == frame::TryAgainRequest::Connect {
                 return Err(End::After(wait));
             }
             if let Some(room) = room.as_deref().and_then(|r| RoomName::parse(r).ok()) {

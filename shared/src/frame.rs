@@ -141,11 +141,17 @@ pub struct Reacted {
     pub ts: u64,
 }
 
-/// Answers a moderation request (`mute`, `kick`, `ban`, `slow_mode`): done, and announced to the room.
+/// Answers a moderation request (`mute`, `kick`, `ban`, `slow_mode`): done, stored as the `moderation` event `id`, and
+/// announced to the room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {
     /// The room.
     pub room: RoomName,
+    /// The id of the `moderation` event stored in the room (the original one when `duplicate`).
+    pub id: MsgId,
+    /// The request's `cid` had been used already: nothing was done again, `id` is the original event's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
     /// The request's correlation id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req: Option<String>,
@@ -196,14 +202,24 @@ pub struct HistoryPage {
 pub struct TryAgain {
     /// How long to wait at least, in milliseconds.
     pub after_ms: u64,
-    /// `connect` when the connection itself was not taken; otherwise the request's `type` (`join`).
-    pub request: String,
+    /// What was not taken: the connection itself, or a `join`.
+    pub request: TryAgainRequest,
     /// The room of a refused `join`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
     /// The request's correlation id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req: Option<String>,
+}
+
+/// What a [`TryAgain`] turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TryAgainRequest {
+    /// The connection itself: it closes with 1013 after the frame; reconnect after the wait.
+    Connect,
+    /// A `join` (its `room` and `req` are in the frame); the connection stays open: send it again after the wait.
+    Join,
 }
 
 /// Answers `ping`.

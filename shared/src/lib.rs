@@ -1,4 +1,5 @@
-//! The Roomcast wire contract: every type that crosses a WebSocket or Redis, and the validation rules both sides enforce.
+//! The Roomcast wire contract: every type that crosses the WebSocket between browser and replica, and the validation
+//! rules both sides enforce. What replicas tell each other through Redis is the backend's own (its `bus`).
 //!
 //! This crate is deliberately synchronous and serde-only so the browser (wasm32) and the backend compile the very
 //! same definitions; if a field changes here, both sides change together or neither compiles.
@@ -10,9 +11,9 @@ pub mod validate;
 
 pub use id::{MsgId, ParseMsgIdError};
 pub use protocol::{
-    BusBody, ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, MEMBERS_SHOWN,
-    ModerationAction, ModerationEvent, PresenceEvent, PresenceKind, PresenceNotice, Quote,
-    Reaction, ServerKind, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS, Tagged, TypingNotice,
+    ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, MEMBERS_SHOWN, ModerationAction,
+    ModerationEvent, PresenceEvent, PresenceKind, Quote, Reaction, ServerKind, ServerMsg,
+    TYPING_EVERY_MS, TYPING_SHOWN_MS, Tagged,
 };
 pub use validate::{Nick, RoomName, ValidationError};
 

@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{ChatMessage, MsgId, Nick, RoomName, ServerMsg};
+use shared::{ErrorCode, MsgId, Nick, RoomName};
 use tokio::sync::oneshot;
 
-use super::events::{Moderation, Rules};
 use super::roster::Roster;
+use super::rules::{Moderation, Outcome, Rules};
 use super::{
-    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryQuery, MsgState, Notice, Published,
-    RosterChange, RosterOp, RosterTiming, Stored, Subscribed, new_epoch, now_ms,
+    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState,
+    Notice, Published, Record, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch, now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -33,7 +33,7 @@ struct Log {
     /// Offset of the newest entry (the room's entry count).
     offset: u64,
     /// Messages and actions, oldest first, with their offsets.
-    entries: VecDeque<(u64, Stored)>,
+    entries: VecDeque<(u64, Record)>,
     /// What actions left on messages still in `entries`.
     states: HashMap<MsgId, MsgState>,
     /// Mutes, bans and slow mode.
@@ -41,9 +41,13 @@ struct Log {
 }
 
 impl Log {
-    /// An entry as a history read shows it to `viewer`.
-    fn show(&self, entry: &Stored, viewer: Option<&Nick>) -> ServerMsg {
-        entry.in_history(self.states.get(&entry.id), viewer)
+    /// A record as a history read returns it: with the state of its message (its own, or its target's).
+    fn item(&self, record: &Record) -> HistoryItem {
+        let message = record.body.target().unwrap_or(record.id);
+        HistoryItem {
+            record: record.clone(),
+            state: self.states.get(&message).cloned(),
+        }
     }
 }
 
@@ -109,7 +113,10 @@ impl Bus for MemoryBus {
                     duplicate: true,
                 })
             } else {
-                Err(BusError::CidReused)
+                Err(BusError::Refused {
+                    code: ErrorCode::CidReused,
+                    until: None,
+                })
             };
             return async move { result }.boxed();
         }
@@ -131,7 +138,7 @@ impl Bus for MemoryBus {
             moderation,
             ..
         } = log;
-        let lookup = |id: MsgId| -> Option<&Stored> {
+        let lookup = |id: MsgId| -> Option<&Record> {
             let at = entries.binary_search_by_key(&id, |(_, e)| e.id).ok()?;
             Some(&entries[at].1)
         };
@@ -145,13 +152,28 @@ impl Bus for MemoryBus {
         }
         .apply(&draft, id.ms);
         let body = match body {
-            Ok(body) => body,
+            Ok(Outcome::Store(body)) => body,
+            Ok(Outcome::Unchanged(same)) => {
+                // Nothing to store; a retry of this cid gets the same answer.
+                inner.cids.insert(key.clone(), (same, hash));
+                inner.expiries.push_back((now + self.dedupe_window, key));
+                let published = Published {
+                    id: same,
+                    offset: 0,
+                    duplicate: true,
+                };
+                return async move { Ok(published) }.boxed();
+            }
             Err(e) => return async move { Err(e) }.boxed(),
         };
         inner.last_id = id;
         inner.cids.insert(key.clone(), (id, hash));
         inner.expiries.push_back((now + self.dedupe_window, key));
-        let entry = Stored::new(id, room.clone(), body).expect("rules store no notices");
+        let entry = Record {
+            id,
+            room: room.clone(),
+            body,
+        };
         let log = inner.history.entry(room.clone()).or_default();
         log.offset += 1;
         let offset = log.offset;
@@ -240,22 +262,18 @@ impl Bus for MemoryBus {
         room: &RoomName,
         before: MsgId,
         limit: usize,
-        viewer: Option<Nick>,
-    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>> {
         let inner = self.lock();
-        let mut out: Vec<ChatMessage> = inner
+        let mut out: Vec<HistoryItem> = inner
             .history
             .get(room)
             .map(|log| {
                 log.entries
                     .iter()
                     .rev()
-                    .filter(|(_, e)| e.id < before && e.is_message())
+                    .filter(|(_, e)| e.id < before && e.body.is_message())
                     .take(limit)
-                    .filter_map(|(_, e)| match log.show(e, viewer.as_ref()) {
-                        ServerMsg::Message(m) => Some(m),
-                        _ => None,
-                    })
+                    .map(|(_, e)| log.item(e))
                     .collect()
             })
             .unwrap_or_default();
@@ -277,7 +295,6 @@ impl Bus for MemoryBus {
             reset,
             ..History::default()
         };
-        let viewer = query.viewer.as_ref();
         if let Some(log) = inner.history.get(room) {
             match since {
                 Some(since) => {
@@ -285,25 +302,25 @@ impl Bus for MemoryBus {
                         .entries
                         .front()
                         .is_some_and(|(offset, e)| *offset > 1 && e.id > since);
-                    out.events = log
+                    out.items = log
                         .entries
                         .iter()
                         .filter(|(_, e)| e.id > since)
                         .take(query.limit)
-                        .map(|(_, e)| log.show(e, viewer))
+                        .map(|(_, e)| log.item(e))
                         .collect();
                 }
                 None => {
-                    let mut recent: Vec<ServerMsg> = log
+                    let mut recent: Vec<HistoryItem> = log
                         .entries
                         .iter()
                         .rev()
-                        .filter(|(_, e)| e.is_message())
+                        .filter(|(_, e)| e.body.is_message())
                         .take(query.recent)
-                        .map(|(_, e)| log.show(e, viewer))
+                        .map(|(_, e)| log.item(e))
                         .collect();
                     recent.reverse();
-                    out.events = recent;
+                    out.items = recent;
                 }
             }
         }
@@ -342,7 +359,7 @@ mod tests {
     fn draft(text: &str, cid: &str) -> Draft {
         let nick = Nick::parse("a").unwrap();
         Draft {
-            body: shared::BusBody::Message {
+            body: super::super::Body::Message {
                 nick: nick.clone(),
                 text: text.into(),
                 quote: None,
@@ -356,10 +373,10 @@ mod tests {
 
     fn texts(history: &History) -> Vec<&str> {
         history
-            .events
+            .items
             .iter()
-            .map(|e| match e {
-                ServerMsg::Message(m) => m.text.as_str(),
+            .map(|i| match &i.record.body {
+                super::super::Body::Message { text, .. } => text.as_str(),
                 other => panic!("a message, not {other:?}"),
             })
             .collect()
@@ -396,11 +413,7 @@ mod tests {
         let after = bus.history(&room("r"), since(ids[2])).await.unwrap();
         assert!(!after.truncated && !after.reset);
         assert_eq!(
-            after
-                .events
-                .iter()
-                .filter_map(super::super::event_id)
-                .collect::<Vec<_>>(),
+            after.items.iter().map(|i| i.record.id).collect::<Vec<_>>(),
             &ids[3..]
         );
         let old = bus.history(&room("r"), since(ids[0])).await.unwrap();
@@ -413,7 +426,7 @@ mod tests {
             bus.history(&room("other"), recent)
                 .await
                 .unwrap()
-                .events
+                .items
                 .is_empty()
         );
     }
@@ -427,7 +440,10 @@ mod tests {
         assert_eq!((again.id, again.duplicate), (first.id, true));
         assert!(matches!(
             bus.publish(&room("r"), draft("other", "c1")).await,
-            Err(BusError::CidReused)
+            Err(BusError::Refused {
+                code: ErrorCode::CidReused,
+                ..
+            })
         ));
         let elsewhere = bus.publish(&room("s"), draft("hi", "c1")).await.unwrap();
         assert!(!elsewhere.duplicate, "the key includes the room");

@@ -1,25 +1,29 @@
 //! The bus: where a room's messages are stored, get their ids and offsets, and reach every replica.
 //!
 //! Two implementations: [`redis::RedisBus`] for any number of replicas sharing one Redis, and [`memory::MemoryBus`],
-//! the embedded default for a single replica. Both deliver incoming room events into one channel that the
-//! [`crate::rooms`] dispatcher drains, and both keep the same promise: every stored message of a subscribed room is
-//! delivered to that channel once, in offset order, or a [`BusEvent::Gap`] says it no longer can be.
+//! the embedded default for a single replica. Both deliver incoming room events into one channel that the hub's
+//! dispatcher drains, and both keep the same promise: every stored event of a subscribed room is delivered to that
+//! channel once, in offset order, or a [`BusEvent::Gap`] says it no longer can be.
+//!
+//! The bus speaks in its own terms — [`Record`]s with their [`MsgState`], [`Body`]s and [`Notice`]s — never in the
+//! browser's frames: the hub turns those into frames, in one place (`hub/frames.rs`).
 
-mod events;
+pub mod body;
 pub mod memory;
+mod record;
 pub mod redis;
 mod roster;
+mod rules;
 
-pub use events::{MsgState, Stored, event_id};
+pub use body::{Body, Notice, PresenceNotice, TypingNotice};
+pub use record::{HistoryItem, MsgState, Record};
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::BoxFuture;
-use shared::{
-    BusBody, ChatMessage, ErrorCode, MsgId, Nick, PresenceNotice, RoomName, ServerMsg, TypingNotice,
-};
+use shared::{ErrorCode, MsgId, Nick, RoomName};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why the bus could not carry out a request. Never shown verbatim to clients.
@@ -31,11 +35,8 @@ pub enum BusError {
     /// The store answered with something this build cannot read.
     #[error("bus protocol error: {0}")]
     Protocol(String),
-    /// The draft's `cid` was already stored for another text by the same nick in the same room.
-    #[error("client message id reused for a different text")]
-    CidReused,
-    /// The room's rules refuse the event: `muted`, `slow_mode`, `message_gone` or `forbidden` (and until when,
-    /// for the first two).
+    /// The room's rules refuse the event: `muted`, `banned`, `slow_mode` (each with until when), `message_gone`,
+    /// `forbidden`, or `cid_reused` (the draft's `cid` was stored for another event of the same nick in the room).
     #[error("refused by the room's rules: {code:?}")]
     Refused {
         /// Why.
@@ -53,10 +54,10 @@ pub struct Draft {
     /// The client's id: with the room and nick, the idempotency key.
     pub cid: String,
     /// What to store (a message, edit, delete, react or moderation body; validated).
-    pub body: BusBody,
+    pub body: Body,
     /// For a message: the message it replies to (the bus quotes it).
     pub reply_to: Option<MsgId>,
-    /// The sender moderates the room: not muted nor slowed, deletes anyone's messages.
+    /// The sender moderates the room: not muted, banned nor slowed, deletes anyone's messages.
     pub moderator: bool,
 }
 
@@ -91,10 +92,8 @@ pub struct HistoryQuery {
     pub epoch: Option<String>,
     /// How many of the newest messages to return without (or with a void) `since`.
     pub recent: usize,
-    /// At most this many messages after `since`.
+    /// At most this many records after `since`.
     pub limit: usize,
-    /// Whose history it is: reactions say `mine` for this nick.
-    pub viewer: Option<Nick>,
 }
 
 /// The answer to a [`HistoryQuery`].
@@ -102,39 +101,19 @@ pub struct HistoryQuery {
 pub struct History {
     /// The room's history epoch.
     pub epoch: Arc<str>,
-    /// Oldest first: messages (with their current state) and, after `since`, the actions too. Without `since`,
-    /// only the newest `recent` messages.
-    pub events: Vec<ServerMsg>,
+    /// Oldest first, each with the current state of its message: after `since`, every record (messages and
+    /// actions); without it, only the newest `recent` messages.
+    pub items: Vec<HistoryItem>,
     /// `since` belonged to another epoch: the history it referred to is gone; `messages` are the newest instead.
     pub reset: bool,
     /// `since` is older than the oldest message still kept, and messages were trimmed since the room began.
     pub truncated: bool,
 }
 
-/// A notice relayed to every replica and not stored.
-#[derive(Debug, Clone)]
-pub enum Notice {
-    /// Joined or left.
-    Presence(PresenceNotice),
-    /// Typing.
-    Typing(TypingNotice),
-}
-
 impl Notice {
-    /// The bus body it travels as.
-    pub fn body(&self) -> shared::BusBody {
-        match self {
-            Self::Presence(p) => shared::BusBody::Presence(p.clone()),
-            Self::Typing(t) => shared::BusBody::Typing(t.clone()),
-        }
-    }
-
     /// The event replicas turn it into.
     pub fn event(self, room: RoomName) -> BusEvent {
-        match self {
-            Self::Presence(notice) => BusEvent::Presence { room, notice },
-            Self::Typing(notice) => BusEvent::Typing { room, notice },
-        }
+        BusEvent::Notice { room, notice: self }
     }
 }
 
@@ -205,20 +184,13 @@ pub struct RosterChange {
 #[derive(Debug, Clone)]
 pub enum BusEvent {
     /// A stored message or action, delivered once and in order per subscribed room.
-    Stored(Stored),
-    /// A join or leave notice; not stored.
-    Presence {
+    Stored(Record),
+    /// A presence or typing notice; not stored.
+    Notice {
         /// The room.
         room: RoomName,
         /// Who, where, and what.
-        notice: PresenceNotice,
-    },
-    /// Someone is typing; not stored.
-    Typing {
-        /// The room.
-        room: RoomName,
-        /// Who, and where.
-        notice: TypingNotice,
+        notice: Notice,
     },
     /// Messages of the room were lost before this replica relayed them and are no longer in history.
     Gap {
@@ -287,17 +259,16 @@ pub trait Bus: Send + Sync + 'static {
         timing: RosterTiming,
     ) -> BoxFuture<'static, Result<RosterChange, BusError>>;
 
-    /// Up to `limit` stored messages older than `before`, oldest first, with their current state as `viewer`
-    /// sees it: scrolling back through a room.
+    /// Up to `limit` stored messages older than `before`, oldest first, with their current state: scrolling back
+    /// through a room.
     fn older(
         &self,
         room: &RoomName,
         before: MsgId,
         limit: usize,
-        viewer: Option<Nick>,
-    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>>;
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>>;
 
-    /// Reads stored messages, oldest first, with the room's epoch.
+    /// Reads stored records, oldest first, with the room's epoch.
     fn history(
         &self,
         room: &RoomName,

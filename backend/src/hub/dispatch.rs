@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::{PresenceEvent, RoomName, ServerMsg, frame};
+use shared::{RoomName, ServerMsg, frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::frames;
 use super::registry::{ConnId, Outbound, Rooms, encode};
-use crate::bus::BusEvent;
+use crate::bus::{BusEvent, Notice};
 
 /// The most bus events fanned out as one batch.
 const DISPATCH_BATCH: usize = 256;
@@ -78,33 +79,22 @@ impl Rooms {
     /// The frame one bus event becomes, and the connection that must not receive it (its own presence notice).
     fn outbound(&self, event: BusEvent) -> (Arc<Outbound>, Option<ConnId>) {
         let (out, skip) = match event {
-            BusEvent::Stored(stored) => {
+            BusEvent::Stored(record) => {
                 let out = Outbound {
-                    room: stored.room.clone(),
-                    id: Some(stored.id),
+                    room: record.room.clone(),
+                    id: Some(record.id),
                     reset: false,
-                    frame: encode(&stored.frame()),
-                    evict: stored.evicts().map(|(nick, why)| (nick.clone(), why)),
+                    frame: encode(&frames::live(&record)),
+                    evict: record.body.evicts().map(|(nick, why)| (nick.clone(), why)),
                 };
                 (out, None)
             }
-            BusEvent::Presence { room, notice } => {
-                let skip = self.own_conn(&notice.node, notice.conn);
-                let msg = ServerMsg::Presence(PresenceEvent {
-                    room: room.clone(),
-                    nick: notice.nick,
-                    event: notice.event,
-                    from: notice.from,
-                    ts: notice.ts,
-                });
-                (notice_frame(room, &msg), skip)
-            }
-            BusEvent::Typing { room, notice } => {
-                let skip = self.own_conn(&notice.node, notice.conn);
-                let msg = ServerMsg::Typing(frame::Typing {
-                    room: room.clone(),
-                    nick: notice.nick,
-                });
+            BusEvent::Notice { room, notice } => {
+                let skip = match &notice {
+                    Notice::Presence(n) => self.own_conn(&n.node, n.conn),
+                    Notice::Typing(n) => self.own_conn(&n.node, n.conn),
+                };
+                let msg = frames::notice(room.clone(), notice);
                 (notice_frame(room, &msg), skip)
             }
             BusEvent::Gap { room, epoch, reset } => {

@@ -6,11 +6,13 @@
 //!   clients, this replica's node id.
 //! - [`participant`]: one connection's (or one publisher's) rooms and the rules of each request.
 //! - [`registry`]: local membership and fan-out of encoded frames to members' queues.
-//! - [`dispatch`]: the task that turns bus events into frames and fans them out in per-room waves.
+//! - [`dispatch`]: the task that fans bus events out to local members in per-room waves.
+//! - [`frames`]: the one place a bus record or notice becomes a frame.
 //! - [`presence`]: members online across replicas (roster changes, announcements, grace periods, heartbeat).
 
 pub mod admission;
 pub mod dispatch;
+pub mod frames;
 pub mod participant;
 pub mod presence;
 pub mod registry;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Bus;
 use crate::config::Config;
 
-pub use participant::{Close, Participant, Reply};
+pub use participant::{Close, Messages, Participant, Reply, Request};
 pub use registry::{ConnId, Member, Outbound, Outlet, Rooms};
 
 /// The room core's shared state, cloned into every participant: one pointer, so each connection pays 8 bytes

@@ -1,7 +1,8 @@
 //! One participant's rooms and the rules of every request, behind one entry point, [`Participant::handle`]: a
-//! request in, a [`Reply`] out. Join (subscribe, then history and the roster change, with rollback), leave, send
-//! (validation, rate limit, idempotent publish), scrolling back, typing. A WebSocket connection is a participant with
-//! a queue; the HTTP API and the CLI are publishers, which send without joining. No path reaches the bus without
+//! request in, a [`Reply`] out. Join (subscribe, then history and the roster change, with rollback), leave, send and
+//! the actions on messages (validation, rate limit, idempotent publish), moderation, scrolling back, typing. A
+//! WebSocket connection is a participant with a queue; the HTTP API and the CLI are publishers, which publish as a
+//! nick without joining — under that nick's room rules — and read a room's history. No path reaches the bus without
 //! these rules.
 
 use std::collections::hash_map::Entry;
@@ -10,15 +11,15 @@ use std::collections::{HashMap, VecDeque};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use shared::{
-    BusBody, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, ModerationAction, MsgId, Nick,
-    PROTOCOL_VERSION, RoomName, ServerMsg, TYPING_EVERY_MS, TypingNotice, close_code,
+    ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, ModerationAction, MsgId, Nick,
+    PROTOCOL_VERSION, RoomName, ServerMsg, TYPING_EVERY_MS, close_code,
 };
 use shared::{frame, validate};
 use tracing::{debug, info, warn};
 
 use super::registry::{ConnId, Member, Outbound};
-use super::{Grant, Hub, presence};
-use crate::bus::{Draft, HistoryQuery, Notice, Published, RosterOp, event_id, new_epoch};
+use super::{Grant, Hub, frames, presence};
+use crate::bus::{Body, Draft, HistoryQuery, Notice, RosterOp, TypingNotice, new_epoch};
 use crate::error::{RequestError, wait_text};
 use crate::ratelimit::TokenBucket;
 
@@ -27,6 +28,41 @@ use crate::ratelimit::TokenBucket;
 pub const JOINED_BUDGET_BYTES: usize = 64 * 1024;
 /// Messages read per history request while a joining member catches up.
 pub const CATCH_UP_PAGE: usize = 200;
+
+/// A request to the room core: a client's, from whichever way in, or one only a publisher makes.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// What a WebSocket client sends; the HTTP API and the CLI send the same requests as a publisher.
+    Client(ClientMsg),
+    /// A publisher reads a room's messages with their current state: those after `since`, or the newest `limit`.
+    Messages {
+        /// The room.
+        room: String,
+        /// Messages after this id; `None`: the newest.
+        since: Option<MsgId>,
+        /// At most this many.
+        limit: usize,
+    },
+}
+
+impl From<ClientMsg> for Request {
+    fn from(msg: ClientMsg) -> Self {
+        Self::Client(msg)
+    }
+}
+
+/// A page of a room's messages, with their current state (answers [`Request::Messages`]).
+#[derive(Debug, Clone)]
+pub struct Messages {
+    /// The room.
+    pub room: RoomName,
+    /// The room's history epoch.
+    pub epoch: String,
+    /// Oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// `since` is older than the oldest message kept: some messages in between are gone.
+    pub truncated: bool,
+}
 
 /// What a request comes to. The transport turns it into frames (the WebSocket session) or a response (the HTTP
 /// API); the rules decide only what is said, never how.
@@ -38,6 +74,8 @@ pub enum Reply<'a> {
     /// The frames to send, in order, before anything else reaches the participant: `joined`, then the history that
     /// did not fit in it. Ends with `Err` if the rest of the history could not be read: the connection must close.
     Frames(BoxStream<'a, Result<ServerMsg, Close>>),
+    /// A page of messages (a publisher's read).
+    Messages(Messages),
     /// The request is refused; with `close`, the connection must close after saying why.
     Refused {
         /// Why, for the client.
@@ -53,11 +91,24 @@ impl std::fmt::Debug for Reply<'_> {
             Self::Silent => f.write_str("Silent"),
             Self::Frame(msg) => f.debug_tuple("Frame").field(msg).finish(),
             Self::Frames(_) => f.write_str("Frames(..)"),
+            Self::Messages(page) => f.debug_tuple("Messages").field(page).finish(),
             Self::Refused { error, close } => f
                 .debug_struct("Refused")
                 .field("error", error)
                 .field("close", close)
                 .finish(),
+        }
+    }
+}
+
+impl Reply<'_> {
+    /// What a write (`send`, an action on a message, a moderation) that is not the WebSocket's comes to: the frame
+    /// that answers it, `ack` or `done`, or why it was refused.
+    pub fn written(self) -> Result<ServerMsg, RequestError> {
+        match self {
+            Self::Frame(frame @ (ServerMsg::Ack(_) | ServerMsg::Done(_))) => Ok(frame),
+            Self::Refused { error, .. } => Err(error),
+            other => unreachable!("a write is acked, done or refused, not answered with {other:?}"),
         }
     }
 }
@@ -102,7 +153,8 @@ struct JoinAnswer {
 enum Role {
     /// A connection: it joins rooms, and their frames reach it through this member's queue.
     Member(Member),
-    /// Sends as this nick without joining, its rate limited by its caller (the HTTP API per key, the CLI once).
+    /// Publishes as this nick without joining, under the nick's room rules (mute, ban, slow mode), its rate limited
+    /// by its caller (the HTTP API per key, the CLI once); moderates every room; reads any room's history.
     Publisher(Nick),
 }
 
@@ -141,8 +193,8 @@ impl Participant {
         }
     }
 
-    /// One who sends as `nick` without joining: the HTTP API (which limits each key's rate itself) and the CLI.
-    /// Its sends go through the same validation, ids, history and idempotency as a member's.
+    /// One who publishes as `nick` without joining: the HTTP API (which limits each key's rate itself) and the CLI.
+    /// Its sends go through the same validation, room rules, ids, history and idempotency as a member's.
     pub fn publisher(hub: Hub, nick: Nick) -> Self {
         Self {
             hub,
@@ -155,7 +207,16 @@ impl Participant {
     }
 
     /// Answers one request: the one way into the room rules for every transport.
-    pub async fn handle(&mut self, request: ClientMsg) -> Reply<'_> {
+    pub async fn handle(&mut self, request: impl Into<Request>) -> Reply<'_> {
+        let request = match request.into() {
+            Request::Client(request) => request,
+            Request::Messages { room, since, limit } => {
+                return match self.messages(&room, since, limit).await {
+                    Ok(page) => Reply::Messages(page),
+                    Err(error) => Reply::Refused { error, close: None },
+                };
+            }
+        };
         let result = match request {
             ClientMsg::Hello { version } if version == PROTOCOL_VERSION => return Reply::Silent,
             ClientMsg::Hello { version } => {
@@ -184,7 +245,7 @@ impl Participant {
                         .increment(1);
                     return Reply::Frame(ServerMsg::TryAgain(frame::TryAgain {
                         after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        request: "join".into(),
+                        request: frame::TryAgainRequest::Join,
                         room: Some(room),
                         req,
                     }));
@@ -209,7 +270,7 @@ impl Participant {
             } => {
                 self.send(&room, cid, reply_to, |nick| {
                     validate::text(&text)?;
-                    Ok(BusBody::Message {
+                    Ok(Body::Message {
                         nick,
                         text,
                         quote: None,
@@ -225,7 +286,7 @@ impl Participant {
             } => {
                 self.send(&room, cid, None, |nick| {
                     validate::text(&text)?;
-                    Ok(BusBody::Edit {
+                    Ok(Body::Edit {
                         nick,
                         target: id,
                         text,
@@ -235,7 +296,7 @@ impl Participant {
             }
             ClientMsg::Delete { room, id, cid } => {
                 self.send(&room, cid, None, |nick| {
-                    Ok(BusBody::Delete { nick, target: id })
+                    Ok(Body::Delete { nick, target: id })
                 })
                 .await
             }
@@ -253,7 +314,7 @@ impl Participant {
                             format!("react with one of {}", validate::EMOJI.join(" ")),
                         ));
                     }
-                    Ok(BusBody::React {
+                    Ok(Body::React {
                         nick,
                         target: id,
                         emoji,
@@ -268,27 +329,39 @@ impl Participant {
                 nick,
                 secs,
                 req,
-            } => self
-                .moderate(&room, ModerationAction::Mute, Some(&nick), secs, req)
-                .await
-                .map(|(frame, _)| frame),
-            ClientMsg::Kick { room, nick, req } => self
-                .moderate(&room, ModerationAction::Kick, Some(&nick), 0, req)
-                .await
-                .map(|(frame, _)| frame),
+                cid,
+            } => {
+                let order = Order::new(ModerationAction::Mute, Some(nick), secs, req, cid);
+                self.moderate(&room, order).await
+            }
+            ClientMsg::Kick {
+                room,
+                nick,
+                req,
+                cid,
+            } => {
+                let order = Order::new(ModerationAction::Kick, Some(nick), 0, req, cid);
+                self.moderate(&room, order).await
+            }
             ClientMsg::Ban {
                 room,
                 nick,
                 secs,
                 req,
-            } => self
-                .moderate(&room, ModerationAction::Ban, Some(&nick), secs, req)
-                .await
-                .map(|(frame, _)| frame),
-            ClientMsg::SlowMode { room, secs, req } => self
-                .moderate(&room, ModerationAction::SlowMode, None, secs, req)
-                .await
-                .map(|(frame, _)| frame),
+                cid,
+            } => {
+                let order = Order::new(ModerationAction::Ban, Some(nick), secs, req, cid);
+                self.moderate(&room, order).await
+            }
+            ClientMsg::SlowMode {
+                room,
+                secs,
+                req,
+                cid,
+            } => {
+                let order = Order::new(ModerationAction::SlowMode, None, secs, req, cid);
+                self.moderate(&room, order).await
+            }
             ClientMsg::Ping { req } => Ok(ServerMsg::Pong(frame::Pong { req })),
             ClientMsg::History {
                 room,
@@ -396,7 +469,6 @@ impl Participant {
             epoch,
             recent: self.hub.config.history_on_join as usize,
             limit: CATCH_UP_PAGE,
-            viewer: Some(nick.clone()),
         };
         // With a token the nick is proven: nobody else can hold it, whatever device they use, so no person check.
         let person = if self.grant.is_some() { None } else { person };
@@ -454,8 +526,9 @@ impl Participant {
             }
         };
         let resumed = since.is_some() && !history.reset;
-        let after = (resumed && history.events.len() >= CATCH_UP_PAGE)
-            .then(|| history.events.last().and_then(event_id))
+        let newest = history.items.last().map(|i| i.record.id);
+        let after = (resumed && history.items.len() >= CATCH_UP_PAGE)
+            .then_some(newest)
             .flatten();
         let entry = match self.rooms.entry(room.clone()) {
             Entry::Occupied(e) => e.into_mut(),
@@ -469,12 +542,15 @@ impl Participant {
         if history.reset {
             entry.last = None;
         }
-        let seen = history.events.last().and_then(event_id).or(since);
-        entry.last = entry.last.max(seen);
+        entry.last = entry.last.max(newest.or(since));
         if !rejoin {
-            info!(%room, %nick, history = history.events.len(), ?since, reset = history.reset, truncated = history.truncated, "joined");
+            info!(%room, %nick, history = history.items.len(), ?since, reset = history.reset, truncated = history.truncated, "joined");
         }
-        let mut events = history.events;
+        let mut events: Vec<ServerMsg> = history
+            .items
+            .iter()
+            .filter_map(|item| frames::resumed(item, Some(&nick)))
+            .collect();
         let fit = fitting(&events, JOINED_BUDGET_BYTES);
         let ready = events.split_off(fit);
         let messages = events
@@ -562,19 +638,26 @@ impl Participant {
         let query = HistoryQuery {
             since: Some(after),
             limit: CATCH_UP_PAGE,
-            viewer,
             ..HistoryQuery::default()
         };
-        let page = self.hub.bus.history(&backlog.room, query).await?.events;
+        let page = self.hub.bus.history(&backlog.room, query).await?.items;
         backlog.left = backlog.left.saturating_sub(page.len());
-        let newest = page.last().and_then(event_id);
+        let newest = page.last().map(|i| i.record.id);
         if page.len() >= CATCH_UP_PAGE {
             backlog.after = newest;
         }
         if let (Some(joined), Some(newest)) = (self.rooms.get_mut(&backlog.room), newest) {
             joined.last = joined.last.max(Some(newest));
         }
-        Ok(page)
+        let frames: Vec<ServerMsg> = page
+            .iter()
+            .filter_map(|item| frames::resumed(item, viewer.as_ref()))
+            .collect();
+        if frames.is_empty() && backlog.after.is_some() {
+            // A page of skipped actions only: read on (an empty answer would end the backlog).
+            return Box::pin(self.next_backlog(backlog)).await;
+        }
+        Ok(frames)
     }
 
     /// Older messages of a joined room (scrolling back): up to `limit` before `before`, as many of the newest of them
@@ -599,11 +682,14 @@ impl Participant {
                 format!("history limit must be 1 to {HISTORY_PAGE_MAX}"),
             ));
         }
-        let mut messages = self
+        let mut messages: Vec<ChatMessage> = self
             .hub
             .bus
-            .older(&room, before, limit, Some(viewer))
-            .await?;
+            .older(&room, before, limit)
+            .await?
+            .iter()
+            .filter_map(|item| frames::message(item, Some(&viewer)))
+            .collect();
         let fetched = messages.len();
         // Keep the newest part: the page continues right where the client's view begins.
         messages.reverse();
@@ -663,7 +749,7 @@ impl Participant {
         Ok(room)
     }
 
-    /// Whether this participant moderates `room`: publishers (the HTTP API key holder, the CLI) moderate every
+    /// Whether this participant may moderate `room`: publishers (the HTTP API key holder, the CLI) moderate every
     /// room; a connection, the rooms its token's `roles` name.
     fn moderator(&self, room: &RoomName) -> bool {
         match &self.role {
@@ -696,7 +782,7 @@ impl Participant {
         room: &str,
         cid: String,
         reply_to: Option<MsgId>,
-        body: impl FnOnce(Nick) -> Result<BusBody, RequestError>,
+        body: impl FnOnce(Nick) -> Result<Body, RequestError>,
     ) -> Result<ServerMsg, RequestError> {
         let room = RoomName::parse(room)?;
         let nick = self.nick_in(&room)?;
@@ -712,14 +798,16 @@ impl Participant {
                 ),
             ));
         }
+        // A publisher writes *as* a nick, under that nick's rules: its moderator's right is the moderation request.
+        let moderator = matches!(self.role, Role::Member(_)) && self.moderator(&room);
         let draft = Draft {
             nick,
             cid: cid.clone(),
             body,
             reply_to,
-            moderator: self.moderator(&room),
+            moderator,
         };
-        let is_message = matches!(draft.body, BusBody::Message { .. });
+        let is_message = draft.body.is_message();
         let published = self.hub.bus.publish(&room, draft).await?;
         if is_message && let Some(joined) = self.rooms.get_mut(&room) {
             // A message ends what was being typed: the next keystroke starts a new `typing`, relayed at once (the
@@ -743,15 +831,16 @@ impl Participant {
     }
 
     /// A moderator's action: checked, then stored in the room as a `moderation` event whose effect (mute, ban, slow
-    /// mode) the bus records in the same step. Kicks and bans take effect on every replica as the event arrives.
-    pub async fn moderate(
-        &mut self,
-        room: &str,
-        action: ModerationAction,
-        nick: Option<&str>,
-        secs: u64,
-        req: Option<String>,
-    ) -> Result<(ServerMsg, Published), RequestError> {
+    /// mode) the bus records in the same step, at most once per `cid`. Kicks and bans take effect on every replica as
+    /// the event arrives.
+    async fn moderate(&mut self, room: &str, order: Order) -> Result<ServerMsg, RequestError> {
+        let Order {
+            action,
+            nick,
+            secs,
+            req,
+            cid,
+        } = order;
         let room = RoomName::parse(room)?;
         if !self.moderator(&room) {
             return Err(RequestError::new(
@@ -762,7 +851,7 @@ impl Participant {
         let by = self.nick_in(&room)?;
         let target = match (action, nick) {
             (ModerationAction::SlowMode, _) => None,
-            (_, Some(nick)) => Some(Nick::parse(nick)?),
+            (_, Some(nick)) => Some(Nick::parse(&nick)?),
             (_, None) => {
                 return Err(RequestError::new(
                     ErrorCode::BadRequest,
@@ -776,6 +865,13 @@ impl Participant {
                 format!("secs must be 0 to {}", validate::MODERATION_MAX_SECS),
             ));
         }
+        let cid = match cid {
+            Some(cid) => {
+                validate::client_id(&cid)?;
+                cid
+            }
+            None => format!("mod-{}", new_epoch()),
+        };
         let secs = if action == ModerationAction::Kick {
             0
         } else {
@@ -783,19 +879,58 @@ impl Participant {
         };
         let draft = Draft {
             nick: by.clone(),
-            cid: format!("mod-{}", new_epoch()),
-            body: BusBody::Moderation {
+            cid,
+            body: Body::Moderation {
                 by,
                 action,
-                nick: target,
+                nick: target.clone(),
                 secs,
             },
             reply_to: None,
             moderator: true,
         };
         let published = self.hub.bus.publish(&room, draft).await?;
-        info!(%room, ?action, ?nick, secs, "moderated");
-        Ok((ServerMsg::Done(frame::Done { room, req }), published))
+        info!(%room, ?action, ?target, secs, duplicate = published.duplicate, "moderated");
+        Ok(ServerMsg::Done(frame::Done {
+            room,
+            id: published.id,
+            duplicate: published.duplicate,
+            req,
+        }))
+    }
+
+    /// A publisher's read of a room's messages, with their current state: those after `since`, or the newest.
+    async fn messages(
+        &mut self,
+        room: &str,
+        since: Option<MsgId>,
+        limit: usize,
+    ) -> Result<Messages, RequestError> {
+        let room = RoomName::parse(room)?;
+        if !matches!(self.role, Role::Publisher(_)) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                "members read history with join and history",
+            ));
+        }
+        let query = HistoryQuery {
+            since,
+            epoch: None,
+            recent: limit,
+            limit,
+        };
+        let history = self.hub.bus.history(&room, query).await?;
+        Ok(Messages {
+            room,
+            epoch: history.epoch.to_string(),
+            // Messages with their current state; the actions that led there are the WebSocket's business.
+            messages: history
+                .items
+                .iter()
+                .filter_map(|item| frames::message(item, None))
+                .collect(),
+            truncated: history.truncated,
+        })
     }
 
     /// After a queued frame was written: when it was a moderator's kick or ban of this connection's nick in that
@@ -848,6 +983,33 @@ impl Participant {
                 debug!(%room, error = %e, "leave not recorded in the roster; the member expires with the heartbeat");
             }
         });
+    }
+}
+
+/// A moderation request's parts.
+struct Order {
+    action: ModerationAction,
+    nick: Option<String>,
+    secs: u64,
+    req: Option<String>,
+    cid: Option<String>,
+}
+
+impl Order {
+    fn new(
+        action: ModerationAction,
+        nick: Option<String>,
+        secs: u64,
+        req: Option<String>,
+        cid: Option<String>,
+    ) -> Self {
+        Self {
+            action,
+            nick,
+            secs,
+            req,
+            cid,
+        }
     }
 }
 

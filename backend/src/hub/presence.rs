@@ -5,12 +5,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use shared::{Nick, PresenceKind, PresenceNotice, RoomName};
+use shared::{Nick, PresenceKind, RoomName};
 use tracing::debug;
 
 use super::Hub;
 use super::registry::ConnId;
-use crate::bus::{BusError, Notice, RosterChange, RosterOp, RosterTiming, now_ms};
+use crate::bus::{BusError, Notice, PresenceNotice, RosterChange, RosterOp, RosterTiming, now_ms};
 use crate::config::Config;
 
 /// The connection a notice comes from when no connection caused it (a grace period ended, a replica vanished):

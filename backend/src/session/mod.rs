@@ -60,7 +60,7 @@ pub async fn turn_away(socket: WebSocket, after: Duration) {
     let (mut sink, mut stream) = socket.split();
     let msg = ServerMsg::TryAgain(frame::TryAgain {
         after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-        request: "connect".into(),
+        request: frame::TryAgainRequest::Connect,
         room: None,
         req: None,
     });
@@ -302,6 +302,7 @@ impl Session {
                 }
                 Ok(())
             }
+            Reply::Messages(_) => unreachable!("a connection's requests are the protocol's"),
             Reply::Refused { error, close } => {
                 refuse(sink, error, re).await?;
                 match close {

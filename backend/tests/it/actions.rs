@@ -111,12 +111,14 @@ struct Seen {
     reactions: BTreeMap<String, (u32, bool)>,
 }
 
-/// A member's view of a room: messages by id, and how often each stored event id arrived.
+/// A member's view of a room: messages by id, how often each stored event id arrived, and the actions received
+/// (`edited`, `deleted`, `reacted`) with their targets, in order.
 #[derive(Debug, Default)]
 struct View {
     me: String,
     messages: BTreeMap<MsgId, Seen>,
     arrivals: HashMap<MsgId, u32>,
+    actions: Vec<(&'static str, MsgId)>,
 }
 
 impl View {
@@ -158,6 +160,7 @@ impl View {
                 ts,
                 ..
             }) => {
+                self.actions.push(("edited", *target));
                 if let Some(m) = self.messages.get_mut(target) {
                     m.text.clone_from(text);
                     m.edited_at = Some(*ts);
@@ -165,6 +168,7 @@ impl View {
                 *id
             }
             ServerMsg::Deleted(frame::Deleted { id, target, .. }) => {
+                self.actions.push(("deleted", *target));
                 if let Some(m) = self.messages.get_mut(target) {
                     *m = Seen {
                         deleted: true,
@@ -183,6 +187,7 @@ impl View {
                 ..
             }) => {
                 let mine = nick.as_str() == self.me;
+                self.actions.push(("reacted", *target));
                 if let Some(m) = self.messages.get_mut(target) {
                     let entry = m.reactions.entry(emoji.clone()).or_insert((0, false));
                     entry.0 = *count;
@@ -237,11 +242,16 @@ async fn act(client: &mut Client, msg: ClientMsg) -> MsgId {
         .await
 }
 
-/// Waits for the `done` answering the moderation request `req`.
-async fn done(client: &mut Client, req: &str) {
+/// Waits for the `done` answering the moderation request `req`; returns the event's id and whether it was a repeat.
+async fn done(client: &mut Client, req: &str) -> (MsgId, bool) {
     client
         .take(|m| match m {
-            ServerMsg::Done(frame::Done { req: Some(r), .. }) if r == req => Some(()),
+            ServerMsg::Done(frame::Done {
+                req: Some(r),
+                id,
+                duplicate,
+                ..
+            }) if r == req => Some((*id, *duplicate)),
             ServerMsg::Error(frame::Error {
                 req: Some(r),
                 code,
@@ -252,7 +262,7 @@ async fn done(client: &mut Client, req: &str) {
             }
             _ => None,
         })
-        .await;
+        .await
 }
 
 /// Sends a request that must be refused; returns the code and `until`.
@@ -463,6 +473,11 @@ async fn a_member_away_across_actions_ends_in_the_same_state(rooms: Rooms) {
     act(&mut stayer, delete(r, a, "s5")).await;
     let c = act(&mut stayer, send(r, "three", "s6", None)).await;
     act(&mut stayer, react(r, c, "😂", true, "s7")).await;
+    // A message lee never saw, edited, reacted to and deleted meanwhile: `joined` shows it deleted.
+    let d = act(&mut stayer, send(r, "four", "s9", None)).await;
+    act(&mut stayer, edit(r, d, "four (edited)", "s10")).await;
+    act(&mut stayer, react(r, d, "👀", true, "s11")).await;
+    act(&mut stayer, delete(r, d, "s12")).await;
     let last = act(&mut stayer, edit(r, c, "three (edited)", "s8")).await;
     until_event(&mut stayer, &mut stay, last).await;
 
@@ -507,7 +522,20 @@ async fn a_member_away_across_actions_ends_in_the_same_state(rooms: Rooms) {
         "the member who was away sees what the one who stayed sees"
     );
     assert!(away.messages[&a].deleted);
+    assert!(away.messages[&d].deleted);
     assert_eq!(away.messages[&c].text, "three (edited)");
+    // Messages deleted by now get their deletion, never the edits and reactions before it: a resuming client does
+    // not show, even for a moment, what a message it shows deleted said.
+    let on = |target| -> Vec<&str> {
+        away.actions
+            .iter()
+            .filter(|(_, t)| *t == target)
+            .map(|(kind, _)| *kind)
+            .collect()
+    };
+    assert_eq!(on(a), ["deleted"], "{:?}", away.actions);
+    assert_eq!(on(d), ["deleted"], "{:?}", away.actions);
+    assert_eq!(on(c), ["reacted", "edited"], "{:?}", away.actions);
     for (id, n) in &away.arrivals {
         assert_eq!(*n, 1, "event {id} reached lee once");
     }
@@ -579,6 +607,7 @@ async fn rules_refuse_with_typed_errors(rooms: Rooms) {
         nick: "alice".into(),
         secs: 60,
         req: Some("m1".into()),
+        cid: None,
     };
     assert_eq!(refused(&mut bob, mute, "m1").await.0, ErrorCode::Forbidden);
     // A retried action is stored once: the same ack, one event.
@@ -601,6 +630,22 @@ async fn rules_refuse_with_typed_errors(rooms: Rooms) {
         ErrorCode::CidReused,
         "another action under a used cid"
     );
+    // A reaction that changes nothing stores nothing: acked as a repeat, with the message's id.
+    for (emoji, on, cid) in [("👍", true, "b9"), ("🎉", false, "b10")] {
+        bob.send(&react(r, target, emoji, on, cid)).await;
+        let ack = bob
+            .take(|m| match m {
+                ServerMsg::Ack(frame::Ack {
+                    cid: c,
+                    id,
+                    duplicate,
+                    ..
+                }) if c == cid => Some((*id, *duplicate)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(ack, (target, true), "{emoji} {on}");
+    }
     let marker = act(&mut alice, send(r, "marker", "a6", None)).await;
     let mut view = View::new("alice");
     until_event(&mut alice, &mut view, marker).await;
@@ -608,6 +653,12 @@ async fn rules_refuse_with_typed_errors(rooms: Rooms) {
         view.arrivals.get(&first),
         Some(&1),
         "the retried reaction arrived once"
+    );
+    let on_target: Vec<_> = view.actions.iter().filter(|(_, t)| *t == target).collect();
+    assert_eq!(
+        on_target,
+        [&("reacted", target)],
+        "no event for the reactions that changed nothing"
     );
 }
 
@@ -644,6 +695,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             nick: "bob".into(),
             secs: 600,
             req: Some("mute".into()),
+            cid: None,
         })
         .await;
     done(&mut moderator, "mute").await;
@@ -674,15 +726,19 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
     // A moderator deletes anyone's message; 0 lifts the mute.
     let carols = act(&mut carol, send(r, "hi", "c1", None)).await;
     act(&mut moderator, delete(r, carols, "m-del")).await;
-    moderator
-        .send(&ClientMsg::Mute {
-            room: r.into(),
-            nick: "bob".into(),
-            secs: 0,
-            req: Some("unmute".into()),
-        })
-        .await;
-    done(&mut moderator, "unmute").await;
+    // A moderation retried with its cid (a lost `done`) moderates once: the same id, one event.
+    let unmute = |req: &str| ClientMsg::Mute {
+        room: r.into(),
+        nick: "bob".into(),
+        secs: 0,
+        req: Some(req.into()),
+        cid: Some("unmute-bob-1".into()),
+    };
+    moderator.send(&unmute("unmute")).await;
+    let (lifted, repeat) = done(&mut moderator, "unmute").await;
+    assert!(!repeat);
+    moderator.send(&unmute("unmute-again")).await;
+    assert_eq!(done(&mut moderator, "unmute-again").await, (lifted, true));
     act(&mut bob, send(r, "free again", "b5", None)).await;
 
     // Slow mode: one message per 600 s for members, not for moderators.
@@ -691,9 +747,22 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             room: r.into(),
             secs: 600,
             req: Some("slow".into()),
+            cid: None,
         })
         .await;
-    done(&mut moderator, "slow").await;
+    let (slow, _) = done(&mut moderator, "slow").await;
+    // carol heard the mute, one lift (secs 0), then slow mode: the retried lift announced nothing.
+    let mut heard = Vec::new();
+    while heard.last() != Some(&(slow, 600)) {
+        let event = carol
+            .take(|m| match m {
+                ServerMsg::Moderation(e) => Some((e.id, e.secs)),
+                _ => None,
+            })
+            .await;
+        heard.push(event);
+    }
+    assert_eq!(heard, [(lifted, 0), (slow, 600)]);
     act(&mut carol, send(r, "first", "c2", None)).await;
     let (code, until) = refused(&mut carol, send(r, "second", "c3", None), "c3").await;
     assert_eq!(code, ErrorCode::SlowMode);
@@ -705,6 +774,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             room: r.into(),
             secs: 0,
             req: Some("fast".into()),
+            cid: None,
         })
         .await;
     done(&mut moderator, "fast").await;
@@ -716,6 +786,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             room: r.into(),
             nick: "bob".into(),
             req: Some("kick".into()),
+            cid: None,
         })
         .await;
     done(&mut moderator, "kick").await;
@@ -737,6 +808,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             nick: "bob".into(),
             secs: 600,
             req: Some("ban".into()),
+            cid: None,
         })
         .await;
     done(&mut moderator, "ban").await;
@@ -780,6 +852,7 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
             nick: "bob".into(),
             secs: 0,
             req: Some("unban".into()),
+            cid: None,
         })
         .await;
     done(&mut moderator, "unban").await;

@@ -62,7 +62,10 @@ async fn joins_beyond_the_rate_are_told_to_come_back_and_all_get_in_once() {
                         room,
                         ..
                     }) => {
-                        assert_eq!((request.as_str(), room.as_deref()), ("join", Some("storm")));
+                        assert_eq!(
+                            (request, room.as_deref()),
+                            (frame::TryAgainRequest::Join, Some("storm"))
+                        );
                         refused += 1;
                         honour(after_ms, i).await;
                     }
@@ -153,7 +156,7 @@ async fn connections_beyond_the_rate_get_try_again_and_close_1013() {
             ServerMsg::TryAgain(frame::TryAgain {
                 after_ms, request, ..
             }) => {
-                assert_eq!(request, "connect");
+                assert_eq!(request, frame::TryAgainRequest::Connect);
                 assert!(after_ms >= 100);
                 turned_away += 1;
                 let close = loop {

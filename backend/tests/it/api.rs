@@ -265,3 +265,107 @@ async fn the_cli_publishes_through_the_same_rules() {
     let next = member.message_in("ops").await;
     assert_eq!(next.id.to_string(), out, "the repeat was not delivered");
 }
+
+/// Moderates `room` through the API's moderation endpoint; answers the event's id and whether it was a repeat.
+async fn moderate(addr: SocketAddr, room: &str, body: &str) -> (MsgId, bool) {
+    let bearer = format!("Bearer {KEY}");
+    let (status, _, answer) = testkit::http_request(
+        addr,
+        "POST",
+        &format!("/api/rooms/{room}/moderation"),
+        &[("Authorization", &bearer)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}: {answer}");
+    let answer: backend::api::Moderated = serde_json::from_str(&answer).unwrap();
+    (answer.id, answer.duplicate)
+}
+
+/// Publishing *as a nick* applies that nick's room rules, whatever the way in: a muted, banned or slowed nick is
+/// refused over the HTTP API (403 `muted`/`banned`, 429 `slow_mode`) and by `roomcast publish` (exit 1, an `error:`
+/// line), exactly as over the WebSocket, and members receive nothing of what was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_the_cli_obey_mute_ban_and_slow_mode() {
+    let redis = Redis::start().await;
+    let replica = api_replica(&redis, 1000).await;
+    let addr = replica.addr;
+    let r = "rules";
+    let mut member = replica.client().await;
+    member.join(r, "reader", None).await;
+    let mute = r#"{"action":"mute","nick":"mutebot","secs":600,"cid":"mute-1"}"#;
+    let (muted, repeat) = moderate(addr, r, mute).await;
+    assert!(!repeat);
+    // A retry (a lost answer) moderates once.
+    assert_eq!(moderate(addr, r, mute).await, (muted, true));
+    moderate(addr, r, r#"{"action":"ban","nick":"banbot","secs":600}"#).await;
+
+    let (status, body) = post(addr, r, Some(KEY), r#"{"nick":"mutebot","text":"hi"}"#).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("muted")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("muted"),
+        "{body}"
+    );
+    let (status, body) = post(addr, r, Some(KEY), r#"{"nick":"banbot","text":"hi"}"#).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("banned")),
+        "{body}"
+    );
+    let (code, out, err) = cli(&redis, &["--room", r, "--nick", "mutebot", "from cron"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(err.starts_with("error: ") && err.contains("muted"), "{err}");
+    let (code, _, err) = cli(&redis, &["--room", r, "--nick", "banbot", "from cron"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("error: ") && err.contains("banned"),
+        "{err}"
+    );
+
+    // Slow mode: two posts at once as one nick, one of them is stored; another nick is not slowed by it.
+    moderate(addr, r, r#"{"action":"slow_mode","secs":30}"#).await;
+    let first = r#"{"nick":"slowbot","text":"one","cid":"s-1"}"#;
+    let second = r#"{"nick":"slowbot","text":"two","cid":"s-2"}"#;
+    let (a, b) = tokio::join!(
+        post(addr, r, Some(KEY), first),
+        post(addr, r, Some(KEY), second)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 429], "{a:?} {b:?}");
+    let refused = if a.0 == 429 { &a.1 } else { &b.1 };
+    assert_eq!(refused["error"], "slow_mode", "{refused}");
+    let (code, _, err) = cli(&redis, &["--room", r, "--nick", "slowbot", "three"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("error: ") && err.contains("slow mode"),
+        "{err}"
+    );
+    let (status, other) = post(addr, r, Some(KEY), r#"{"nick":"otherbot","text":"free"}"#).await;
+    assert_eq!(status, 201, "{other}");
+
+    // The member got the three moderation events (the retried mute once), the one slow post and otherbot's:
+    // nothing refused.
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        texts.push(member.message_in(r).await.text);
+    }
+    assert!(texts[0] == "one" || texts[0] == "two", "{texts:?}");
+    assert_eq!(texts[1], "free");
+    let pending = member.pending();
+    assert!(
+        pending
+            .iter()
+            .all(|m| !matches!(m, shared::ServerMsg::Message(_))),
+        "{pending:?}"
+    );
+    let events = pending
+        .iter()
+        .filter(|m| matches!(m, shared::ServerMsg::Moderation(_)))
+        .count();
+    assert_eq!(events, 3, "{pending:?}");
+}

@@ -42,6 +42,7 @@ fn restrict(ban: bool, room: String, nick: String, secs: u64) -> ClientMsg {
             nick,
             secs,
             req,
+            cid: None,
         }
     } else {
         ClientMsg::Mute {
@@ -49,6 +50,7 @@ fn restrict(ban: bool, room: String, nick: String, secs: u64) -> ClientMsg {
             nick,
             secs,
             req,
+            cid: None,
         }
     }
 }
@@ -94,6 +96,7 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                 room,
                 nick,
                 req: None,
+                cid: None,
             },
             act => restrict(act == Some("ban"), room, nick, span.get_untracked()),
         });
@@ -163,7 +166,7 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                             let room = slow_set_room.clone();
                             move |ev| {
                                 let secs = event_target_value(&ev).parse().unwrap_or(0);
-                                client.moderate(ClientMsg::SlowMode { room: room.clone(), secs, req: None });
+                                client.moderate(ClientMsg::SlowMode { room: room.clone(), secs, req: None, cid: None });
                             }
                         }
                     >

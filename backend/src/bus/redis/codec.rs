@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shared::{BusBody, MsgId, RoomName};
+use shared::{MsgId, RoomName};
 
-use crate::bus::{BusError, Notice, Stored};
+use crate::bus::{Body, BusError, Notice, Record};
 
 /// A stored message on the channel, `<id> <offset> <epoch> <body>`: each `%s` is filled in that order, by
 /// [`stored_payload`] here and by the publish script, which gets this template as an argument.
@@ -34,7 +34,7 @@ pub(super) type Entry = (String, HashMap<String, String>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredEntry {
     pub offset: u64,
-    pub stored: Stored,
+    pub record: Record,
 }
 
 /// A decoded channel payload.
@@ -44,15 +44,15 @@ pub(super) enum Incoming {
     Stored {
         offset: u64,
         epoch: Arc<str>,
-        stored: Stored,
+        record: Record,
     },
     /// A notice that was never stored.
     Notice(Notice),
 }
 
-/// A bus body as JSON: the body field of a stream entry and the last part of every channel payload.
-pub(super) fn body_json(body: &BusBody) -> String {
-    serde_json::to_string(body).expect("bus bodies always serialize")
+/// A body as JSON: the body field of a stream entry and the last part of a stored event's channel payload.
+pub(super) fn body_json(body: &Body) -> String {
+    serde_json::to_string(body).expect("bodies always serialize")
 }
 
 /// The channel payload of a stored message, as the publish script would have sent it.
@@ -62,18 +62,17 @@ pub(super) fn stored_payload(id: &str, offset: u64, epoch: &str, body_json: &str
 
 /// The channel payload of a notice.
 pub(super) fn notice_payload(notice: &Notice) -> String {
-    fill(NOTICE_PAYLOAD, &[&body_json(&notice.body())])
+    let json = serde_json::to_string(notice).expect("notices always serialize");
+    fill(NOTICE_PAYLOAD, &[&json])
 }
 
 /// Decodes a channel payload of `room`: a stored message or a notice.
 pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming, String> {
     let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
     if let Some([json]) = unfill(NOTICE_PAYLOAD, text) {
-        return match serde_json::from_str(json).map_err(|e| e.to_string())? {
-            BusBody::Presence(notice) => Ok(Incoming::Notice(Notice::Presence(notice))),
-            BusBody::Typing(notice) => Ok(Incoming::Notice(Notice::Typing(notice))),
-            _ => Err("a stored event without an id".into()),
-        };
+        return serde_json::from_str(json)
+            .map(Incoming::Notice)
+            .map_err(|e| format!("not a notice: {e}"));
     }
     let Some([id, offset, epoch, json]) = unfill(STORED_PAYLOAD, text) else {
         return Err("expected `<id> <offset> <epoch> <body>`".into());
@@ -85,11 +84,14 @@ pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming
         .parse()
         .map_err(|_| format!("bad offset {offset:?}"))?;
     let body = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let stored = Stored::new(id, room.clone(), body).ok_or("a notice with an id")?;
     Ok(Incoming::Stored {
         offset,
         epoch: epoch.into(),
-        stored,
+        record: Record {
+            id,
+            room: room.clone(),
+            body,
+        },
     })
 }
 
@@ -108,9 +110,14 @@ pub(super) fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<Store
         .get(BODY_FIELD)
         .ok_or_else(|| bad(format!("no field {BODY_FIELD}")))?;
     let body = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    let stored = Stored::new(msg_id, room.clone(), body)
-        .ok_or_else(|| bad("presence and typing notices are never stored".into()))?;
-    Ok(StoredEntry { offset, stored })
+    Ok(StoredEntry {
+        offset,
+        record: Record {
+            id: msg_id,
+            room: room.clone(),
+            body,
+        },
+    })
 }
 
 /// Fills a template's `%s` with `values`, in order. A value may contain anything, `%s` included: only the template
@@ -150,24 +157,29 @@ fn unfill<'a, const N: usize>(template: &str, text: &'a str) -> Option<[&'a str;
 
 #[cfg(test)]
 mod tests {
-    use shared::{Nick, PresenceNotice, TypingNotice};
+    use shared::Nick;
 
     use super::*;
+    use crate::bus::{PresenceNotice, TypingNotice};
 
     fn room() -> RoomName {
         RoomName::parse("r").unwrap()
     }
 
-    fn message(id: MsgId, text: &str) -> Stored {
-        let body = BusBody::Message {
+    fn message(id: MsgId, text: &str) -> Record {
+        let body = Body::Message {
             nick: Nick::parse("al").unwrap(),
             text: text.into(),
             quote: None,
         };
-        Stored::new(id, room(), body).unwrap()
+        Record {
+            id,
+            room: room(),
+            body,
+        }
     }
 
-    fn message_json(m: &Stored) -> String {
+    fn message_json(m: &Record) -> String {
         body_json(&m.body)
     }
 
@@ -180,12 +192,12 @@ mod tests {
             let Ok(Incoming::Stored {
                 offset,
                 epoch,
-                stored,
+                record,
             }) = decode_payload(&room(), payload.as_bytes())
             else {
                 panic!("a stored message: {payload}")
             };
-            assert_eq!((offset, &*epoch, &stored), (42, "ab12", &sent));
+            assert_eq!((offset, &*epoch, &record), (42, "ab12", &sent));
         }
     }
 
@@ -196,28 +208,28 @@ mod tests {
             stored_payload("5-1", 7, "ab12", r#"{"kind":"message"}"#),
             r#"5-1 7 ab12 {"kind":"message"}"#
         );
-        let Ok(Incoming::Stored { offset, stored, .. }) = decode_payload(
+        let Ok(Incoming::Stored { offset, record, .. }) = decode_payload(
             &room(),
             br#"5-1 7 ab12 {"kind":"message","nick":"a","text":"x y"}"#,
         ) else {
             panic!("a stored message")
         };
-        let BusBody::Message { text, .. } = &stored.body else {
+        let Body::Message { text, .. } = &record.body else {
             panic!("a message")
         };
         assert_eq!(
-            (offset, stored.id, text.as_str()),
+            (offset, record.id, text.as_str()),
             (7, MsgId::new(5, 1), "x y")
         );
         // What cjson writes for a reaction the script counted (its own key order).
-        let Ok(Incoming::Stored { stored, .. }) = decode_payload(
+        let Ok(Incoming::Stored { record, .. }) = decode_payload(
             &room(),
             r#"5-2 8 ab12 {"on":true,"count":2,"kind":"react","emoji":"👍","target":"5-1","nick":"a"}"#
                 .as_bytes(),
         ) else {
             panic!("a stored reaction")
         };
-        assert!(matches!(stored.body, BusBody::React { count: 2, .. }));
+        assert!(matches!(record.body, Body::React { count: 2, .. }));
     }
 
     #[test]
@@ -241,7 +253,7 @@ mod tests {
             let Ok(Incoming::Notice(back)) = decode_payload(&room(), payload.as_bytes()) else {
                 panic!("a notice: {payload}")
             };
-            assert_eq!(back.body(), notice.body());
+            assert_eq!(back, notice);
         }
     }
 
@@ -282,7 +294,7 @@ mod tests {
             read.unwrap(),
             StoredEntry {
                 offset: 12,
-                stored: sent.clone()
+                record: sent.clone()
             }
         );
         // Entries from before offsets existed sort before every offset.

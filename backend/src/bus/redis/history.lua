@@ -1,10 +1,12 @@
 -- A history read that sees the epoch, the entries and the messages' states at one instant.
 -- KEYS: 1 stream, 2 meta, 3 state
--- ARGV: 1 candidate epoch, 2 client epoch or '', 3 since or '', 4 recent, 5 limit, 6 action field, 7 before or ''
+-- ARGV: 1 candidate epoch, 2 client epoch or '', 3 since or '', 4 recent, 5 limit, 6 action field, 7 before or '',
+--       8 body field
 -- With since: every entry after it (messages and actions), up to limit. With before: up to limit messages before
 -- it, newest first. Otherwise: the newest `recent` messages, newest first (actions skipped: states say what they did).
 -- Returns {epoch, reset, entries, oldest, states}: oldest is the oldest kept entry (only with since); states[i] is
--- the JSON state of entries[i], or '' when it has none.
+-- the JSON state of the message entries[i] is (a message) or acts on (an edit, deletion or reaction), or '' when it
+-- has none.
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local since = ARGV[3]
@@ -13,17 +15,29 @@ if since ~= '' and ARGV[2] ~= '' and ARGV[2] ~= epoch then
   reset = 1
   since = ''
 end
-local function states(entries)
-  local out = {}
-  for i, e in ipairs(entries) do out[i] = redis.call('HGET', KEYS[3], e[1]) or '' end
-  return out
-end
 local function is_action(entry)
   local fields = entry[2]
   for i = 1, #fields, 2 do
     if fields[i] == ARGV[6] then return true end
   end
   return false
+end
+-- The message an entry is about: its own id, or an action's target (none for moderation).
+local function message_of(entry)
+  if not is_action(entry) then return entry[1] end
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[8] then return cjson.decode(fields[i + 1]).target end
+  end
+  return nil
+end
+local function states(entries)
+  local out = {}
+  for i, e in ipairs(entries) do
+    local id = message_of(e)
+    out[i] = (id and redis.call('HGET', KEYS[3], id)) or ''
+  end
+  return out
 end
 if since ~= '' then
   local entries = redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[5])

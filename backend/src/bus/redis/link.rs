@@ -87,7 +87,7 @@ impl Conn {
             Self::Cluster(cluster) => {
                 // The Cluster keeps one connection per node: WAIT on the key's master counts this write.
                 let answer: T = invocation.invoke_async(cluster).await?;
-                let route = Route::new(slot_of(key), SlotAddr::Master);
+                let route = Route::with_key(key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let mut wait = redis::cmd("WAIT");
                 wait.arg(replicas).arg(timeout_ms);
@@ -183,28 +183,19 @@ impl Link {
     }
 }
 
-/// The Cluster slot of a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
-fn slot_of(key: &str) -> u16 {
-    let key = key.as_bytes();
-    let tag = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let close = key[open + 1..].iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &key[open + 1..open + 1 + close])
-        })
-        .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
-}
-
 #[cfg(test)]
 mod tests {
+    use redis::cluster_routing::{Route, SlotAddr};
+
     #[test]
-    fn slots_follow_the_hash_tag() {
-        // Reference values from `CLUSTER KEYSLOT`.
-        assert_eq!(super::slot_of("foo"), 12182);
-        assert_eq!(super::slot_of("roomcast:{foo}:log"), 12182);
-        assert_eq!(super::slot_of("{}x"), super::slot_of("{}x"));
-        assert_eq!(super::slot_of("123456789"), 12739);
+    fn wait_goes_to_the_slot_of_the_rooms_hash_tag() {
+        // Reference values from `CLUSTER KEYSLOT`: a room's keys route by their `{room}` tag.
+        let slot = |key: &str| Route::with_key(key, SlotAddr::Master);
+        assert_eq!(
+            slot("roomcast:{foo}:log"),
+            Route::new(12182, SlotAddr::Master)
+        );
+        assert_eq!(slot("roomcast:{foo}:meta"), slot("other:{foo}:live"));
+        assert_eq!(slot("123456789"), Route::new(12739, SlotAddr::Master));
     }
 }

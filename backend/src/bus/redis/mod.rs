@@ -22,14 +22,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use shared::{BusBody, ChatMessage, ErrorCode, MsgId, Nick, RoomName, ServerMsg};
+use shared::{ErrorCode, MsgId, Nick, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Bus, BusError, Draft, EventSink, History, HistoryQuery, MsgState, Notice, Published,
-    RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
+    Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
+    Published, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
 };
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
@@ -365,7 +365,7 @@ impl RedisBus {
 
 impl RedisBus {
     /// Runs `history.lua`: entries after `since`, the newest messages, or (with `before`) messages before it, each
-    /// with its current state as the query's viewer sees it.
+    /// with the current state of its message.
     fn read(
         &self,
         room: &RoomName,
@@ -413,7 +413,8 @@ impl RedisBus {
                                     .arg(recent)
                                     .arg(limit)
                                     .arg(codec::ACTION_FIELD)
-                                    .arg(before_arg);
+                                    .arg(before_arg)
+                                    .arg(codec::BODY_FIELD);
                                 invocation.invoke_async(&mut conn).await
                             })
                             .await
@@ -435,28 +436,28 @@ impl RedisBus {
                 .map(|e| codec::decode_entry(&room, e))
                 .transpose()?;
             let truncated = match (query.since, oldest, reset) {
-                (Some(since), Some(oldest), false) => oldest.offset > 1 && oldest.stored.id > since,
+                (Some(since), Some(oldest), false) => oldest.offset > 1 && oldest.record.id > since,
                 _ => false,
             };
-            let mut events = entries
+            let mut items = entries
                 .into_iter()
                 .zip(states)
                 .map(|(e, state)| {
-                    let entry = codec::decode_entry(&room, e)?.stored;
+                    let record = codec::decode_entry(&room, e)?.record;
                     let state: Option<MsgState> = if state.is_empty() {
                         None
                     } else {
                         Some(serde_json::from_str(&state).map_err(protocol)?)
                     };
-                    Ok(entry.in_history(state.as_ref(), query.viewer.as_ref()))
+                    Ok(HistoryItem { record, state })
                 })
                 .collect::<Result<Vec<_>, BusError>>()?;
             if query.since.is_none() || reset {
-                events.reverse();
+                items.reverse();
             }
             Ok(History {
                 epoch: epoch.into(),
-                events,
+                items,
                 reset,
                 truncated,
             })
@@ -481,14 +482,14 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
     }
 }
 
-/// The publish script's answer: id, flag (0 stored, 1 repeated cid, 2 reused cid, 3 muted, 4 slow mode, 5 message
-/// gone, 6 forbidden), offset, epoch, the body stored, until (for 3 and 4).
-type PublishReply = (String, i64, u64, String, String, u64);
+/// The publish script's answer: id, status (`stored`, `duplicate`, or the error code that refused it), offset, epoch,
+/// the body stored, until (for `banned`, `muted` and `slow_mode`).
+type PublishReply = (String, String, u64, String, String, u64);
 
-/// What a publish did in Redis: stored (id, flag, offset) and relayed, or stored without the replicas `WAIT` asked
-/// for (and so not relayed).
+/// What a publish did in Redis: stored (id, status, offset, until) and relayed, or stored without the replicas `WAIT`
+/// asked for (and so not relayed).
 enum Written {
-    Stored(String, i64, u64, u64),
+    Stored(String, String, u64, u64),
     NotReplicated(i64),
 }
 
@@ -512,16 +513,7 @@ impl Bus for RedisBus {
         let fingerprint = draft.fingerprint();
         let reply_to = draft.reply_to.map(|id| id.to_string()).unwrap_or_default();
         let moderator = if draft.moderator { "1" } else { "" };
-        let kind = match &draft.body {
-            BusBody::Message { .. } => "message",
-            BusBody::Edit { .. } => "edit",
-            BusBody::Delete { .. } => "delete",
-            BusBody::React { .. } => "react",
-            BusBody::Moderation { .. } => "moderation",
-            BusBody::Presence(_) | BusBody::Typing(_) => {
-                return async { Err(protocol("notices are not stored")) }.boxed();
-            }
-        };
+        let kind = draft.body.kind();
         let sender = draft.nick.to_string();
         let (channel, limit, dedupe) = (keys.channel(room), self.history_limit, self.dedupe_secs);
         let (wait, wait_ms) = (self.wait_replicas, self.wait_timeout_ms);
@@ -551,28 +543,28 @@ impl Bus for RedisBus {
                         .arg(kind)
                         .arg(&sender);
                     if wait == 0 {
-                        let (id, flag, offset, _, _, until): PublishReply =
+                        let (id, status, offset, _, _, until): PublishReply =
                             invocation.invoke_async(&mut conn).await?;
-                        return Ok(Written::Stored(id, flag, offset, until));
+                        return Ok(Written::Stored(id, status, offset, until));
                     }
                     // For a repeated cid, WAIT counts the replicas that have the original.
-                    let ((id, flag, offset, epoch, stored, until), acked): (PublishReply, i64) = conn
+                    let ((id, status, offset, epoch, stored, until), acked): (PublishReply, i64) = conn
                         .invoke_and_wait(&invocation, &ks[0], wait, wait_ms)
                         .await?;
                     if acked < i64::from(wait) {
                         return Ok(Written::NotReplicated(acked));
                     }
-                    if flag == 0 {
+                    if status == "stored" {
                         // Confirmed: relay it now. Publishes of concurrent senders may arrive out of offset order;
                         // the subscriber's gap rule backfills from the stream, which holds both.
                         let payload = codec::stored_payload(&id, offset, &epoch, &stored);
                         conn.publish(&channel, &payload).await?;
                     }
-                    Ok(Written::Stored(id, flag, offset, until))
+                    Ok(Written::Stored(id, status, offset, until))
                 })
                 .await?;
-            let (id, flag, offset, until) = match written {
-                Written::Stored(id, flag, offset, until) => (id, flag, offset, until),
+            let (id, status, offset, until) = match written {
+                Written::Stored(id, status, offset, until) => (id, status, offset, until),
                 Written::NotReplicated(acked) => {
                     metrics::counter!("roomcast_publish_not_replicated_total").increment(1);
                 return Err(BusError::Unavailable(format!(
@@ -580,24 +572,21 @@ impl Bus for RedisBus {
                     )));
                 }
             };
-            let refused = |code| {
-                Err(BusError::Refused {
-                    code,
-                    until: (until > 0).then_some(until),
-                })
-            };
-            match flag {
-                0 | 1 => Ok(Published {
+            match status.as_str() {
+                "stored" | "duplicate" => Ok(Published {
                     id: id.parse().map_err(protocol)?,
                     offset,
-                    duplicate: flag == 1,
+                    duplicate: status == "duplicate",
                 }),
-                2 => Err(BusError::CidReused),
-                3 => refused(ErrorCode::Muted),
-                4 => refused(ErrorCode::SlowMode),
-                5 => refused(ErrorCode::MessageGone),
-                6 => refused(ErrorCode::Forbidden),
-                other => Err(protocol(format!("publish flag {other}"))),
+                code => {
+                    // The script names the error code that refuses the event, as the protocol spells it.
+                    let code: ErrorCode = serde_json::from_value(code.into())
+                        .map_err(|_| protocol(format!("publish status {code:?}")))?;
+                    Err(BusError::Refused {
+                        code,
+                        until: (until > 0).then_some(until),
+                    })
+                }
             }
         }
         .boxed()
@@ -671,26 +660,13 @@ impl Bus for RedisBus {
         room: &RoomName,
         before: MsgId,
         limit: usize,
-        viewer: Option<Nick>,
-    ) -> BoxFuture<'static, Result<Vec<ChatMessage>, BusError>> {
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>> {
         let query = HistoryQuery {
             limit,
-            viewer,
             ..HistoryQuery::default()
         };
         let read = self.read(room, query, Some(before));
-        async move {
-            Ok(read
-                .await?
-                .events
-                .into_iter()
-                .filter_map(|e| match e {
-                    ServerMsg::Message(m) => Some(m),
-                    _ => None,
-                })
-                .collect())
-        }
-        .boxed()
+        async move { Ok(read.await?.items) }.boxed()
     }
 
     fn history(

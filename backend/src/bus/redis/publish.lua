@@ -1,5 +1,5 @@
 -- Checks a message or action against the room's rules, stores it at most once per cid, then relays it, in one atomic
--- step. The same rules as bus/events.rs (`Rules::apply`). The channel payload and the stream entry fields are
+-- step. The same rules as bus/rules.rs (`Rules::apply`). The channel payload and the stream entry fields are
 -- codec.rs's; this script gets them as arguments and does not spell either format.
 -- KEYS: 1 stream, 2 meta, 3 cid key, 4 state (hash: message id -> JSON state), 5 mod (hash: mute:<nick>,
 --       ban:<nick>, ban:person:<person> -> until ms; slow -> secs), 6 slow (hash: nick -> last message ms),
@@ -9,16 +9,17 @@
 --       (its %s are, in order: id, offset, epoch, body), 8 offset field, 9 body field, 10 fingerprint (what a
 --       repeated cid must match), 11 '1' when the sender moderates the room, 12 reply-to id or '', 13 quote length,
 --       14 action field (marks entries that are not messages), 15 the body's kind, 16 the sender's nick
--- Returns {id, flag, offset, epoch, body, until}: flag 0 stored, 1 repeated cid (id is the original), 2 reused cid,
--- 3 muted, 4 slow mode, 5 message gone, 6 forbidden; until for 3 and 4.
+-- Returns {id, status, offset, epoch, body, until}: status 'stored', 'duplicate' (a repeated cid: id is the original;
+-- or a reaction that changes nothing: id is the message's), or the error code that refuses it ('cid_reused',
+-- 'banned', 'muted', 'slow_mode', 'message_gone', 'forbidden'); until for 'banned', 'muted' and 'slow_mode'.
 local digest = redis.sha1hex(ARGV[10])
 local prev = redis.call('GET', KEYS[3])
 if prev then
   local sep = string.find(prev, ' ', 1, true)
   if sep and string.sub(prev, sep + 1) == digest then
-    return {string.sub(prev, 1, sep - 1), 1, 0, '', '', 0}
+    return {string.sub(prev, 1, sep - 1), 'duplicate', 0, '', '', 0}
   end
-  return {'', 2, 0, '', '', 0}
+  return {'', 'cid_reused', 0, '', '', 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -28,7 +29,7 @@ local kind, author = ARGV[15], ARGV[16]
 local body = nil
 if kind ~= 'message' or ARGV[12] ~= '' then body = cjson.decode(ARGV[3]) end
 local changed = false
-local function refuse(flag, untl) return {'', flag, 0, '', '', untl or 0} end
+local function refuse(code, untl) return {'', code, 0, '', '', untl or 0} end
 
 -- The first n characters of s (UTF-8), with '…' when cut.
 local function prefix(s, n)
@@ -62,9 +63,13 @@ local function until_of(field)
   return nil
 end
 
-if kind ~= 'moderation' and kind ~= 'delete' and not moderator then
-  local muted = until_of('mute:' .. author)
-  if muted then return refuse(3, muted) end
+if kind ~= 'moderation' and not moderator then
+  local banned = until_of('ban:' .. author)
+  if banned then return refuse('banned', banned) end
+  if kind ~= 'delete' then
+    local muted = until_of('mute:' .. author)
+    if muted then return refuse('muted', muted) end
+  end
 end
 local state_id, state = nil, nil
 local slow = 0
@@ -73,28 +78,33 @@ if kind == 'message' then
   if not moderator then
     local secs = slow
     local last = tonumber(redis.call('HGET', KEYS[6], author) or '0')
-    if secs > 0 and last + secs * 1000 > now then return refuse(4, last + secs * 1000) end
+    if secs > 0 and last + secs * 1000 > now then return refuse('slow_mode', last + secs * 1000) end
   end
   if ARGV[12] ~= '' then
     local nick, text = live(ARGV[12])
-    if not nick then return refuse(5) end
+    if not nick then return refuse('message_gone') end
     body.quote = {id = ARGV[12], nick = nick, text = prefix(text, tonumber(ARGV[13]))}
     changed = true
   end
 elseif kind == 'edit' or kind == 'delete' or kind == 'react' then
   local nick, _, st = live(body.target)
-  if not nick then return refuse(5) end
+  if not nick then return refuse('message_gone') end
   state_id, state = body.target, st
   if kind == 'edit' then
-    if nick ~= author then return refuse(6) end
+    if nick ~= author then return refuse('forbidden') end
     state.t = body.text
     state.e = now
   elseif kind == 'delete' then
-    if nick ~= author and not moderator then return refuse(6) end
+    if nick ~= author and not moderator then return refuse('forbidden') end
     state = {d = 1}
   else
     state.r = state.r or {}
     local who = state.r[body.emoji] or {}
+    if (who[author] ~= nil) == body.on then
+      -- Changes nothing: store nothing, and answer this cid (and its retries) like a repeated one.
+      redis.call('SET', KEYS[3], body.target .. ' ' .. digest, 'EX', ARGV[5])
+      return {body.target, 'duplicate', 0, '', '', 0}
+    end
     if body.on then who[author] = 1 else who[author] = nil end
     local count = 0
     for _ in pairs(who) do count = count + 1 end
@@ -156,4 +166,4 @@ redis.call('SET', KEYS[3], id .. ' ' .. digest, 'EX', ARGV[5])
 if ARGV[6] ~= '' then
   redis.call(ARGV[6], ARGV[1], string.format(ARGV[7], id, off, epoch, json))
 end
-return {id, 0, off, epoch, json, 0}
+return {id, 'stored', off, epoch, json, 0}

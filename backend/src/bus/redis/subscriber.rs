@@ -255,8 +255,8 @@ impl Subscriber {
             Ok(Incoming::Stored {
                 offset,
                 epoch,
-                stored,
-            }) => self.tracker.on_stored(room, offset, epoch, stored).await,
+                record,
+            }) => self.tracker.on_stored(room, offset, epoch, record).await,
             Err(e) => {
                 warn!(channel, error = %e, "undecodable bus payload ignored");
                 Ok(())

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::codec::StoredEntry;
-use crate::bus::{BusError, BusEvent, EventSink, Notice, Stored};
+use crate::bus::{BusError, BusEvent, EventSink, Notice, Record};
 
 /// Messages read per backfill request.
 const BACKFILL_PAGE: usize = 500;
@@ -155,7 +155,7 @@ impl<R: StreamReader> Tracker<R> {
         room: RoomName,
         offset: u64,
         epoch: Arc<str>,
-        message: Stored,
+        message: Record,
     ) -> Result<(), BusError> {
         let Some(state) = self.rooms.get_mut(&room) else {
             return Ok(());
@@ -264,7 +264,7 @@ impl<R: StreamReader> Tracker<R> {
             let full = page.len() == self.page;
             let mut relayed = 0u64;
             for entry in page {
-                if entry.stored.id <= pos.id {
+                if entry.record.id <= pos.id {
                     continue;
                 }
                 if entry.offset != 0 && entry.offset != pos.offset + 1 {
@@ -277,9 +277,9 @@ impl<R: StreamReader> Tracker<R> {
                     });
                 }
                 pos.offset = entry.offset;
-                pos.id = entry.stored.id;
+                pos.id = entry.record.id;
                 relayed += 1;
-                let _ = self.events.send(BusEvent::Stored(entry.stored));
+                let _ = self.events.send(BusEvent::Stored(entry.record));
             }
             metrics::counter!("roomcast_backfilled_total").increment(relayed);
             if relayed > 0 {
@@ -304,8 +304,10 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use shared::{Nick, PresenceKind, PresenceNotice};
+    use shared::{Nick, PresenceKind};
     use tokio::sync::mpsc;
+
+    use crate::bus::{Body, PresenceNotice};
 
     use super::*;
 
@@ -353,9 +355,9 @@ mod tests {
         }
     }
 
-    fn text_of(stored: &Stored) -> String {
-        match &stored.body {
-            shared::BusBody::Message { text, .. } => text.clone(),
+    fn text_of(record: &Record) -> String {
+        match &record.body {
+            Body::Message { text, .. } => text.clone(),
             other => panic!("a message, not {other:?}"),
         }
     }
@@ -366,7 +368,7 @@ mod tests {
         room: RoomName,
         offset: u64,
         epoch: Arc<str>,
-        message: Stored,
+        message: Record,
     }
 
     /// The Redis side: what the publish script stores, and what a trim, a failover or a restart without data do to
@@ -386,15 +388,19 @@ mod tests {
             let r = state.room(room);
             r.seq += 1;
             r.last = id;
-            let body = shared::BusBody::Message {
+            let body = Body::Message {
                 nick: Nick::parse("al").unwrap(),
                 text: text.into(),
                 quote: None,
             };
-            let message = Stored::new(id, room.clone(), body).unwrap();
+            let message = Record {
+                id,
+                room: room.clone(),
+                body,
+            };
             r.stream.push(StoredEntry {
                 offset: r.seq,
-                stored: message.clone(),
+                record: message.clone(),
             });
             Live {
                 room: room.clone(),
@@ -419,7 +425,7 @@ mod tests {
             let keep = r.stream.len() - lost;
             r.stream.truncate(keep);
             r.seq -= lost as u64;
-            r.last = r.stream.last().map(|e| e.stored.id).unwrap_or_default();
+            r.last = r.stream.last().map(|e| e.record.id).unwrap_or_default();
         }
 
         /// Redis restarted without its data: the next write makes a new epoch.
@@ -461,7 +467,7 @@ mod tests {
                 .room(room)
                 .stream
                 .iter()
-                .filter(|e| e.stored.id > after)
+                .filter(|e| e.record.id > after)
                 .take(limit)
                 .cloned()
                 .collect())
@@ -527,7 +533,7 @@ mod tests {
             while let Ok(event) = self.events.try_recv() {
                 let (room, what) = match event {
                     BusEvent::Stored(m) => {
-                        let shared::BusBody::Message { text, .. } = m.body else {
+                        let Body::Message { text, .. } = m.body else {
                             panic!("only messages here")
                         };
                         (m.room, Seen::Msg(text))
@@ -539,9 +545,7 @@ mod tests {
                             reset,
                         },
                     ),
-                    BusEvent::Presence { room, .. } | BusEvent::Typing { room, .. } => {
-                        (room, Seen::Notice)
-                    }
+                    BusEvent::Notice { room, .. } => (room, Seen::Notice),
                 };
                 seen.entry(room).or_default().push(what);
             }
