@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -47,8 +48,20 @@ async fn ws(
     State(state): State<AppState>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if state.hub.shutdown.is_cancelled() {
+        metrics::counter!("roomcast_admission_refused_total", "what" => "draining").increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is shutting down; connect to another\n",
+        )
+            .into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
     if let Err(origin) = check_origin(&headers, &state.config.allowed_origins) {
         warn!(%origin, "WebSocket refused: origin not allowed");
         metrics::counter!("roomcast_origin_refused_total").increment(1);

@@ -144,8 +144,18 @@ pub async fn run(
                 warn!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        // A drain keeps the port open until its connections are gone: `/readyz` answers 503 and new WebSockets are
+        // turned away with 503 meanwhile, so a load balancer sees the replica leave instead of a refused connection.
+        let drained = {
+            let (shutdown, tracker) = (shutdown.clone(), tracker.clone());
+            async move {
+                shutdown.cancelled().await;
+                tracker.close();
+                let _ = tokio::time::timeout(drain, tracker.wait()).await;
+            }
+        };
         axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(drained)
             .await
             .map_err(StartError::Serve)?;
         tracker.close();

@@ -200,18 +200,30 @@ async fn a_draining_replica_keeps_relaying_to_the_connections_it_still_serves() 
     let mut talks = other.client().await;
     talks.join("drain", "talks", None).await;
     draining.begin_shutdown();
-    // New connections are refused at once (the listener is closed) ...
+    // New connections are turned away at once with 503, and `/readyz` says why (the port stays open, so a load
+    // balancer's probe reads "draining" instead of a refused connection) ...
     let addr = draining.addr;
-    testkit::eventually(
-        "the draining replica refuses new connections",
-        || async move {
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .is_err()
-                .then_some(())
-        },
+    let (status, body) = testkit::http_get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert!(
+        Client::try_connect(&draining.ws_url()).await.is_none(),
+        "a new WebSocket is refused"
+    );
+    let (status, _, body) = testkit::http_request(
+        addr,
+        "GET",
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        None,
     )
     .await;
+    assert_eq!(status, 503, "{body}");
     // ... while the one it serves still gets the room's messages, live, from the other replica.
     let id = talks.say("drain", "still there?").await;
     assert_eq!(stays.message_in("drain").await.id, id);
