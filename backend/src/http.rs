@@ -3,12 +3,10 @@
 use std::path::Path;
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use shared::validate::MAX_FRAME_BYTES;
 use tower_http::services::{ServeDir, ServeFile};
 use tracing::warn;
 
@@ -48,7 +46,7 @@ async fn ws(
     State(state): State<AppState>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<session::Upgrade, session::NotWebSocket>,
 ) -> Response {
     if state.hub.shutdown.is_cancelled() {
         metrics::counter!("roomcast_admission_refused_total", "what" => "draining").increment(1);
@@ -88,28 +86,23 @@ async fn ws(
     };
     let conn = state.next_conn();
     let tracker = state.tracker.clone();
+    let outlet = std::sync::Arc::new(crate::hub::Outlet::default());
     if let Err(wait) = state.hub.admission.connections.admit() {
         metrics::counter!("roomcast_admission_refused_total", "what" => "connect").increment(1);
-        return upgrade
-            .read_buffer_size(1024)
-            .write_buffer_size(1024)
-            .on_upgrade(move |socket| tracker.track_future(session::turn_away(socket, wait)));
+        return upgrade.on_upgrade(session::config(), outlet, move |socket| {
+            tracker.track_future(session::turn_away(socket, wait))
+        });
     }
-    upgrade
-        // Hard cap well above the protocol limit: frames between the two are answered with a clean 1009 by the
-        // session; larger ones are cut off by tungstenite before they are buffered whole.
-        .max_message_size(MAX_FRAME_BYTES * 4)
-        .max_frame_size(MAX_FRAME_BYTES * 4)
-        // tungstenite's defaults reserve 128 KiB per socket for reading alone. Client frames are small and rare: a
-        // 1 KiB read chunk costs nothing (a long message takes a few reads) and keeps idle sockets lean. Writes
-        // collect up to 16 KiB until the session flushes, so a burst of frames leaves in one write (the buffer is
-        // only as large as what was queued).
-        .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(MAX_FRAME_BYTES * 8)
-        .on_upgrade(move |socket| {
-            tracker.track_future(session::serve(socket, state.hub, conn, grant))
-        })
+    let session_outlet = outlet.clone();
+    upgrade.on_upgrade(session::config(), outlet, move |socket| {
+        tracker.track_future(session::serve(
+            socket,
+            session_outlet,
+            state.hub,
+            conn,
+            grant,
+        ))
+    })
 }
 
 /// Browsers always send Origin: it must be the page's own origin (same host as the request) or an allowed one.

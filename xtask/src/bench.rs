@@ -34,7 +34,8 @@ pub struct Args {
     /// runs); its figures mean nothing.
     #[arg(long)]
     pub smoke: bool,
-    /// Scenarios to run (default: all): ramp, light, many, idle, wide (Roomcast only: 51,000 idle connections over
+    /// Scenarios to run (default: all): ramp, light, many, idle, idle-history (Roomcast only: idle members of rooms
+    /// that hold 50 messages of 100 characters, so each was sent a full `joined`), wide (Roomcast only: 51,000 idle connections over
     /// three replicas and three generator processes), storm (Roomcast only: 15,000 clients, one replica killed and
     /// one drained; draws storm.svg). A partial run still writes results.json.
     #[arg(long, value_delimiter = ',')]
@@ -444,11 +445,18 @@ fn ramp(
     Ok(points)
 }
 
-/// Scenario 3: memory per idle connection on one server, the median of `runs` fresh servers.
-fn idle(env: &Env, system: &str, quick: bool, runs: usize) -> anyhow::Result<Value> {
+/// Scenario 3: memory per idle connection on one server, the median of `runs` fresh servers; with `history`, every
+/// room first holds that many messages of 100 characters (Roomcast only), so each member's `joined` is full.
+fn idle(
+    env: &Env,
+    system: &str,
+    quick: bool,
+    runs: usize,
+    history: usize,
+) -> anyhow::Result<Value> {
     let mut reports = Vec::new();
     for _ in 0..runs {
-        reports.push(idle_once(env, system, quick)?);
+        reports.push(idle_once(env, system, quick, history)?);
     }
     let figure = |r: &Value| r["kib_per_connection"].as_f64().unwrap_or(f64::MAX);
     reports.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
@@ -458,16 +466,27 @@ fn idle(env: &Env, system: &str, quick: bool, runs: usize) -> anyhow::Result<Val
     out["kib_per_connection_max"] = json!(high);
     out["runs"] = json!(runs);
     step(&format!(
-        "{system}: idle: {:.1} KiB per connection ({low:.1}–{high:.1}), median of {runs}",
+        "{system}: idle with {history} messages of history per room: {:.1} KiB per connection ({low:.1}–{high:.1}), median of {runs}",
         figure(&out)
     ));
     Ok(out)
 }
 
 /// One run of scenario 3.
-fn idle_once(env: &Env, system: &str, quick: bool) -> anyhow::Result<Value> {
+fn idle_once(env: &Env, system: &str, quick: bool, history: usize) -> anyhow::Result<Value> {
     let dep = deploy(env, system, 1)?;
     let count = if quick { 1000 } else { 19_000 };
+    if history > 0 {
+        // Stored first, by connections that come and go: the figure is what the members add.
+        let seeded = Command::new(env.bin("loadgen"))
+            .args(["--system", system, "--url", &dep.urls[0], "--idle"])
+            .args(["--seconds", "0", "--members", "0", "--rooms", "100"])
+            .args(["--history", &history.to_string(), "--history-chars", "100"])
+            .stdout(Stdio::null())
+            .status()
+            .context("run loadgen --history")?;
+        anyhow::ensure!(seeded.success(), "seeding history failed");
+    }
     let before = dep.servers[0].status_kib("VmRSS:");
     let mut cmd = Command::new(env.bin("loadgen"));
     cmd.args([
@@ -508,7 +527,7 @@ fn idle_once(env: &Env, system: &str, quick: bool) -> anyhow::Result<Value> {
         "{system}: {count} idle connections, {before} -> {peak} KiB RSS: {per_conn:.1} KiB per connection"
     ));
     Ok(
-        json!({"system": system, "connections": count, "rss_before_kib": before, "rss_with_kib": peak, "kib_per_connection": per_conn}),
+        json!({"system": system, "connections": count, "history_per_room": history, "rss_before_kib": before, "rss_with_kib": peak, "kib_per_connection": per_conn}),
     )
 }
 
@@ -1048,8 +1067,15 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
                 runs,
             )?
         };
-        let idle = if run("idle") {
-            idle(&env, system, quick, runs)?
+        let idle_empty = if run("idle") {
+            idle(&env, system, quick, runs, 0)?
+        } else {
+            Value::Null
+        };
+        // Rooms whose history fills a `joined` (the default 50 messages, of 100 characters): what an idle member
+        // costs once it was sent one.
+        let idle_history = if run("idle-history") && system == "roomcast" {
+            idle(&env, system, quick, runs, 50)?
         } else {
             Value::Null
         };
@@ -1065,7 +1091,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         };
         results.insert(
             system.clone(),
-            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle, "idle_wide": idle_wide, "storm": storm}),
+            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle_empty, "idle_history": idle_history, "idle_wide": idle_wide, "storm": storm}),
         );
     }
     let machine = json!({

@@ -1,24 +1,11 @@
 //! The WebSocket wire codec: a text frame in, a typed request (or exactly what is wrong with it and which request
-//! it was) out; a server message or a shared frame out as a text frame. The request kinds are `ClientMsg`'s own:
+//! it was) out; a server message out as the JSON text of a frame. The request kinds are `ClientMsg`'s own:
 //! serde names them, and an unknown `type` is told apart from a malformed known one by serde's own verdict.
 
-use axum::extract::ws::{Message, Utf8Bytes};
-use bytes::Bytes;
-use shared::{ClientMsg, ErrorCode, ServerMsg};
+use shared::{ClientMsg, ErrorCode};
 
 use crate::error::{RequestError, RequestRef};
-use crate::hub::registry::encode;
-
-/// A server message as a text frame.
-pub fn text(msg: &ServerMsg) -> Message {
-    Message::Text(shared_text(encode(msg)))
-}
-
-/// A frame encoded once for many connections, as this connection's text frame. The bytes are shared, not copied;
-/// checking that they are UTF-8 costs a pass over them (they are JSON the hub encoded, so it always succeeds).
-pub fn shared_text(frame: Bytes) -> Utf8Bytes {
-    Utf8Bytes::try_from(frame).expect("frames are JSON text")
-}
+pub use crate::hub::registry::encode;
 
 /// Parses a request, or says exactly what is wrong with it and which request it was.
 pub fn decode(text: &str) -> Result<(ClientMsg, RequestRef), (RequestError, RequestRef)> {

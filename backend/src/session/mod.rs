@@ -8,23 +8,42 @@
 //! duplicate-free.
 
 pub mod codec;
+mod socket;
+mod upgrade;
 mod writer;
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use shared::validate::MAX_FRAME_BYTES;
 use shared::{ErrorCode, PROTOCOL_VERSION, ServerMsg, close_code, frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::{RequestError, RequestRef};
 use crate::hub::{Close, ConnId, Grant, Hub, Member, Outbound, Outlet, Participant, Reply};
-use writer::{Gone, Sink, Stream, WRITE_TIMEOUT, write, write_msg};
+pub use socket::Socket;
+pub use upgrade::{NotWebSocket, Upgrade};
+use writer::{Gone, WRITE_TIMEOUT, write_control, write_msg};
+
+/// How the replica's WebSockets read: tungstenite's defaults reserve 128 KiB per socket for reading alone, while
+/// client frames are small and rare, so a 1 KiB read chunk costs nothing (a long message takes a few reads) and
+/// keeps idle sockets lean. The hard caps are well above the protocol's limit: frames between the two are answered
+/// with a clean 1009 by the session; larger ones are cut off by tungstenite before they are buffered whole. Frames
+/// out are written by [`Socket`]'s `Io` as they are queued, so tungstenite buffers none of them.
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_FRAME_BYTES * 4))
+        .max_frame_size(Some(MAX_FRAME_BYTES * 4))
+}
 
 /// How long a closing connection waits for the peer to answer its close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,55 +53,70 @@ const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Not an `async fn`: the socket is split and the session built before the future exists, so the future holds only
 /// what a connection keeps for its life. (An `async fn` keeps room for its arguments after they have been moved out,
 /// and this future is every idle connection's task.)
+/// `outlet` is the one the socket's `Io` reports to.
 pub fn serve(
-    socket: WebSocket,
+    mut socket: Socket,
+    outlet: Arc<Outlet>,
     hub: Hub,
     conn: ConnId,
     grant: Option<Box<Grant>>,
 ) -> impl Future<Output = ()> + Send {
     let span = info_span!("conn", node = %hub.node, conn);
-    let mut session = Session::new(hub, conn, grant);
-    let (sink, mut stream) = socket.split();
-    let mut sink = Sink::new(sink, Arc::clone(&session.outlet));
+    let mut session = Session::new(hub, conn, grant, outlet);
     async move {
         metrics::gauge!("roomcast_connections").increment(1.0);
         metrics::counter!("roomcast_connections_total").increment(1);
         debug!("connected");
-        let close = session.run(&mut sink, &mut stream).await;
-        session.close(&mut sink, &mut stream, close).await;
+        let close = session.run(&mut socket).await;
+        session.close(&mut socket, close).await;
         metrics::gauge!("roomcast_connections").decrement(1.0);
     }
     .instrument(span)
 }
 
 /// Tells a connection the replica cannot take it now (admission control): `try_again`, then close 1013.
-pub async fn turn_away(socket: WebSocket, after: Duration) {
-    let (mut sink, mut stream) = socket.split();
+pub async fn turn_away(mut socket: Socket, after: Duration) {
     let msg = ServerMsg::TryAgain(frame::TryAgain {
         after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
         request: frame::TryAgainRequest::Connect,
         room: None,
         req: None,
     });
-    let close = CloseFrame {
-        code: close_code::TRY_AGAIN_LATER,
-        reason: "busy: reconnect after try_again's after_ms".into(),
-    };
-    let said = tokio::time::timeout(WRITE_TIMEOUT, async {
-        sink.send(codec::text(&msg)).await?;
-        sink.send(Message::Close(Some(close))).await
-    })
-    .await;
-    if matches!(said, Ok(Ok(()))) {
-        let drain = async {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+    let said = write_msg(&mut socket, &msg).await.is_ok()
+        && write_control(
+            &mut socket,
+            close_message(
+                close_code::TRY_AGAIN_LATER,
+                "busy: reconnect after try_again's after_ms",
+            ),
+        )
+        .await
+        .is_ok();
+    if said {
+        finish_close(&mut socket).await;
     }
+}
+
+/// A close frame with `code` and `reason`.
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
+/// Finishes the closing handshake after our close frame: reads until the peer's Close. Dropping the socket earlier
+/// would make the kernel answer the peer's last frames with a reset, which discards what it has not read yet, our
+/// Close included.
+async fn finish_close(socket: &mut Socket) {
+    let drain = async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }
 
 /// When, in a drain of `window`, connection `conn` closes: spread evenly over the window by a hash of its id, so
@@ -121,9 +155,8 @@ async fn token_expiry(expired: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>
 }
 
 impl Session {
-    fn new(hub: Hub, conn: ConnId, grant: Option<Box<Grant>>) -> Self {
+    fn new(hub: Hub, conn: ConnId, grant: Option<Box<Grant>>, outlet: Arc<Outlet>) -> Self {
         let (queue, queued) = mpsc::unbounded_channel();
-        let outlet = Arc::new(Outlet::default());
         let member = Member {
             queue,
             outlet: Arc::clone(&outlet),
@@ -136,14 +169,14 @@ impl Session {
     }
 
     /// Serves the connection until it ends; says why.
-    async fn run(&mut self, sink: &mut Sink, stream: &mut Stream) -> End {
+    async fn run(&mut self, socket: &mut Socket) -> End {
         let hub = self.participant.hub().clone();
-        let welcome = codec::text(&ServerMsg::Welcome(frame::Welcome {
+        let welcome = ServerMsg::Welcome(frame::Welcome {
             version: PROTOCOL_VERSION,
             node: hub.node.to_string(),
             limits: (*hub.limits).clone(),
-        }));
-        if write(sink, welcome).await.is_err() {
+        });
+        if write_msg(socket, &welcome).await.is_err() {
             return End::PeerGone;
         }
         let (shutdown, too_slow) = (hub.shutdown.clone(), self.outlet.too_slow.clone());
@@ -187,28 +220,28 @@ impl Session {
                 Some(out) = self.queued.recv() => {
                     // A stalled peer blocks these writes; the kick or shutdown must still get through.
                     tokio::select! {
-                        r = writer::write_batch(sink, &mut self.queued, &self.outlet, &mut self.participant, out) => {
+                        r = writer::write_batch(socket, &mut self.queued, &self.outlet, &mut self.participant, out) => {
                             r.map_err(|Gone| End::PeerGone)
                         }
                         () = &mut too_slow => Err(too_slow_end()),
                         () = &mut shutdown => Err(shutting_down()),
                     }
                 }
-                frame = stream.next() => match frame {
+                frame = socket.next() => match frame {
                     None | Some(Ok(Message::Close(_))) => Err(End::PeerGone),
-                    Some(Err(e)) => Err(self.read_error(&e)),
+                    Some(Err(e)) => Err(read_error(&e)),
                     Some(Ok(msg)) => {
                         last_heard = Instant::now();
                         // Boxed: requests are rare next to deliveries, and their state machine would otherwise make every
                         // idle connection's task as large as the largest request.
-                        Box::pin(self.on_frame(sink, msg)).await
+                        Box::pin(self.on_frame(socket, msg)).await
                     }
                 },
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 3 {
                         Err(End::Closed(close_code::GOING_AWAY, "no answer to pings".into()))
                     } else {
-                        write(sink, Message::Ping(Default::default())).await.map_err(|Gone| End::PeerGone)
+                        write_control(socket, Message::Ping(Default::default())).await.map_err(|Gone| End::PeerGone)
                     }
                 }
             };
@@ -219,51 +252,23 @@ impl Session {
     }
 
     /// Ends the connection: leaves its rooms, then sends the close frame `end` calls for and waits for the peer's.
-    async fn close(&mut self, sink: &mut Sink, stream: &mut Stream, end: End) {
+    async fn close(&mut self, socket: &mut Socket, end: End) {
         // Leave first: the rooms stop queueing for us and the others hear we left, even if the close handshake
         // below has to wait for a stalled peer.
         self.participant.leave_all();
         debug!(?end, "disconnected");
-        if let End::Closed(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            };
-            if write(sink, Message::Close(Some(frame))).await.is_ok() {
-                // Finish the closing handshake: read until the peer's Close. Dropping the socket earlier would make
-                // the kernel answer the peer's last frames with a reset, which discards what it has not read yet,
-                // our Close included.
-                let drain = async {
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if matches!(msg, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
-            }
+        if let End::Closed(code, reason) = end
+            && write_control(socket, close_message(code, &reason))
+                .await
+                .is_ok()
+        {
+            finish_close(socket).await;
         }
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
-    }
-
-    fn read_error(&self, e: &axum::Error) -> End {
-        // tungstenite reports frames above the hard cap as a capacity error ("Space limit exceeded: ..."); answer
-        // like an oversize text frame. axum does not expose tungstenite's error type, so its message is the signal.
-        let text = e.to_string();
-        if text.contains("Space limit exceeded") {
-            warn!(error = %text, "oversize frame; closing with 1009");
-            End::Closed(
-                close_code::TOO_BIG,
-                format!("frame exceeds the {MAX_FRAME_BYTES} byte limit"),
-            )
-        } else {
-            debug!(error = %text, "read failed");
-            End::PeerGone
-        }
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.close(None)).await;
     }
 
     /// One frame from the client: decoded, handed to the room core, and its reply written.
-    async fn on_frame(&mut self, sink: &mut Sink, msg: Message) -> Result<(), End> {
+    async fn on_frame(&mut self, socket: &mut Socket, msg: Message) -> Result<(), End> {
         let text = match msg {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -271,9 +276,11 @@ impl Session {
                     ErrorCode::Malformed,
                     "binary frames are not supported; send JSON text frames",
                 );
-                return refuse(sink, err, RequestRef::default()).await;
+                return refuse(socket, err, RequestRef::default()).await;
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                return Ok(());
+            }
         };
         if text.len() > MAX_FRAME_BYTES {
             warn!(bytes = text.len(), "oversize frame; closing with 1009");
@@ -289,22 +296,24 @@ impl Session {
             Ok(parsed) => parsed,
             Err((err, re)) => {
                 debug!(code = ?err.code, "undecodable request");
-                return refuse(sink, err, re).await;
+                return refuse(socket, err, re).await;
             }
         };
         match self.participant.handle(request).await {
             Reply::Silent => Ok(()),
-            Reply::Frame(msg) => write_msg(sink, &msg).await.map_err(|Gone| End::PeerGone),
+            Reply::Frame(msg) => write_msg(socket, &msg).await.map_err(|Gone| End::PeerGone),
             Reply::Frames(mut frames) => {
                 while let Some(frame) = frames.next().await {
                     let msg = frame.map_err(End::from)?;
-                    write_msg(sink, &msg).await.map_err(|Gone| End::PeerGone)?;
+                    write_msg(socket, &msg)
+                        .await
+                        .map_err(|Gone| End::PeerGone)?;
                 }
                 Ok(())
             }
             Reply::Messages(_) => unreachable!("a connection's requests are the protocol's"),
             Reply::Refused { error, close } => {
-                refuse(sink, error, re).await?;
+                refuse(socket, error, re).await?;
                 match close {
                     Some(close) => Err(close.into()),
                     None => Ok(()),
@@ -315,10 +324,24 @@ impl Session {
 }
 
 /// Answers a refused request with its `error` frame.
-async fn refuse(sink: &mut Sink, err: RequestError, re: RequestRef) -> Result<(), End> {
-    write_msg(sink, &err.into_frame(re))
+async fn refuse(socket: &mut Socket, err: RequestError, re: RequestRef) -> Result<(), End> {
+    write_msg(socket, &err.into_frame(re))
         .await
         .map_err(|Gone| End::PeerGone)
+}
+
+/// Why reading failed: a frame above the hard cap is answered like an oversize text frame (1009).
+fn read_error(e: &WsError) -> End {
+    if let WsError::Capacity(e) = e {
+        warn!(error = %e, "oversize frame; closing with 1009");
+        End::Closed(
+            close_code::TOO_BIG,
+            format!("frame exceeds the {MAX_FRAME_BYTES} byte limit"),
+        )
+    } else {
+        debug!(error = %e, "read failed");
+        End::PeerGone
+    }
 }
 
 fn shutting_down() -> End {
@@ -340,7 +363,7 @@ mod tests {
     use super::*;
 
     /// The size of what `start` returns, without calling it.
-    fn future_size<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F: Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -349,9 +372,14 @@ mod tests {
         // Every connection is one task this size, idle or not: an `async fn` serve kept its arguments (the socket,
         // the hub, the grant) beside the moved copies, and a `ServerMsg` held across an await in the loop; the
         // task was 4.1 KB of an idle connection's 8.9 KiB. A new local held across the loop's awaits shows here.
+        // The socket itself (tungstenite's state and our writer's) lives in the task too.
         let size = future_size(serve);
-        eprintln!("connection future: {size} bytes");
-        assert!(size <= 1_200, "a connection's future grew to {size} bytes");
+        let socket = std::mem::size_of::<Socket>();
+        eprintln!("connection future: {size} bytes, of which the socket {socket}");
+        assert!(
+            size <= 1_200 + socket,
+            "a connection's future grew to {size} bytes"
+        );
     }
 
     #[test]

@@ -66,6 +66,13 @@ struct Args {
     /// Connect members only, hold them for `seconds`, send nothing (memory per idle connection).
     #[arg(long)]
     idle: bool,
+    /// Roomcast only: before the members join, store this many messages in every room, so each join carries a
+    /// full `joined` (the default `--history-on-join` is 50).
+    #[arg(long, default_value_t = 0)]
+    history: usize,
+    /// The length in characters of each of those messages.
+    #[arg(long, default_value_t = 100)]
+    history_chars: usize,
     /// Name of the room prefix (lets several generators share servers without sharing rooms).
     #[arg(long, default_value = "load")]
     prefix: String,
@@ -245,6 +252,43 @@ impl Conn {
         self.until_text(done).await;
     }
 
+    /// Stores `count` messages of `chars` characters in the room (Roomcast), each acked: those the rate limit refuses
+    /// are sent again, with their cid, after a pause.
+    async fn seed(&mut self, count: usize, chars: usize) {
+        let text = |i: usize| {
+            let mut t = format!("history message {i} ");
+            while t.chars().count() < chars {
+                t.push('h');
+            }
+            t
+        };
+        let mut next = 0;
+        let mut acked = 0;
+        while acked < count {
+            // At most a burst in flight: the connection's bucket holds 20 by default.
+            while next < count && next < acked + 16 {
+                let frame = serde_json::json!({"type": "send", "room": self.room, "text": text(next), "cid": format!("seed-{next}")});
+                self.raw(frame.to_string()).await;
+                next += 1;
+            }
+            let answer = self
+                .until_text(|t| t.contains("\"type\":\"ack\"") || t.contains("\"type\":\"error\""))
+                .await;
+            if answer.contains("\"type\":\"ack\"") {
+                acked += 1;
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            let cid = value["req"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(value["code"], "rate_limited", "seeding refused: {answer}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let i: usize = cid.trim_start_matches("seed-").parse().expect("a seed cid");
+            let frame =
+                serde_json::json!({"type": "send", "room": self.room, "text": text(i), "cid": cid});
+            self.raw(frame.to_string()).await;
+        }
+    }
+
     /// Publishes one message to the room.
     async fn publish(&mut self, text: String) -> bool {
         self.seq += 1;
@@ -299,6 +343,22 @@ async fn main() {
     let closed = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut members_per_room = vec![0u64; args.rooms];
+    if args.history > 0 {
+        let seeders = (0..args.rooms).map(|r| {
+            let (url, name) = (args.urls[r % args.urls.len()].clone(), room(r));
+            let (count, chars) = (args.history, args.history_chars);
+            let source = source(r, args.sources);
+            async move {
+                let mut conn = Conn::connect(System::Roomcast, &url, &name, "seeder", source).await;
+                conn.seed(count, chars).await;
+            }
+        });
+        futures_util::future::join_all(seeders).await;
+        eprintln!(
+            "{} messages of {} characters stored in each of {} rooms",
+            args.history, args.history_chars, args.rooms
+        );
+    }
     let mut readers = Vec::new();
     for i in 0..args.members {
         let r = i % args.rooms;
