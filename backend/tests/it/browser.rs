@@ -1159,6 +1159,74 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
     b.close().await;
 }
 
+/// Whether the message box says the person is banned from the room until a time, and no "Join again" (which the
+/// server would refuse before then) is offered.
+const BANNED_UNTIL: &str = r"const s = document.querySelector('.composer-state')?.textContent ?? '';
+    return /^You are banned from #e2e until \d\d:\d\d\.$/.test(s)
+        && ![...document.querySelectorAll('.timeline .callout button')].some(b => b.checkVisibility());";
+
+/// A ban, told where the person writes, with until when, and nothing left hanging: the moderator on replica 1 bans
+/// troll on replica 2; troll's message box says "You are banned from #e2e until HH:MM." with no "Join again"
+/// before then; after a reload (the server refuses the join as `banned`) it still says so, and a message troll types
+/// shows as not sent with Retry and Discard, never as "Sending…".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_member_is_told_until_when_and_nothing_waits_in_vain() {
+    let stage = Stage::start_with(|c| c.jwt_secret = Some(JWT_SECRET.into())).await;
+    let a = open(&stage.driver, "ban-moderator", &stage.out).await;
+    let b = open(&stage.driver, "banned", &stage.out).await;
+    let moderator = token("mod", Some(json!({ ROOM: "moderator" })));
+    a.goto(&format!(
+        "http://{}/r/{ROOM}#token={moderator}",
+        stage.one.addr
+    ))
+    .await;
+    b.goto(&format!(
+        "http://{}/r/{ROOM}#token={}",
+        stage.two.addr,
+        token("troll", None)
+    ))
+    .await;
+    b.wait_for("the room's message box", "#composer-input")
+        .await;
+    b.send("before the ban").await;
+    a.wait_for(
+        "Ban beside troll",
+        "[data-nick=troll] .mod-tools:not([hidden]) [data-mod=ban]",
+    )
+    .await;
+    a.click("[data-nick=troll] [data-mod=ban]").await;
+    announced(&[&a, &b], "mod banned troll for 10 min").await;
+    b.wait_until(
+        "troll's message box saying until when it is banned, and no Join again",
+        BANNED_UNTIL,
+        Value::Null,
+    )
+    .await;
+    b.screenshot("banned").await;
+
+    // A reload: the join is refused as banned, and the page says the same.
+    b.client.refresh().await.unwrap();
+    b.wait_until(
+        "after a reload, troll's message box still saying until when it is banned",
+        BANNED_UNTIL,
+        Value::Null,
+    )
+    .await;
+    b.type_message("let me back in").await;
+    b.wait_until(
+        "troll's message shown as not sent, with Retry and Discard, and nothing Sending…",
+        "const m = [...document.querySelectorAll('.timeline .msg.own.failed')]
+             .find(m => m.querySelector('.text').textContent === arguments[0]);
+         return !!m && !document.querySelector('.send-state')
+             && [...m.querySelectorAll('.send-error button')].map(b => b.textContent).join() === 'Retry,Discard';",
+        json!("let me back in"),
+    )
+    .await;
+    b.screenshot("banned-reloaded").await;
+    a.close().await;
+    b.close().await;
+}
+
 /// Waits until every page shows a moderation line in the room starting with `line`.
 async fn announced(pages: &[&Page], line: &str) {
     for page in pages {

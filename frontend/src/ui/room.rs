@@ -48,6 +48,15 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
         })
         .flatten()
     });
+    // While a ban lasts, a join would be refused: "Join again" shows only once it is over (the clock above re-checks
+    // it). The page does not rejoin by itself then: coming back is seen by everyone in the room ("troll joined"), so
+    // it is the person's act, as after a kick, not something that happens while they may be away.
+    let ban_room = room.clone();
+    let banned = Memo::new(move |_| {
+        clock.track();
+        chat.with(|c| c.room(&ban_room).and_then(|r| r.banned(browser::wall())))
+            .is_some()
+    });
     let fill_room = room.clone();
     let rows = Memo::new(move |_| chat.with(|c| c.room(&r1).map(rows).unwrap_or_default()));
     let phase = Memo::new(move |_| chat.with(|c| c.room(&r2).map(|r| r.phase().clone())));
@@ -278,7 +287,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                                     view! {
                                         <div class="callout error" role="alert">
                                             <p>{text}</p>
-                                            <button class="button small" on:click=move |_| ui.client.rejoin(&room)>
+                                            <button class="button small" hidden=banned on:click=move |_| ui.client.rejoin(&room)>
                                                 {again}
                                             </button>
                                         </div>
