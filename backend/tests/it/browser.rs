@@ -1227,6 +1227,61 @@ async fn a_banned_member_is_told_until_when_and_nothing_waits_in_vain() {
     b.close().await;
 }
 
+/// Toggling a reaction chip by keyboard keeps the focus on it: the server's `reacted` redraws the message, and the
+/// chip that replaces the pressed one (same message, same emoji) takes the focus. Enter presses it, Space releases
+/// it (carol's reaction keeps the chip there throughout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_chip_keeps_the_keyboard_focus_when_toggled() {
+    let stage = Stage::start().await;
+    let mut carol = stage.two.client().await;
+    carol.join(ROOM, "carol", None).await;
+    let id = carol.say(ROOM, "react to me").await;
+    carol
+        .send(&shared::ClientMsg::React {
+            room: ROOM.into(),
+            id,
+            emoji: "👍".into(),
+            on: true,
+            cid: "r1".into(),
+        })
+        .await;
+    let a = open(&stage.driver, "chip-focus", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    a.wait_state("react to me", json!({ "chips": [["👍 1", "false"]] }))
+        .await;
+    a.wait_until("react to me", MARK_MESSAGE, json!("react to me"))
+        .await;
+    let focused: bool = a
+        .js(
+            "const c = document.querySelector('.msg[data-target] .chip');
+             c.focus();
+             return document.activeElement === c;",
+            Value::Null,
+        )
+        .await;
+    assert!(focused, "the chip takes the focus");
+    for (key, label, pressed) in [(ENTER, "👍 2", "true"), (" ", "👍 1", "false")] {
+        a.client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(key)
+            .await
+            .unwrap();
+        a.wait_until(
+            &format!("the focused element being the chip on \"react to me\", now {label:?}, pressed {pressed}"),
+            "const [label, pressed] = arguments[0];
+             const c = document.activeElement;
+             return !!c && c.matches('.msg .chip') && c.dataset.emoji === '👍'
+                 && c.closest('.msg').querySelector('.text').textContent === 'react to me'
+                 && c.textContent === label && c.getAttribute('aria-pressed') === pressed;",
+            json!([label, pressed]),
+        )
+        .await;
+    }
+    a.close().await;
+}
+
 /// Waits until every page shows a moderation line in the room starting with `line`.
 async fn announced(pages: &[&Page], line: &str) {
     for page in pages {

@@ -9,7 +9,7 @@ use super::composer::Composer;
 use super::members::{MembersPanel, OnlineButton};
 use super::sidebar::{JoinForm, Logo};
 use super::status::OutageBanner;
-use super::timeline::{Row, RowKey, on_action, row_view, rows};
+use super::timeline::{Row, RowKey, keep_focus, on_action, row_view, rows};
 use crate::app::use_ui;
 use crate::browser;
 use crate::chat::{Older, Phase};
@@ -98,6 +98,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
         let follow = stick.get_untracked();
         let (fill_room, jump_room) = (fill_room.clone(), jump_room.clone());
         request_animation_frame(move || {
+            keep_focus();
             let Some(el) = scroller.get_untracked() else {
                 return;
             };
