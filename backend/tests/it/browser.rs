@@ -1159,6 +1159,129 @@ async fn a_muted_member_is_told_why_in_the_message_box() {
     b.close().await;
 }
 
+/// Whether the message box says the person is banned from the room until a time, and no "Join again" (which the
+/// server would refuse before then) is offered.
+const BANNED_UNTIL: &str = r"const s = document.querySelector('.composer-state')?.textContent ?? '';
+    return /^You are banned from #e2e until \d\d:\d\d\.$/.test(s)
+        && ![...document.querySelectorAll('.timeline .callout button')].some(b => b.checkVisibility());";
+
+/// A ban, told where the person writes, with until when, and nothing left hanging: the moderator on replica 1 bans
+/// troll on replica 2; troll's message box says "You are banned from #e2e until HH:MM." with no "Join again"
+/// before then; after a reload (the server refuses the join as `banned`) it still says so, and a message troll types
+/// shows as not sent with Retry and Discard, never as "Sending…".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_member_is_told_until_when_and_nothing_waits_in_vain() {
+    let stage = Stage::start_with(|c| c.jwt_secret = Some(JWT_SECRET.into())).await;
+    let a = open(&stage.driver, "ban-moderator", &stage.out).await;
+    let b = open(&stage.driver, "banned", &stage.out).await;
+    let moderator = token("mod", Some(json!({ ROOM: "moderator" })));
+    a.goto(&format!(
+        "http://{}/r/{ROOM}#token={moderator}",
+        stage.one.addr
+    ))
+    .await;
+    b.goto(&format!(
+        "http://{}/r/{ROOM}#token={}",
+        stage.two.addr,
+        token("troll", None)
+    ))
+    .await;
+    b.wait_for("the room's message box", "#composer-input")
+        .await;
+    b.send("before the ban").await;
+    a.wait_for(
+        "Ban beside troll",
+        "[data-nick=troll] .mod-tools:not([hidden]) [data-mod=ban]",
+    )
+    .await;
+    a.click("[data-nick=troll] [data-mod=ban]").await;
+    announced(&[&a, &b], "mod banned troll for 10 min").await;
+    b.wait_until(
+        "troll's message box saying until when it is banned, and no Join again",
+        BANNED_UNTIL,
+        Value::Null,
+    )
+    .await;
+    b.screenshot("banned").await;
+
+    // A reload: the join is refused as banned, and the page says the same.
+    b.client.refresh().await.unwrap();
+    b.wait_until(
+        "after a reload, troll's message box still saying until when it is banned",
+        BANNED_UNTIL,
+        Value::Null,
+    )
+    .await;
+    b.type_message("let me back in").await;
+    b.wait_until(
+        "troll's message shown as not sent, with Retry and Discard, and nothing Sending…",
+        "const m = [...document.querySelectorAll('.timeline .msg.own.failed')]
+             .find(m => m.querySelector('.text').textContent === arguments[0]);
+         return !!m && !document.querySelector('.send-state')
+             && [...m.querySelectorAll('.send-error button')].map(b => b.textContent).join() === 'Retry,Discard';",
+        json!("let me back in"),
+    )
+    .await;
+    b.screenshot("banned-reloaded").await;
+    a.close().await;
+    b.close().await;
+}
+
+/// Toggling a reaction chip by keyboard keeps the focus on it: the server's `reacted` redraws the message, and the
+/// chip that replaces the pressed one (same message, same emoji) takes the focus. Enter presses it, Space releases
+/// it (carol's reaction keeps the chip there throughout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_chip_keeps_the_keyboard_focus_when_toggled() {
+    let stage = Stage::start().await;
+    let mut carol = stage.two.client().await;
+    carol.join(ROOM, "carol", None).await;
+    let id = carol.say(ROOM, "react to me").await;
+    carol
+        .send(&shared::ClientMsg::React {
+            room: ROOM.into(),
+            id,
+            emoji: "👍".into(),
+            on: true,
+            cid: "r1".into(),
+        })
+        .await;
+    let a = open(&stage.driver, "chip-focus", &stage.out).await;
+    a.enter_room(stage.one.addr, "alice").await;
+    a.wait_state("react to me", json!({ "chips": [["👍 1", "false"]] }))
+        .await;
+    a.wait_until("react to me", MARK_MESSAGE, json!("react to me"))
+        .await;
+    let focused: bool = a
+        .js(
+            "const c = document.querySelector('.msg[data-target] .chip');
+             c.focus();
+             return document.activeElement === c;",
+            Value::Null,
+        )
+        .await;
+    assert!(focused, "the chip takes the focus");
+    for (key, label, pressed) in [(ENTER, "👍 2", "true"), (" ", "👍 1", "false")] {
+        a.client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(key)
+            .await
+            .unwrap();
+        a.wait_until(
+            &format!("the focused element being the chip on \"react to me\", now {label:?}, pressed {pressed}"),
+            "const [label, pressed] = arguments[0];
+             const c = document.activeElement;
+             return !!c && c.matches('.msg .chip') && c.dataset.emoji === '👍'
+                 && c.closest('.msg').querySelector('.text').textContent === 'react to me'
+                 && c.textContent === label && c.getAttribute('aria-pressed') === pressed;",
+            json!([label, pressed]),
+        )
+        .await;
+    }
+    a.close().await;
+}
+
 /// Waits until every page shows a moderation line in the room starting with `line`.
 async fn announced(pages: &[&Page], line: &str) {
     for page in pages {

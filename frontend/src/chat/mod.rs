@@ -29,7 +29,7 @@ use shared::{
     ServerMsg, frame,
 };
 
-pub use outbox::{Act, Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
+pub use outbox::{Act, BANNED, Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
 pub use room::{LIVE_LINES, Phase, Room, TYPING_SEND_EVERY_MS, TypingDue};
 pub use timeline::{
     GAP_NOTICE, Item, ModLine, OLDER_PAGE, Older, Posted, PresenceLine, TIMELINE_CAP,
@@ -287,21 +287,28 @@ impl Chat {
     pub fn queue(&mut self, room: &RoomName, text: String, act: Act) -> Option<String> {
         self.room(room)?;
         let cid = self.fresh_cid();
-        self.room_mut(room)?.outbox.push(cid.clone(), text, act);
+        let room = self.room_mut(room)?;
+        room.outbox.push(cid.clone(), text, act);
+        if room.barred() {
+            // Banned: refused at once, kept to retry once back in the room, never "Sending…" in vain.
+            room.outbox.bar(BANNED);
+        }
         Some(cid)
     }
 
     /// Queues a failed message again, under the same client message id, at the end of the outbox; the next
-    /// [`Chat::flush`] sends it. Returns whether there was such a failed message.
+    /// [`Chat::flush`] sends it. Returns whether there was such a failed message. In a room a ban took this client
+    /// out of, it stays failed: it could only wait.
     pub fn retry(&mut self, room: &RoomName, cid: &str) -> bool {
         self.room_mut(room)
-            .is_some_and(|room| room.outbox.retry(cid))
+            .is_some_and(|room| !room.barred() && room.outbox.retry(cid))
     }
 
     /// Queues every failed message of the room again, in the order they were written, each under its own client
-    /// message id. Returns how many.
+    /// message id (not while banned, as [`Chat::retry`]). Returns how many.
     pub fn retry_all(&mut self, room: &RoomName) -> usize {
         self.room_mut(room)
+            .filter(|room| !room.barred())
             .map_or(0, |room| room.outbox.retry_all())
     }
 
@@ -379,12 +386,14 @@ impl Chat {
                 ..
             }) => {
                 let room = self.room_mut(&room)?;
-                let how = if reason == "banned" {
-                    "banned"
+                if reason == "banned" {
+                    // Until when, the ban's own event (just before) said; a ban of this person under another nick
+                    // did not, and then this reads like a kick: "Join again" asks the server, which says.
+                    room.ban(None);
                 } else {
-                    "kicked"
-                };
-                room.phase = Phase::Removed(format!("You were {how} from #{}", room.name));
+                    room.phase = Phase::Removed(format!("You were kicked from #{}", room.name));
+                    room.banned_until = None;
+                }
             }
             ServerMsg::Edited(frame::Edited {
                 room,
@@ -422,6 +431,9 @@ impl Chat {
                 match event.action {
                     ModerationAction::Mute if event.nick.as_ref() == Some(&room.nick) => {
                         room.muted_until = (secs > 0).then(|| event.ts + secs * 1000);
+                    }
+                    ModerationAction::Ban if event.nick.as_ref() == Some(&room.nick) => {
+                        room.banned_until = (secs > 0).then(|| event.ts + secs * 1000);
                     }
                     ModerationAction::SlowMode => {
                         room.slow_mode = secs;
@@ -474,6 +486,7 @@ impl Chat {
                 room.online = online;
                 room.moderator = moderator;
                 room.muted_until = muted_until;
+                room.banned_until = None;
                 room.slow_mode = slow_mode;
                 // A history request asked on a connection that is gone will not be answered.
                 room.timeline.drop_older_request();
@@ -569,6 +582,7 @@ impl Chat {
                         }
                     }
                     (Some("join"), _, Some(name)) => match self.room_mut(&name) {
+                        Some(room) if code == ErrorCode::Banned => room.ban(until),
                         Some(room) => room.phase = Phase::Failed(message),
                         None => applied.notice = Some(message),
                     },
@@ -1028,6 +1042,130 @@ mod tests {
             general(&chat).phase(),
             &Phase::Removed("You were banned from #general".into())
         );
+    }
+
+    /// The statuses of the room's outbox, failed ones as their reason.
+    fn outbox_states(chat: &Chat) -> Vec<Result<(), String>> {
+        general(chat)
+            .outbox()
+            .iter()
+            .map(|o| match &o.status {
+                SendStatus::Failed { reason } => Err(reason.clone()),
+                _ => Ok(()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ban_arriving_live_says_until_when_and_refuses_what_is_written_meanwhile() {
+        let mut chat = chat();
+        let general_ = room("general");
+        chat.apply(joined("general", vec![]));
+        let on_its_way = chat
+            .queue_send(&general_, "on its way".into(), None)
+            .unwrap();
+        chat.flush();
+        let react = Act::React {
+            id: MsgId::new(1, 0),
+            emoji: "👍".into(),
+            on: true,
+        };
+        chat.queue(&general_, String::new(), react.clone());
+        // As the server tells it: the moderation event (until its ts + secs), then this connection leaves the room.
+        chat.apply(moderation(10_000, ModerationAction::Ban, Some("me"), 600));
+        chat.apply(ServerMsg::Left(frame::Left {
+            room: general_.clone(),
+            reason: Some("banned".into()),
+            req: None,
+        }));
+        let until = 10_000 + 600_000;
+        assert_eq!(
+            general(&chat).banned(20_000),
+            Some(until),
+            "banned until then"
+        );
+        assert_eq!(general(&chat).banned(until), None, "over then: Join again");
+        // What was on its way shows refused (Retry/Discard), not "Sending…" forever; the action is dropped.
+        assert_eq!(outbox_states(&chat), [Err(BANNED.into())]);
+        // What is written while banned is refused at once, and never goes on the wire, nor does its retry.
+        let typed = chat
+            .queue_send(&general_, "let me in".into(), None)
+            .unwrap();
+        chat.queue(&general_, String::new(), react);
+        assert_eq!(
+            outbox_states(&chat),
+            [Err(BANNED.into()), Err(BANNED.into())]
+        );
+        assert!(
+            !chat.retry(&general_, &typed),
+            "a retry while banned stays refused"
+        );
+        assert_eq!(chat.retry_all(&general_), 0);
+        assert!(chat.flush().is_empty());
+        // A reconnect does not join a room the person was banned from.
+        chat.disconnected();
+        assert!(chat.rejoins().is_empty());
+        assert_eq!(
+            outbox_states(&chat),
+            [Err(BANNED.into()), Err(BANNED.into())]
+        );
+
+        // Once the ban is over the person joins again; then both messages can be sent, with their own cids.
+        assert!(chat.rejoining(&general_).is_some());
+        chat.apply(joined("general", vec![]));
+        assert_eq!(general(&chat).banned(20_000), None);
+        assert_eq!(chat.retry_all(&general_), 2);
+        let cids: Vec<String> = chat
+            .flush()
+            .into_iter()
+            .filter_map(|m| match m {
+                ClientMsg::Send { cid, .. } => Some(cid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cids, [on_its_way, typed]);
+
+        // A resume replays the old ban while joined; a kick after it is a kick: nothing written is refused.
+        chat.apply(moderation(10_000, ModerationAction::Ban, Some("me"), 600));
+        chat.apply(ServerMsg::Left(frame::Left {
+            room: general_.clone(),
+            reason: Some("kicked".into()),
+            req: None,
+        }));
+        assert_eq!(general(&chat).banned(20_000), None);
+        chat.queue_send(&general_, "after the kick".into(), None);
+        assert_eq!(outbox_states(&chat), [Ok(()), Ok(()), Ok(())]);
+    }
+
+    #[test]
+    fn a_join_refused_as_banned_after_a_reload_says_until_when_and_refuses_what_is_written() {
+        // A fresh page: the room is being joined; a message typed meanwhile waits for the join.
+        let mut chat = chat();
+        let general_ = room("general");
+        let early = chat.queue_send(&general_, "hello?".into(), None).unwrap();
+        assert!(chat.flush().is_empty());
+        let applied = chat.apply(error(ErrorCode::Banned, "join", "j", Some(700_000)));
+        assert_eq!(applied.notice, None, "the room says it");
+        let r = general(&chat);
+        assert_eq!(
+            r.phase(),
+            &Phase::Removed("You were banned from #general".into())
+        );
+        assert_eq!(r.banned(100_000), Some(700_000));
+        assert_eq!(outbox_states(&chat), [Err(BANNED.into())]);
+        let typed = chat.queue_send(&general_, "still me".into(), None).unwrap();
+        assert_eq!(
+            outbox_states(&chat),
+            [Err(BANNED.into()), Err(BANNED.into())]
+        );
+        assert!(!chat.retry(&general_, &early) && !chat.retry(&general_, &typed));
+        assert!(chat.flush().is_empty());
+        chat.disconnected();
+        assert!(chat.rejoins().is_empty(), "not joined again by itself");
+        // Refused again when joining too early (say, a clock ahead): the server's `until` stands.
+        chat.rejoining(&general_);
+        chat.apply(error(ErrorCode::Banned, "join", "j", Some(800_000)));
+        assert_eq!(general(&chat).banned(700_000), Some(800_000));
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub const RATE_LIMITED_HOLD: Duration = Duration::from_secs(1);
 /// How long a room's outbox waits after an `unavailable` refusal (the store did not answer) before sending again.
 pub const UNAVAILABLE_HOLD: Duration = Duration::from_secs(2);
 
+/// Why an own message was not sent: the person is banned from its room.
+pub const BANNED: &str = "you are banned from this room";
+
 /// Where an own message stands before the server has stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendStatus {
@@ -198,6 +201,17 @@ impl Outbox {
             if out.status == SendStatus::Pending {
                 out.status = SendStatus::Queued;
             }
+        }
+    }
+
+    /// Nothing here can be sent, for `reason` (a ban): every message fails (the person may retry it once back in the
+    /// room, or discard it) and every action is dropped, so nothing waits for a room the person cannot be in.
+    pub(super) fn bar(&mut self, reason: &str) {
+        self.queue.retain(Outgoing::is_message);
+        for out in &mut self.queue {
+            out.status = SendStatus::Failed {
+                reason: reason.to_owned(),
+            };
         }
     }
 

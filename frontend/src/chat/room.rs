@@ -58,6 +58,9 @@ pub struct Room {
     pub(super) moderator: bool,
     /// This nick is muted here until then (wall clock, ms).
     pub(super) muted_until: Option<u64>,
+    /// A moderator banned this nick from the room until then (wall clock, ms), as the ban's event or the refused
+    /// join said. Only means something while the room is [`Phase::Removed`].
+    pub(super) banned_until: Option<u64>,
     /// Slow mode: seconds between one member's messages; 0 when off.
     pub(super) slow_mode: u64,
     /// In slow mode, when this client may send again (wall clock, ms), as the server last said.
@@ -89,6 +92,7 @@ impl Room {
             online: 0,
             moderator: false,
             muted_until: None,
+            banned_until: None,
             slow_mode: 0,
             slow_until: None,
             live: Vec::new(),
@@ -103,6 +107,25 @@ impl Room {
     /// Until when this nick is muted here (wall clock, ms), if it is or was.
     pub fn muted_until(&self) -> Option<u64> {
         self.muted_until
+    }
+
+    /// Until when (wall clock, ms) a ban keeps this client out of the room, if one does at `wall`. While it does,
+    /// joining would be refused, so no join is offered; once it is over, "Join again" is.
+    pub fn banned(&self, wall: u64) -> Option<u64> {
+        self.banned_until.filter(|u| self.barred() && *u > wall)
+    }
+
+    /// A ban took this client out of the room (and said until when): what is written here is refused at once, not
+    /// held for a join the server would refuse. The person joins again ("Join again") once the ban is over.
+    pub(super) fn barred(&self) -> bool {
+        matches!(self.phase, Phase::Removed(_)) && self.banned_until.is_some()
+    }
+
+    /// A moderator banned this client from the room (live, or a join refused as `banned`), until `until` if known.
+    pub(super) fn ban(&mut self, until: Option<u64>) {
+        self.phase = Phase::Removed(format!("You were banned from #{}", self.name));
+        self.banned_until = until.or(self.banned_until);
+        self.outbox.bar(super::BANNED);
     }
 
     /// Slow mode: seconds between one member's messages; 0 when off. Moderators are not slowed.

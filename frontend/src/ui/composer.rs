@@ -80,7 +80,18 @@ pub fn Composer(room: RoomName) -> impl IntoView {
         ui.client.chat().with(|c| {
             let r = c.room(&state_room)?;
             if let Phase::Removed(why) = r.phase() {
-                return Some((true, format!("{why}.")));
+                return Some(match r.banned(now) {
+                    // The box stays open while banned: what is written shows as not sent, to retry once back.
+                    Some(until) => (
+                        false,
+                        format!(
+                            "You are banned from #{} until {}.",
+                            r.name(),
+                            browser::clock(until)
+                        ),
+                    ),
+                    None => (true, format!("{why}.")),
+                });
             }
             if let Some(until) = r.muted_until().filter(|u| *u > now) {
                 return Some((

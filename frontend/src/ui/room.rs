@@ -9,7 +9,7 @@ use super::composer::Composer;
 use super::members::{MembersPanel, OnlineButton};
 use super::sidebar::{JoinForm, Logo};
 use super::status::OutageBanner;
-use super::timeline::{Row, RowKey, on_action, row_view, rows};
+use super::timeline::{Row, RowKey, keep_focus, on_action, row_view, rows};
 use crate::app::use_ui;
 use crate::browser;
 use crate::chat::{Older, Phase};
@@ -47,6 +47,15 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                 .map(|r| crate::text::typing(&r.typists(now)))
         })
         .flatten()
+    });
+    // While a ban lasts, a join would be refused: "Join again" shows only once it is over (the clock above re-checks
+    // it). The page does not rejoin by itself then: coming back is seen by everyone in the room ("troll joined"), so
+    // it is the person's act, as after a kick, not something that happens while they may be away.
+    let ban_room = room.clone();
+    let banned = Memo::new(move |_| {
+        clock.track();
+        chat.with(|c| c.room(&ban_room).and_then(|r| r.banned(browser::wall())))
+            .is_some()
     });
     let fill_room = room.clone();
     let rows = Memo::new(move |_| chat.with(|c| c.room(&r1).map(rows).unwrap_or_default()));
@@ -89,6 +98,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
         let follow = stick.get_untracked();
         let (fill_room, jump_room) = (fill_room.clone(), jump_room.clone());
         request_animation_frame(move || {
+            keep_focus();
             let Some(el) = scroller.get_untracked() else {
                 return;
             };
@@ -278,7 +288,7 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                                     view! {
                                         <div class="callout error" role="alert">
                                             <p>{text}</p>
-                                            <button class="button small" on:click=move |_| ui.client.rejoin(&room)>
+                                            <button class="button small" hidden=banned on:click=move |_| ui.client.rejoin(&room)>
                                                 {again}
                                             </button>
                                         </div>

@@ -16,6 +16,61 @@ use crate::text::Segment;
 /// Consecutive messages from one sender closer than this share one header.
 const GROUP_MS: u64 = 5 * 60 * 1000;
 
+thread_local! {
+    /// The reaction chip pressed last, while it keeps the focus. A toggle redraws its message (when the `reacted`
+    /// event arrives, and again for any later change), which takes the focus with the old chip; [`keep_focus`] gives
+    /// it to the chip that replaced it.
+    static PRESSED: std::cell::RefCell<Option<web_sys::Element>> = const { std::cell::RefCell::new(None) };
+}
+
+/// After the timeline is redrawn: if the pressed chip was replaced and the focus went with it (to the page), the
+/// chip for the same emoji on the same message takes it back, or the message itself when that chip went (a count
+/// down to 0). Focus the person moved elsewhere stays where it is.
+pub fn keep_focus() {
+    use wasm_bindgen::JsCast;
+    PRESSED.with_borrow_mut(|pressed| {
+        let Some(old) = pressed.take() else {
+            return;
+        };
+        let focused = document().active_element();
+        if focused.as_ref() == Some(&old) {
+            *pressed = Some(old);
+            return;
+        }
+        if old.is_connected() || focused.is_some_and(|f| f.tag_name() != "BODY") {
+            return;
+        }
+        let attr = |el: &web_sys::Element, name| el.get_attribute(name).unwrap_or_default();
+        let Some(id) = old
+            .closest("[data-id]")
+            .ok()
+            .flatten()
+            .map(|m| attr(&m, "data-id"))
+        else {
+            return;
+        };
+        let Ok(Some(msg)) = document().query_selector(&format!(".timeline [data-id=\"{id}\"]"))
+        else {
+            return;
+        };
+        let chip = msg
+            .query_selector(&format!(
+                ".chip[data-emoji=\"{}\"]",
+                attr(&old, "data-emoji")
+            ))
+            .ok()
+            .flatten();
+        if let Ok(el) = chip
+            .clone()
+            .unwrap_or(msg)
+            .dyn_into::<web_sys::HtmlElement>()
+        {
+            let _ = el.focus();
+        }
+        *pressed = chip;
+    });
+}
+
 /// One row on screen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
@@ -381,9 +436,12 @@ pub fn on_action(ev: &web_sys::MouseEvent, room: &RoomName) {
             }
         }
         "delete-confirm" => client.act(room, String::new(), Act::Delete { id }),
-        "react" | "chip" => {
+        act @ ("react" | "chip") => {
             if let Some(details) = button.closest("details").ok().flatten() {
                 let _ = details.remove_attribute("open");
+            }
+            if act == "chip" {
+                PRESSED.set(Some(button.clone()));
             }
             client.act(
                 room,
