@@ -1,4 +1,5 @@
-//! A per-connection token bucket that bounds how fast one client may send.
+//! The token bucket every rate in the replica is: a connection's sends, an API key's requests, and the admission
+//! gates for new connections and joins (`hub/admission.rs`).
 
 use tokio::time::Instant;
 
@@ -24,16 +25,31 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        self.refill(Instant::now());
+        self.take_refilled()
+    }
+
+    /// Adds what accrued since the last refill, up to the burst; returns the seconds since then.
+    pub fn refill(&mut self, now: Instant) -> f64 {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
+        elapsed
+    }
+
+    /// Takes one token if there is one, without refilling first.
+    pub fn take_refilled(&mut self) -> bool {
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// The tokens there are now (a fraction while one refills).
+    pub fn tokens(&self) -> f64 {
+        self.tokens
     }
 }
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::ratelimit::TokenBucket;
+
 /// The longest a client is told to wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The shortest: below this a retry costs more than it saves.
@@ -22,30 +24,24 @@ pub const MIN_WAIT: Duration = Duration::from_millis(100);
 pub struct Gate {
     /// Tokens per second; 0 admits everything.
     rate: f64,
-    /// Bucket size.
-    burst: f64,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    tokens: f64,
+    bucket: TokenBucket,
     /// Refused clients told to come back, leaking at `rate` per second: the queue in front of the next one.
     waiting: f64,
-    at: Instant,
 }
 
 impl Gate {
     /// A gate admitting `per_sec` after a burst of as many; `per_sec == 0` admits everything.
     pub fn new(per_sec: u32) -> Self {
-        let rate = f64::from(per_sec);
         Self {
-            rate,
-            burst: rate,
+            rate: f64::from(per_sec),
             state: Mutex::new(State {
-                tokens: rate,
+                bucket: TokenBucket::new(per_sec, per_sec),
                 waiting: 0.0,
-                at: Instant::now(),
             }),
         }
     }
@@ -59,17 +55,13 @@ impl Gate {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let elapsed = now.duration_since(s.at).as_secs_f64();
-        s.at = now;
-        s.tokens = (s.tokens + elapsed * self.rate).min(self.burst);
+        let elapsed = s.bucket.refill(Instant::now());
         s.waiting = (s.waiting - elapsed * self.rate).max(0.0);
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
+        if s.bucket.take_refilled() {
             return Ok(());
         }
         s.waiting += 1.0;
-        let wait = Duration::from_secs_f64((s.waiting + 1.0 - s.tokens) / self.rate);
+        let wait = Duration::from_secs_f64((s.waiting + 1.0 - s.bucket.tokens()) / self.rate);
         Err(wait.clamp(MIN_WAIT, MAX_WAIT))
     }
 }
