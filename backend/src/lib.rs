@@ -324,6 +324,21 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The HTTP API and the CLI reach the room core only through `Participant::handle`: never the bus, never a
+    /// participant's own steps (which would skip the request rules).
+    #[test]
+    fn the_api_and_the_cli_go_through_handle() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for file in ["api.rs", "lib.rs"] {
+            let code = std::fs::read_to_string(dir.join(file)).unwrap();
+            let code = code.split("mod tests {").next().unwrap();
+            for word in [".bus.", ".moderate(", ".send(", ".older(", ".join("] {
+                assert!(!code.contains(word), "{file} calls {word}");
+            }
+            assert!(code.contains(".handle("), "{file} goes through handle");
+        }
+    }
+
     #[test]
     fn redacts_credentials() {
         assert_eq!(super::redact("redis://:pw@h:1/0"), "redis://***@h:1/0");

@@ -290,6 +290,33 @@ pub trait Bus: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
+    /// The bus deals in its own records: no file under `bus/` names the browser's frames.
+    #[test]
+    fn the_bus_never_names_a_frame() {
+        fn visit(dir: &std::path::Path, checked: &mut usize) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    visit(&path, checked);
+                    continue;
+                }
+                let code = std::fs::read_to_string(&path).unwrap();
+                // This test names them itself.
+                let code = code.split("fn the_bus_never_names_a_frame").next().unwrap();
+                for word in ["ServerMsg", "shared::frame"] {
+                    assert!(!code.contains(word), "{} names {word}", path.display());
+                }
+                *checked += 1;
+            }
+        }
+        let mut checked = 0;
+        visit(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bus"),
+            &mut checked,
+        );
+        assert!(checked >= 15, "read only {checked} files");
+    }
+
     #[test]
     fn epochs_differ() {
         let (a, b) = (super::new_epoch(), super::new_epoch());
