@@ -80,6 +80,8 @@ pub struct PostModeration {
     pub nick: Option<String>,
     /// How long (mute, ban, slow mode); 0 lifts it.
     pub secs: Option<u64>,
+    /// For `retention`: how many days the room keeps its messages (0: the server's retention).
+    pub days: Option<u32>,
     /// The name the room sees as the moderator (default `moderator`).
     pub by: Option<String>,
     /// Idempotency key: a retry with the same `cid` (and `by`) moderates once. Without it, each request is new.
@@ -386,7 +388,7 @@ async fn post_moderation(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
             format!(
-                "expected JSON {{\"action\": \"mute\"|\"kick\"|\"ban\"|\"slow_mode\", \"nick\"?, \"secs\"?, \"by\"?}}: {}",
+                "expected JSON {{\"action\": \"mute\"|\"kick\"|\"ban\"|\"slow_mode\"|\"retention\", \"nick\"?, \"secs\"?, \"days\"?, \"by\"?, \"cid\"?}}: {}",
                 rejection.body_text()
             ),
         )
@@ -404,7 +406,7 @@ async fn post_moderation(
         room,
         post.action,
         post.nick,
-        post.secs.unwrap_or(0),
+        post.secs.or(post.days.map(u64::from)).unwrap_or(0),
         post.cid,
     )?;
     // The key holder moderates every room, through the same rules as a moderator's WebSocket request.
@@ -419,14 +421,15 @@ async fn post_moderation(
 }
 
 /// The protocol's request for a moderator's `action` (what the API's and the CLI's moderation send); `bad_request`
-/// when it names nobody and must.
+/// when it names nobody and must. `amount` is seconds, or days for `retention`.
 pub fn moderation_request(
     room: String,
     action: ModerationAction,
     nick: Option<String>,
-    secs: u64,
+    amount: u64,
     cid: Option<String>,
 ) -> Result<ClientMsg, RequestError> {
+    let secs = amount;
     let whom = || {
         nick.clone()
             .ok_or_else(|| RequestError::new(ErrorCode::BadRequest, "say whom: nick is missing"))
@@ -455,6 +458,12 @@ pub fn moderation_request(
         ModerationAction::SlowMode => ClientMsg::SlowMode {
             room,
             secs,
+            req: None,
+            cid,
+        },
+        ModerationAction::Retention => ClientMsg::Retention {
+            room,
+            days: u32::try_from(amount).unwrap_or(u32::MAX),
             req: None,
             cid,
         },

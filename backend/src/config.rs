@@ -91,9 +91,33 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// Messages kept per room (the Redis Stream is trimmed to about this many).
+    /// Messages kept per room in Redis (the Redis Stream is trimmed to about this many). With an archive
+    /// (--database-url): the hot window in front of it; history reaches back further from the archive.
     #[arg(long, env = "ROOMCAST_HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub history_limit: u32,
+
+    /// PostgreSQL as the system of record: postgres://user:password@host:5432/database. Every stored event is archived
+    /// there for good (or --retention-days), history reaches back to a room's first message, and an emptied Redis is
+    /// rebuilt from it. Needs --redis-url. Absent: history lives in Redis only (the newest --history-limit per room).
+    #[arg(long, env = "ROOMCAST_DATABASE_URL", value_parser = parse_database_url, requires = "redis_url")]
+    pub database_url: Option<String>,
+
+    /// Days the archive keeps a room's events (a moderator may set a room's own); fractions allowed. Absent: forever.
+    #[arg(long, env = "ROOMCAST_RETENTION_DAYS", value_parser = parse_days, requires = "database_url")]
+    pub retention_days: Option<f64>,
+
+    /// How often the retention job runs, on one replica at a time.
+    #[arg(long, env = "ROOMCAST_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_sweep_secs: u64,
+
+    /// Bytes of events a room keeps in Redis while the archive is behind (PostgreSQL down): beyond it the room's new
+    /// events are refused `unavailable` until the archive catches up, so nothing acknowledged is ever dropped.
+    #[arg(long, env = "ROOMCAST_ARCHIVE_BACKLOG_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub archive_backlog_bytes: u64,
+
+    /// How often each replica checks every room for events not archived yet (what a killed replica or the CLI stored).
+    #[arg(long, env = "ROOMCAST_ARCHIVE_SWEEP_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub archive_sweep_secs: u64,
 
     /// Recent messages sent on join when the client gives no `since`.
     #[arg(long, env = "ROOMCAST_HISTORY_ON_JOIN", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
@@ -239,6 +263,26 @@ impl Config {
 }
 
 /// The one parse of `--redis-url`: the configuration keeps the parsed target for the bus.
+fn parse_database_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err("expected postgres://user:password@host:port/database".into());
+    }
+    s.parse::<tokio_postgres::Config>()
+        .map_err(|e| crate::archive::cause(&e))?;
+    Ok(s.to_owned())
+}
+
+fn parse_days(s: &str) -> Result<f64, String> {
+    let days: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of days"))?;
+    if days.is_finite() && days > 0.0 {
+        Ok(days)
+    } else {
+        Err("must be more than 0 (omit the flag to keep everything)".into())
+    }
+}
+
 fn parse_redis_url(s: &str) -> Result<RedisUrl, String> {
     if s.is_empty() {
         return Err("empty; omit the flag to use the in-memory bus".into());

@@ -131,18 +131,43 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
     }
 }
 
+/// The archive's state for `/healthz` and `/readyz`: up, and how far behind (events and seconds).
+fn archive_json(state: &AppState) -> serde_json::Value {
+    use std::sync::atomic::Ordering;
+    match state.hub.bus.archive_status() {
+        None => serde_json::Value::Null,
+        Some(status) => {
+            let error = status
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            #[allow(clippy::cast_precision_loss)]
+            let lag_seconds = status.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            serde_json::json!({
+                "up": status.up.load(Ordering::Relaxed),
+                "lag_events": status.lag_events.load(Ordering::Relaxed),
+                "lag_seconds": lag_seconds,
+                "error": error,
+            })
+        }
+    }
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
     let body = serde_json::json!({
         "status": "ok",
         "node": &*state.hub.node,
         "bus": state.hub.bus.kind(),
         "bus_up": state.hub.bus.is_up(),
+        "archive": archive_json(&state),
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
 /// Readiness for load balancers: 503 while the bus is down or the replica is shutting down, so new clients go to
-/// another replica. `/healthz` stays the liveness probe (the process answers).
+/// another replica. `/healthz` stays the liveness probe (the process answers). The archive's lag is shown, and does
+/// not make a replica unready: while PostgreSQL is down, sends go on and wait in Redis.
 async fn readyz(State(state): State<AppState>) -> Response {
     let (status, reason) = if state.hub.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -151,7 +176,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ready")
     };
-    let body = serde_json::json!({"status": reason, "node": &*state.hub.node});
+    let body = serde_json::json!({"status": reason, "node": &*state.hub.node, "archive": archive_json(&state)});
     (
         status,
         [(header::CACHE_CONTROL, "no-store")],

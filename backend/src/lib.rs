@@ -5,6 +5,7 @@
 //! in-memory relay and history), [`error`] (request errors and their frames), [`metrics`].
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -79,6 +80,9 @@ pub enum StartError {
     /// The Redis URL could not be used.
     #[error("cannot use the Redis URL: {0}")]
     Bus(#[source] bus::BusError),
+    /// The archive (PostgreSQL) cannot be used.
+    #[error(transparent)]
+    Archive(#[from] archive::StartError),
     /// The authentication settings cannot be used.
     #[error("{0}")]
     Auth(String),
@@ -109,7 +113,7 @@ pub async fn run(
         // The bus outlives the drain: connections waiting for their moment to close keep receiving their rooms.
         let bus_stop = CancellationToken::new();
         let _stop_bus = bus_stop.clone().drop_guard();
-        let bus = start_bus(&config, node.clone(), events_tx, &bus_stop)?;
+        let bus = start_bus(&config, node.clone(), events_tx, &bus_stop, true).await?;
         let auth = auth::Verifier::from_config(&config).map_err(StartError::Auth)?;
         if auth.is_some() {
             info!("WebSocket connections need a token (JWT)");
@@ -172,13 +176,37 @@ pub async fn run(
     .await
 }
 
-/// Starts the bus the configuration names: Redis (any topology) or, without `--redis-url`, the in-memory bus.
-fn start_bus(
+/// Starts the bus the configuration names: Redis (any topology) or, without `--redis-url`, the in-memory bus; with
+/// `--database-url`, the archive behind it (archiving on this replica when `archiver`: a one-shot command only reads
+/// and writes through it).
+async fn start_bus(
     config: &Config,
     node: Arc<str>,
     events_tx: mpsc::UnboundedSender<bus::BusEvent>,
     shutdown: &CancellationToken,
+    archiver: bool,
 ) -> Result<Arc<dyn Bus>, StartError> {
+    let archive = match &config.database_url {
+        Some(url) => {
+            let archive = archive::Postgres::start(url).await?;
+            Some(bus::redis::ArchiveOptions {
+                archive: Arc::new(archive),
+                backlog_bytes: config.archive_backlog_bytes,
+                sweep: Duration::from_secs(config.archive_sweep_secs),
+                retention_days: config.retention_days,
+                retention_every: Duration::from_secs(config.retention_sweep_secs),
+                archiver,
+            })
+        }
+        None => {
+            if config.redis_url.is_some() {
+                info!(
+                    "no --database-url: history is kept only in Redis (the newest --history-limit per room)"
+                );
+            }
+            None
+        }
+    };
     let bus: Arc<dyn Bus> = match &config.redis_url {
         Some(url) => {
             let options = bus::redis::RedisOptions {
@@ -193,6 +221,7 @@ fn start_bus(
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout(),
                 node: node.clone(),
+                archive,
             };
             let bus = bus::redis::RedisBus::start(options, events_tx, shutdown.clone())
                 .map_err(StartError::Bus)?;
@@ -249,11 +278,11 @@ type OneShot = (
 );
 
 /// A hub on the configured bus for one request from the command line.
-fn one_shot_hub(config: &Config) -> Result<OneShot, StartError> {
+async fn one_shot_hub(config: &Config) -> Result<OneShot, StartError> {
     let shutdown = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let node: Arc<str> = format!("cli:{}", std::process::id()).into();
-    let bus = start_bus(config, node.clone(), events_tx, &shutdown)?;
+    let bus = start_bus(config, node.clone(), events_tx, &shutdown, false).await?;
     let hub = Hub::new(Arc::new(config.clone()), node, bus, shutdown.clone());
     Ok((hub, shutdown, events_rx))
 }
@@ -268,7 +297,7 @@ pub async fn publish_once(
     cid: Option<String>,
 ) -> Result<Stored, PublishError> {
     let nick = shared::Nick::parse(nick)?;
-    let (hub, shutdown, _events) = one_shot_hub(config)?;
+    let (hub, shutdown, _events) = one_shot_hub(config).await?;
     let request = shared::ClientMsg::Send {
         room: room.into(),
         text: text.into(),
@@ -300,7 +329,7 @@ pub async fn moderate_once(
 ) -> Result<shared::MsgId, PublishError> {
     let by = shared::Nick::parse(by)?;
     let request = api::moderation_request(room.into(), action, nick.map(Into::into), secs, cid)?;
-    let (hub, shutdown, _events) = one_shot_hub(config)?;
+    let (hub, shutdown, _events) = one_shot_hub(config).await?;
     let answer = Participant::publisher(hub, by)
         .handle(request)
         .await

@@ -4,6 +4,7 @@
 
 pub mod nginx;
 mod ports;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

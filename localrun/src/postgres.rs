@@ -122,5 +122,10 @@ pub fn postgres_command(bin: &Path, dir: &Path, port: u16) -> Command {
 
 /// `postgres://roomcast:…@127.0.0.1:<port>/roomcast`.
 pub fn url(port: u16) -> String {
-    format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}")
+    database_url(port, DATABASE)
+}
+
+/// The URL of database `database` on the private cluster at `port`.
+pub fn database_url(port: u16, database: &str) -> String {
+    format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/{database}")
 }

@@ -158,6 +158,20 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cid: Option<String>,
     },
+    /// Moderators only: the room keeps its messages `days` days (0: as long as the server keeps them,
+    /// `--retention-days`); older ones are deleted from every store by the retention job. Needs the archive.
+    Retention {
+        /// The room.
+        room: String,
+        /// Days, at most [`crate::validate::RETENTION_MAX_DAYS`]; 0 goes back to the server's retention.
+        days: u32,
+        /// Correlation id echoed in `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+        /// Client id: the idempotency key, as for the other moderation requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
     /// Application-level heartbeat: the server answers `pong`. Browsers cannot see WebSocket pings, so this is
     /// how a client notices a silently dead connection.
     Ping {
@@ -391,11 +405,19 @@ pub enum ModerationAction {
     Ban,
     /// Members may send one message per `secs`.
     SlowMode,
+    /// The room keeps its messages `secs` / 86,400 days (0: as long as the server does).
+    Retention,
 }
 
 impl ModerationAction {
     /// Every action, in the order the protocol lists them.
-    pub const ALL: [Self; 4] = [Self::Mute, Self::Kick, Self::Ban, Self::SlowMode];
+    pub const ALL: [Self; 5] = [
+        Self::Mute,
+        Self::Kick,
+        Self::Ban,
+        Self::SlowMode,
+        Self::Retention,
+    ];
 }
 
 /// Someone joined or left a room.

@@ -222,6 +222,9 @@ pub const QUOTE_MAX_CHARS: usize = 140;
 /// Longest mute, ban or slow mode, in seconds: one week.
 pub const MODERATION_MAX_SECS: u64 = 7 * 24 * 3600;
 
+/// The longest retention a room may be given, in days (a hundred years).
+pub const RETENTION_MAX_DAYS: u32 = 36_500;
+
 /// Whether `emoji` is one of [`EMOJI`].
 pub fn emoji(emoji: &str) -> bool {
     EMOJI.contains(&emoji)

@@ -7,6 +7,7 @@
 #[cfg(feature = "browser")]
 pub mod browser;
 pub mod client;
+mod postgres;
 mod topologies;
 pub mod traffic;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+pub use postgres::Postgres;
 pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
 
 /// Upper bound on any single wait, so a broken build fails instead of hanging. Not a performance threshold.

@@ -74,10 +74,7 @@ fn template() -> PathBuf {
         .stderr(Stdio::null())
         .spawn()
         .expect("start postgres");
-    let url = postgres::url(port).replace(
-        &format!("/{}", postgres::DATABASE),
-        "/postgres",
-    );
+    let url = postgres::database_url(port, "postgres");
     let made = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -218,5 +215,38 @@ impl Drop for Postgres {
             stop(&mut child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_private_server_starts_answers_and_comes_back_after_a_kill() {
+        let mut pg = Postgres::start().await;
+        assert_ne!(pg.port(), 5432);
+        let client = pg.client().await;
+        client
+            .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        drop(client);
+        pg.kill();
+        pg.start_again().await;
+        let row = pg
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, i64>(0),
+            1,
+            "what was committed survives a kill"
+        );
+        let wrong = postgres::url(pg.port()).replace(postgres::PASSWORD, "wrong");
+        let refused = tokio_postgres::connect(&wrong, tokio_postgres::NoTls).await;
+        assert!(refused.is_err(), "passwords are checked");
     }
 }

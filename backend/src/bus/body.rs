@@ -59,9 +59,12 @@ pub enum Body {
         /// To whom (absent for slow mode).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nick: Option<Nick>,
-        /// For how long, in seconds (0: a kick, or lifted).
+        /// For how long, in seconds (0: a kick, or lifted); for retention, the days kept × 86,400 (0: the server's).
         #[serde(default)]
         secs: u64,
+        /// For a ban: the person who held the nick (the store fills it in), banned with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        person: Option<String>,
     },
 }
 
@@ -74,6 +77,17 @@ impl Body {
             Self::Delete { .. } => "delete",
             Self::React { .. } => "react",
             Self::Moderation { .. } => "moderation",
+        }
+    }
+
+    /// Who stored it: the nick its cid belongs to (a moderation's moderator).
+    pub fn author(&self) -> &Nick {
+        match self {
+            Self::Message { nick, .. }
+            | Self::Edit { nick, .. }
+            | Self::Delete { nick, .. }
+            | Self::React { nick, .. } => nick,
+            Self::Moderation { by, .. } => by,
         }
     }
 
@@ -212,6 +226,7 @@ mod tests {
             action,
             nick: Some(nick.clone()),
             secs,
+            person: None,
         };
         assert_eq!(
             moderation(ModerationAction::Kick, 0).evicts(),

@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 use super::roster::Roster;
 use super::rules::{Moderation, Outcome, Rules};
 use super::{
-    Bus, BusError, BusEvent, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState,
-    Notice, Published, Record, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch, now_ms,
+    Body, Bus, BusError, BusEvent, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState,
+    Notice, Page, Published, Record, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
+    now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -325,6 +326,35 @@ impl Bus for MemoryBus {
             }
         }
         async move { Ok(out) }.boxed()
+    }
+
+    fn page(
+        &self,
+        room: &RoomName,
+        after: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Page, BusError>> {
+        let inner = self.lock();
+        let mut page = Page::default();
+        if let Some(log) = inner.history.get(room) {
+            let after = after.unwrap_or_default();
+            let read: Vec<&Record> = log
+                .entries
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.id > after)
+                .take(limit)
+                .collect();
+            if read.len() >= limit {
+                page.next = read.last().map(|e| e.id);
+            }
+            page.items = read
+                .into_iter()
+                .filter(|e| matches!(e.body, Body::Message { .. } | Body::Moderation { .. }))
+                .map(|e| log.item(e))
+                .collect();
+        }
+        async move { Ok(page) }.boxed()
     }
 
     fn subscribe(&self, room: &RoomName) -> Subscribed {

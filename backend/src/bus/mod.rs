@@ -8,6 +8,7 @@
 //! The bus speaks in its own terms — [`Record`]s with their [`MsgState`], [`Body`]s and [`Notice`]s — never in the
 //! browser's frames: the hub turns those into frames, in one place (`hub/frames.rs`).
 
+pub mod archive;
 pub mod body;
 pub mod memory;
 mod record;
@@ -94,6 +95,15 @@ pub struct HistoryQuery {
     pub recent: usize,
     /// At most this many records after `since`.
     pub limit: usize,
+}
+
+/// A page of a room's messages and moderation events, oldest first, each with its state: what an export reads.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Messages (with their current state) and moderation events.
+    pub items: Vec<HistoryItem>,
+    /// Read on after this id; `None`: this page reached the newest event.
+    pub next: Option<MsgId>,
 }
 
 /// The answer to a [`HistoryQuery`].
@@ -267,6 +277,20 @@ pub trait Bus: Send + Sync + 'static {
         before: MsgId,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>>;
+
+    /// Messages and moderation events after `after` (from the room's first without), oldest first, with their
+    /// current state, about `limit` at a time: a page of an export. With an archive, from its start.
+    fn page(
+        &self,
+        room: &RoomName,
+        after: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Page, BusError>>;
+
+    /// How far behind the archive is, when there is one.
+    fn archive_status(&self) -> Option<Arc<redis::ArchiveStatus>> {
+        None
+    }
 
     /// Reads stored records, oldest first, with the room's epoch.
     fn history(

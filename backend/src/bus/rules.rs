@@ -155,7 +155,11 @@ impl Rules<'_> {
                 }
             }
             Body::Moderation {
-                action, nick, secs, ..
+                action,
+                nick,
+                secs,
+                person,
+                ..
             } => {
                 let until = now + *secs * 1000;
                 match (action, nick) {
@@ -164,10 +168,11 @@ impl Rules<'_> {
                     }
                     (ModerationAction::Ban, Some(nick)) => {
                         self.moderation.bans.insert(nick.to_string(), until);
-                        if let Some(person) = (self.holder)(nick) {
+                        if let Some(holder) = (self.holder)(nick) {
                             self.moderation
                                 .bans
-                                .insert(format!("person:{person}"), until);
+                                .insert(format!("person:{holder}"), until);
+                            *person = Some(holder);
                         }
                     }
                     (ModerationAction::SlowMode, _) => self.moderation.slow_secs = *secs,

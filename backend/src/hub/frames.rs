@@ -51,6 +51,7 @@ pub fn live(record: &Record) -> ServerMsg {
             action,
             nick,
             secs,
+            ..
         } => ServerMsg::Moderation(shared::ModerationEvent {
             room,
             id,

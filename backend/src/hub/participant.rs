@@ -353,6 +353,23 @@ impl Participant {
                 let order = Order::new(ModerationAction::Ban, Some(nick), secs, req, cid);
                 self.moderate(&room, order).await
             }
+            ClientMsg::Retention {
+                room,
+                days,
+                req,
+                cid,
+            } => {
+                if days > validate::RETENTION_MAX_DAYS {
+                    Err(RequestError::new(
+                        ErrorCode::BadRequest,
+                        format!("days must be 0 to {}", validate::RETENTION_MAX_DAYS),
+                    ))
+                } else {
+                    let secs = u64::from(days) * 86_400;
+                    let order = Order::new(ModerationAction::Retention, None, secs, req, cid);
+                    self.moderate(&room, order).await
+                }
+            }
             ClientMsg::SlowMode {
                 room,
                 secs,
@@ -850,7 +867,7 @@ impl Participant {
         }
         let by = self.nick_in(&room)?;
         let target = match (action, nick) {
-            (ModerationAction::SlowMode, _) => None,
+            (ModerationAction::SlowMode | ModerationAction::Retention, _) => None,
             (_, Some(nick)) => Some(Nick::parse(&nick)?),
             (_, None) => {
                 return Err(RequestError::new(
@@ -859,7 +876,7 @@ impl Participant {
                 ));
             }
         };
-        if secs > validate::MODERATION_MAX_SECS {
+        if action != ModerationAction::Retention && secs > validate::MODERATION_MAX_SECS {
             return Err(RequestError::new(
                 ErrorCode::BadRequest,
                 format!("secs must be 0 to {}", validate::MODERATION_MAX_SECS),
@@ -885,6 +902,7 @@ impl Participant {
                 action,
                 nick: target.clone(),
                 secs,
+                person: None,
             },
             reply_to: None,
             moderator: true,

@@ -8,7 +8,7 @@ use backend::Config;
 use tokio_util::sync::CancellationToken;
 
 pub use testkit::client::{Client, node_behind};
-pub use testkit::{PATIENCE, Redis, ReplicaProcess, eventually, free_port, http_get};
+pub use testkit::{PATIENCE, Postgres, Redis, ReplicaProcess, eventually, free_port, http_get};
 
 /// Starts this build's `roomcast` binary as its own process (see [`ReplicaProcess`]) with the test defaults plus
 /// `extra` flags.

@@ -4,6 +4,7 @@
 mod actions;
 mod admission;
 mod api;
+mod archive;
 mod assets;
 mod auth;
 mod browser;

@@ -27,14 +27,37 @@ pub(super) const BODY_FIELD: &str = "m";
 /// The stream entry field that marks an action (its value is the kind): history skips these without parsing them.
 pub(super) const ACTION_FIELD: &str = "a";
 
+/// The stream entry field holding the client id the event was stored under (for the archive).
+pub(super) const CID_FIELD: &str = "c";
+
+/// The stream entry field holding the digest a repeated cid must match (for the archive).
+pub(super) const DIGEST_FIELD: &str = "h";
+
 /// A raw stream entry as Redis returns it: its id and its field/value pairs.
 pub(super) type Entry = (String, HashMap<String, String>);
 
-/// One stored message or action as read from a stream, with its offset.
+/// One stored message or action as read from a stream, with its offset and the idempotency key it was stored under
+/// (empty for entries written before the archive existed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredEntry {
     pub offset: u64,
     pub record: Record,
+    pub cid: String,
+    pub digest: String,
+    /// The length of its body as stored (what the publish script counts as pending until archived).
+    pub body_len: usize,
+}
+
+impl StoredEntry {
+    /// The entry as the archive takes it.
+    pub(crate) fn into_log(self) -> crate::bus::archive::LogEntry {
+        crate::bus::archive::LogEntry {
+            offset: self.offset,
+            record: self.record,
+            cid: self.cid,
+            digest: self.digest,
+        }
+    }
 }
 
 /// A decoded channel payload.
@@ -110,6 +133,7 @@ pub(super) fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<Store
         .get(BODY_FIELD)
         .ok_or_else(|| bad(format!("no field {BODY_FIELD}")))?;
     let body = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let field = |name| fields.get(name).cloned().unwrap_or_default();
     Ok(StoredEntry {
         offset,
         record: Record {
@@ -117,6 +141,9 @@ pub(super) fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<Store
             room: room.clone(),
             body,
         },
+        cid: field(CID_FIELD),
+        digest: field(DIGEST_FIELD),
+        body_len: json.len(),
     })
 }
 
@@ -294,7 +321,10 @@ mod tests {
             read.unwrap(),
             StoredEntry {
                 offset: 12,
-                record: sent.clone()
+                record: sent.clone(),
+                cid: String::new(),
+                digest: String::new(),
+                body_len: json.len(),
             }
         );
         // Entries from before offsets existed sort before every offset.

@@ -1,13 +1,17 @@
 -- A history read that sees the epoch, the entries and the messages' states at one instant.
 -- KEYS: 1 stream, 2 meta, 3 state
 -- ARGV: 1 candidate epoch, 2 client epoch or '', 3 since or '', 4 recent, 5 limit, 6 action field, 7 before or '',
---       8 body field
+--       8 body field, 9 '1' with an archive (the room must exist: an empty epoch answers that it does not)
 -- With since: every entry after it (messages and actions), up to limit. With before: up to limit messages before
 -- it, newest first. Otherwise: the newest `recent` messages, newest first (actions skipped: states say what they did).
--- Returns {epoch, reset, entries, oldest, states}: oldest is the oldest kept entry (only with since); states[i] is
+-- Returns {epoch, reset, entries, oldest, states}: oldest is the oldest kept entry (with since or before); states[i] is
 -- the JSON state of the message entries[i] is (a message) or acts on (an edit, deletion or reaction), or '' when it
 -- has none.
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
+if ARGV[9] == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {'', 0, {}, {}, {}} end
+else
+  redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
+end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local since = ARGV[3]
 local reset = 0
@@ -61,4 +65,6 @@ while want > 0 and #messages < want do
   if #page < asked then break end
   top = '(' .. page[#page][1]
 end
-return {epoch, reset, messages, {}, states(messages)}
+local oldest = {}
+if ARGV[7] ~= '' then oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1) end
+return {epoch, reset, messages, oldest, states(messages)}

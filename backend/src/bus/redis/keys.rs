@@ -57,6 +57,12 @@ impl Keys {
             .map(|part| format!("{}:{{{room}}}:roster:{part}", self.prefix))
     }
 
+    /// Every room that was ever written to, for the archiver's sweep (with an archive only). One key: rooms are
+    /// added once per replica process, before their first write.
+    pub fn rooms(&self) -> String {
+        format!("{}:rooms", self.prefix)
+    }
+
     /// The room's live relay channel.
     pub fn channel(&self, room: &RoomName) -> String {
         format!("{}:{{{room}}}:live", self.prefix)

@@ -8,6 +8,7 @@
 //! [`tracker`], which uses the store to backfill. [`codec`] owns what goes into Redis; [`topology`], [`link`] and
 //! [`feed`] hide whether that is one server, a Sentinel-managed master or a Cluster.
 
+mod archiving;
 mod codec;
 mod feed;
 mod keys;
@@ -28,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
-    Published, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
+    Body, Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
+    Page, Published, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
 };
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
@@ -52,6 +53,14 @@ const POSITION_SCRIPT: &str = include_str!("position.lua");
 const HISTORY_SCRIPT: &str = include_str!("history.lua");
 /// Members online: join, rename, leave and the upkeep that expires crashed replicas and ended grace periods.
 const ROSTER_SCRIPT: &str = include_str!("roster.lua");
+/// Rebuilds a room from the archive.
+const RESTORE_SCRIPT: &str = include_str!("restore.lua");
+/// Records what the archive holds and trims behind it.
+const ARCHIVED_SCRIPT: &str = include_str!("archived.lua");
+/// Drops what the retention job expired.
+const EXPIRE_SCRIPT: &str = include_str!("expire.lua");
+
+pub use archiving::{ArchiveOptions, ArchiveStatus};
 
 /// The request side of Redis: scripts over one command connection, shared by publishers, history reads and the
 /// subscriber's backfill. Every request clones it into its future, so the scripts are shared, not copied: a
@@ -64,6 +73,15 @@ pub(crate) struct Store {
     position: Arc<redis::Script>,
     history: Arc<redis::Script>,
     roster: Arc<redis::Script>,
+    restore: Arc<redis::Script>,
+    archived: Arc<redis::Script>,
+    expire: Arc<redis::Script>,
+    /// `--history-limit`: the hot window a rebuilt room gets, and the archiver's trim.
+    history_limit: usize,
+    /// `--dedupe-secs`: how recent an archived event's idempotency key a rebuild restores.
+    dedupe_secs: u64,
+    /// With `--database-url`: the archive, and this replica's archiver's inputs.
+    archiving: Option<Arc<archiving::Archiving>>,
 }
 
 impl Store {
@@ -116,30 +134,53 @@ impl Store {
             .map(|entry| codec::decode_entry(room, entry))
             .collect()
     }
-}
 
-impl StreamReader for Store {
-    /// The current positions of `rooms`. Creates an epoch for rooms that have none. The requests are sent together
-    /// (the connection pipelines them), and each is routed to its room's shard on a Cluster.
-    async fn positions(&self, rooms: &[RoomName]) -> Result<Vec<Position>, BusError> {
+    /// `position.lua` for each of `rooms`: epoch (`None` with an archive when Redis does not have the room), offset
+    /// and last id.
+    async fn raw_positions(&self, rooms: &[RoomName]) -> Result<Vec<RawPosition>, BusError> {
         let metas: Vec<String> = rooms.iter().map(|r| self.keys.meta(r)).collect();
         let script = self.position.clone();
-        let rows: Vec<(String, Option<u64>, Option<String>)> = self
-            .run(|conn| async move {
-                let calls = metas.iter().map(|meta| {
-                    let mut conn = conn.clone();
-                    let script = &script;
-                    async move {
-                        let mut inv = script.key(meta);
-                        inv.arg(new_epoch());
-                        inv.invoke_async(&mut conn).await
-                    }
-                });
-                futures_util::future::try_join_all(calls).await
-            })
-            .await?;
+        let archived = if self.archiving.is_some() { "1" } else { "" };
+        self.run(|conn| async move {
+            let calls = metas.iter().map(|meta| {
+                let mut conn = conn.clone();
+                let script = &script;
+                async move {
+                    let mut inv = script.key(meta);
+                    inv.arg(new_epoch()).arg(archived);
+                    inv.invoke_async(&mut conn).await
+                }
+            });
+            futures_util::future::try_join_all(calls).await
+        })
+        .await
+    }
+}
+
+/// `position.lua`'s answer: epoch, offset, last id.
+type RawPosition = (Option<String>, Option<u64>, Option<String>);
+
+impl StreamReader for Store {
+    /// The current positions of `rooms`. Creates an epoch for rooms that have none (with an archive: rebuilds them
+    /// from it first). The requests are sent together (the connection pipelines them), and each is routed to its
+    /// room's shard on a Cluster.
+    async fn positions(&self, rooms: &[RoomName]) -> Result<Vec<Position>, BusError> {
+        let mut rows = self.raw_positions(rooms).await?;
+        if let Some(archiving) = &self.archiving {
+            let mut rebuilt = false;
+            for (room, row) in rooms.iter().zip(&rows) {
+                if row.0.is_none() {
+                    self.restore(archiving, room).await?;
+                    rebuilt = true;
+                }
+            }
+            if rebuilt {
+                rows = self.raw_positions(rooms).await?;
+            }
+        }
         rows.into_iter()
             .map(|(epoch, seq, last)| {
+                let epoch = epoch.ok_or_else(|| unavailable("the room is being rebuilt"))?;
                 let id = match last {
                     Some(last) => last.parse().map_err(protocol)?,
                     None => MsgId::default(),
@@ -184,6 +225,8 @@ pub struct RedisOptions {
     pub wait_timeout: Duration,
     /// This replica's node id (spreads subscriptions over Redis replicas).
     pub node: Arc<str>,
+    /// `--database-url` and its settings: the archive behind Redis.
+    pub archive: Option<ArchiveOptions>,
 }
 
 /// A bus backed by Redis, shared by all replicas.
@@ -327,6 +370,13 @@ impl RedisBus {
             Topology::new(options.target, options.subscribe, REQUEST_TIMEOUT)
                 .map_err(unavailable)?,
         );
+        let (archiving, hints) = match options.archive {
+            Some(archive) => {
+                let (archiving, hints) = archiving::Archiving::new(archive);
+                (Some(Arc::new(archiving)), Some(hints))
+            }
+            None => (None, None),
+        };
         let store = Store {
             link: Arc::new(Link::new(topology.clone())),
             keys: Keys::new(&options.prefix),
@@ -334,7 +384,19 @@ impl RedisBus {
             position: Arc::new(redis::Script::new(POSITION_SCRIPT)),
             history: Arc::new(redis::Script::new(HISTORY_SCRIPT)),
             roster: Arc::new(redis::Script::new(ROSTER_SCRIPT)),
+            restore: Arc::new(redis::Script::new(RESTORE_SCRIPT)),
+            archived: Arc::new(redis::Script::new(ARCHIVED_SCRIPT)),
+            expire: Arc::new(redis::Script::new(EXPIRE_SCRIPT)),
+            history_limit: options.history_limit,
+            dedupe_secs: options.dedupe_window.as_secs().max(1),
+            archiving,
         };
+        if let (Some(archiving), Some(hints)) = (&store.archiving, hints)
+            && archiving.options.archiver
+        {
+            let archiver = archiving::Archiver::new(store.clone(), archiving.clone(), hints);
+            tokio::spawn(archiver.run(shutdown.clone()).in_current_span());
+        }
         let (commands, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
         let instance: Arc<str> = format!("{}#{}", options.node, new_epoch()).into();
@@ -364,106 +426,149 @@ impl RedisBus {
 }
 
 impl RedisBus {
-    /// Runs `history.lua`: entries after `since`, the newest messages, or (with `before`) messages before it, each
-    /// with the current state of its message.
+    /// [`RedisBus::read_once`], after rebuilding the room from the archive if Redis does not have it.
     fn read(
         &self,
         room: &RoomName,
         query: HistoryQuery,
         before: Option<MsgId>,
-    ) -> BoxFuture<'static, Result<History, BusError>> {
-        let (epoch_arg, since_arg) = (
-            query.epoch.clone().unwrap_or_default(),
-            query.since.map(|s| s.to_string()).unwrap_or_default(),
-        );
-        let before_arg = before.map(|b| b.to_string()).unwrap_or_default();
-        let (recent, limit) = (query.recent, query.limit.max(1));
-        let what = format!("{room} {epoch_arg} {since_arg} {before_arg} {recent} {limit}");
-        let read = {
-            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
-            match reads.get(&what) {
-                Some((_, read)) => read.clone(),
-                None => {
-                    static GENERATION: AtomicU64 = AtomicU64::new(0);
-                    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-                    let keys = &self.store.keys;
-                    let ks = [keys.stream(room), keys.meta(room), keys.state(room)];
-                    let (store, pending, what_) =
-                        (self.store.clone(), self.reads.clone(), what.clone());
-                    let read = async move {
-                        // Requests that arrive while the runtime goes round once join this read. Every one of them
-                        // asked before it is sent, so none reads older state than it would alone (a join subscribes
-                        // first, then asks).
-                        tokio::task::yield_now().await;
-                        {
-                            let mut pending =
-                                pending.lock().unwrap_or_else(PoisonError::into_inner);
-                            if pending.get(&what_).is_some_and(|(g, _)| *g == generation) {
-                                pending.remove(&what_);
-                            }
-                        }
-                        let script = store.history.clone();
-                        store
-                            .run(|mut conn| async move {
-                                let mut invocation = script.key(&ks[..]);
-                                invocation
-                                    .arg(new_epoch())
-                                    .arg(epoch_arg)
-                                    .arg(since_arg)
-                                    .arg(recent)
-                                    .arg(limit)
-                                    .arg(codec::ACTION_FIELD)
-                                    .arg(before_arg)
-                                    .arg(codec::BODY_FIELD);
-                                invocation.invoke_async(&mut conn).await
-                            })
-                            .await
-                    }
-                    .boxed()
-                    .shared();
-                    reads.insert(what, (generation, read.clone()));
-                    read
-                }
-            }
+    ) -> BoxFuture<'static, Result<(History, Option<MsgId>), BusError>> {
+        let first = self.read_once(room, query.clone(), before);
+        let Some(archiving) = self.store.archiving.clone() else {
+            return first;
         };
-        let room = room.clone();
+        let (store, room, reads) = (self.store.clone(), room.clone(), self.reads.clone());
         async move {
-            let (epoch, reset, entries, oldest, states) = read.await?;
-            let reset = reset == 1;
-            let oldest = oldest
-                .into_iter()
-                .next()
-                .map(|e| codec::decode_entry(&room, e))
-                .transpose()?;
-            let truncated = match (query.since, oldest, reset) {
-                (Some(since), Some(oldest), false) => oldest.offset > 1 && oldest.record.id > since,
-                _ => false,
-            };
-            let mut items = entries
-                .into_iter()
-                .zip(states)
-                .map(|(e, state)| {
-                    let record = codec::decode_entry(&room, e)?.record;
-                    let state: Option<MsgState> = if state.is_empty() {
-                        None
-                    } else {
-                        Some(serde_json::from_str(&state).map_err(protocol)?)
-                    };
-                    Ok(HistoryItem { record, state })
-                })
-                .collect::<Result<Vec<_>, BusError>>()?;
-            if query.since.is_none() || reset {
-                items.reverse();
+            let read = first.await?;
+            if !read.0.epoch.is_empty() {
+                return Ok(read);
             }
-            Ok(History {
+            store.restore(&archiving, &room).await?;
+            let again = read_once(&store, &reads, &room, query, before).await?;
+            if again.0.epoch.is_empty() {
+                return Err(unavailable("the room is being rebuilt"));
+            }
+            Ok(again)
+        }
+        .boxed()
+    }
+
+    /// Runs `history.lua`: entries after `since`, the newest messages, or (with `before`) messages before it, each
+    /// with the current state of its message; and the id of the oldest entry in the stream (with `since` or
+    /// `before`). An empty epoch: with an archive, Redis does not have the room.
+    fn read_once(
+        &self,
+        room: &RoomName,
+        query: HistoryQuery,
+        before: Option<MsgId>,
+    ) -> BoxFuture<'static, Result<(History, Option<MsgId>), BusError>> {
+        read_once(&self.store, &self.reads, room, query, before)
+    }
+}
+
+/// [`RedisBus::read_once`]: identical reads made while the runtime goes round once share one script run.
+fn read_once(
+    store: &Store,
+    reads: &Arc<Mutex<HashMap<String, (u64, SharedRead)>>>,
+    room: &RoomName,
+    query: HistoryQuery,
+    before: Option<MsgId>,
+) -> BoxFuture<'static, Result<(History, Option<MsgId>), BusError>> {
+    let (epoch_arg, since_arg) = (
+        query.epoch.clone().unwrap_or_default(),
+        query.since.map(|s| s.to_string()).unwrap_or_default(),
+    );
+    let before_arg = before.map(|b| b.to_string()).unwrap_or_default();
+    let (recent, limit) = (query.recent, query.limit.max(1));
+    let what = format!("{room} {epoch_arg} {since_arg} {before_arg} {recent} {limit}");
+    let archived = if store.archiving.is_some() { "1" } else { "" };
+    let read = {
+        let mut reads_ = reads.lock().unwrap_or_else(PoisonError::into_inner);
+        match reads_.get(&what) {
+            Some((_, read)) => read.clone(),
+            None => {
+                static GENERATION: AtomicU64 = AtomicU64::new(0);
+                let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+                let keys = &store.keys;
+                let ks = [keys.stream(room), keys.meta(room), keys.state(room)];
+                let (store, pending, what_) = (store.clone(), reads.clone(), what.clone());
+                let read = async move {
+                    // Requests that arrive while the runtime goes round once join this read. Every one of them
+                    // asked before it is sent, so none reads older state than it would alone (a join subscribes
+                    // first, then asks).
+                    tokio::task::yield_now().await;
+                    {
+                        let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                        if pending.get(&what_).is_some_and(|(g, _)| *g == generation) {
+                            pending.remove(&what_);
+                        }
+                    }
+                    let script = store.history.clone();
+                    store
+                        .run(|mut conn| async move {
+                            let mut invocation = script.key(&ks[..]);
+                            invocation
+                                .arg(new_epoch())
+                                .arg(epoch_arg)
+                                .arg(since_arg)
+                                .arg(recent)
+                                .arg(limit)
+                                .arg(codec::ACTION_FIELD)
+                                .arg(before_arg)
+                                .arg(codec::BODY_FIELD)
+                                .arg(archived);
+                            invocation.invoke_async(&mut conn).await
+                        })
+                        .await
+                }
+                .boxed()
+                .shared();
+                reads_.insert(what, (generation, read.clone()));
+                read
+            }
+        }
+    };
+    let room = room.clone();
+    async move {
+        let (epoch, reset, entries, oldest, states) = read.await?;
+        let reset = reset == 1;
+        let oldest = oldest
+            .into_iter()
+            .next()
+            .map(|e| codec::decode_entry(&room, e))
+            .transpose()?;
+        let truncated = match (query.since, &oldest, reset) {
+            (Some(since), Some(oldest), false) => oldest.offset > 1 && oldest.record.id > since,
+            _ => false,
+        };
+        let oldest = oldest.map(|e| e.record.id);
+        let mut items = entries
+            .into_iter()
+            .zip(states)
+            .map(|(e, state)| {
+                let record = codec::decode_entry(&room, e)?.record;
+                let state: Option<MsgState> = if state.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::from_str(&state).map_err(protocol)?)
+                };
+                Ok(HistoryItem { record, state })
+            })
+            .collect::<Result<Vec<_>, BusError>>()?;
+        if query.since.is_none() || reset {
+            items.reverse();
+        }
+        Ok((
+            History {
                 epoch: epoch.into(),
                 items,
                 reset,
                 truncated,
-            })
-        }
-        .boxed()
+            },
+            oldest,
+        ))
     }
+    .boxed()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -518,15 +623,28 @@ impl Bus for RedisBus {
         let (channel, limit, dedupe) = (keys.channel(room), self.history_limit, self.dedupe_secs);
         let (wait, wait_ms) = (self.wait_replicas, self.wait_timeout_ms);
         let store = self.store.clone();
+        let room = room.clone();
+        let (archived, backlog) = match &store.archiving {
+            Some(a) => ("1", a.options.backlog_bytes),
+            None => ("", 0),
+        };
+        let cid = draft.cid.clone();
         async move {
-            let script = store.publish.clone();
-            let written = store
+            if let Some(archiving) = &store.archiving {
+                store.register(archiving, &room).await?;
+            }
+            let mut rebuilt = false;
+            let written = loop {
+              let (ks, channel, json, fingerprint, reply_to, sender, cid) =
+                  (ks.clone(), &channel, &json, &fingerprint, &reply_to, &sender, &cid);
+              let script = store.publish.clone();
+              let written = store
                 .run(|mut conn| async move {
                     let mut invocation = script.key(&ks[..]);
                     invocation
-                        .arg(&channel)
+                        .arg(channel)
                         .arg(limit)
-                        .arg(&json)
+                        .arg(json)
                         .arg(new_epoch())
                         .arg(dedupe)
                         // With WAIT the script only stores: the message is relayed once replicas confirmed it, so
@@ -535,13 +653,18 @@ impl Bus for RedisBus {
                         .arg(codec::STORED_PAYLOAD)
                         .arg(codec::OFFSET_FIELD)
                         .arg(codec::BODY_FIELD)
-                        .arg(&fingerprint)
+                        .arg(fingerprint)
                         .arg(moderator)
-                        .arg(&reply_to)
+                        .arg(reply_to)
                         .arg(shared::validate::QUOTE_MAX_CHARS)
                         .arg(codec::ACTION_FIELD)
                         .arg(kind)
-                        .arg(&sender);
+                        .arg(sender)
+                        .arg(archived)
+                        .arg(backlog)
+                        .arg(cid)
+                        .arg(codec::CID_FIELD)
+                        .arg(codec::DIGEST_FIELD);
                     if wait == 0 {
                         let (id, status, offset, _, _, until): PublishReply =
                             invocation.invoke_async(&mut conn).await?;
@@ -558,11 +681,20 @@ impl Bus for RedisBus {
                         // Confirmed: relay it now. Publishes of concurrent senders may arrive out of offset order;
                         // the subscriber's gap rule backfills from the stream, which holds both.
                         let payload = codec::stored_payload(&id, offset, &epoch, &stored);
-                        conn.publish(&channel, &payload).await?;
+                        conn.publish(channel, &payload).await?;
                     }
                     Ok(Written::Stored(id, status, offset, until))
                 })
                 .await?;
+              match (&written, &store.archiving) {
+                  // Redis does not have the room: rebuild it from the archive, once, and store again.
+                  (Written::Stored(_, status, ..), Some(archiving)) if status == "missing" && !rebuilt => {
+                      store.restore(archiving, &room).await?;
+                      rebuilt = true;
+                  }
+                  _ => break written,
+              }
+            };
             let (id, status, offset, until) = match written {
                 Written::Stored(id, status, offset, until) => (id, status, offset, until),
                 Written::NotReplicated(acked) => {
@@ -573,11 +705,17 @@ impl Bus for RedisBus {
                 }
             };
             match status.as_str() {
-                "stored" | "duplicate" => Ok(Published {
-                    id: id.parse().map_err(protocol)?,
-                    offset,
-                    duplicate: status == "duplicate",
-                }),
+                "stored" | "duplicate" => {
+                    if let (Some(archiving), "stored") = (&store.archiving, status.as_str()) {
+                        let _ = archiving.hints.send(room);
+                    }
+                    Ok(Published {
+                        id: id.parse().map_err(protocol)?,
+                        offset,
+                        duplicate: status == "duplicate",
+                    })
+                }
+                "missing" => Err(unavailable("the room is being rebuilt")),
                 code => {
                     // The script names the error code that refuses the event, as the protocol spells it.
                     let code: ErrorCode = serde_json::from_value(code.into())
@@ -666,7 +804,36 @@ impl Bus for RedisBus {
             ..HistoryQuery::default()
         };
         let read = self.read(room, query, Some(before));
-        async move { Ok(read.await?.items) }.boxed()
+        let archiving = self.store.archiving.clone();
+        let room = room.clone();
+        async move {
+            let (history, oldest) = read.await?;
+            let mut items = history.items;
+            let Some(archiving) = archiving.filter(|_| items.len() < limit) else {
+                return Ok(items);
+            };
+            // Older than Redis's window: from the archive, which holds everything before it.
+            let bound = items
+                .first()
+                .map(|i| i.record.id)
+                .into_iter()
+                .chain(oldest)
+                .chain([before])
+                .min()
+                .unwrap_or(before);
+            let mut older = archiving
+                .options
+                .archive
+                .older(&room, bound, limit - items.len())
+                .await
+                .map_err(|e| {
+                    archiving.status_failed(&e);
+                    unavailable(format!("history older than Redis keeps: {e}"))
+                })?;
+            older.append(&mut items);
+            Ok(older)
+        }
+        .boxed()
     }
 
     fn history(
@@ -674,7 +841,68 @@ impl Bus for RedisBus {
         room: &RoomName,
         query: HistoryQuery,
     ) -> BoxFuture<'static, Result<History, BusError>> {
-        self.read(room, query, None)
+        let read = self.read(room, query, None);
+        async move { Ok(read.await?.0) }.boxed()
+    }
+
+    fn page(
+        &self,
+        room: &RoomName,
+        after: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Page, BusError>> {
+        let (store, room) = (self.store.clone(), room.clone());
+        let archiving = self.store.archiving.clone();
+        let read = self.read(
+            &room,
+            HistoryQuery {
+                since: Some(after.unwrap_or_default()),
+                limit,
+                ..HistoryQuery::default()
+            },
+            None,
+        );
+        async move {
+            if let Some(archiving) = archiving {
+                // What Redis no longer has comes from the archive.
+                let oldest = store.oldest(&room).await?;
+                if oldest.is_none_or(|oldest| after.is_none_or(|a| a < oldest)) {
+                    let items = archiving
+                        .options
+                        .archive
+                        .page(&room, after, oldest, limit)
+                        .await
+                        .map_err(|e| {
+                            archiving.status_failed(&e);
+                            unavailable(format!("the archive: {e}"))
+                        })?;
+                    if let Some(last) = items.last() {
+                        let next = Some(last.record.id);
+                        return Ok(Page { items, next });
+                    }
+                }
+            }
+            let (history, _) = read.await?;
+            let next = (history.items.len() >= limit)
+                .then(|| history.items.last().map(|i| i.record.id))
+                .flatten();
+            let items = history
+                .items
+                .into_iter()
+                .filter(|i| {
+                    matches!(
+                        i.record.body,
+                        Body::Message { .. } | Body::Moderation { .. }
+                    )
+                })
+                .collect();
+            Ok(Page { items, next })
+        }
+        .boxed()
+    }
+
+    fn archive_status(&self) -> Option<Arc<ArchiveStatus>> {
+        self.store.archiving.as_ref().map(|a| a.status.clone())
     }
 
     fn subscribe(&self, room: &RoomName) -> Subscribed {

@@ -4,14 +4,21 @@
 -- KEYS: 1 stream, 2 meta, 3 cid key, 4 state (hash: message id -> JSON state), 5 mod (hash: mute:<nick>,
 --       ban:<nick>, ban:person:<person> -> until ms; slow -> secs), 6 slow (hash: nick -> last message ms),
 --       7 roster holders (hash: nick -> person)
--- ARGV: 1 channel, 2 maxlen, 3 body, 4 candidate epoch, 5 dedupe seconds, 6 publish command (PUBLISH, or SPUBLISH on
---       a Cluster, or '' when the caller publishes once Redis replicas confirmed the write), 7 payload template
---       (its %s are, in order: id, offset, epoch, body), 8 offset field, 9 body field, 10 fingerprint (what a
+-- ARGV: 1 channel, 2 history limit, 3 body, 4 candidate epoch, 5 dedupe seconds, 6 publish command (PUBLISH, or
+--       SPUBLISH on a Cluster, or '' when the caller publishes once Redis replicas confirmed the write), 7 payload
+--       template (its %s are, in order: id, offset, epoch, body), 8 offset field, 9 body field, 10 fingerprint (what a
 --       repeated cid must match), 11 '1' when the sender moderates the room, 12 reply-to id or '', 13 quote length,
---       14 action field (marks entries that are not messages), 15 the body's kind, 16 the sender's nick
+--       14 action field (marks entries that are not messages), 15 the body's kind, 16 the sender's nick, 17 '1' with
+--       an archive, 18 the archive backlog's bound in bytes (0: none), 19 the cid, 20 cid field, 21 digest field
+-- With an archive, the room must exist ('missing' otherwise: the caller rebuilds it from the archive first), the
+-- stream is not trimmed here (the archiver trims behind what it archived), and the bytes not archived yet are
+-- counted in meta's `pending`: beyond the bound the event is refused 'unavailable', so nothing unarchived is lost.
 -- Returns {id, status, offset, epoch, body, until}: status 'stored', 'duplicate' (a repeated cid: id is the original;
--- or a reaction that changes nothing: id is the message's), or the error code that refuses it ('cid_reused',
--- 'banned', 'muted', 'slow_mode', 'message_gone', 'forbidden'); until for 'banned', 'muted' and 'slow_mode'.
+-- or a reaction that changes nothing: id is the message's), 'missing', or the error code that refuses it
+-- ('cid_reused', 'banned', 'muted', 'slow_mode', 'message_gone', 'forbidden', 'unavailable'); until for 'banned',
+-- 'muted' and 'slow_mode'.
+local archived = ARGV[17] == '1'
+if archived and redis.call('EXISTS', KEYS[2]) == 0 then return {'', 'missing', 0, '', '', 0} end
 local digest = redis.sha1hex(ARGV[10])
 local prev = redis.call('GET', KEYS[3])
 if prev then
@@ -20,6 +27,10 @@ if prev then
     return {string.sub(prev, 1, sep - 1), 'duplicate', 0, '', '', 0}
   end
   return {'', 'cid_reused', 0, '', '', 0}
+end
+if archived and tonumber(ARGV[18]) > 0 then
+  local pending = tonumber(redis.call('HGET', KEYS[2], 'pending') or '0')
+  if pending > tonumber(ARGV[18]) then return {'', 'unavailable', 0, '', '', 0} end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -121,7 +132,12 @@ elseif kind == 'moderation' then
   elseif body.action == 'ban' then
     redis.call('HSET', KEYS[5], 'ban:' .. body.nick, untl)
     local person = redis.call('HGET', KEYS[7], body.nick)
-    if person then redis.call('HSET', KEYS[5], 'ban:person:' .. person, untl) end
+    if person then
+      redis.call('HSET', KEYS[5], 'ban:person:' .. person, untl)
+      -- Kept with the event, so a rebuild from the archive bans the person again.
+      body.person = person
+      changed = true
+    end
   elseif body.action == 'slow_mode' then
     redis.call('HSET', KEYS[5], 'slow', secs)
   end
@@ -132,15 +148,25 @@ if changed then json = cjson.encode(body) end
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[4])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local off = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+local entry = {ARGV[8], off, ARGV[9], json}
+if kind ~= 'message' then
+  entry[#entry + 1] = ARGV[14]
+  entry[#entry + 1] = kind
+end
 local id
-if kind == 'message' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[8], off, ARGV[9], json)
-  if slow > 0 then
-    redis.call('HSET', KEYS[6], author, now)
-    redis.call('PEXPIRE', KEYS[6], slow * 1000)
-  end
+if archived then
+  entry[#entry + 1] = ARGV[20]
+  entry[#entry + 1] = ARGV[19]
+  entry[#entry + 1] = ARGV[21]
+  entry[#entry + 1] = digest
+  id = redis.call('XADD', KEYS[1], '*', unpack(entry))
+  redis.call('HINCRBY', KEYS[2], 'pending', #json)
 else
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[8], off, ARGV[9], json, ARGV[14], kind)
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(entry))
+end
+if kind == 'message' and slow > 0 then
+  redis.call('HSET', KEYS[6], author, now)
+  redis.call('PEXPIRE', KEYS[6], slow * 1000)
 end
 if state_id then
   -- An edit's time is its event's: the id XADD chose, which live members see as the `edited` frame's ts (the

@@ -401,6 +401,9 @@ mod tests {
             r.stream.push(StoredEntry {
                 offset: r.seq,
                 record: message.clone(),
+                cid: String::new(),
+                digest: String::new(),
+                body_len: 0,
             });
             Live {
                 room: room.clone(),
