@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
             get(history).post(post_message),
         )
         .route("/api/rooms/{room}/moderation", post(post_moderation))
+        .route("/api/rooms/{room}/export", get(export))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -119,6 +120,17 @@ pub struct HistoryParams {
     /// At most this many messages (default 100, at most [`MAX_HISTORY_PAGE`]).
     pub limit: Option<usize>,
 }
+
+/// Query of an export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// Events after this id (the last line of an interrupted export); without it, from the room's first.
+    pub since: Option<String>,
+}
+
+/// How many events an export reads at a time.
+pub const EXPORT_PAGE: usize = 1000;
 
 /// A page of history.
 #[derive(Debug, Serialize, Deserialize)]
@@ -374,6 +386,95 @@ async fn history(
         Reply::Refused { error, .. } => Err(error.into()),
         other => unreachable!("a read is answered with messages or refused, not {other:?}"),
     }
+}
+
+/// The room's history as JSON Lines: each message once, in its current state, and each moderation event, oldest first,
+/// read a page at a time (from the archive, then Redis) and streamed as it is read.
+async fn export(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ExportParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(params) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("{} (use ?since=<id>)", e.body_text()),
+        )
+    })?;
+    let since = params
+        .since
+        .map(|s| s.parse::<MsgId>())
+        .transpose()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "since must be a message id like 1732190000456-0",
+            )
+        })?;
+    let reader = Nick::parse("api").map_err(RequestError::from)?;
+    let mut exporter = Participant::publisher(state.hub.clone(), reader);
+    // The first page answers errors with a status; later ones end the stream (resume with the last line's id).
+    let first = export_page(&mut exporter, &room, since).await?;
+    let pages = futures_util::stream::unfold(
+        (exporter, room, Some(first)),
+        |(mut exporter, room, page)| async move {
+            let (body, next) = page?;
+            let following = match next {
+                None => None,
+                Some(after) => Some(
+                    export_page(&mut exporter, &room, Some(after))
+                        .await
+                        .map_err(|e| std::io::Error::other(e.message)),
+                ),
+            };
+            let state = match following {
+                None => (exporter, room, None),
+                Some(Ok(page)) => (exporter, room, Some(page)),
+                Some(Err(e)) => {
+                    warn!(error = %e, "export interrupted");
+                    return Some((Err(e), (exporter, room, None)));
+                }
+            };
+            Some((Ok(body), state))
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response())
+}
+
+/// One page of an export as JSON Lines, and where the next starts.
+async fn export_page(
+    exporter: &mut Participant,
+    room: &str,
+    after: Option<MsgId>,
+) -> Result<(bytes::Bytes, Option<MsgId>), ApiError> {
+    let request = Request::Export {
+        room: room.to_owned(),
+        after,
+        limit: EXPORT_PAGE,
+    };
+    match exporter.handle(request).await {
+        Reply::Export(lines, next) => Ok((json_lines(&lines), next)),
+        Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("an export is answered with a page or refused, not {other:?}"),
+    }
+}
+
+/// Frames as JSON Lines.
+pub fn json_lines(lines: &[ServerMsg]) -> bytes::Bytes {
+    let mut out = Vec::new();
+    for line in lines {
+        serde_json::to_writer(&mut out, line).expect("frames always serialize");
+        out.push(b'\n');
+    }
+    out.into()
 }
 
 async fn post_moderation(

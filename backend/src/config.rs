@@ -204,6 +204,17 @@ pub enum Command {
         /// The message text.
         text: String,
     },
+    /// Export a room as JSON Lines on stdout, as `GET /api/rooms/{room}/export` does: each message once, in its current
+    /// state, and each moderation event, from the room's first (through the archive, with --database-url):
+    /// `roomcast --redis-url redis://host:6379 --database-url postgres://… export --room general > general.jsonl`.
+    Export {
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// Only events after this id (the last line of an interrupted export).
+        #[arg(long)]
+        since: Option<shared::MsgId>,
+    },
     /// Moderate a room through Redis as the HTTP API's moderation endpoint does, print the moderation event's id and
     /// exit: `roomcast --redis-url redis://host:6379 moderate --room general --nick troll --secs 600 mute`.
     Moderate {
@@ -216,13 +227,16 @@ pub enum Command {
         /// How long, in seconds (mute, ban, slow_mode); 0 lifts it.
         #[arg(long, default_value_t = 0)]
         secs: u64,
+        /// For retention: the days the room keeps its messages (0: the server's).
+        #[arg(long)]
+        days: Option<u32>,
         /// The name the room sees as the moderator.
         #[arg(long, default_value = "moderator")]
         by: String,
         /// Idempotency key: running the command again with the same cid (and `--by`) moderates once.
         #[arg(long)]
         cid: Option<String>,
-        /// mute, kick, ban or slow_mode (the protocol's moderation actions).
+        /// mute, kick, ban, slow_mode or retention (the protocol's moderation actions).
         #[arg(value_parser = moderation_action)]
         action: shared::ModerationAction,
     },

@@ -258,6 +258,9 @@ pub enum PublishError {
     /// The nick is invalid.
     #[error("{0}")]
     Invalid(#[from] shared::ValidationError),
+    /// The output could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(String),
 }
 
 /// What [`publish_once`] stored.
@@ -339,6 +342,44 @@ pub async fn moderate_once(
         ServerMsg::Done(frame::Done { id, .. }) => Ok(id),
         other => unreachable!("a moderation is done or refused, not answered with {other:?}"),
     }
+}
+
+/// Writes a room's export as JSON Lines to `out`, page by page, through the same rules as the HTTP API's export: what
+/// `roomcast export` runs. Returns how many lines it wrote.
+pub async fn export_once(
+    config: &Config,
+    room: &str,
+    since: Option<shared::MsgId>,
+    out: &mut impl std::io::Write,
+) -> Result<u64, PublishError> {
+    let (hub, shutdown, _events) = one_shot_hub(config).await?;
+    let reader = shared::Nick::parse("cli")?;
+    let mut exporter = Participant::publisher(hub, reader);
+    let mut after = since;
+    let mut written = 0;
+    let result = loop {
+        let request = hub::Request::Export {
+            room: room.to_owned(),
+            after,
+            limit: api::EXPORT_PAGE,
+        };
+        match exporter.handle(request).await {
+            hub::Reply::Export(lines, next) => {
+                if let Err(e) = out.write_all(&api::json_lines(&lines)) {
+                    break Err(PublishError::Output(e.to_string()));
+                }
+                written += lines.len() as u64;
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break Ok(written),
+                }
+            }
+            hub::Reply::Refused { error, .. } => break Err(error.into()),
+            other => unreachable!("an export is answered with a page or refused, not {other:?}"),
+        }
+    };
+    shutdown.cancel();
+    result
 }
 
 /// Hides a password in a Redis URL before it is logged.

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     if let Some(command) = config.command.clone() {
         if config.redis_url.is_none() {
             eprintln!(
-                "error: publish and moderate need --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
+                "error: publish, moderate and export need --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
             );
             return ExitCode::from(2);
         }
@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                 room,
                 nick,
                 secs,
+                days,
                 by,
                 cid,
                 action,
@@ -77,11 +78,27 @@ fn main() -> ExitCode {
                     &room,
                     action,
                     nick.as_deref(),
-                    secs,
+                    days.map_or(secs, u64::from),
                     &by,
                     cid,
                 ))
                 .map(|id| id.to_string()),
+            backend::config::Command::Export { room, since } => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let done = runtime.block_on(backend::export_once(&config, &room, since, &mut out));
+                let flushed = std::io::Write::flush(&mut out);
+                return match (done, flushed) {
+                    (Ok(_), Ok(())) => ExitCode::SUCCESS,
+                    (Err(e), _) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                    (_, Err(e)) => {
+                        eprintln!("error: cannot write the output: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
         };
         return match done {
             Ok(line) => {

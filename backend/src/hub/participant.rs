@@ -43,6 +43,16 @@ pub enum Request {
         /// At most this many.
         limit: usize,
     },
+    /// A publisher exports a room: its messages in their current state and its moderation events, from its first
+    /// (with an archive) or after `after`, about `limit` at a time.
+    Export {
+        /// The room.
+        room: String,
+        /// Events after this id; `None`: from the room's first.
+        after: Option<MsgId>,
+        /// About this many per page.
+        limit: usize,
+    },
 }
 
 impl From<ClientMsg> for Request {
@@ -76,6 +86,9 @@ pub enum Reply<'a> {
     Frames(BoxStream<'a, Result<ServerMsg, Close>>),
     /// A page of messages (a publisher's read).
     Messages(Messages),
+    /// A page of an export: frames (`message` in its current state, `moderation`), and where the next page starts
+    /// (`None`: this was the last).
+    Export(Vec<ServerMsg>, Option<MsgId>),
     /// The request is refused; with `close`, the connection must close after saying why.
     Refused {
         /// Why, for the client.
@@ -92,6 +105,11 @@ impl std::fmt::Debug for Reply<'_> {
             Self::Frame(msg) => f.debug_tuple("Frame").field(msg).finish(),
             Self::Frames(_) => f.write_str("Frames(..)"),
             Self::Messages(page) => f.debug_tuple("Messages").field(page).finish(),
+            Self::Export(lines, next) => f
+                .debug_tuple("Export")
+                .field(&lines.len())
+                .field(next)
+                .finish(),
             Self::Refused { error, close } => f
                 .debug_struct("Refused")
                 .field("error", error)
@@ -213,6 +231,12 @@ impl Participant {
             Request::Messages { room, since, limit } => {
                 return match self.messages(&room, since, limit).await {
                     Ok(page) => Reply::Messages(page),
+                    Err(error) => Reply::Refused { error, close: None },
+                };
+            }
+            Request::Export { room, after, limit } => {
+                return match self.export(&room, after, limit).await {
+                    Ok((lines, next)) => Reply::Export(lines, next),
                     Err(error) => Reply::Refused { error, close: None },
                 };
             }
@@ -915,6 +939,33 @@ impl Participant {
             duplicate: published.duplicate,
             req,
         }))
+    }
+
+    /// A page of a publisher's export of a room: its messages in their current state and its moderation events after
+    /// `after`, oldest first.
+    async fn export(
+        &mut self,
+        room: &str,
+        after: Option<MsgId>,
+        limit: usize,
+    ) -> Result<(Vec<ServerMsg>, Option<MsgId>), RequestError> {
+        let room = RoomName::parse(room)?;
+        if !matches!(self.role, Role::Publisher(_)) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                "members read history with join and history",
+            ));
+        }
+        let page = self.hub.bus.page(&room, after, limit).await?;
+        let lines = page
+            .items
+            .iter()
+            .filter_map(|item| match &item.record.body {
+                Body::Message { .. } => frames::message(item, None).map(ServerMsg::Message),
+                _ => Some(frames::live(&item.record)),
+            })
+            .collect();
+        Ok((lines, page.next))
     }
 
     /// A publisher's read of a room's messages, with their current state: those after `since`, or the newest.

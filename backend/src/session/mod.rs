@@ -311,7 +311,9 @@ impl Session {
                 }
                 Ok(())
             }
-            Reply::Messages(_) => unreachable!("a connection's requests are the protocol's"),
+            Reply::Messages(_) | Reply::Export(..) => {
+                unreachable!("a connection's requests are the protocol's")
+            }
             Reply::Refused { error, close } => {
                 refuse(socket, error, re).await?;
                 match close {
