@@ -505,14 +505,47 @@ pub async fn http_request(
         .await
         .unwrap()
         .unwrap();
-    let response = String::from_utf8_lossy(&response);
-    let status = response
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let raw = response.get(split + 4..).unwrap_or_default();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_owned(), body.to_owned())
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(raw)
+    } else {
+        String::from_utf8_lossy(raw).into_owned()
+    };
+    (status, head, body)
+}
+
+/// The body of a chunked HTTP/1.1 response (a streamed one, such as an export), decoded on bytes: a chunk may end
+/// inside a character.
+fn dechunk(body: &[u8]) -> String {
+    let mut rest = body;
+    let mut out = Vec::new();
+    while let Some(line) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..line])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let tail = &rest[line + 2..];
+        match size {
+            Some(size) if size > 0 && tail.len() >= size => {
+                out.extend_from_slice(&tail[..size]);
+                rest = tail[size..].strip_prefix(b"\r\n").unwrap_or(&tail[size..]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A WebSocket to a replica, as the benchmarks and the typed [`client::Client`] drive it.

@@ -490,3 +490,242 @@ async fn redis_restarted_empty_is_rebuilt_from_the_archive() {
     let kept: Vec<MsgId> = archived_ids_sent.iter().chain(&after).copied().collect();
     assert_eq!(ids, kept);
 }
+
+/// The ids of `room`'s entries in Redis.
+async fn redis_ids(redis: &Redis, room: &str) -> Vec<MsgId> {
+    let mut conn = redis.conn().await;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("roomcast:{{{room}}}:log"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    entries.iter().map(|(id, _)| id.parse().unwrap()).collect()
+}
+
+/// Retention: the server keeps events 20 s (`--retention-days` is fractional), a room set to keep them a day keeps
+/// them: the job deletes exactly the expired events, from the archive and from Redis, and nothing newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_exactly_the_expired_in_both_stores() {
+    let stack = Stack::start(|c| {
+        c.retention_days = Some(20.0 / 86_400.0);
+        c.retention_sweep_secs = 1;
+        // Redis keeps everything it may: what leaves it is the retention's doing.
+        c.history_limit = 1000;
+    })
+    .await;
+    let (short, long) = ("shortlived", "kept");
+    let mut moderator = stack.client(0).await;
+    moderator.join(short, "writer", None).await;
+    moderator.join(long, "writer", None).await;
+    // The day-long room is set through the API's moderation endpoint, as an operator would.
+    let key = "retention-key-0123456789abcdef";
+    let mut c = archived(&stack.redis, &stack.pg, &|c: &mut backend::Config| {
+        c.retention_days = Some(20.0 / 86_400.0);
+        c.retention_sweep_secs = 1;
+    });
+    c.api_keys = vec![key.to_owned()];
+    let api = Replica::start_with(c).await;
+    let (status, _, body) = testkit::http_request(
+        api.addr,
+        "POST",
+        &format!("/api/rooms/{long}/moderation"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        Some(r#"{"action":"retention","days":1}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let old_short = moderator.say_batch(short, "old", 30).await;
+    let old_long = moderator.say_batch(long, "old", 30).await;
+    archived_all(&stack.redis, &stack.pg, short).await;
+    archived_all(&stack.redis, &stack.pg, long).await;
+    // Once the short room's old events are gone from both stores, the same-aged ones of the day-long room stay.
+    eventually("the expired events are gone from the archive and from Redis", || async {
+        let archived = archived_ids(&stack.pg, short).await;
+        let kept = redis_ids(&stack.redis, short).await;
+        (archived.iter().chain(&kept).all(|id| !old_short.contains(id))).then_some(())
+    })
+    .await;
+    let fresh = moderator.say_batch(short, "fresh", 10).await;
+    archived_all(&stack.redis, &stack.pg, short).await;
+    assert_eq!(archived_ids(&stack.pg, short).await, fresh, "the archive keeps exactly the unexpired");
+    assert_eq!(redis_ids(&stack.redis, short).await, fresh, "and so does Redis");
+    let long_archived = archived_ids(&stack.pg, long).await;
+    assert!(
+        old_long.iter().all(|id| long_archived.contains(id)),
+        "the room's own retention (a day) keeps its events"
+    );
+    let deleted: i64 = stack
+        .pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM events WHERE room = $1", &[&short])
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "retention: short room {} old events expired, {deleted} fresh kept; day-long room {} kept",
+        old_short.len(),
+        old_long.len()
+    );
+}
+
+/// An export streams the room's history as JSON Lines, from its first message (through the archive) to its newest
+/// (in Redis): each message once, in its current state, each moderation event; resumable with `since`; and the CLI
+/// writes the same lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_round_trips_every_message_once_in_its_current_state() {
+    let stack = Stack::start(|c| c.history_limit = 30).await;
+    let key = "export-key-0123456789abcdef01";
+    let mut c = archived(&stack.redis, &stack.pg, &|_: &mut backend::Config| {});
+    c.api_keys = vec![key.to_owned()];
+    let api = Replica::start_with(c).await;
+    let r = "exported";
+    let mut alice = stack.client(0).await;
+    alice.join(r, "alice", None).await;
+    let mut expected: BTreeMap<MsgId, Expected> = BTreeMap::new();
+    for round in 0..12 {
+        let ids = alice.say_batch(r, &format!("batch {round}"), 20).await;
+        for id in &ids {
+            expected.insert(
+                *id,
+                Expected {
+                    text: format!("batch {round}"),
+                    ..Expected::default()
+                },
+            );
+        }
+        let cid = format!("e{round}");
+        let edit = ClientMsg::Edit {
+            room: r.into(),
+            id: ids[0],
+            text: format!("batch {round}, edited"),
+            cid: cid.clone(),
+        };
+        act(&mut alice, edit, &cid).await;
+        expected.get_mut(&ids[0]).unwrap().text = format!("batch {round}, edited");
+        let cid = format!("d{round}");
+        act(
+            &mut alice,
+            ClientMsg::Delete {
+                room: r.into(),
+                id: ids[1],
+                cid: cid.clone(),
+            },
+            &cid,
+        )
+        .await;
+        *expected.get_mut(&ids[1]).unwrap() = Expected {
+            deleted: true,
+            ..Expected::default()
+        };
+        let cid = format!("r{round}");
+        act(
+            &mut alice,
+            ClientMsg::React {
+                room: r.into(),
+                id: ids[2],
+                emoji: "🎉".into(),
+                on: true,
+                cid: cid.clone(),
+            },
+            &cid,
+        )
+        .await;
+        expected
+            .get_mut(&ids[2])
+            .unwrap()
+            .reactions
+            .insert("🎉".into(), 1);
+    }
+    let (status, _, body) = testkit::http_request(
+        api.addr,
+        "POST",
+        &format!("/api/rooms/{r}/moderation"),
+        &[("Authorization", &format!("Bearer {key}"))],
+        Some(r#"{"action":"mute","nick":"troll","secs":60}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let slow: backend::api::Moderated = serde_json::from_str(&body).unwrap();
+    // Part of the room is archived and gone from Redis, the newest is only in Redis.
+    archived_all(&stack.redis, &stack.pg, r).await;
+    let tail = alice.say_batch(r, "tail", 5).await;
+    for id in &tail {
+        expected.insert(
+            *id,
+            Expected {
+                text: "tail".into(),
+                ..Expected::default()
+            },
+        );
+    }
+    let export = |since: Option<MsgId>| {
+        let path = match since {
+            Some(id) => format!("/api/rooms/{r}/export?since={id}"),
+            None => format!("/api/rooms/{r}/export"),
+        };
+        async move {
+            let (status, _, body) = testkit::http_request(
+                api.addr,
+                "GET",
+                &path,
+                &[("Authorization", &format!("Bearer {key}"))],
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    let lines = export(None).await;
+    let frames: Vec<ServerMsg> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut messages = BTreeMap::new();
+    let mut moderation = Vec::new();
+    for frame in &frames {
+        match frame {
+            ServerMsg::Message(m) => {
+                assert!(messages.insert(m.id, shown(m)).is_none(), "{} twice", m.id);
+            }
+            ServerMsg::Moderation(e) => moderation.push(e.id),
+            other => panic!("an export has messages and moderation only: {other:?}"),
+        }
+    }
+    assert_eq!(messages, expected, "every message once, in its current state");
+    assert_eq!(moderation, [slow.id]);
+    let ids: Vec<MsgId> = frames
+        .iter()
+        .map(|f| match f {
+            ServerMsg::Message(m) => m.id,
+            ServerMsg::Moderation(e) => e.id,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // Resumed from the middle: exactly the rest.
+    let middle = ids[ids.len() / 2];
+    let rest = export(Some(middle)).await;
+    assert_eq!(
+        rest.lines().collect::<Vec<_>>(),
+        lines.lines().skip(ids.len() / 2 + 1).collect::<Vec<_>>()
+    );
+    // The CLI writes the same lines.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["--redis-url", &stack.redis.url(), "--database-url", &stack.pg.url()])
+        .args(["export", "--room", r])
+        .output()
+        .expect("run roomcast export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), lines);
+    println!(
+        "export: {} lines ({} messages, {} moderation), resumed from the middle: {} lines",
+        frames.len(),
+        messages.len(),
+        moderation.len(),
+        rest.lines().count()
+    );
+}
