@@ -68,6 +68,7 @@ impl From<BusError> for RequestError {
                 ErrorCode::SlowMode => format!("the room is in slow mode: you can send again in {wait}; this message was not sent"),
                 ErrorCode::MessageGone => "that message was deleted or is no longer in the room's history".to_owned(),
                 ErrorCode::Forbidden => "only its author can edit a message, and only its author or a moderator can delete it".to_owned(),
+                ErrorCode::Unavailable => "the history archive is behind and this room's backlog is full; nothing was stored: try again in a moment with the same cid".to_owned(),
                 _ => "refused by the room's rules".to_owned(),
             };
             return Self::new(code, message).until(until);

@@ -13,8 +13,22 @@ fn main() -> ExitCode {
         // --help and --version print in full; a bad value stops with one line naming the flag and the reason.
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
+            // The first paragraph, on one line: clap names the missing flags on the lines after its first.
             let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("invalid configuration"));
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = first.join(" ");
+            eprintln!(
+                "{}",
+                if line.is_empty() {
+                    "invalid configuration"
+                } else {
+                    &line
+                }
+            );
             return ExitCode::from(2);
         }
     };

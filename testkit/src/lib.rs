@@ -49,6 +49,7 @@ impl GiveUp {
 }
 
 pub use localrun::free_port;
+pub use localrun::postgres::PASSWORD as POSTGRES_PASSWORD;
 
 /// The redis-server to run: `ROOMCAST_REDIS_SERVER`, else the first on PATH.
 pub fn redis_server_binary() -> PathBuf {

@@ -24,6 +24,16 @@ impl Stack {
         for _ in 0..2 {
             replicas.push(Replica::start_with(archived(&redis, &pg, &tune)).await);
         }
+        // The replicas migrate the archive's schema as they start.
+        let client = pg.client().await;
+        eventually("the archive's schema is migrated", || async {
+            let row = client
+                .query_one("SELECT to_regclass('events') IS NOT NULL", &[])
+                .await
+                .ok()?;
+            row.get::<_, bool>(0).then_some(())
+        })
+        .await;
         Self {
             redis,
             pg,
@@ -541,16 +551,31 @@ async fn retention_deletes_exactly_the_expired_in_both_stores() {
     archived_all(&stack.redis, &stack.pg, short).await;
     archived_all(&stack.redis, &stack.pg, long).await;
     // Once the short room's old events are gone from both stores, the same-aged ones of the day-long room stay.
-    eventually("the expired events are gone from the archive and from Redis", || async {
-        let archived = archived_ids(&stack.pg, short).await;
-        let kept = redis_ids(&stack.redis, short).await;
-        (archived.iter().chain(&kept).all(|id| !old_short.contains(id))).then_some(())
-    })
+    eventually(
+        "the expired events are gone from the archive and from Redis",
+        || async {
+            let archived = archived_ids(&stack.pg, short).await;
+            let kept = redis_ids(&stack.redis, short).await;
+            (archived
+                .iter()
+                .chain(&kept)
+                .all(|id| !old_short.contains(id)))
+            .then_some(())
+        },
+    )
     .await;
     let fresh = moderator.say_batch(short, "fresh", 10).await;
     archived_all(&stack.redis, &stack.pg, short).await;
-    assert_eq!(archived_ids(&stack.pg, short).await, fresh, "the archive keeps exactly the unexpired");
-    assert_eq!(redis_ids(&stack.redis, short).await, fresh, "and so does Redis");
+    assert_eq!(
+        archived_ids(&stack.pg, short).await,
+        fresh,
+        "the archive keeps exactly the unexpired"
+    );
+    assert_eq!(
+        redis_ids(&stack.redis, short).await,
+        fresh,
+        "and so does Redis"
+    );
     let long_archived = archived_ids(&stack.pg, long).await;
     assert!(
         old_long.iter().all(|id| long_archived.contains(id)),
@@ -695,7 +720,10 @@ async fn export_round_trips_every_message_once_in_its_current_state() {
             other => panic!("an export has messages and moderation only: {other:?}"),
         }
     }
-    assert_eq!(messages, expected, "every message once, in its current state");
+    assert_eq!(
+        messages, expected,
+        "every message once, in its current state"
+    );
     assert_eq!(moderation, [slow.id]);
     let ids: Vec<MsgId> = frames
         .iter()
@@ -715,11 +743,20 @@ async fn export_round_trips_every_message_once_in_its_current_state() {
     );
     // The CLI writes the same lines.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .args(["--redis-url", &stack.redis.url(), "--database-url", &stack.pg.url()])
+        .args([
+            "--redis-url",
+            &stack.redis.url(),
+            "--database-url",
+            &stack.pg.url(),
+        ])
         .args(["export", "--room", r])
         .output()
         .expect("run roomcast export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), lines);
     println!(
         "export: {} lines ({} messages, {} moderation), resumed from the middle: {} lines",
@@ -728,4 +765,138 @@ async fn export_round_trips_every_message_once_in_its_current_state() {
         moderation.len(),
         rest.lines().count()
     );
+}
+
+/// A small filesystem of the test's own (tmpfs, mounted as root), unmounted on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(kib: u32) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "roomcast-small-disk-{}-{}",
+            std::process::id(),
+            crate::harness::free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root (as `cargo xtask test` and CI run): a full disk is made with one"
+        );
+        localrun::postgres::hand_over(&dir).unwrap();
+        Self { dir }
+    }
+
+    /// Fills the disk with a file, all but `spare` bytes.
+    fn fill(&self, spare: u64) {
+        let free = {
+            let out = std::process::Command::new("df")
+                .args(["--output=avail", "-B1"])
+                .arg(&self.dir)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let filler = vec![0u8; usize::try_from(free.saturating_sub(spare)).unwrap()];
+        let _ = std::fs::write(self.dir.join("filler"), filler);
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The archive's disk full: PostgreSQL refuses the inserts (`No space left on device`), sends go on and wait in Redis,
+/// `/healthz` names the cause; once space is freed the archive catches up and holds exactly what was acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_named_and_loses_nothing() {
+    let stack = Stack::start(|c| c.history_limit = 20).await;
+    let disk = SmallDisk::mount(2048);
+    let admin = stack.pg.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLESPACE small LOCATION '{}'",
+            disk.dir.display()
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("ALTER TABLE events SET TABLESPACE small")
+        .await
+        .unwrap();
+    disk.fill(16 * 1024);
+    let r = "fulldisk";
+    let mut writer = stack.client(0).await;
+    writer.join(r, "writer", None).await;
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        acked.extend(
+            writer
+                .say_batch(r, &format!("{round} {}", "x".repeat(900)), 30)
+                .await,
+        );
+    }
+    let addr = stack.replicas[0].addr;
+    eventually("healthz names the full disk", || async {
+        let (_, body) = crate::harness::http_get(addr, "/healthz").await;
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let error = health["archive"]["error"].as_str()?.to_owned();
+        error.contains("No space left on device").then_some(error)
+    })
+    .await;
+    disk.free();
+    archive_equals("full disk", &stack.redis, &stack.pg, r, &acked).await;
+}
+
+/// While the archive is down the backlog waits in Redis up to `--archive-backlog-bytes` per room: beyond it new
+/// events are refused `unavailable` (nothing is dropped to make room), and accepted again once the archive caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_is_bounded_in_bytes_and_nothing_is_dropped() {
+    let mut stack = Stack::start(|c| c.archive_backlog_bytes = 20_000).await;
+    let r = "bounded";
+    let mut writer = stack.client(0).await;
+    writer.join(r, "writer", None).await;
+    stack.pg.kill();
+    let text = "y".repeat(1000);
+    let mut acked = Vec::new();
+    let refused = loop {
+        match writer.try_say(r, &text).await {
+            Ok(id) => acked.push(id),
+            Err((code, message)) => break (code, message),
+        }
+        assert!(acked.len() < 100, "the backlog is bounded");
+    };
+    assert_eq!(refused.0, shared::ErrorCode::Unavailable, "{}", refused.1);
+    // The bound holds in bytes: 20,000 bytes of bodies of a little over 1,000 bytes each.
+    assert!(
+        (19..=21).contains(&acked.len()),
+        "{} acked before the bound",
+        acked.len()
+    );
+    stack.pg.start_again().await;
+    archived_all(&stack.redis, &stack.pg, r).await;
+    acked.push(writer.say_when_available(r, "after").await);
+    archive_equals("backlog bound", &stack.redis, &stack.pg, r, &acked).await;
 }

@@ -21,8 +21,40 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn bad_values_stop_with_one_line() {
-    let cases: [Case; 4] = [
+    let cases: [Case; 8] = [
         (&["--redis-url", "http://x"], &[], "--redis-url"),
+        (
+            &[
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--database-url",
+                "mysql://x",
+            ],
+            &[],
+            "--database-url",
+        ),
+        (
+            &["--redis-url", "redis://127.0.0.1:1"],
+            &[("ROOMCAST_DATABASE_URL", "postgres://u@h:notaport/db")],
+            "--database-url",
+        ),
+        (
+            &["--database-url", "postgres://u:p@127.0.0.1:1/db"],
+            &[],
+            "--redis-url",
+        ),
+        (
+            &[
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--database-url",
+                "postgres://u:p@127.0.0.1:1/db",
+                "--retention-days",
+                "0",
+            ],
+            &[],
+            "--retention-days",
+        ),
         (&["--port", "70000"], &[], "--port"),
         (&[], &[("ROOMCAST_MAX_ROOMS", "0")], "--max-rooms"),
         (
@@ -57,4 +89,67 @@ fn a_port_in_use_is_named() {
         last.starts_with("error: cannot listen on 127.0.0.1:") && last.contains("--port"),
         "{stderr}"
     );
+}
+
+/// A database that refuses the login, or that does not exist, stops the replica with one line naming PostgreSQL's
+/// reason; one that does not answer yet does not stop it (events wait in Redis), and `/healthz` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_stops_the_replica_and_names_why() {
+    let redis = crate::harness::Redis::start().await;
+    let pg = crate::harness::Postgres::start().await;
+    let wrong_password = pg
+        .url()
+        .replace(testkit::POSTGRES_PASSWORD, "not-the-password");
+    let unknown_database = format!("{}/no_such_database", pg.url().rsplit_once('/').unwrap().0);
+    for (url, reason) in [
+        (&wrong_password, "password authentication failed"),
+        (&unknown_database, "does not exist"),
+    ] {
+        let (code, stderr) = run(
+            &[
+                "--redis-url",
+                &redis.url(),
+                "--database-url",
+                url,
+                "--port",
+                "0",
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: PostgreSQL at 127.0.0.1:") && last.contains(reason),
+            "{stderr}"
+        );
+        assert!(
+            !last.contains(testkit::POSTGRES_PASSWORD),
+            "no password in logs"
+        );
+    }
+    // Nothing listening on the archive's port: the replica serves, and says the archive is down and why.
+    let nobody = format!(
+        "postgres://u:p@127.0.0.1:{}/db",
+        crate::harness::free_port()
+    );
+    let replica = crate::harness::replica_process(
+        &redis.url(),
+        "no-archive-yet",
+        &["--database-url", &nobody],
+    )
+    .await;
+    let (status, body) = crate::harness::http_get(replica.addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let mut client = testkit::client::Client::connect(&replica.ws_url()).await;
+    client.join("waiting", "alice", None).await;
+    client
+        .say("waiting", "kept in Redis until the archive answers")
+        .await;
+    crate::harness::eventually("healthz names why the archive is down", || async {
+        let (_, body) = crate::harness::http_get(replica.addr, "/healthz").await;
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let error = health["archive"]["error"].as_str()?.to_owned();
+        (health["archive"]["up"] == false && error.contains("refused")).then_some(())
+    })
+    .await;
 }

@@ -192,7 +192,7 @@ impl Store {
             }
             Err(e) => {
                 archiving.status.failed(&e);
-                warn!(%room, cause = %e, "Redis lost this room and the archive cannot rebuild it now: a new epoch starts");
+                warn!(%room, cause = %e, "the room is not in Redis and the archive cannot say whether it holds it: the room starts a new epoch");
                 metrics::counter!("roomcast_archive_rebuilds_skipped_total").increment(1);
                 None
             }
