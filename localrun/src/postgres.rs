@@ -103,6 +103,56 @@ pub fn initdb_command(bin: &Path, dir: &Path, pwfile: &Path) -> Command {
     cmd
 }
 
+/// Makes a new cluster in `dir` (created if missing, emptied if not): `initdb` as [`initdb_command`] does, then the
+/// database [`DATABASE`] in it (with `postgres --single`, no server needed).
+///
+/// # Errors
+/// When a step fails, with its output.
+pub fn create_cluster(bin: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    hand_over(dir)?;
+    let pwfile = std::env::temp_dir().join(format!("roomcast-pg-pw.{}", std::process::id()));
+    std::fs::write(&pwfile, PASSWORD)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let made = initdb_command(bin, dir, &pwfile).output();
+    let _ = std::fs::remove_file(&pwfile);
+    let made = made?;
+    if !made.status.success() {
+        return Err(std::io::Error::other(format!(
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&made.stdout),
+            String::from_utf8_lossy(&made.stderr)
+        )));
+    }
+    let mut single = as_server_user(bin, "postgres")
+        .args(["--single", "-D"])
+        .arg(dir)
+        .arg("postgres")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    single
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("CREATE DATABASE {DATABASE};\n").as_bytes())?;
+    let out = single.wait_with_output()?;
+    if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("ERROR") {
+        return Err(std::io::Error::other(format!(
+            "creating the database failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
 /// The server for the cluster in `dir` on loopback `port` (its Unix socket in `dir` too). Never 5432.
 ///
 /// # Panics

@@ -56,52 +56,12 @@ fn template() -> PathBuf {
         "roomcast-pg-template-{version}.{}",
         std::process::id()
     ));
-    let _ = std::fs::remove_dir_all(&making);
-    std::fs::create_dir_all(&making).unwrap();
-    let pwfile = std::env::temp_dir().join(format!("roomcast-pg-pw.{}", std::process::id()));
-    std::fs::write(&pwfile, postgres::PASSWORD).unwrap();
-    postgres::hand_over(&making).unwrap();
-    make_readable(&pwfile);
-    run(
-        &mut postgres::initdb_command(&bin, &making, &pwfile),
-        "initdb",
-    );
-    let _ = std::fs::remove_file(&pwfile);
-    // Start it once to make the database, then stop it cleanly.
-    let port = free_port();
-    let mut server = postgres::postgres_command(&bin, &making, port)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start postgres");
-    let url = postgres::database_url(port, "postgres");
-    let made = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let client = connect_when_up(&url).await;
-                client
-                    .batch_execute(&format!("CREATE DATABASE {}", postgres::DATABASE))
-                    .await
-                    .expect("create the database");
-            });
-    })
-    .join();
-    stop(&mut server);
-    made.expect("making the template database");
+    postgres::create_cluster(&bin, &making).unwrap_or_else(|e| panic!("{e}"));
     if std::fs::rename(&making, &dir).is_err() {
         // Another test made it first.
         let _ = std::fs::remove_dir_all(&making);
     }
     dir
-}
-
-/// Lets the server user read a file root made.
-fn make_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 /// Stops a server cleanly (SIGINT: fast shutdown) and waits for it.

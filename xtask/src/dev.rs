@@ -1,4 +1,5 @@
-//! `cargo xtask dev`: the whole product on this machine: a private redis-server and two replicas sharing it.
+//! `cargo xtask dev`: the whole product on this machine: a private redis-server, a private PostgreSQL (the archive,
+//! its data kept in `target/xtask-postgres` between runs) and two replicas sharing them.
 //! `cargo xtask stack`: the same plus nginx in front, run from the very `deploy/nginx.conf` docker-compose uses —
 //! the compose topology for machines without Docker.
 
@@ -49,10 +50,12 @@ struct Fleet(Vec<(String, Child)>);
 
 impl Fleet {
     fn stop(&mut self) {
-        for (_, child) in &mut self.0 {
-            // SIGTERM first: replicas send close frames to their clients before exiting.
+        for (name, child) in &mut self.0 {
+            // SIGTERM first: replicas send close frames to their clients before exiting. PostgreSQL's fast shutdown
+            // is SIGINT (on SIGTERM it would wait for the replicas to hang up).
+            let signal = if name == "postgres" { "-INT" } else { "-TERM" };
             let _ = Command::new("kill")
-                .arg("-TERM")
+                .arg(signal)
                 .arg(child.id().to_string())
                 .status();
         }
@@ -141,6 +144,37 @@ fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result
             None
         }
     };
+    let database_url = match (&redis_url, localrun::postgres::bin_dir()) {
+        (Some(_), Some(bin)) => {
+            let port = (5440..5540)
+                .find(|&p| port_is_free(p))
+                .context("no free port for PostgreSQL in 5440-5539")?;
+            let dir = root.join("target/xtask-postgres");
+            if !dir.join("PG_VERSION").is_file() {
+                step(
+                    "making a private PostgreSQL cluster in target/xtask-postgres (kept between runs)",
+                );
+                localrun::postgres::create_cluster(&bin, &dir)
+                    .context("cannot make the PostgreSQL cluster")?;
+            }
+            step(&format!("starting a private PostgreSQL on port {port}"));
+            let mut child = localrun::postgres::postgres_command(&bin, &dir, port)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start postgres")?;
+            wait_for_port("postgres", port, &mut child)?;
+            fleet.0.push(("postgres".into(), child));
+            Some(localrun::postgres::url(port))
+        }
+        (Some(_), None) => {
+            println!(
+                "warning: PostgreSQL not found: apt-get install postgresql postgresql-contrib. \
+                 History is kept in Redis only (the newest --history-limit per room)."
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let count = if redis_url.is_some() {
         args.replicas
     } else {
@@ -164,6 +198,9 @@ fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result
             ]);
         if let Some(url) = &redis_url {
             cmd.args(["--redis-url", url]);
+        }
+        if let Some(url) = &database_url {
+            cmd.args(["--database-url", url]);
         }
         let mut child = cmd
             .spawn()
@@ -204,6 +241,9 @@ fn run_with(root: &Path, args: &Args, nginx_port: Option<u16>) -> anyhow::Result
     }
     if let Some(url) = &redis_url {
         println!("  redis:     {url}   (redis-cli -u {url} MONITOR shows the relay)");
+    }
+    if let Some(url) = &database_url {
+        println!("  archive:   {url}   (psql {url})");
     }
     println!("Press Ctrl-C to stop everything.");
     println!();

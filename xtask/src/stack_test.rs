@@ -23,6 +23,26 @@ const PROJECT: &str = "roomcast-stacktest";
 const BASE_IMAGE: &str = "roomcast-test/bookworm:base";
 const REDIS_IMAGE: &str = "roomcast-test/redis:7";
 const NGINX_IMAGE: &str = "roomcast-test/nginx:1.22";
+const POSTGRES_IMAGE: &str = "roomcast-test/postgres:15";
+
+/// The stand-in for the official `postgres` image: its entrypoint's contract as far as the compose file uses it
+/// (`POSTGRES_USER`, `POSTGRES_PASSWORD` and `POSTGRES_DB` make the cluster on first start, in `PGDATA`; password logins
+/// from the network; `pg_isready` on the PATH).
+const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
+set -e
+BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+PGDATA=${PGDATA:-/var/lib/postgresql/data}
+as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" && chmod 700 "$PGDATA"
+  printf '%s' "$POSTGRES_PASSWORD" > /tmp/pw && chown postgres /tmp/pw
+  as_postgres "$BIN/initdb" -D "$PGDATA" -U "$POSTGRES_USER" --pwfile=/tmp/pw --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8
+  rm /tmp/pw
+  echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  echo "CREATE DATABASE $POSTGRES_DB;" | as_postgres "$BIN/postgres" --single -D "$PGDATA" postgres > /dev/null
+fi
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/postgres" -D "$PGDATA" -c listen_addresses='*'
+"#;
 const ROOMCAST_IMAGE: &str = "roomcast:stack-test";
 /// Stands in for Docker Hub's `rust:1.95-bookworm`: the base image plus this machine's Rust toolchain.
 const RUST_IMAGE: &str = "roomcast-test/rust:bookworm-2";
@@ -259,6 +279,33 @@ fn base_images(engine: &Engine, state: &Path) -> anyhow::Result<()> {
             engine
                 .docker()
                 .args(["build", "-q", "--network", "host", "-t", tag])
+                .arg(&dir)
+                .stdout(Stdio::null()),
+        )?;
+    }
+    if !engine.has_image(POSTGRES_IMAGE) {
+        step(&format!(
+            "building {POSTGRES_IMAGE} from {BASE_IMAGE} (apt-get install postgresql)"
+        ));
+        let dir = state.join("image-postgresql");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("entrypoint.sh"), POSTGRES_ENTRYPOINT)?;
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!(
+                "FROM {BASE_IMAGE}\n\
+                 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                 --no-install-recommends postgresql && rm -rf /var/lib/apt/lists/* \
+                 && ln -s /usr/lib/postgresql/*/bin/pg_isready /usr/lib/postgresql/*/bin/psql /usr/local/bin/\n\
+                 COPY entrypoint.sh /usr/local/bin/entrypoint.sh\n\
+                 RUN chmod +x /usr/local/bin/entrypoint.sh\n\
+                 ENTRYPOINT [\"/usr/local/bin/entrypoint.sh\"]\n"
+            ),
+        )?;
+        exec(
+            engine
+                .docker()
+                .args(["build", "-q", "--network", "host", "-t", POSTGRES_IMAGE])
                 .arg(&dir)
                 .stdout(Stdio::null()),
         )?;
@@ -558,6 +605,7 @@ pub fn run_on(engine: &mut Engine, root: &Path, args: &Args) -> anyhow::Result<(
         ("ROOMCAST_IMAGE".into(), image.into()),
         ("REDIS_IMAGE".into(), REDIS_IMAGE.into()),
         ("NGINX_IMAGE".into(), NGINX_IMAGE.into()),
+        ("POSTGRES_IMAGE".into(), POSTGRES_IMAGE.into()),
         ("ROOMCAST_HTTP_PORT".into(), port.to_string()),
         // The test's sender is a program, not a person: lift the per-connection send limit.
         ("ROOMCAST_SENDS_PER_SEC".into(), "10000".into()),

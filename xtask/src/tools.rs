@@ -129,6 +129,10 @@ pub fn ensure_packages(root: &Path, need: Need) -> anyhow::Result<()> {
     {
         apt.push("debootstrap");
     }
+    if need != Need::Frontend && localrun::postgres::bin_dir().is_none() {
+        // The archive's tests and `cargo xtask dev` run their own clusters; the package's own stays stopped.
+        apt.extend(["postgresql", "postgresql-contrib"]);
+    }
     if need != Need::Frontend
         && find(&path, "nginx").is_none()
         && !Path::new("/usr/sbin/nginx").is_file()
@@ -147,6 +151,11 @@ pub fn check_packages(tools: &Tools, need: Need) -> anyhow::Result<()> {
     if everything && tools.redis_server().is_none() {
         bail!(
             "redis-server not found: apt-get install redis-server (the tests start their own on a private port)"
+        );
+    }
+    if everything && localrun::postgres::bin_dir().is_none() {
+        bail!(
+            "PostgreSQL not found: apt-get install postgresql postgresql-contrib (the tests start their own on a private port)"
         );
     }
     if everything && find(&tools.path, "chromedriver").is_none() {

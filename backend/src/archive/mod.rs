@@ -275,6 +275,22 @@ async fn timed<T>(
 }
 
 impl Archive for Postgres {
+    fn ping(&self) -> BoxFuture<'static, Result<(), ArchiveError>> {
+        let this = self.clone();
+        async move {
+            timed("a ping", async {
+                let client = this.client().await?;
+                client
+                    .query_one("SELECT 1", &[])
+                    .await
+                    .map_err(|e| query_error(&e))?;
+                Ok(())
+            })
+            .await
+        }
+        .boxed()
+    }
+
     fn cursor(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<Cursor>, ArchiveError>> {
         let (this, room) = (self.clone(), room.clone());
         async move { timed("a cursor read", read::cursor(&this, &room)).await }.boxed()

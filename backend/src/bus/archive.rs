@@ -84,6 +84,9 @@ pub struct ArchiveError(pub String);
 
 /// The system of record.
 pub trait Archive: Send + Sync + 'static {
+    /// Whether the archive answers (and its schema is migrated).
+    fn ping(&self) -> BoxFuture<'static, Result<(), ArchiveError>>;
+
     /// Where the room's archive stands; `None` for a room it has never seen.
     fn cursor(&self, room: &RoomName) -> BoxFuture<'static, Result<Option<Cursor>, ArchiveError>>;
 

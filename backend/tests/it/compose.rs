@@ -126,4 +126,36 @@ async fn compose_stack_chats_through_nginx_and_survives_stop_and_kill() {
         "compose stack: the sender waited {} ms at most, while the stops, restarts and kill ran",
         outcome.sent.longest_wait.as_millis()
     );
+    // The compose file's PostgreSQL archives every event the replicas acked (the killed one's included, taken over
+    // by the others).
+    let project = format!("label=com.docker.compose.project={}", stack.project);
+    let postgres = stack.docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &project,
+        "--filter",
+        "label=com.docker.compose.service=postgres",
+    ]);
+    let acked = outcome.sent.acked.len().to_string();
+    eventually("the archive holds every acked event", || async {
+        let count = stack.docker(&[
+            "exec",
+            "-e",
+            "PGPASSWORD=roomcast",
+            postgres.trim(),
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "roomcast",
+            "-d",
+            "roomcast",
+            "-tAc",
+            "SELECT count(*) FROM events WHERE room = 'compose'",
+        ]);
+        (count.trim() == acked).then_some(())
+    })
+    .await;
+    println!("compose stack: the archive holds all {acked} acked events");
 }

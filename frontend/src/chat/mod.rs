@@ -659,6 +659,12 @@ pub fn moderation_text(e: &ModerationEvent) -> String {
         (ModerationAction::Ban, _) => format!("{by} banned {who} for {span}"),
         (ModerationAction::SlowMode, 0) => format!("{by} turned off slow mode"),
         (ModerationAction::SlowMode, _) => format!("{by} turned on slow mode: {span}"),
+        (ModerationAction::Retention, 0) => {
+            format!("{by} set the room to keep messages as the server does")
+        }
+        (ModerationAction::Retention, _) => {
+            format!("{by} set the room to keep messages for {span}")
+        }
     }
 }
 
@@ -970,6 +976,20 @@ mod tests {
                 "mod unmuted me",
                 "mod turned off slow mode",
                 "mod lifted the ban on x"
+            ]
+        );
+        chat.apply(moderation(
+            4000,
+            ModerationAction::Retention,
+            None,
+            30 * 86_400,
+        ));
+        chat.apply(moderation(4001, ModerationAction::Retention, None, 0));
+        assert_eq!(
+            lines(&chat)[8..],
+            [
+                "mod set the room to keep messages for 30 days",
+                "mod set the room to keep messages as the server does"
             ]
         );
         assert_eq!(duration(90), "90 s");

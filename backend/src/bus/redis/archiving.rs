@@ -613,8 +613,13 @@ async fn archive_room(store: &Store, archiving: &Archiving, room: &RoomName) -> 
     }
 }
 
-/// Reads every room's position: returns the rooms with events not archived yet, and updates the lag figures.
+/// Reads every room's position: returns the rooms with events not archived yet, and updates the lag figures (and
+/// whether the archive answers, even when nothing waits).
 async fn sweep_rooms(store: &Store, archiving: &Archiving) -> Result<Vec<RoomName>, BusError> {
+    match archiving.options.archive.ping().await {
+        Ok(()) => archiving.status.answered(),
+        Err(e) => archiving.status.failed(&e),
+    }
     let mut behind = Vec::new();
     let (mut lag, mut oldest_ms) = (0u64, None::<u64>);
     let mut cursor = 0;
