@@ -318,6 +318,24 @@ impl Archive for Postgres {
             .boxed()
     }
 
+    fn after(
+        &self,
+        room: &RoomName,
+        since: MsgId,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<(bool, Vec<HistoryItem>), ArchiveError>> {
+        let (this, room) = (self.clone(), room.clone());
+        async move {
+            timed(
+                "a resume read",
+                read::after(&this, &room, since, before, limit),
+            )
+            .await
+        }
+        .boxed()
+    }
+
     fn page(
         &self,
         room: &RoomName,

@@ -98,6 +98,49 @@ pub(super) async fn older(
     Ok(out)
 }
 
+/// Up to `limit` events of every kind after `since` and before `before`, oldest first, each with its message's state
+/// (an action's target's); and whether the archive reaches back to `since`.
+pub(super) async fn after(
+    pg: &Postgres,
+    room: &RoomName,
+    since: MsgId,
+    before: Option<MsgId>,
+    limit: usize,
+) -> Result<(bool, Vec<HistoryItem>), ArchiveError> {
+    let q = |e: tokio_postgres::Error| query_error(&e);
+    let client = pg.client().await?;
+    let (since_ms, since_seq) = id_columns(since);
+    let (before_ms, before_seq) = before.map_or((i64::MAX, i64::MAX), id_columns);
+    let reaches: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE room = $1 AND (ms, seq) <= ($2, $3))",
+            &[&room.as_str(), &since_ms, &since_seq],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT e.ms, e.seq, e.pos, e.body, e.cid, e.digest, COALESCE(e.state, t.state) FROM events e \
+             LEFT JOIN events t ON e.kind IN ('edit', 'delete', 'react') AND t.room = e.room \
+               AND t.ms = split_part(e.body->>'target', '-', 1)::int8 \
+               AND t.seq = split_part(e.body->>'target', '-', 2)::int8 \
+             WHERE e.room = $1 AND (e.ms, e.seq) > ($2, $3) AND (e.ms, e.seq) < ($4, $5) \
+             ORDER BY e.ms, e.seq LIMIT $6",
+            &[
+                &room.as_str(),
+                &since_ms,
+                &since_seq,
+                &before_ms,
+                &before_seq,
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+        )
+        .await
+        .map_err(q)?;
+    Ok((reaches, items(room, &rows)?))
+}
+
 /// Up to `limit` messages and moderation events after `after` and before `before`, oldest first.
 pub(super) async fn page(
     pg: &Postgres,

@@ -108,6 +108,17 @@ pub trait Archive: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<HistoryItem>, ArchiveError>>;
 
+    /// Up to `limit` events (every kind) after `since` and before `before`, oldest first, each with the state of its
+    /// message (an action's target's): what a member resuming from further back than Redis's window missed. The flag
+    /// says whether the archive reaches back to `since` (a retention may have deleted it).
+    fn after(
+        &self,
+        room: &RoomName,
+        since: MsgId,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<(bool, Vec<HistoryItem>), ArchiveError>>;
+
     /// Up to `limit` messages and moderation events after `after` and before `before`, oldest first, with their
     /// state: a page of an export.
     fn page(

@@ -154,8 +154,6 @@ struct Backlog {
     room: RoomName,
     ready: Vec<ServerMsg>,
     after: Option<MsgId>,
-    /// Messages still allowed: history is bounded, so catching up is too (live messages are queued meanwhile).
-    left: usize,
 }
 
 /// What a `join` answers: the `joined` frame, then the backlog to write before anything else.
@@ -606,7 +604,6 @@ impl Participant {
             room: room.clone(),
             ready,
             after,
-            left: self.hub.config.history_limit as usize + 2 * CATCH_UP_PAGE,
         };
         Ok(JoinAnswer {
             joined: ServerMsg::Joined(frame::Joined {
@@ -672,7 +669,7 @@ impl Participant {
         let Some(after) = backlog.after.take() else {
             return Ok(Vec::new());
         };
-        if backlog.left == 0 || !self.rooms.contains_key(&backlog.room) {
+        if !self.rooms.contains_key(&backlog.room) {
             return Ok(Vec::new());
         }
         let viewer = self.rooms.get(&backlog.room).map(|j| j.nick.clone());
@@ -682,7 +679,6 @@ impl Participant {
             ..HistoryQuery::default()
         };
         let page = self.hub.bus.history(&backlog.room, query).await?.items;
-        backlog.left = backlog.left.saturating_sub(page.len());
         let newest = page.last().map(|i| i.record.id);
         if page.len() >= CATCH_UP_PAGE {
             backlog.after = newest;

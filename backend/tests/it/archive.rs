@@ -900,3 +900,38 @@ async fn the_backlog_is_bounded_in_bytes_and_nothing_is_dropped() {
     acked.push(writer.say_when_available(r, "after").await);
     archive_equals("backlog bound", &stack.redis, &stack.pg, r, &acked).await;
 }
+
+/// A member away for longer than Redis's window resumes from the archive: every event it missed, once, in order, and
+/// no `truncated` (the archive reaches back to its `since`), however far behind Redis's window that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_further_back_than_redis_keeps_reads_the_archive() {
+    let stack = Stack::start(|c| c.history_limit = 20).await;
+    let r = "longaway";
+    let mut writer = stack.client(0).await;
+    writer.join(r, "writer", None).await;
+    let seen = writer.say_batch(r, "seen", 10).await;
+    let missed = writer.say_batch(r, "missed", 450).await;
+    archived_all(&stack.redis, &stack.pg, r).await;
+    let epoch = {
+        let mut probe = stack.client(1).await;
+        probe
+            .join_resuming(r, "probe", None, None)
+            .await
+            .expect("joined")
+            .epoch
+    };
+    let mut back = stack.client(1).await;
+    let joined = back
+        .join_resuming(r, "back", Some(*seen.last().unwrap()), Some(epoch))
+        .await
+        .expect("joined");
+    assert!(
+        !joined.truncated && !joined.reset,
+        "the archive reaches back"
+    );
+    let mut got: Vec<MsgId> = joined.history.iter().map(|m| m.id).collect();
+    while got.len() < missed.len() {
+        got.push(back.message_in(r).await.id);
+    }
+    assert_eq!(got, missed, "every missed message once, in order");
+}

@@ -26,7 +26,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use shared::{ErrorCode, MsgId, Nick, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{Instrument, debug};
 
 use super::{
     Body, Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
@@ -841,8 +841,37 @@ impl Bus for RedisBus {
         room: &RoomName,
         query: HistoryQuery,
     ) -> BoxFuture<'static, Result<History, BusError>> {
+        let (since, limit) = (query.since, query.limit.max(1));
         let read = self.read(room, query, None);
-        async move { Ok(read.await?.0) }.boxed()
+        let archiving = self.store.archiving.clone();
+        let room = room.clone();
+        async move {
+            let (mut history, oldest) = read.await?;
+            // Resuming from further back than Redis's window: the archive holds what it no longer has.
+            let (Some(archiving), Some(since), true) = (archiving, since, history.truncated) else {
+                return Ok(history);
+            };
+            match archiving
+                .options
+                .archive
+                .after(&room, since, oldest, limit)
+                .await
+            {
+                Ok((reaches, mut items)) => {
+                    items.extend(history.items);
+                    items.truncate(limit);
+                    history.items = items;
+                    history.truncated = !reaches;
+                }
+                Err(e) => {
+                    // Told `truncated` as without an archive: scrolling back fetches the rest later.
+                    archiving.status_failed(&e);
+                    debug!(%room, cause = %e, "resume from the archive failed");
+                }
+            }
+            Ok(history)
+        }
+        .boxed()
     }
 
     fn page(
