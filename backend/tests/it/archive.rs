@@ -935,3 +935,22 @@ async fn a_resume_from_further_back_than_redis_keeps_reads_the_archive() {
     }
     assert_eq!(got, missed, "every missed message once, in order");
 }
+
+/// Waits until the archive holds exactly `acked` for `room` (whatever the Redis topology in front of it), then prints
+/// the counts.
+pub async fn archive_holds_exactly(name: &str, pg: &Postgres, room: &str, acked: &[MsgId]) {
+    let mut expected = acked.to_vec();
+    expected.sort_unstable();
+    expected.dedup();
+    let expected = &expected;
+    eventually(
+        &format!("{name}: the archive holds exactly what was acked in {room}"),
+        || async move { (archived_ids(pg, room).await == *expected).then_some(()) },
+    )
+    .await;
+    println!(
+        "archive fault={name} room={room} acked={} archived={} missing=0 never_acked=0",
+        expected.len(),
+        expected.len()
+    );
+}

@@ -10,7 +10,7 @@ use shared::MsgId;
 use testkit::traffic::{Outcome, run_traffic};
 use testkit::{ClusterSet, SentinelSet};
 
-use crate::harness::{Client, Redis, ReplicaProcess, eventually, replica_process};
+use crate::harness::{Client, Postgres, Redis, ReplicaProcess, eventually, replica_process};
 
 /// Sentinel: the master is killed with SIGKILL under steady traffic from clients on two replicas. With
 /// `--redis-wait-replicas 2` — every replica Sentinel could promote — every acked message survives the failover,
@@ -22,8 +22,19 @@ use crate::harness::{Client, Redis, ReplicaProcess, eventually, replica_process}
 async fn sentinel_failover_loses_nothing_acked_with_wait() {
     let mut set = SentinelSet::start(2).await;
     let url = set.url();
-    let a = replica_process(&url, "sa", &["--redis-wait-replicas", "2"]).await;
-    let b = replica_process(&url, "sb", &["--redis-wait-replicas", "2"]).await;
+    // Archiving into PostgreSQL meanwhile: the archive, behind the failover, holds every acked event too.
+    let pg = Postgres::start().await;
+    let pg_url = pg.url();
+    let flags = [
+        "--redis-wait-replicas",
+        "2",
+        "--database-url",
+        &pg_url,
+        "--archive-sweep-secs",
+        "1",
+    ];
+    let a = replica_process(&url, "sa", &flags).await;
+    let b = replica_process(&url, "sb", &flags).await;
     let first_master = set.master_port().await;
     let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
     let kill = async move {
@@ -45,6 +56,8 @@ async fn sentinel_failover_loses_nothing_acked_with_wait() {
     };
     let (outcome, ()) = tokio::join!(traffic, failover);
     outcome.assert_exact();
+    crate::archive::archive_holds_exactly("sentinel failover", &pg, "ha", &outcome.sent.acked)
+        .await;
     let second_master = set.master_port().await;
     assert_ne!(second_master, first_master, "Sentinel promoted a replica");
     println!(
@@ -189,7 +202,19 @@ async fn subscriptions_through_redis_replicas_fail_over() {
 async fn cluster_relays_every_room_exactly_once_and_survives_a_master() {
     let mut cluster = ClusterSet::start().await;
     let url = cluster.url();
-    let flags = ["--redis-wait-replicas", "1", "--max-rooms", "64"];
+    // Archiving into PostgreSQL meanwhile, from rooms on every shard.
+    let pg = Postgres::start().await;
+    let pg_url = pg.url();
+    let flags = [
+        "--redis-wait-replicas",
+        "1",
+        "--max-rooms",
+        "64",
+        "--database-url",
+        &pg_url,
+        "--archive-sweep-secs",
+        "1",
+    ];
     let a = replica_process(&url, "ca", &flags).await;
     let b = replica_process(&url, "cb", &flags).await;
     let rooms: Vec<String> = (0..50).map(|i| format!("shard-{i}")).collect();
@@ -248,6 +273,17 @@ async fn cluster_relays_every_room_exactly_once_and_survives_a_master() {
         sent.len() + 1
     );
     drop((writer, on_a, on_b));
+    for room in &rooms {
+        let mut acked: Vec<MsgId> = sent
+            .iter()
+            .filter(|(r, _)| r == room)
+            .map(|(_, id)| *id)
+            .collect();
+        if *room == marker_room {
+            acked.push(marker);
+        }
+        crate::archive::archive_holds_exactly("cluster", &pg, room, &acked).await;
+    }
 
     // Kill the master that owns the busy room, under traffic; once its replica has taken over, the killed node
     // comes back as that replica's replica (so WAIT 1 can be satisfied again) while the sender keeps resending.
@@ -270,6 +306,13 @@ async fn cluster_relays_every_room_exactly_once_and_survives_a_master() {
     };
     let (outcome, ()) = tokio::join!(traffic, failover);
     outcome.assert_exact();
+    crate::archive::archive_holds_exactly(
+        "cluster master killed",
+        &pg,
+        "busy",
+        &outcome.sent.acked,
+    )
+    .await;
     cluster.wait_ok().await;
     assert_ne!(
         cluster.master_of("roomcast:{busy}:log").await,
