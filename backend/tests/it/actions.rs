@@ -780,6 +780,47 @@ async fn moderation_is_enforced_on_every_replica(rooms: Rooms) {
     done(&mut moderator, "fast").await;
     act(&mut carol, send(r, "second, now", "c4", None)).await;
 
+    // Retention: a moderator sets how long the room keeps its messages; everyone sees it; a member may not.
+    moderator
+        .send(&ClientMsg::Retention {
+            room: r.into(),
+            days: 30,
+            req: Some("keep".into()),
+            cid: Some("keep-30".into()),
+        })
+        .await;
+    let (kept, _) = done(&mut moderator, "keep").await;
+    let event = carol
+        .take(|m| match m {
+            ServerMsg::Moderation(e) if e.id == kept => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (event.action, event.secs),
+        (shared::ModerationAction::Retention, 30 * 86_400)
+    );
+    let keep = ClientMsg::Retention {
+        room: r.into(),
+        days: 1,
+        req: Some("c-keep".into()),
+        cid: None,
+    };
+    assert_eq!(
+        refused(&mut carol, keep, "c-keep").await.0,
+        ErrorCode::Forbidden
+    );
+    let too_long = ClientMsg::Retention {
+        room: r.into(),
+        days: 36_501,
+        req: Some("too-long".into()),
+        cid: None,
+    };
+    assert_eq!(
+        refused(&mut moderator, too_long, "too-long").await.0,
+        ErrorCode::BadRequest
+    );
+
     // Kick: bob leaves the room on his replica, told why; he may join again.
     moderator
         .send(&ClientMsg::Kick {
@@ -954,4 +995,23 @@ async fn a_ban_follows_the_person_behind_the_nick() {
         })
         .await;
     assert_eq!(code, ErrorCode::Muted);
+    // And sets the room's retention.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["--redis-url", &rooms._redis.as_ref().unwrap().url()])
+        .args(["moderate", "--room", r, "--days", "90", "retention"])
+        .output()
+        .expect("run roomcast moderate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: MsgId = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let event = other
+        .take(|m| match m {
+            ServerMsg::Moderation(e) if e.id == id => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(event.secs, 90 * 86_400);
 }
