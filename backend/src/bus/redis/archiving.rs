@@ -108,6 +108,8 @@ pub(crate) struct Archiving {
     /// Rooms to archive soon: those this replica wrote to.
     pub(crate) hints: mpsc::UnboundedSender<RoomName>,
     pub(crate) status: Arc<ArchiveStatus>,
+    /// Rebuilds under way, per room: the thousands of members rejoining an emptied Redis's room wait for one.
+    rebuilding: Mutex<std::collections::HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Archiving {
@@ -123,6 +125,7 @@ impl Archiving {
             registered: Mutex::default(),
             hints,
             status: Arc::default(),
+            rebuilding: Mutex::default(),
         };
         (archiving, rx)
     }
@@ -178,6 +181,43 @@ impl Store {
         archiving: &Archiving,
         room: &RoomName,
     ) -> Result<(), BusError> {
+        let turn = archiving
+            .rebuilding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(room.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = turn.lock().await;
+            // Another request rebuilt it while this one waited: nothing to read from the archive.
+            let meta = self.keys.meta(room);
+            let exists: bool = self
+                .run(|mut conn| async move {
+                    redis::cmd("EXISTS").arg(meta).query_async(&mut conn).await
+                })
+                .await?;
+            if exists {
+                Ok(())
+            } else {
+                self.rebuild(archiving, room).await
+            }
+        };
+        let mut rebuilding = archiving
+            .rebuilding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if rebuilding
+            .get(room)
+            .is_some_and(|t| Arc::ptr_eq(t, &turn) && Arc::strong_count(t) <= 2)
+        {
+            rebuilding.remove(room);
+        }
+        result
+    }
+
+    /// [`Store::restore`]'s work, one request at a time per room.
+    async fn rebuild(&self, archiving: &Archiving, room: &RoomName) -> Result<(), BusError> {
         let now = crate::bus::now_ms();
         let dedupe_ms = self.dedupe_secs * 1000;
         let seed = archiving
