@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/rooms/{room}/moderation", post(post_moderation))
         .route("/api/rooms/{room}/export", get(export))
+        .route("/api/search", get(search))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -83,6 +84,8 @@ pub struct PostModeration {
     pub secs: Option<u64>,
     /// For `retention`: how many days the room keeps its messages (0: the server's retention).
     pub days: Option<u32>,
+    /// For `receipts`: on or off.
+    pub on: Option<bool>,
     /// The name the room sees as the moderator (default `moderator`).
     pub by: Option<String>,
     /// Idempotency key: a retry with the same `cid` (and `by`) moderates once. Without it, each request is new.
@@ -143,6 +146,31 @@ pub struct HistoryPage {
     pub messages: Vec<ChatMessage>,
     /// `since` is older than the oldest message kept: some messages in between are gone.
     pub truncated: bool,
+}
+
+/// Query of a search.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Words or parts of words.
+    pub q: String,
+    /// Only this room.
+    pub room: Option<String>,
+    /// Only messages older than this id (the last result of the previous page).
+    pub before: Option<String>,
+    /// At most this many results (1–50, default 20).
+    pub limit: Option<usize>,
+}
+
+/// The answer to a search: as the WebSocket's `search_results`, without its `type`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Found {
+    /// The query answered.
+    pub query: String,
+    /// The messages found, newest first, each with where the query matched in its text.
+    pub results: Vec<frame::Found>,
+    /// No older message matches.
+    pub complete: bool,
 }
 
 /// The `error` code of an API error: the room rules' own codes (the WebSocket protocol's `ErrorCode`, spelled by
@@ -223,6 +251,7 @@ impl From<RequestError> for ApiError {
             ErrorCode::SlowMode => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NoArchive => StatusCode::NOT_IMPLEMENTED,
             _ => return Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e.message),
         };
         Self::new(status, e.code, e.message)
@@ -341,6 +370,83 @@ async fn post_message(
             ts: id.ms,
             duplicate,
         }),
+    ))
+}
+
+/// `GET /api/search?q=&room=&before=&limit=`: with the API key, over every room; with a person's token (when the
+/// replicas check tokens), over the rooms it allows — the same search as the WebSocket's.
+async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    query: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Found>, ApiError> {
+    // A person's token (when the replicas check tokens), else the API key.
+    let grant = state
+        .auth
+        .as_ref()
+        .and_then(|verifier| verifier.check(uri.query(), &headers).ok());
+    let mut searcher = match grant {
+        Some(grant) => {
+            limit_rate(&state, &format!("person:{}", grant.person))?;
+            Participant::searcher(state.hub.clone(), grant)?
+        }
+        None => {
+            let key = authorize(&state, &headers)?;
+            limit_rate(&state, &key)?;
+            let nick = Nick::parse("api").map_err(RequestError::from)?;
+            Participant::publisher(state.hub.clone(), nick)
+        }
+    };
+    let Query(params) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!(
+                "{} (use ?q=<words>&room=<room>&before=<id>&limit=<n>)",
+                e.body_text()
+            ),
+        )
+    })?;
+    let before = params
+        .before
+        .map(|s| s.parse::<MsgId>())
+        .transpose()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "before must be a message id like 1732190000456-0",
+            )
+        })?;
+    let request = ClientMsg::Search {
+        query: params.q,
+        room: params.room,
+        before,
+        limit: params.limit,
+        req: None,
+    };
+    match searcher.handle(request).await {
+        Reply::Frame(ServerMsg::SearchResults(found)) => Ok(Json(Found {
+            query: found.query,
+            results: found.results,
+            complete: found.complete,
+        })),
+        Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("a search is answered with results or refused, not {other:?}"),
+    }
+}
+
+/// Takes one request from the bucket of `key` (an API key, or a person searching with a token).
+fn limit_rate(state: &AppState, key: &str) -> Result<(), ApiError> {
+    let per_sec = state.config.api_sends_per_sec;
+    if state.api_buckets.take(key, per_sec, per_sec) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        format!("at most {per_sec} requests per second per API key or person; nothing was done"),
     ))
 }
 
@@ -489,7 +595,7 @@ async fn post_moderation(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
             format!(
-                "expected JSON {{\"action\": \"mute\"|\"kick\"|\"ban\"|\"slow_mode\"|\"retention\", \"nick\"?, \"secs\"?, \"days\"?, \"by\"?, \"cid\"?}}: {}",
+                "expected JSON {{\"action\": \"mute\"|\"kick\"|\"ban\"|\"slow_mode\"|\"retention\"|\"receipts\", \"nick\"?, \"secs\"?, \"days\"?, \"on\"?, \"by\"?, \"cid\"?}}: {}",
                 rejection.body_text()
             ),
         )
@@ -507,7 +613,10 @@ async fn post_moderation(
         room,
         post.action,
         post.nick,
-        post.secs.or(post.days.map(u64::from)).unwrap_or(0),
+        post.secs
+            .or(post.days.map(u64::from))
+            .or(post.on.map(u64::from))
+            .unwrap_or(0),
         post.cid,
     )?;
     // The key holder moderates every room, through the same rules as a moderator's WebSocket request.
@@ -565,6 +674,12 @@ pub fn moderation_request(
         ModerationAction::Retention => ClientMsg::Retention {
             room,
             days: u32::try_from(amount).unwrap_or(u32::MAX),
+            req: None,
+            cid,
+        },
+        ModerationAction::Receipts => ClientMsg::Receipts {
+            room,
+            on: amount > 0,
             req: None,
             cid,
         },

@@ -99,12 +99,15 @@ impl Verifier {
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let claims = data.claims;
+        // The person: the token's subject, whatever nick it names (else the nick: one person, one name).
+        let person = claims.sub.clone().or_else(|| claims.nick.clone());
         let nick = claims.nick.or(claims.sub).ok_or_else(|| {
             AuthError::Invalid("the token has neither a nick nor a sub claim".into())
         })?;
         shared::validate::nickname(&nick)
             .map_err(|e| AuthError::Invalid(format!("its nick: {e}")))?;
         Ok(Grant {
+            person: person.unwrap_or_else(|| nick.clone()),
             nick,
             rooms: claims.rooms.map(|r| r.into_iter().collect()),
             expires: claims.exp,

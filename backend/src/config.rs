@@ -230,13 +230,16 @@ pub enum Command {
         /// For retention: the days the room keeps its messages (0: the server's).
         #[arg(long)]
         days: Option<u32>,
+        /// For receipts: on (`--on true`) or off (`--on false`).
+        #[arg(long)]
+        on: Option<bool>,
         /// The name the room sees as the moderator.
         #[arg(long, default_value = "moderator")]
         by: String,
         /// Idempotency key: running the command again with the same cid (and `--by`) moderates once.
         #[arg(long)]
         cid: Option<String>,
-        /// mute, kick, ban, slow_mode or retention (the protocol's moderation actions).
+        /// mute, kick, ban, slow_mode, retention or receipts (the protocol's moderation actions).
         #[arg(value_parser = moderation_action)]
         action: shared::ModerationAction,
     },

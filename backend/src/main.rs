@@ -83,6 +83,7 @@ fn main() -> ExitCode {
                 nick,
                 secs,
                 days,
+                on,
                 by,
                 cid,
                 action,
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
                     &room,
                     action,
                     nick.as_deref(),
-                    days.map_or(secs, u64::from),
+                    days.map(u64::from).or(on.map(u64::from)).unwrap_or(secs),
                     &by,
                     cid,
                 ))

@@ -9,6 +9,9 @@ const DELAY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Buckets of `roomcast_search_seconds`: a search, from request to answer.
+const SEARCH_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
 /// Installs the process-wide recorder once (replicas started in one test process share it) and returns its handle.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -18,6 +21,11 @@ pub fn handle() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full("roomcast_fanout_delay_seconds".into()),
                     DELAY_BUCKETS,
+                )
+                .expect("static, non-empty buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("roomcast_search_seconds".into()),
+                    SEARCH_BUCKETS,
                 )
                 .expect("static, non-empty buckets")
                 .build_recorder();

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{is_false, is_zero};
+use crate::protocol::{is_false, is_zero, is_zero_u32};
 use crate::{ChatMessage, ErrorCode, Limits, MsgId, Nick, RoomName};
 
 /// The first frame on every connection: which protocol and which replica this is.
@@ -54,9 +54,93 @@ pub struct Joined {
     /// Slow mode: seconds between one member's messages; 0 when off.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub slow_mode: u64,
+    /// This person's read position in the room (the newest message they read, on any device), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<MsgId>,
+    /// Messages of others after `read`.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub unread: u32,
+    /// Of those, the ones that mention this nick.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub mentions: u32,
+    /// More than [`crate::UNREAD_COUNTED`] unread messages: the counts cover those only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
+    /// The newest message the counts looked at: messages after it that reach the client add to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<MsgId>,
+    /// Read receipts are on in the room.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub receipts: bool,
+    /// With read receipts on: who has read up to where (the most recent [`crate::SEEN_SHOWN`] members to read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<SeenAt>,
     /// The request's correlation id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req: Option<String>,
+}
+
+/// A member's read position, for read receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenAt {
+    /// Who.
+    pub nick: Nick,
+    /// The newest message they have read.
+    pub id: MsgId,
+}
+
+/// This person's read position in a room, and the counts after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    /// The room.
+    pub room: RoomName,
+    /// The newest message read.
+    pub id: MsgId,
+    /// Messages of others after it.
+    pub unread: u32,
+    /// Of those, the ones that mention this nick.
+    pub mentions: u32,
+    /// There are more than [`crate::UNREAD_COUNTED`] unread messages: `unread` and `mentions` count those only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
+    /// The newest message the counts looked at (the room's newest then): messages after it that reach the client
+    /// add to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<MsgId>,
+}
+
+/// With read receipts on: a member has read the room up to `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// The room.
+    pub room: RoomName,
+    /// Who.
+    pub nick: Nick,
+    /// The newest message they have read.
+    pub id: MsgId,
+}
+
+/// Answers `search`: the matching messages, newest first, in their current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchResults {
+    /// The query answered.
+    pub query: String,
+    /// The messages found, newest first.
+    pub results: Vec<Found>,
+    /// Nothing older matches: no next page.
+    pub complete: bool,
+    /// The request's correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<String>,
+}
+
+/// One message a search found, and where in its text the query matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    /// The message, in its current state (edited text; never a deleted one).
+    pub message: ChatMessage,
+    /// The matches in `message.text`, as `[start, end)` character offsets, in order.
+    pub marks: Vec<(u32, u32)>,
 }
 
 /// Answers `leave`; also sent unasked when a moderator kicked or banned this member (`reason`).

@@ -7,13 +7,14 @@
 pub mod frame;
 mod id;
 mod protocol;
+pub mod text;
 pub mod validate;
 
 pub use id::{MsgId, ParseMsgIdError};
 pub use protocol::{
     ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, Limits, MEMBERS_SHOWN, ModerationAction,
-    ModerationEvent, PresenceEvent, PresenceKind, Quote, Reaction, ServerKind, ServerMsg,
-    TYPING_EVERY_MS, TYPING_SHOWN_MS, Tagged,
+    ModerationEvent, PresenceEvent, PresenceKind, Quote, Reaction, SEARCH_PAGE_MAX, SEEN_SHOWN,
+    ServerKind, ServerMsg, TYPING_EVERY_MS, TYPING_SHOWN_MS, Tagged, UNREAD_COUNTED,
 };
 pub use validate::{Nick, RoomName, ValidationError};
 

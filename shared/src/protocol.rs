@@ -172,6 +172,47 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cid: Option<String>,
     },
+    /// Moderators only: read receipts on (`on: true`) or off in the room: with them on, every member sees up to which
+    /// message each member has read (`seen`).
+    Receipts {
+        /// The room.
+        room: String,
+        /// On or off.
+        on: bool,
+        /// Correlation id echoed in `done`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+        /// Client id: the idempotency key, as for the other moderation requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
+    /// This person has read the joined room up to the message `id`: their read position there moves forward (never
+    /// back), and every connection of theirs — every tab, every device, on any replica — gets `read_state`.
+    Read {
+        /// The room.
+        room: String,
+        /// The newest message read.
+        id: MsgId,
+    },
+    /// Searches the current text of the messages of the rooms this connection may read (a token's `rooms`, else
+    /// every room), or of `room` only: newest first, `limit` (1–50) at a time, older than `before` for the next page.
+    /// Answered with `search_results`. Needs the archive.
+    Search {
+        /// Words or parts of words (1–200 characters).
+        query: String,
+        /// Only this room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// Only messages older than this id (the last result of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<MsgId>,
+        /// At most this many results (default 20).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// Correlation id echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
     /// Application-level heartbeat: the server answers `pong`. Browsers cannot see WebSocket pings, so this is
     /// how a client notices a silently dead connection.
     Ping {
@@ -209,6 +250,12 @@ pub const TYPING_EVERY_MS: u64 = 2_000;
 pub const TYPING_SHOWN_MS: u64 = 5_000;
 /// How many nicks `joined` lists at most; `online` counts them all.
 pub const MEMBERS_SHOWN: usize = 100;
+/// How many read positions `joined.seen` lists at most: read receipts name people in rooms up to this size.
+pub const SEEN_SHOWN: usize = 50;
+/// How many unread messages the counts look at; beyond, `read_state.more`.
+pub const UNREAD_COUNTED: u32 = 2_000;
+/// The most results one `search` answers with.
+pub const SEARCH_PAGE_MAX: usize = 50;
 
 /// Defines [`ServerMsg`] and [`ServerKind`] from one list of the server's frames, so the list is written once: the
 /// enum of frames, the enum of their `type`s, [`ServerMsg::kind`] and [`ServerMsg::decode`] cannot disagree.
@@ -286,6 +333,13 @@ server_frames! {
     Typing(frame::Typing),
     /// Answers `history`: older messages, oldest first.
     HistoryPage(frame::HistoryPage),
+    /// This person's read position in a room moved (on any of their connections), with the room's unread and
+    /// mention counts after it; also answers `read`.
+    ReadState(frame::ReadState),
+    /// With read receipts on: a member has read the room up to `id`.
+    Seen(frame::Seen),
+    /// Answers `search`.
+    SearchResults(frame::SearchResults),
     /// The replica is busy (a reconnect storm): it did not take this connection or this `join`. Wait `after_ms`
     /// plus a random part of it (jitter, so thousands of clients do not come back in the same instant), then
     /// reconnect (the connection closes with 1013 after this frame) or send the `join` again.
@@ -407,16 +461,19 @@ pub enum ModerationAction {
     SlowMode,
     /// The room keeps its messages `secs` / 86,400 days (0: as long as the server does).
     Retention,
+    /// Read receipts on (`secs` 1) or off (0).
+    Receipts,
 }
 
 impl ModerationAction {
     /// Every action, in the order the protocol lists them.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Mute,
         Self::Kick,
         Self::Ban,
         Self::SlowMode,
         Self::Retention,
+        Self::Receipts,
     ];
 }
 
@@ -512,6 +569,8 @@ pub enum ErrorCode {
     MessageGone,
     /// `react` named an emoji outside [`crate::validate::EMOJI`].
     InvalidEmoji,
+    /// `search` needs the archive, and this deployment keeps history in Redis only (no `--database-url`).
+    NoArchive,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
@@ -521,6 +580,11 @@ pub(crate) fn is_false(b: &bool) -> bool {
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
 pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference.
+pub(crate) fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
@@ -705,6 +769,16 @@ mod tests {
             moderator: true,
             muted_until: Some(5),
             slow_mode: 10,
+            read: Some(MsgId::new(9, 0)),
+            unread: 3,
+            mentions: 1,
+            more: false,
+            upto: Some(MsgId::new(12, 0)),
+            receipts: true,
+            seen: vec![frame::SeenAt {
+                nick: nick(),
+                id: MsgId::new(9, 0),
+            }],
             req: Some("r".into()),
         }));
         server_round_trip(&ServerMsg::Joined(frame::Joined {
@@ -719,7 +793,36 @@ mod tests {
             moderator: false,
             muted_until: None,
             slow_mode: 0,
+            read: None,
+            unread: 0,
+            mentions: 0,
+            more: false,
+            upto: None,
+            receipts: false,
+            seen: vec![],
             req: None,
+        }));
+        server_round_trip(&ServerMsg::ReadState(frame::ReadState {
+            room: room(),
+            id: MsgId::new(9, 0),
+            unread: 2000,
+            mentions: 7,
+            more: true,
+            upto: Some(MsgId::new(20, 1)),
+        }));
+        server_round_trip(&ServerMsg::Seen(frame::Seen {
+            room: room(),
+            nick: nick(),
+            id: MsgId::new(9, 0),
+        }));
+        server_round_trip(&ServerMsg::SearchResults(frame::SearchResults {
+            query: "hel".into(),
+            results: vec![frame::Found {
+                message: ChatMessage::new(MsgId::new(9, 0), room(), nick(), "hello".into()),
+                marks: vec![(0, 3)],
+            }],
+            complete: false,
+            req: Some("s".into()),
         }));
         server_round_trip(&ServerMsg::Left(frame::Left {
             room: room(),

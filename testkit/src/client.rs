@@ -19,6 +19,7 @@ use crate::{PATIENCE, Ws};
 
 /// What reading a client's socket gave.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // One per frame read, moved at once: boxing would only add an allocation.
 enum Incoming {
     Frame(ServerMsg),
     /// The server closed the connection (with its close frame, if it sent one).
@@ -46,6 +47,7 @@ async fn read_one(stream: &mut SplitStream<Ws>) -> Incoming {
 
 /// What one bounded wait for the next frame gave ([`Client::next_within`]).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Returned and matched at once, like the frame itself.
 pub enum Received {
     Frame(ServerMsg),
     /// The connection is closed, with the code of the server's close frame if it sent one.
@@ -361,6 +363,71 @@ impl Client {
             ServerMsg::Joined(frame::Joined { history, .. }) => Ok(history),
             _ => unreachable!("join_answer returns joined frames"),
         }
+    }
+
+    /// Joins a room and returns the whole `joined` frame (history, read state, receipts).
+    pub async fn join_frame(
+        &mut self,
+        room: &str,
+        nick: &str,
+        since: Option<MsgId>,
+    ) -> frame::Joined {
+        match self.join_answer(room, nick, None, since).await {
+            Ok(ServerMsg::Joined(joined)) => joined,
+            Ok(_) => unreachable!("join_answer returns joined frames"),
+            Err((code, message)) => panic!("join {room} failed: {code:?} {message}"),
+        }
+    }
+
+    /// Sends `read` and returns its answer: the room's next `read_state` (a relayed one from another connection of
+    /// the same person counts too), or the error that refused it.
+    pub async fn read(
+        &mut self,
+        room: &str,
+        id: MsgId,
+    ) -> Result<frame::ReadState, (ErrorCode, String)> {
+        self.send(&ClientMsg::Read {
+            room: room.into(),
+            id,
+        })
+        .await;
+        self.take(|m| match m {
+            ServerMsg::ReadState(state) if state.room.as_str() == room => Some(Ok(state.clone())),
+            ServerMsg::Error(frame::Error {
+                code,
+                message,
+                request: Some(request),
+                ..
+            }) if request == "read" => Some(Err((*code, message.clone()))),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends `search` and returns its answer, or the error that refused it.
+    pub async fn search(
+        &mut self,
+        query: &str,
+        room: Option<&str>,
+        before: Option<MsgId>,
+        limit: Option<usize>,
+    ) -> Result<frame::SearchResults, (ErrorCode, String)> {
+        let req = format!("search-{}", self.next_cid());
+        self.send(&ClientMsg::Search {
+            query: query.into(),
+            room: room.map(Into::into),
+            before,
+            limit,
+            req: Some(req.clone()),
+        })
+        .await;
+        self.answer(&req, |m| match m {
+            ServerMsg::SearchResults(found) if found.req.as_deref() == Some(req.as_str()) => {
+                Some(found.clone())
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// Joins a room as `person` and returns the members and online count `joined` reported, or the error.

@@ -11,6 +11,7 @@
 
 mod append;
 mod read;
+mod search;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,9 @@ use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
 use crate::bus::HistoryItem;
-use crate::bus::archive::{Appended, Archive, ArchiveError, Cursor, Expired, LogEntry, Seed};
+use crate::bus::archive::{
+    Appended, Archive, ArchiveError, Cursor, Expired, LogEntry, ReadPosition, Seed,
+};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -366,6 +369,30 @@ impl Archive for Postgres {
             timed(
                 "a rebuild read",
                 read::seed(&this, &room, window, now, cids_since),
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn save_reads(&self, reads: Vec<ReadPosition>) -> BoxFuture<'static, Result<(), ArchiveError>> {
+        let this = self.clone();
+        async move { timed("a read positions write", search::save_reads(&this, reads)).await }
+            .boxed()
+    }
+
+    fn search(
+        &self,
+        rooms: Option<Vec<RoomName>>,
+        words: Vec<shared::text::Word>,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, ArchiveError>> {
+        let this = self.clone();
+        async move {
+            timed(
+                "a search",
+                search::search(&this, rooms, words, before, limit),
             )
             .await
         }

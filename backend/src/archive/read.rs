@@ -204,7 +204,7 @@ pub(super) async fn seed(
         .map(|row| entry(room, row))
         .collect::<Result<Vec<_>, _>>()?;
     entries.reverse();
-    // The moderation in force: the newest mute and ban of each nick, and the newest slow mode.
+    // The moderation in force: the newest mute and ban of each nick, the newest slow mode and read receipts.
     let mut seed = Seed {
         cursor,
         entries,
@@ -214,7 +214,7 @@ pub(super) async fn seed(
         .query(
             &format!(
                 "SELECT DISTINCT ON (body->>'action', body->>'nick') {COLUMNS} FROM events \
-                 WHERE room = $1 AND kind = 'moderation' AND body->>'action' IN ('mute', 'ban', 'slow_mode') \
+                 WHERE room = $1 AND kind = 'moderation' AND body->>'action' IN ('mute', 'ban', 'slow_mode', 'receipts') \
                  ORDER BY body->>'action', body->>'nick', ms DESC, seq DESC"
             ),
             &[&room.as_str()],
@@ -236,6 +236,7 @@ pub(super) async fn seed(
         let until = event.record.id.ms + secs * 1000;
         match (action, nick) {
             (ModerationAction::SlowMode, _) => seed.slow_secs = secs,
+            (ModerationAction::Receipts, _) => seed.receipts = secs > 0,
             (ModerationAction::Mute, Some(nick)) if until > now => {
                 seed.moderation.push((format!("mute:{nick}"), until));
             }
@@ -268,5 +269,6 @@ pub(super) async fn seed(
             event.digest,
         ));
     }
+    seed.reads = super::search::reads(&client, room).await?;
     Ok(Some(seed))
 }

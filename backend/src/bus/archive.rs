@@ -63,6 +63,23 @@ pub struct Seed {
     pub slow_secs: u64,
     /// Idempotency keys still within the dedupe window: (nick, cid, id, digest).
     pub cids: Vec<(String, String, MsgId, String)>,
+    /// Read receipts are on.
+    pub receipts: bool,
+    /// The room's read positions.
+    pub reads: Vec<ReadPosition>,
+}
+
+/// A person's read position in a room, as the archive keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPosition {
+    /// The room.
+    pub room: RoomName,
+    /// Who (the token's subject, or the nick).
+    pub person: String,
+    /// The nick they read as.
+    pub nick: String,
+    /// The newest message read.
+    pub id: MsgId,
 }
 
 /// What the retention job did to one room: every event older than `before` is gone from the archive.
@@ -138,6 +155,19 @@ pub trait Archive: Send + Sync + 'static {
         now: u64,
         cids_since: u64,
     ) -> BoxFuture<'static, Result<Option<Seed>, ArchiveError>>;
+
+    /// Keeps read positions, each only if it is ahead of the one kept (forward only, whatever order they come in).
+    fn save_reads(&self, reads: Vec<ReadPosition>) -> BoxFuture<'static, Result<(), ArchiveError>>;
+
+    /// Up to `limit` messages whose current text has every word of `words`, in `rooms` (`None`: every room), older
+    /// than `before`, newest first, each with its state.
+    fn search(
+        &self,
+        rooms: Option<Vec<RoomName>>,
+        words: Vec<shared::text::Word>,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, ArchiveError>>;
 
     /// The retention job, when it is due (`every_secs` since its last run, on any replica) and this replica gets
     /// it: deletes every event older than its room's retention (the room's own, else `default_days`; `None`: keep

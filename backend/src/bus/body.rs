@@ -133,6 +133,37 @@ pub enum Notice {
     Presence(PresenceNotice),
     /// Someone is typing.
     Typing(TypingNotice),
+    /// Someone's read position moved.
+    Read(ReadNotice),
+}
+
+/// A person's read position moved: every connection of theirs learns it with the room's counts (computed where it
+/// moved), and, with read receipts on, every member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadNotice {
+    /// Who read: the token's subject, or the nick in anonymous rooms.
+    pub person: String,
+    /// The nick they read as.
+    pub nick: Nick,
+    /// The newest message read.
+    pub id: MsgId,
+    /// Messages of others after it.
+    pub unread: u32,
+    /// Of those, the ones that mention `nick`.
+    pub mentions: u32,
+    /// More unread messages than were counted.
+    #[serde(default)]
+    pub more: bool,
+    /// The newest message the counts looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<MsgId>,
+    /// Read receipts are on in the room.
+    #[serde(default)]
+    pub receipts: bool,
+    /// The replica the read came through.
+    pub node: String,
+    /// The connection on that replica, which was answered directly.
+    pub conn: u64,
 }
 
 /// A presence notice (join, leave, rename) as replicas relay it.

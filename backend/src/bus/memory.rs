@@ -13,8 +13,8 @@ use super::roster::Roster;
 use super::rules::{Moderation, Outcome, Rules};
 use super::{
     Body, Bus, BusError, BusEvent, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState,
-    Notice, Page, Published, Record, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
-    now_ms,
+    Notice, Page, Published, ReadMove, Reads, Record, RosterChange, RosterOp, RosterTiming,
+    Subscribed, new_epoch, now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -65,6 +65,8 @@ struct Inner {
     expiries: VecDeque<(Instant, CidKey)>,
     /// Members online, per room.
     rosters: HashMap<RoomName, Roster>,
+    /// Read positions, per room: person → (the newest message read, the nick read as).
+    reads: HashMap<RoomName, HashMap<String, (MsgId, Nick)>>,
 }
 
 impl MemoryBus {
@@ -355,6 +357,102 @@ impl Bus for MemoryBus {
                 .collect();
         }
         async move { Ok(page) }.boxed()
+    }
+
+    fn mark_read(
+        &self,
+        room: &RoomName,
+        person: &str,
+        nick: &Nick,
+        id: MsgId,
+    ) -> BoxFuture<'static, Result<ReadMove, BusError>> {
+        let mut inner = self.lock();
+        let last = inner
+            .history
+            .get(room)
+            .and_then(|log| log.entries.back())
+            .map(|(_, e)| e.id);
+        let receipts = inner
+            .history
+            .get(room)
+            .is_some_and(|log| log.moderation.receipts);
+        let mut answer = ReadMove {
+            moved: false,
+            id: None,
+            last,
+            receipts,
+        };
+        if let Some(last) = last {
+            let target = id.min(last);
+            let position = inner
+                .reads
+                .entry(room.clone())
+                .or_default()
+                .entry(person.to_owned())
+                .or_insert((MsgId::default(), nick.clone()));
+            if target > position.0 {
+                *position = (target, nick.clone());
+                answer.moved = true;
+            }
+            answer.id = Some(position.0).filter(|id| *id > MsgId::default());
+        }
+        async move { Ok(answer) }.boxed()
+    }
+
+    fn reads(&self, room: &RoomName, person: &str) -> BoxFuture<'static, Result<Reads, BusError>> {
+        let inner = self.lock();
+        let positions = inner.reads.get(room);
+        let receipts = inner
+            .history
+            .get(room)
+            .is_some_and(|log| log.moderation.receipts);
+        let mut reads = Reads {
+            mine: positions.and_then(|p| p.get(person)).map(|(id, _)| *id),
+            receipts,
+            seen: Vec::new(),
+        };
+        if receipts && let Some(positions) = positions {
+            reads.seen = positions
+                .values()
+                .map(|(id, nick)| (nick.clone(), *id))
+                .collect();
+            reads.seen.sort_by_key(|(_, id)| std::cmp::Reverse(*id));
+            reads.seen.truncate(shared::SEEN_SHOWN);
+        }
+        async move { Ok(reads) }.boxed()
+    }
+
+    fn search(
+        &self,
+        rooms: Option<Vec<RoomName>>,
+        words: Vec<shared::text::Word>,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>> {
+        let inner = self.lock();
+        let before = before.unwrap_or(MsgId::new(u64::MAX, u64::MAX));
+        let mut found: Vec<HistoryItem> = Vec::new();
+        for (room, log) in &inner.history {
+            if rooms.as_ref().is_some_and(|rooms| !rooms.contains(room)) {
+                continue;
+            }
+            let matching = log.entries.iter().rev().filter_map(|(_, e)| {
+                let Body::Message { text, .. } = &e.body else {
+                    return None;
+                };
+                if e.id >= before {
+                    return None;
+                }
+                let item = log.item(e);
+                let current = item.state.as_ref().and_then(|s| s.text.as_deref());
+                let text = current.unwrap_or(text);
+                (!item.deleted() && shared::text::find(text, &words).is_some()).then_some(item)
+            });
+            found.extend(matching.take(limit));
+        }
+        found.sort_by_key(|item| std::cmp::Reverse(item.record.id));
+        found.truncate(limit);
+        async move { Ok(found) }.boxed()
     }
 
     fn subscribe(&self, room: &RoomName) -> Subscribed {

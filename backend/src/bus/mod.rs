@@ -16,7 +16,7 @@ pub mod redis;
 mod roster;
 mod rules;
 
-pub use body::{Body, Notice, PresenceNotice, TypingNotice};
+pub use body::{Body, Notice, PresenceNotice, ReadNotice, TypingNotice};
 pub use record::{HistoryItem, MsgState, Record};
 
 use std::hash::{BuildHasher, Hasher};
@@ -71,6 +71,30 @@ impl Draft {
             None => body,
         }
     }
+}
+
+/// Where a person's read position in a room stands after a `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMove {
+    /// It moved (forward); `false` for an older or repeated id.
+    pub moved: bool,
+    /// The read position now (`None`: the room has no message yet).
+    pub id: Option<MsgId>,
+    /// The room's newest message.
+    pub last: Option<MsgId>,
+    /// Read receipts are on in the room.
+    pub receipts: bool,
+}
+
+/// A room's read positions as a joining member sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// This person's read position.
+    pub mine: Option<MsgId>,
+    /// Read receipts are on in the room.
+    pub receipts: bool,
+    /// With receipts on: the most recent [`shared::SEEN_SHOWN`] read positions, newest first (nick, id).
+    pub seen: Vec<(Nick, MsgId)>,
 }
 
 /// What storing a [`Draft`] did.
@@ -286,6 +310,30 @@ pub trait Bus: Send + Sync + 'static {
         after: Option<MsgId>,
         limit: usize,
     ) -> BoxFuture<'static, Result<Page, BusError>>;
+
+    /// Moves `person`'s read position in the room forward to `id` (read as `nick`), never past the room's newest
+    /// message; an older or repeated `id` changes nothing.
+    fn mark_read(
+        &self,
+        room: &RoomName,
+        person: &str,
+        nick: &Nick,
+        id: MsgId,
+    ) -> BoxFuture<'static, Result<ReadMove, BusError>>;
+
+    /// `person`'s read position in the room, and (with read receipts on) the room's.
+    fn reads(&self, room: &RoomName, person: &str) -> BoxFuture<'static, Result<Reads, BusError>>;
+
+    /// Up to `limit` messages whose current text has every word of `words` (see [`shared::text::find`]), in `rooms`
+    /// (`None`: every room), older than `before`, newest first, each with its state. Refused `no_archive` by a Redis
+    /// bus without an archive.
+    fn search(
+        &self,
+        rooms: Option<Vec<RoomName>>,
+        words: Vec<shared::text::Word>,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>>;
 
     /// How far behind the archive is, when there is one.
     fn archive_status(&self) -> Option<Arc<redis::ArchiveStatus>> {

@@ -21,6 +21,8 @@ pub struct Moderation {
     pub slow_secs: u64,
     /// Nick → when it last sent a message (ms), for slow mode.
     pub last_sent: HashMap<Nick, u64>,
+    /// Read receipts are on.
+    pub receipts: bool,
 }
 
 impl Moderation {
@@ -176,6 +178,7 @@ impl Rules<'_> {
                         }
                     }
                     (ModerationAction::SlowMode, _) => self.moderation.slow_secs = *secs,
+                    (ModerationAction::Receipts, _) => self.moderation.receipts = *secs > 0,
                     _ => {}
                 }
             }

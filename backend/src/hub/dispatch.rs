@@ -52,8 +52,9 @@ impl Rooms {
                     }
                     let now = Instant::now();
                     for event in incoming.drain(..) {
-                        let (out, skip) = self.outbound(event);
-                        waves.push(out, skip, now, &mut due);
+                        for (out, skip) in self.outbound(event) {
+                            waves.push(out, skip, now, &mut due);
+                        }
                     }
                 }
                 () = sleep_until_some(next_wave) => waves.take_due(Instant::now(), &mut due),
@@ -76,9 +77,9 @@ impl Rooms {
         (*node == *self.node).then_some(conn)
     }
 
-    /// The frame one bus event becomes, and the connection that must not receive it (its own presence notice).
-    fn outbound(&self, event: BusEvent) -> (Arc<Outbound>, Option<ConnId>) {
-        let (out, skip) = match event {
+    /// The frames one bus event becomes, each with the connection that must not receive it (its own notice).
+    fn outbound(&self, event: BusEvent) -> Vec<(Arc<Outbound>, Option<ConnId>)> {
+        let out = match event {
             BusEvent::Stored(record) => {
                 let out = Outbound {
                     room: record.room.clone(),
@@ -86,16 +87,38 @@ impl Rooms {
                     reset: false,
                     frame: encode(&frames::live(&record)),
                     evict: record.body.evicts().map(|(nick, why)| (nick.clone(), why)),
+                    to: None,
+                    read: None,
                 };
-                (out, None)
+                vec![(out, None)]
+            }
+            BusEvent::Notice {
+                room,
+                notice: Notice::Read(read),
+            } => {
+                // The person's other connections learn their read state; with receipts on, the room learns who read.
+                let skip = self.own_conn(&read.node, read.conn);
+                let mut out = vec![(
+                    Outbound {
+                        to: Some(read.person.as_str().into()),
+                        read: Some(read.id),
+                        ..notice_frame(room.clone(), &frames::read_state(room.clone(), &read))
+                    },
+                    skip,
+                )];
+                if read.receipts {
+                    out.push((notice_frame(room.clone(), &frames::seen(room, &read)), None));
+                }
+                out
             }
             BusEvent::Notice { room, notice } => {
                 let skip = match &notice {
                     Notice::Presence(n) => self.own_conn(&n.node, n.conn),
                     Notice::Typing(n) => self.own_conn(&n.node, n.conn),
+                    Notice::Read(n) => self.own_conn(&n.node, n.conn),
                 };
                 let msg = frames::notice(room.clone(), notice);
-                (notice_frame(room, &msg), skip)
+                vec![(notice_frame(room, &msg), skip)]
             }
             BusEvent::Gap { room, epoch, reset } => {
                 let msg = ServerMsg::Gap(frame::Gap {
@@ -109,11 +132,15 @@ impl Rooms {
                     reset,
                     frame: encode(&msg),
                     evict: None,
+                    to: None,
+                    read: None,
                 };
-                (out, None)
+                vec![(out, None)]
             }
         };
-        (Arc::new(out), skip)
+        out.into_iter()
+            .map(|(out, skip)| (Arc::new(out), skip))
+            .collect()
     }
 }
 
@@ -224,6 +251,8 @@ fn notice_frame(room: RoomName, msg: &ServerMsg) -> Outbound {
         reset: false,
         frame: encode(msg),
         evict: None,
+        to: None,
+        read: None,
     }
 }
 
@@ -241,6 +270,8 @@ mod tests {
             reset: false,
             frame: Bytes::from(n.to_string()),
             evict: None,
+            to: None,
+            read: None,
         })
     }
 

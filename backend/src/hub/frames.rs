@@ -4,7 +4,7 @@
 
 use shared::{ChatMessage, Nick, PresenceEvent, Reaction, RoomName, ServerMsg, frame};
 
-use crate::bus::{Body, HistoryItem, MsgState, Notice, Record};
+use crate::bus::{Body, HistoryItem, MsgState, Notice, ReadNotice, Record};
 
 /// The frame live members get for a stored event.
 pub fn live(record: &Record) -> ServerMsg {
@@ -100,7 +100,29 @@ pub fn notice(room: RoomName, notice: Notice) -> ServerMsg {
             room,
             nick: notice.nick,
         }),
+        Notice::Read(notice) => read_state(room, &notice),
     }
+}
+
+/// A person's read state in a room, as their connections get it.
+pub fn read_state(room: RoomName, read: &ReadNotice) -> ServerMsg {
+    ServerMsg::ReadState(frame::ReadState {
+        room,
+        id: read.id,
+        unread: read.unread,
+        mentions: read.mentions,
+        more: read.more,
+        upto: read.upto,
+    })
+}
+
+/// With read receipts on: who read the room up to where, as every member gets it.
+pub fn seen(room: RoomName, read: &ReadNotice) -> ServerMsg {
+    ServerMsg::Seen(frame::Seen {
+        room,
+        nick: read.nick.clone(),
+        id: read.id,
+    })
 }
 
 /// Applies what actions left on a message to it, as `viewer` sees it.

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod frames;
 pub mod participant;
 pub mod presence;
+pub mod reads;
 pub mod registry;
 
 use std::collections::HashSet;
@@ -112,6 +113,8 @@ impl Hub {
 /// connection ends when it expires. How the token is verified is the transport's business.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// Who the token is for (its `sub`, else its nick): read positions follow this person across devices.
+    pub person: String,
     /// The only nick the connection may use.
     pub nick: String,
     /// The rooms it may join; `None`: any room.

@@ -12,14 +12,18 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use shared::{
     ChatMessage, ClientMsg, ErrorCode, HISTORY_PAGE_MAX, ModerationAction, MsgId, Nick,
-    PROTOCOL_VERSION, RoomName, ServerMsg, TYPING_EVERY_MS, close_code,
+    PROTOCOL_VERSION, RoomName, SEARCH_PAGE_MAX, ServerMsg, TYPING_EVERY_MS, close_code,
 };
 use shared::{frame, validate};
 use tracing::{debug, info, warn};
 
+use super::reads::{self, Counts};
 use super::registry::{ConnId, Member, Outbound};
 use super::{Grant, Hub, frames, presence};
-use crate::bus::{Body, Draft, HistoryQuery, Notice, RosterOp, TypingNotice, new_epoch};
+use crate::bus::{
+    Body, Draft, HistoryItem, HistoryQuery, Notice, ReadNotice, Reads, RosterOp, TypingNotice,
+    new_epoch,
+};
 use crate::error::{RequestError, wait_text};
 use crate::ratelimit::TokenBucket;
 
@@ -146,6 +150,8 @@ struct Joined {
     last: Option<MsgId>,
     /// When this connection's last `typing` in the room was relayed.
     typed: Option<tokio::time::Instant>,
+    /// The person's read position in the room as this connection last told it: relayed moves behind it are dropped.
+    read: Option<MsgId>,
 }
 
 /// Stored messages and actions a member still has to receive after `joined`, read page by page.
@@ -220,6 +226,14 @@ impl Participant {
             sends: TokenBucket::new(u32::MAX, u32::MAX),
             grant: None,
         }
+    }
+
+    /// One who searches through the HTTP API with a person's token: only the rooms the token allows.
+    pub fn searcher(hub: Hub, grant: Grant) -> Result<Self, RequestError> {
+        let nick = Nick::parse(&grant.nick)?;
+        let mut searcher = Self::publisher(hub, nick);
+        searcher.grant = Some(Box::new(grant));
+        Ok(searcher)
     }
 
     /// Answers one request: the one way into the room rules for every transport.
@@ -401,6 +415,18 @@ impl Participant {
                 let order = Order::new(ModerationAction::SlowMode, None, secs, req, cid);
                 self.moderate(&room, order).await
             }
+            ClientMsg::Receipts { room, on, req, cid } => {
+                let order = Order::new(ModerationAction::Receipts, None, u64::from(on), req, cid);
+                self.moderate(&room, order).await
+            }
+            ClientMsg::Read { room, id } => self.read(&room, id).await,
+            ClientMsg::Search {
+                query,
+                room,
+                before,
+                limit,
+                req,
+            } => self.search(query, room, before, limit, req).await,
             ClientMsg::Ping { req } => Ok(ServerMsg::Pong(frame::Pong { req })),
             ClientMsg::History {
                 room,
@@ -493,9 +519,20 @@ impl Participant {
                 format!("a connection may be in at most {max_rooms} rooms; leave one first"),
             ));
         }
-        if !rejoin && let Err(e) = self.hub.rooms.join(&room, self.conn, member).await {
-            self.hub.rooms.leave(&room, self.conn);
-            return Err(e.into());
+        let reader = self.person_of(&nick);
+        if rejoin {
+            self.hub
+                .rooms
+                .set_person(&room, self.conn, reader.as_str().into());
+        } else {
+            let member = Member {
+                person: Some(reader.as_str().into()),
+                ..member
+            };
+            if let Err(e) = self.hub.rooms.join(&room, self.conn, member).await {
+                self.hub.rooms.leave(&room, self.conn);
+                return Err(e.into());
+            }
         }
         // A re-join never repeats what this connection already received.
         let delivered = self.rooms.get(&room).and_then(|j| j.last);
@@ -526,9 +563,10 @@ impl Participant {
         };
         // History and members at once: a join costs one round trip to the store, not two. The roster change is
         // boxed, so its state does not enlarge every connection's task for good.
-        let (history, roster) = tokio::join!(
+        let (history, roster, positions) = tokio::join!(
             self.hub.bus.history(&room, query),
             Box::pin(presence::apply(&self.hub, &room, self.conn, op)),
+            self.hub.bus.reads(&room, &reader),
         );
         let roster = match roster {
             Ok(change) if !change.taken && change.banned_until.is_none() => change,
@@ -565,6 +603,19 @@ impl Participant {
             }
         };
         let resumed = since.is_some() && !history.reset;
+        // Read state: a failure to read it does not fail the join (the next `read` brings it).
+        let positions = positions.unwrap_or_else(|e| {
+            debug!(%room, error = %e, "read positions not read");
+            Reads::default()
+        });
+        let counts = match positions.mine {
+            Some(mine) => {
+                let since = since.filter(|_| resumed);
+                self.join_counts(&room, &nick, mine, since, &history.items)
+                    .await
+            }
+            None => Counts::default(),
+        };
         let newest = history.items.last().map(|i| i.record.id);
         let after = (resumed && history.items.len() >= CATCH_UP_PAGE)
             .then_some(newest)
@@ -575,9 +626,11 @@ impl Participant {
                 nick: nick.clone(),
                 last: None,
                 typed: None,
+                read: None,
             }),
         };
         entry.nick = nick.clone();
+        entry.read = entry.read.max(positions.mine);
         if history.reset {
             entry.last = None;
         }
@@ -618,10 +671,189 @@ impl Participant {
                 moderator,
                 muted_until: roster.muted_until,
                 slow_mode: roster.slow_mode,
+                read: positions.mine,
+                unread: counts.unread,
+                mentions: counts.mentions,
+                more: counts.more,
+                upto: positions.mine.and(counts.upto),
+                receipts: positions.receipts,
+                seen: positions
+                    .seen
+                    .into_iter()
+                    .map(|(nick, id)| frame::SeenAt { nick, id })
+                    .collect(),
                 req,
             }),
             backlog,
         })
+    }
+
+    /// The counts after `mine` for a joining member: from the history the join read when it holds every message
+    /// after `mine` (a resume from `since`, or the newest messages), else read for them.
+    async fn join_counts(
+        &self,
+        room: &RoomName,
+        nick: &Nick,
+        mine: MsgId,
+        since: Option<MsgId>,
+        items: &[HistoryItem],
+    ) -> Counts {
+        let complete = match since {
+            Some(since) => mine >= since && items.len() < CATCH_UP_PAGE,
+            None => items.first().is_some_and(|first| first.record.id <= mine),
+        };
+        if complete {
+            let mut counts = Counts {
+                upto: items.last().map(|i| i.record.id).max(Some(mine)),
+                ..Counts::default()
+            };
+            counts.tally(items, mine, nick);
+            return counts;
+        }
+        reads::count(&self.hub, room, Some(mine), None, nick)
+            .await
+            .unwrap_or_else(|e| {
+                debug!(%room, error = %e, "unread counts not read");
+                Counts::default()
+            })
+    }
+
+    /// Who this participant is, for read state: the token's subject, else the nick it reads as.
+    fn person_of(&self, nick: &Nick) -> String {
+        match &self.grant {
+            Some(grant) => grant.person.clone(),
+            None => nick.to_string(),
+        }
+    }
+
+    /// Moves this person's read position in a joined room forward to `id`, answers with the room's counts after it,
+    /// and tells the person's other connections (and, with read receipts on, the room).
+    async fn read(&mut self, room: &str, id: MsgId) -> Result<ServerMsg, RequestError> {
+        let room = RoomName::parse(room)?;
+        let nick = self
+            .rooms
+            .get(&room)
+            .ok_or_else(|| not_joined(&room))?
+            .nick
+            .clone();
+        let person = self.person_of(&nick);
+        let moved = self.hub.bus.mark_read(&room, &person, &nick, id).await?;
+        let counts = reads::count(&self.hub, &room, moved.id, moved.last, &nick).await?;
+        let at = moved.id.unwrap_or_default();
+        if let Some(joined) = self.rooms.get_mut(&room) {
+            joined.read = joined.read.max(moved.id);
+        }
+        if moved.moved {
+            metrics::counter!("roomcast_read_positions_moved_total").increment(1);
+            let notice = Notice::Read(ReadNotice {
+                person,
+                nick,
+                id: at,
+                unread: counts.unread,
+                mentions: counts.mentions,
+                more: counts.more,
+                upto: counts.upto,
+                receipts: moved.receipts,
+                node: self.hub.node.to_string(),
+                conn: self.conn,
+            });
+            let fut = self.hub.bus.announce(&room, &notice);
+            let room = room.clone();
+            tokio::spawn(async move {
+                if let Err(e) = fut.await {
+                    debug!(%room, error = %e, "read notice not relayed; other devices catch up on their next join");
+                }
+            });
+        }
+        Ok(ServerMsg::ReadState(frame::ReadState {
+            room,
+            id: at,
+            unread: counts.unread,
+            mentions: counts.mentions,
+            more: counts.more,
+            upto: counts.upto,
+        }))
+    }
+
+    /// Searches the current text of messages in the rooms this participant may read (see `ClientMsg::Search`).
+    async fn search(
+        &mut self,
+        query: String,
+        room: Option<String>,
+        before: Option<MsgId>,
+        limit: Option<usize>,
+        req: Option<String>,
+    ) -> Result<ServerMsg, RequestError> {
+        let Some(words) = shared::text::query_words(&query) else {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "query must have 1 to {} words and at most {} characters",
+                    shared::text::QUERY_MAX_WORDS,
+                    shared::text::QUERY_MAX_CHARS
+                ),
+            ));
+        };
+        let limit = limit.unwrap_or(20);
+        if !(1..=SEARCH_PAGE_MAX).contains(&limit) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("search limit must be 1 to {SEARCH_PAGE_MAX}"),
+            ));
+        }
+        let allowed = self.grant.as_ref().and_then(|g| g.rooms.as_ref());
+        let rooms = match room {
+            Some(room) => {
+                let room = RoomName::parse(&room)?;
+                if allowed.is_some_and(|allowed| !allowed.contains(room.as_str())) {
+                    return Err(RequestError::new(
+                        ErrorCode::Forbidden,
+                        format!("your token does not allow the room {room}"),
+                    ));
+                }
+                Some(vec![room])
+            }
+            None => allowed.map(|allowed| {
+                allowed
+                    .iter()
+                    .filter_map(|r| RoomName::parse(r).ok())
+                    .collect()
+            }),
+        };
+        if !self.sends.take() {
+            return Err(RequestError::new(
+                ErrorCode::RateLimited,
+                "searching too fast: searches count against the send rate; try again in a moment",
+            ));
+        }
+        let viewer = self.grant.as_ref().and_then(|g| Nick::parse(&g.nick).ok());
+        let started = std::time::Instant::now();
+        let found = self
+            .hub
+            .bus
+            .search(rooms, words.clone(), before, limit + 1)
+            .await?;
+        metrics::histogram!("roomcast_search_seconds").record(started.elapsed().as_secs_f64());
+        let fetched = found.len();
+        let mut used = 0;
+        let mut results = Vec::new();
+        for item in found.iter().take(limit) {
+            let Some(message) = frames::message(item, viewer.as_ref()) else {
+                continue;
+            };
+            used += message_size(&message);
+            if used > JOINED_BUDGET_BYTES && !results.is_empty() {
+                break;
+            }
+            let marks = shared::text::find(&message.text, &words).unwrap_or_default();
+            results.push(frame::Found { message, marks });
+        }
+        Ok(ServerMsg::SearchResults(frame::SearchResults {
+            query,
+            complete: results.len() == fetched,
+            results,
+            req,
+        }))
     }
 
     /// `joined`, then the rest of the history, page by page, as one stream of frames.
@@ -887,7 +1119,12 @@ impl Participant {
         }
         let by = self.nick_in(&room)?;
         let target = match (action, nick) {
-            (ModerationAction::SlowMode | ModerationAction::Retention, _) => None,
+            (
+                ModerationAction::SlowMode
+                | ModerationAction::Retention
+                | ModerationAction::Receipts,
+                _,
+            ) => None,
             (_, Some(nick)) => Some(Nick::parse(&nick)?),
             (_, None) => {
                 return Err(RequestError::new(
@@ -1027,6 +1264,12 @@ impl Participant {
                 return false;
             }
             joined.last = Some(id);
+        }
+        if let Some(read) = out.read {
+            if joined.read.is_some_and(|known| read <= known) {
+                return false;
+            }
+            joined.read = Some(read);
         }
         true
     }

@@ -35,6 +35,11 @@ pub struct Outbound {
     pub frame: Bytes,
     /// A moderator kicked or banned this nick: its connections leave the room after this frame, told why.
     pub evict: Option<(Nick, &'static str)>,
+    /// Only for the connections of this person (their read state); `None`: for every member of the room.
+    pub to: Option<Arc<str>>,
+    /// A read position this frame announces: a connection drops it unless it is ahead of the one it knows (moves
+    /// relayed from two replicas may cross on the way).
+    pub read: Option<MsgId>,
 }
 
 /// A queue holding more than this many times `--queue-max-bytes` is closed even though its socket still takes
@@ -50,6 +55,9 @@ pub struct Member {
     pub queue: mpsc::UnboundedSender<Arc<Outbound>>,
     /// What the dispatcher and the connection's session know of each other.
     pub outlet: Arc<Outlet>,
+    /// Who is behind the connection in the room (the token's subject, else the nick): frames meant for one person,
+    /// their read state, reach only their connections. Set per room when it joins.
+    pub person: Option<Arc<str>>,
 }
 
 /// The state a connection's session shares with the dispatcher, which decides from it whether the connection is
@@ -138,6 +146,13 @@ impl Rooms {
             .unwrap_or_else(|_| Err(BusError::Unavailable("bus stopped".into())))
     }
 
+    /// Records who is behind a connection in a room (after a rename, without a token, another person).
+    pub fn set_person(&self, room: &RoomName, conn: ConnId, person: Arc<str>) {
+        if let Some(member) = self.lock().get_mut(room).and_then(|m| m.get_mut(&conn)) {
+            member.person = Some(person);
+        }
+    }
+
     /// The rooms with local members now.
     pub fn names(&self) -> Vec<RoomName> {
         self.lock().keys().cloned().collect()
@@ -188,7 +203,12 @@ impl Rooms {
             for (&conn, member) in members {
                 for &i in &same_room {
                     let (out, skip) = &batch[i];
-                    if *skip == Some(conn) {
+                    if *skip == Some(conn)
+                        || out
+                            .to
+                            .as_ref()
+                            .is_some_and(|to| member.person.as_ref() != Some(to))
+                    {
                         continue;
                     }
                     if !member.outlet.admit(out, self.queue_max_bytes) {

@@ -160,6 +160,7 @@ impl Session {
         let member = Member {
             queue,
             outlet: Arc::clone(&outlet),
+            person: None,
         };
         Self {
             participant: Participant::new(hub, conn, member, grant),

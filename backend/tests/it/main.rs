@@ -15,6 +15,7 @@ mod ha;
 mod harness;
 mod ops;
 mod protocol;
+mod reads;
 mod redis_bus;
 mod relay;
 mod stack;

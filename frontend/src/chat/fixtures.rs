@@ -49,6 +49,13 @@ pub(super) fn joined_in(
         moderator: false,
         muted_until: None,
         slow_mode: 0,
+        read: None,
+        unread: 0,
+        mentions: 0,
+        more: false,
+        upto: None,
+        receipts: false,
+        seen: vec![],
         req: None,
     })
 }

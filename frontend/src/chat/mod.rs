@@ -378,6 +378,9 @@ impl Chat {
             ServerMsg::Welcome(_)
             | ServerMsg::Pong(_)
             | ServerMsg::TryAgain(_)
+            | ServerMsg::ReadState(_)
+            | ServerMsg::Seen(_)
+            | ServerMsg::SearchResults(_)
             | ServerMsg::Done(_)
             | ServerMsg::Left(frame::Left { reason: None, .. }) => {}
             ServerMsg::Left(frame::Left {
@@ -665,6 +668,8 @@ pub fn moderation_text(e: &ModerationEvent) -> String {
         (ModerationAction::Retention, _) => {
             format!("{by} set the room to keep messages for {span}")
         }
+        (ModerationAction::Receipts, 0) => format!("{by} turned off read receipts"),
+        (ModerationAction::Receipts, _) => format!("{by} turned on read receipts"),
     }
 }
 
@@ -1024,6 +1029,13 @@ mod tests {
             moderator: false,
             muted_until: Some(5000),
             slow_mode: 30,
+            read: None,
+            unread: 0,
+            mentions: 0,
+            more: false,
+            upto: None,
+            receipts: false,
+            seen: vec![],
             req: None,
         }));
         let r = general(&chat);

@@ -633,6 +633,13 @@ mod tests {
             moderator: false,
             muted_until: None,
             slow_mode: 0,
+            read: None,
+            unread: 0,
+            mentions: 0,
+            more: false,
+            upto: None,
+            receipts: false,
+            seen: vec![],
             req: None,
         }));
         let members = |chat: &Chat| {

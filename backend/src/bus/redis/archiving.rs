@@ -9,7 +9,7 @@
 //! archives the rooms it writes to at once, and sweeps every room now and then, so what a killed replica (or the
 //! CLI) stored is archived by the others.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::json;
-use shared::{MsgId, RoomName};
+use shared::{MsgId, Nick, RoomName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::codec::{self, Entry};
 use super::{REQUEST_TIMEOUT, Store, new_epoch, protocol};
 use crate::bus::BusError;
-use crate::bus::archive::{Appended, Archive, ArchiveError, Cursor, Seed};
+use crate::bus::archive::{Appended, Archive, ArchiveError, Cursor, ReadPosition, Seed};
 
 /// Entries archived per transaction.
 const BATCH: usize = 500;
@@ -37,6 +37,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(200);
 const DOWN_RETRY: Duration = Duration::from_secs(1);
 /// Rooms read per sweep request.
 const SWEEP_CHUNK: usize = 500;
+/// How often the read positions moved meanwhile are written to the archive.
+pub(crate) const READS_EVERY: Duration = Duration::from_secs(1);
 
 /// How the archive is used, from the configuration.
 #[derive(Clone)]
@@ -110,6 +112,9 @@ pub(crate) struct Archiving {
     pub(crate) status: Arc<ArchiveStatus>,
     /// Rebuilds under way, per room: the thousands of members rejoining an emptied Redis's room wait for one.
     rebuilding: Mutex<std::collections::HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Read positions moved since the archiver last wrote them, per (room, person): the newest only, so a person
+    /// reading message after message costs PostgreSQL one row a second.
+    reads: Mutex<HashMap<(RoomName, String), (Nick, MsgId)>>,
 }
 
 impl Archiving {
@@ -126,8 +131,54 @@ impl Archiving {
             hints,
             status: Arc::default(),
             rebuilding: Mutex::default(),
+            reads: Mutex::default(),
         };
         (archiving, rx)
+    }
+
+    /// A read position moved in Redis: the archiver writes it to the archive within [`READS_EVERY`].
+    pub(crate) fn read_moved(&self, room: &RoomName, person: &str, nick: &Nick, id: MsgId) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = reads
+            .entry((room.clone(), person.to_owned()))
+            .or_insert_with(|| (nick.clone(), id));
+        if id >= entry.1 {
+            *entry = (nick.clone(), id);
+        }
+    }
+
+    /// Writes the read positions moved since the last call to the archive; on failure they wait for the next.
+    async fn save_reads(&self) {
+        let moved = std::mem::take(&mut *self.reads.lock().unwrap_or_else(PoisonError::into_inner));
+        if moved.is_empty() {
+            return;
+        }
+        let count = moved.len();
+        let positions = moved
+            .iter()
+            .map(|((room, person), (nick, id))| ReadPosition {
+                room: room.clone(),
+                person: person.clone(),
+                nick: nick.to_string(),
+                id: *id,
+            })
+            .collect();
+        match self.options.archive.save_reads(positions).await {
+            Ok(()) => {
+                metrics::counter!("roomcast_archive_read_positions_total").increment(count as u64);
+            }
+            Err(e) => {
+                self.status.failed(&e);
+                debug!(cause = %e, "read positions not archived yet");
+                let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+                for (key, (nick, id)) in moved {
+                    let entry = reads.entry(key).or_insert_with(|| (nick.clone(), id));
+                    if id > entry.1 {
+                        *entry = (nick, id);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -250,6 +301,8 @@ impl Store {
             self.keys.meta(room),
             self.keys.state(room),
             self.keys.moderation(room),
+            self.keys.reads(room),
+            self.keys.seen(room),
         ];
         let mut cids = Vec::new();
         for (nick, cid, id, digest) in &seed.cids {
@@ -293,6 +346,12 @@ impl Store {
             "moderation": seed.moderation,
             "slow": seed.slow_secs,
             "cids": cids,
+            "receipts": seed.receipts,
+            "reads": seed
+                .reads
+                .iter()
+                .map(|r| json!([r.person, format!("{} {}", r.id, r.nick), r.id.ms]))
+                .collect::<Vec<_>>(),
         })
         .to_string();
         let cursor = seed.cursor;
@@ -527,6 +586,9 @@ impl Archiver {
             // The job itself decides whether it is due (once per period over all replicas): look often enough.
             Duration::from_secs(60),
         ));
+        let mut reads = tokio::time::interval(READS_EVERY);
+        reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let saving = Arc::new(AtomicBool::new(false));
         let (later_tx, mut later_rx) = mpsc::unbounded_channel::<RoomName>();
         let mut working = FuturesUnordered::new();
         let mut busy: HashSet<RoomName> = HashSet::new();
@@ -544,7 +606,20 @@ impl Archiver {
                 });
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    // The last second's read positions, before the replica goes.
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.archiving.save_reads()).await;
+                    return;
+                }
+                _ = reads.tick() => {
+                    if !saving.swap(true, Ordering::Relaxed) {
+                        let (archiving, saving) = (self.archiving.clone(), saving.clone());
+                        tokio::spawn(async move {
+                            archiving.save_reads().await;
+                            saving.store(false, Ordering::Relaxed);
+                        });
+                    }
+                }
                 Some(room) = self.hints.recv() => self.enqueue(room),
                 Some(room) = later_rx.recv() => self.enqueue(room),
                 Some((room, outcome)) = working.next(), if !working.is_empty() => {

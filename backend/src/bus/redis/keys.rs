@@ -46,6 +46,16 @@ impl Keys {
         format!("{}:{{{room}}}:mod", self.prefix)
     }
 
+    /// Read positions: person → `<id> <nick>` (the newest message read, the nick read as).
+    pub fn reads(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:reads", self.prefix)
+    }
+
+    /// Who read most recently: person → the read position's milliseconds, for read receipts.
+    pub fn seen(&self, room: &RoomName) -> String {
+        format!("{}:{{{room}}}:seen", self.prefix)
+    }
+
     /// When each nick last sent, for slow mode.
     pub fn slow(&self, room: &RoomName) -> String {
         format!("{}:{{{room}}}:slow", self.prefix)

@@ -13,6 +13,7 @@ mod codec;
 mod feed;
 mod keys;
 mod link;
+mod reading;
 mod subscriber;
 pub mod topology;
 mod tracker;
@@ -30,7 +31,7 @@ use tracing::{Instrument, debug};
 
 use super::{
     Body, Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
-    Page, Published, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
+    Page, Published, ReadMove, Reads, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
 };
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
@@ -59,6 +60,10 @@ const RESTORE_SCRIPT: &str = include_str!("restore.lua");
 const ARCHIVED_SCRIPT: &str = include_str!("archived.lua");
 /// Drops what the retention job expired.
 const EXPIRE_SCRIPT: &str = include_str!("expire.lua");
+/// Moves a read position forward.
+const READ_SCRIPT: &str = include_str!("read.lua");
+/// A read position and the most recent readers'.
+const READS_SCRIPT: &str = include_str!("reads.lua");
 
 pub use archiving::{ArchiveOptions, ArchiveStatus};
 
@@ -76,6 +81,8 @@ pub(crate) struct Store {
     restore: Arc<redis::Script>,
     archived: Arc<redis::Script>,
     expire: Arc<redis::Script>,
+    mark_read: Arc<redis::Script>,
+    read_positions: Arc<redis::Script>,
     /// `--history-limit`: the hot window a rebuilt room gets, and the archiver's trim.
     history_limit: usize,
     /// `--dedupe-secs`: how recent an archived event's idempotency key a rebuild restores.
@@ -387,6 +394,8 @@ impl RedisBus {
             restore: Arc::new(redis::Script::new(RESTORE_SCRIPT)),
             archived: Arc::new(redis::Script::new(ARCHIVED_SCRIPT)),
             expire: Arc::new(redis::Script::new(EXPIRE_SCRIPT)),
+            mark_read: Arc::new(redis::Script::new(READ_SCRIPT)),
+            read_positions: Arc::new(redis::Script::new(READS_SCRIPT)),
             history_limit: options.history_limit,
             dedupe_secs: options.dedupe_window.as_secs().max(1),
             archiving,
@@ -926,6 +935,55 @@ impl Bus for RedisBus {
                 })
                 .collect();
             Ok(Page { items, next })
+        }
+        .boxed()
+    }
+
+    fn mark_read(
+        &self,
+        room: &RoomName,
+        person: &str,
+        nick: &Nick,
+        id: MsgId,
+    ) -> BoxFuture<'static, Result<ReadMove, BusError>> {
+        let (store, room, person, nick) = (
+            self.store.clone(),
+            room.clone(),
+            person.to_owned(),
+            nick.clone(),
+        );
+        async move { store.mark_read(&room, &person, &nick, id).await }.boxed()
+    }
+
+    fn reads(&self, room: &RoomName, person: &str) -> BoxFuture<'static, Result<Reads, BusError>> {
+        let (store, room, person) = (self.store.clone(), room.clone(), person.to_owned());
+        async move { store.read_positions(&room, &person).await }.boxed()
+    }
+
+    fn search(
+        &self,
+        rooms: Option<Vec<RoomName>>,
+        words: Vec<shared::text::Word>,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<HistoryItem>, BusError>> {
+        let archiving = self.store.archiving.clone();
+        async move {
+            let Some(archiving) = archiving else {
+                return Err(BusError::Refused {
+                    code: ErrorCode::NoArchive,
+                    until: None,
+                });
+            };
+            archiving
+                .options
+                .archive
+                .search(rooms, words, before, limit)
+                .await
+                .map_err(|e| {
+                    archiving.status_failed(&e);
+                    unavailable(format!("search: {e}"))
+                })
         }
         .boxed()
     }

@@ -2,7 +2,7 @@
 -- step. The same rules as bus/rules.rs (`Rules::apply`). The channel payload and the stream entry fields are
 -- codec.rs's; this script gets them as arguments and does not spell either format.
 -- KEYS: 1 stream, 2 meta, 3 cid key, 4 state (hash: message id -> JSON state), 5 mod (hash: mute:<nick>,
---       ban:<nick>, ban:person:<person> -> until ms; slow -> secs), 6 slow (hash: nick -> last message ms),
+--       ban:<nick>, ban:person:<person> -> until ms; slow -> secs; receipts -> 1 or 0), 6 slow (hash: nick -> last message ms),
 --       7 roster holders (hash: nick -> person)
 -- ARGV: 1 channel, 2 history limit, 3 body, 4 candidate epoch, 5 dedupe seconds, 6 publish command (PUBLISH, or
 --       SPUBLISH on a Cluster, or '' when the caller publishes once Redis replicas confirmed the write), 7 payload
@@ -140,6 +140,8 @@ elseif kind == 'moderation' then
     end
   elseif body.action == 'slow_mode' then
     redis.call('HSET', KEYS[5], 'slow', secs)
+  elseif body.action == 'receipts' then
+    redis.call('HSET', KEYS[5], 'receipts', secs > 0 and 1 or 0)
   end
 end
 
