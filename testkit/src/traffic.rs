@@ -52,6 +52,25 @@ pub struct Seen {
     pub resets: usize,
     pub reconnects: usize,
     pub closes_1013: usize,
+    /// With read traffic: the read positions `read_state` frames told this member, in arrival order (its own
+    /// answers and the moves relayed from its person's other connection).
+    pub read_states: Vec<MsgId>,
+    /// `read` requests sent.
+    pub reads_sent: usize,
+    /// `read` requests refused (`unavailable` during a fault); a later one covers them.
+    pub reads_refused: usize,
+}
+
+/// How often a reading member marks what it received as read: every this many events.
+const READ_EVERY: usize = 5;
+
+/// The nick of member `i`: with read traffic, members pair up as one person (the nick is the person without tokens).
+fn member_nick(i: usize, reads: bool) -> String {
+    if reads {
+        format!("reader{}", i % 2)
+    } else {
+        format!("member{i}")
+    }
 }
 
 /// A member that reads everything in `room`, reconnects (to any replica) and resumes whenever its connection ends,
@@ -65,6 +84,7 @@ async fn member(
     nick: String,
     mut last: watch::Receiver<Option<MsgId>>,
     joined: tokio::sync::mpsc::Sender<()>,
+    reads: bool,
 ) -> Seen {
     let mut next = first;
     let mut seen = Seen::default();
@@ -89,14 +109,22 @@ async fn member(
             resume.since = Some(m.id);
             seen.ids.push(m.id);
         }
+        if reads && let Some(id) = resume.since {
+            seen.reads_sent += usize::from(client.try_send(&read(room, id)).await);
+        }
         if !announced {
             announced = true;
             let _ = joined.send(()).await;
         }
         loop {
-            if let Some(end) = *last.borrow_and_update()
+            let end = *last.borrow_and_update();
+            if let Some(end) = end
                 && resume.since >= Some(end)
             {
+                if reads && !read_to_the_end(&mut client, room, end, &mut seen).await {
+                    seen.reconnects += 1;
+                    continue 'connection;
+                }
                 return seen;
             }
             tokio::select! {
@@ -110,7 +138,13 @@ async fn member(
                         let id = event_id(&frame);
                         resume.since = Some(id);
                         seen.ids.push(id);
+                        if reads && seen.ids.len() % READ_EVERY == 0 {
+                            seen.reads_sent += usize::from(client.try_send(&read(room, id)).await);
+                        }
                     }
+                    Received::Frame(ServerMsg::ReadState(state)) => seen.read_states.push(state.id),
+                    Received::Frame(ServerMsg::Error(frame::Error { request: Some(r), .. }))
+                        if r == "read" => seen.reads_refused += 1,
                     Received::Frame(ServerMsg::Gap(frame::Gap { epoch, reset, .. })) => {
                         seen.gaps += 1;
                         seen.resets += usize::from(reset);
@@ -126,6 +160,47 @@ async fn member(
                     Received::Silent => {}
                 },
                 _ = last.changed() => {}
+            }
+        }
+    }
+}
+
+/// A `read` of `room` up to `id`.
+fn read(room: &str, id: MsgId) -> ClientMsg {
+    ClientMsg::Read {
+        room: room.into(),
+        id,
+    }
+}
+
+/// Reads up to `end` and waits until a `read_state` says the position is there (asking again after a refusal or a
+/// silence); `false` if the connection closed meanwhile.
+async fn read_to_the_end(client: &mut Client, room: &str, end: MsgId, seen: &mut Seen) -> bool {
+    let give_up = crate::GiveUp::after_recovery();
+    loop {
+        give_up.check("a read up to the last message was never answered");
+        if !client.try_send(&read(room, end)).await {
+            return false;
+        }
+        seen.reads_sent += 1;
+        loop {
+            match client.next_within(PATIENCE).await {
+                Received::Frame(ServerMsg::ReadState(state)) => {
+                    seen.read_states.push(state.id);
+                    if state.id >= end {
+                        return true;
+                    }
+                }
+                Received::Frame(ServerMsg::Error(frame::Error {
+                    request: Some(r), ..
+                })) if r == "read" => {
+                    seen.reads_refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+                Received::Frame(_) => {}
+                Received::Closed(_) => return false,
+                Received::Silent => break,
             }
         }
     }
@@ -304,8 +379,11 @@ async fn send_steadily<F: Future<Output = ()>>(
 #[derive(Debug)]
 pub struct Outcome {
     pub name: &'static str,
+    pub room: &'static str,
     pub sent: Sent,
     pub members: Vec<Seen>,
+    /// The members sent read traffic ([`run_traffic_reading`]).
+    pub reads: bool,
 }
 
 impl Outcome {
@@ -354,6 +432,68 @@ impl Outcome {
         (lost, duplicated)
     }
 
+    /// With read traffic, after [`Outcome::assert_exact`]: every connection saw its person's read position only move
+    /// forward and end at the last event; a fresh connection of each reading person (through `url`) is told that
+    /// position with nothing unread; and `counter`, who read before the traffic and stayed away, is told exactly
+    /// the number of messages acked since (actions and the sender's own do not count; nothing mentions it).
+    pub async fn assert_reads(&self, url: &str) {
+        assert!(self.reads, "{}: no read traffic to check", self.name);
+        let last = *self.sent.acked.last().expect("something was acked");
+        for (i, seen) in self.members.iter().enumerate() {
+            assert!(
+                seen.read_states.windows(2).all(|w| w[0] <= w[1]),
+                "{}: member {i}'s read position moved back: {:?}",
+                self.name,
+                seen.read_states
+            );
+            assert_eq!(
+                seen.read_states.last(),
+                Some(&last),
+                "{}: member {i} ends at the last event",
+                self.name
+            );
+        }
+        let people = self.members.len().min(2);
+        for person in 0..people {
+            let mut fresh = Client::connect(url).await;
+            let joined = fresh
+                .join_frame(self.room, &member_nick(person, true), None)
+                .await;
+            assert_eq!(
+                (joined.read, joined.unread, joined.mentions),
+                (Some(last), 0, 0),
+                "{}: reader{person}'s read state after the fault",
+                self.name
+            );
+        }
+        let messages = self.sent.acked.len() - self.sent.actions;
+        let mut counter = Client::connect(url).await;
+        let joined = counter.join_frame(self.room, "counter", None).await;
+        println!(
+            "reads fault={} reads_sent={:?} reads_refused={:?} read_states_per_member={:?} counter_unread={} of {messages} acked messages",
+            self.name,
+            self.members
+                .iter()
+                .map(|m| m.reads_sent)
+                .collect::<Vec<_>>(),
+            self.members
+                .iter()
+                .map(|m| m.reads_refused)
+                .collect::<Vec<_>>(),
+            self.members
+                .iter()
+                .map(|m| m.read_states.len())
+                .collect::<Vec<_>>(),
+            joined.unread,
+        );
+        assert_eq!(
+            (joined.unread, joined.mentions, joined.more),
+            (u32::try_from(messages).unwrap(), 0, false),
+            "{}: counter's exact counts after the fault",
+            self.name
+        );
+    }
+
     /// How many times clients (members and the sender) reconnected.
     pub fn reconnects(&self) -> usize {
         self.members.iter().map(|m| m.reconnects).sum::<usize>() + self.sent.reconnects
@@ -400,6 +540,69 @@ pub async fn run_traffic<F: Future<Output = ()>>(
     fault_at: usize,
     fault: F,
 ) -> Outcome {
+    run(
+        name,
+        room,
+        sender_urls,
+        member_urls,
+        count,
+        fault_at,
+        fault,
+        false,
+    )
+    .await
+}
+
+/// [`run_traffic`] with read traffic: members pair up as one person (two connections, on different replicas where
+/// there are several) and mark what they receive as read every few events, and at the end up to the last one; a
+/// third person, `counter`, read the room before the traffic began and stays away. [`Outcome::assert_reads`] then
+/// checks the read state exactly.
+pub async fn run_traffic_reading<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    sender_urls: Vec<String>,
+    member_urls: Vec<Vec<String>>,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+) -> Outcome {
+    let mut counter = Client::connect(&member_urls[0][0]).await;
+    counter.join(room, "counter", None).await;
+    let marker = counter.say(room, "counter was here").await;
+    counter
+        .read(room, marker)
+        .await
+        .expect("the counter's read is answered");
+    drop(counter);
+    let mut outcome = run(
+        name,
+        room,
+        sender_urls,
+        member_urls,
+        count,
+        fault_at,
+        fault,
+        true,
+    )
+    .await;
+    // The counter's marker is the room's history before the traffic, not part of it.
+    for member in &mut outcome.members {
+        member.ids.retain(|id| *id != marker);
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)] // The two public entry points name them; this is their common body.
+async fn run<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    sender_urls: Vec<String>,
+    member_urls: Vec<Vec<String>>,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+    reads: bool,
+) -> Outcome {
     let (last_tx, last_rx) = watch::channel(None);
     let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel(member_urls.len());
     let mut readers = Vec::new();
@@ -408,9 +611,10 @@ pub async fn run_traffic<F: Future<Output = ()>>(
             urls,
             0,
             room,
-            format!("member{i}"),
+            member_nick(i, reads),
             last_rx.clone(),
             joined_tx.clone(),
+            reads,
         )));
     }
     for _ in 0..readers.len() {
@@ -424,8 +628,10 @@ pub async fn run_traffic<F: Future<Output = ()>>(
     }
     Outcome {
         name,
+        room,
         sent,
         members,
+        reads,
     }
 }
 
