@@ -10,7 +10,9 @@ const DELAY_BUCKETS: &[f64] = &[
 ];
 
 /// Buckets of `roomcast_search_seconds`: a search, from request to answer.
-const SEARCH_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SEARCH_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Installs the process-wide recorder once (replicas started in one test process share it) and returns its handle.
 pub fn handle() -> PrometheusHandle {

@@ -38,6 +38,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 8;
 /// The advisory lock key under which replicas migrate the schema one at a time.
 const MIGRATION_LOCK: i64 = 0x726f_6f6d_6361_7374; // "roomcast"
+/// Settings of every session the replicas open (`-c name=value`), before the URL's own `options`.
+const SESSION_OPTIONS: &str = "-c random_page_cost=1.1";
 /// The advisory lock key of the retention job.
 const RETENTION_LOCK: i64 = MIGRATION_LOCK + 1;
 
@@ -130,9 +132,13 @@ impl Postgres {
     /// Checks `url`, and connects and migrates once if PostgreSQL answers: a refusal (password, user, database) or
     /// a failed migration stops the replica; an outage does not (archiving waits, history stays in Redis).
     pub async fn start(url: &str) -> Result<Self, StartError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StartError::Url(cause(&e)))?;
+        // Index reads cost little more than sequential ones on SSDs and in memory: said so, the planner reads a
+        // rare search word through the indexes instead of scanning newest first (the URL's own options win).
+        let options = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!("{SESSION_OPTIONS} {options}").trim());
         let place: Arc<str> = place_of(&config).into();
         let manager = Manager::from_config(
             config,

@@ -34,23 +34,32 @@ pub(super) async fn search(
     let client = pg.client().await?;
     let patterns: Vec<String> = words.iter().filter(|w| !w.whole).map(anywhere).collect();
     let whole: Vec<String> = words.iter().filter(|w| w.whole).map(Word::text).collect();
+    let whole = whole.join(" ");
     let rooms: Option<Vec<String>> = rooms.map(|r| r.iter().map(ToString::to_string).collect());
     let (ms, seq) = before.map_or((i64::MAX, i64::MAX), id_columns);
-    let mut sql = String::from(
-        "SELECT room, ms, seq, body, state FROM events WHERE text_now IS NOT NULL \
-         AND ($1::text[] IS NULL OR room = ANY($1)) AND (ms, seq) < ($2, $3) AND text_now ILIKE ALL($4::text[])",
-    );
-    if !whole.is_empty() {
-        sql.push_str(" AND to_tsvector('simple', text_now) @@ plainto_tsquery('simple', $6)");
-    }
-    sql.push_str(" ORDER BY ms DESC, seq DESC LIMIT $5");
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let whole = whole.join(" ");
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        vec![&rooms, &ms, &seq, &patterns, &limit];
+    // One condition per word, each a plain operator on the column: PostgreSQL combines their index scans (an
+    // `ILIKE ALL (array)` or an `OR` around a room filter would hide them from the indexes).
+    let mut sql = String::from(
+        "SELECT room, ms, seq, body, state FROM events WHERE text_now IS NOT NULL AND (ms, seq) < ($1, $2)",
+    );
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&ms, &seq, &limit];
+    for pattern in &patterns {
+        params.push(pattern);
+        sql.push_str(&format!(" AND text_now ILIKE ${}", params.len()));
+    }
     if !whole.is_empty() {
         params.push(&whole);
+        sql.push_str(&format!(
+            " AND to_tsvector('simple', text_now) @@ plainto_tsquery('simple', ${})",
+            params.len()
+        ));
     }
+    if let Some(rooms) = &rooms {
+        params.push(rooms);
+        sql.push_str(&format!(" AND room = ANY(${})", params.len()));
+    }
+    sql.push_str(" ORDER BY ms DESC, seq DESC LIMIT $3");
     let rows = client
         .query(&sql, &params)
         .await
