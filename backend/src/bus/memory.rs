@@ -376,11 +376,13 @@ impl Bus for MemoryBus {
             .history
             .get(room)
             .is_some_and(|log| log.moderation.receipts);
+        // Telling this replica's other connections costs nothing here: always.
         let mut answer = ReadMove {
             moved: false,
             id: None,
             last,
             receipts,
+            others: true,
         };
         if let Some(last) = last {
             let target = id.min(last);

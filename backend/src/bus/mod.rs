@@ -84,6 +84,9 @@ pub struct ReadMove {
     pub last: Option<MsgId>,
     /// Read receipts are on in the room.
     pub receipts: bool,
+    /// The reader's nick has other connections in the room (maybe on other replicas), which must hear of the move;
+    /// without them, and without receipts, nobody else needs to.
+    pub others: bool,
 }
 
 /// A room's read positions as a joining member sees them.

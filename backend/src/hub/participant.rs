@@ -745,6 +745,8 @@ impl Participant {
         }
         if moved.moved {
             metrics::counter!("roomcast_read_positions_moved_total").increment(1);
+        }
+        if moved.moved && (moved.others || moved.receipts) {
             let notice = Notice::Read(ReadNotice {
                 person,
                 nick,

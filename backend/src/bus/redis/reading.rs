@@ -7,8 +7,8 @@ use shared::{MsgId, Nick, RoomName};
 use super::{Store, protocol, unavailable};
 use crate::bus::{BusError, ReadMove, Reads};
 
-/// `read.lua`'s answer: status, moved, position, last, receipts.
-type ReadReply = (String, i64, String, String, i64);
+/// `read.lua`'s answer: status, moved, position, last, receipts, others.
+type ReadReply = (String, i64, String, String, i64, i64);
 
 /// An id from a script's answer, `None` for `''`.
 fn id_of(text: &str) -> Result<Option<MsgId>, BusError> {
@@ -44,13 +44,14 @@ impl Store {
             self.keys.reads(room),
             self.keys.seen(room),
             self.keys.moderation(room),
+            self.keys.roster(room)[2].clone(),
         ];
         let archived = if self.archiving.is_some() { "1" } else { "" };
         let mut rebuilt = false;
         loop {
             let script = self.mark_read.clone();
             let (ks, person_, nick_) = (ks.clone(), person.to_owned(), nick.to_string());
-            let (status, moved, at, last, receipts): ReadReply = self
+            let (status, moved, at, last, receipts, others): ReadReply = self
                 .run(|mut conn| async move {
                     let mut invocation = script.key(&ks[..]);
                     invocation
@@ -73,6 +74,7 @@ impl Store {
                         id: id_of(&at)?,
                         last: id_of(&last)?,
                         receipts: receipts == 1,
+                        others: others == 1,
                     };
                     if let (true, Some(at), Some(archiving)) =
                         (answer.moved, answer.id, &self.archiving)
