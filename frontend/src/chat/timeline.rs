@@ -181,6 +181,11 @@ impl Timeline {
         self.first_unread = None;
     }
 
+    /// The divider goes before this message (or nowhere).
+    pub(super) fn set_unread(&mut self, id: Option<MsgId>) {
+        self.first_unread = id;
+    }
+
     /// The oldest message on the timeline.
     fn oldest_message(&self) -> Option<MsgId> {
         self.items.iter().find_map(|item| match item {
@@ -431,7 +436,11 @@ mod tests {
             None,
             "the start was reached"
         );
-        assert_eq!(general(&chat).unread(), 0, "older messages are not news");
+        assert_eq!(
+            general(&chat).unread().count,
+            0,
+            "older messages are not news"
+        );
     }
 
     #[test]
@@ -462,7 +471,9 @@ mod tests {
         chat.apply(ServerMsg::Message(msg("general", 4, "bob", "new 2")));
         assert_eq!(general(&chat).first_unread(), Some(MsgId::new(3, 0)));
         chat.view(Some(room("general")));
-        assert_eq!(general(&chat).unread(), 0);
+        assert_eq!(general(&chat).unread().count, 2);
+        chat.want_read(&room("general"), MsgId::new(4, 0));
+        assert_eq!(general(&chat).unread().count, 0);
         assert_eq!(
             general(&chat).first_unread(),
             Some(MsgId::new(3, 0)),
