@@ -8,7 +8,7 @@ use shared::{MsgId, Nick, RoomName};
 use crate::browser::{self, Route};
 use crate::chat::Chat;
 use crate::client::Client;
-use crate::ui::{EmptyState, RoomView, Sidebar, Welcome};
+use crate::ui::{EmptyState, RoomView, SearchView, Sidebar, Welcome};
 
 /// What every component may need besides the client: the nickname, per-room drafts, and navigation.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +186,7 @@ pub fn App() -> impl IntoView {
     Effect::new(move |_| browser::set_title(chat.with(Chat::unread_total)));
 
     let active = Memo::new(move |_| chat.with(|c| c.active().cloned()));
+    let searching = Memo::new(move |_| chat.with(|c| c.search().is_some()));
     view! {
         <Show when=move || ui.nick.with(Option::is_some) fallback=|| view! { <Welcome /> }>
             <div class="shell">
@@ -200,9 +201,10 @@ pub fn App() -> impl IntoView {
                 <Sidebar />
                 <main class="main">
                     <Notice />
-                    {move || match active.get() {
-                        Some(room) => view! { <RoomView room /> }.into_any(),
-                        None => view! { <EmptyState /> }.into_any(),
+                    {move || match (searching.get(), active.get()) {
+                        (true, _) => view! { <SearchView /> }.into_any(),
+                        (false, Some(room)) => view! { <RoomView room /> }.into_any(),
+                        (false, None) => view! { <EmptyState /> }.into_any(),
                     }}
                 </main>
             </div>

@@ -61,6 +61,8 @@ enum Cmd {
     Flush,
     /// A hold after a transient refusal is over: release it, then flush.
     Release,
+    /// Put every `read` that is due on the wire (see [`Chat::reads`]).
+    Reads,
     /// Stop waiting and connect now.
     Wake,
     /// The network went away: drop the socket instead of waiting for it to time out.
@@ -84,6 +86,10 @@ pub struct Client {
     status: RwSignal<Status>,
     notice: RwSignal<Option<String>>,
     cmds: StoredValue<mpsc::UnboundedSender<Cmd>>,
+    /// Mention notifications on screen, to close once the person read past them (here or on another device).
+    shown: StoredValue<Vec<(RoomName, MsgId, web_sys::Notification)>>,
+    /// A timer will ask for the `read`s that had to wait.
+    reads_timer: StoredValue<bool>,
 }
 
 impl Client {
@@ -98,6 +104,8 @@ impl Client {
             status: RwSignal::new(Status::Connecting),
             notice: RwSignal::new(None),
             cmds: StoredValue::new(tx),
+            shown: StoredValue::new(Vec::new()),
+            reads_timer: StoredValue::new(false),
         };
         window_event_listener(leptos::ev::online, move |_| client.post(Cmd::Wake));
         window_event_listener(leptos::ev::offline, move |_| client.post(Cmd::Drop));
@@ -206,6 +214,51 @@ impl Client {
     /// Puts a room on screen, which clears its unread count.
     pub fn view(&self, room: Option<RoomName>) {
         self.chat.update(|chat| chat.view(room));
+    }
+
+    /// The person has `room` on screen, in a visible tab, down to its newest message `id`: the room is read up to
+    /// there (the badge clears at once; `read` goes to the server at most every 250 ms per room).
+    pub fn read(&self, room: &RoomName, id: MsgId) {
+        let ahead = self.chat.with_untracked(|c| {
+            c.room(room)
+                .is_some_and(|r| r.read_mark().is_none_or(|m| id > m))
+        });
+        if ahead {
+            self.chat.update(|chat| chat.want_read(room, id));
+            self.post(Cmd::Reads);
+        }
+    }
+
+    /// Searches messages for `query` (a new search replaces the one on screen).
+    pub fn search(&self, query: &str) {
+        if let Some(msg) = self
+            .chat
+            .try_update(|chat| chat.start_search(query))
+            .flatten()
+        {
+            self.send_search(msg);
+        }
+    }
+
+    /// Asks for the next page of the search's results.
+    pub fn more_results(&self) {
+        if let Some(msg) = self.chat.try_update(Chat::more_results).flatten() {
+            self.send_search(msg);
+        }
+    }
+
+    fn send_search(&self, msg: ClientMsg) {
+        if self.connected() {
+            self.post(Cmd::Frame(msg));
+        } else {
+            // Nothing would answer it: say so rather than spin.
+            self.chat.update(|chat| chat.search_offline());
+        }
+    }
+
+    /// Closes the search.
+    pub fn end_search(&self) {
+        self.chat.update(Chat::end_search);
     }
 
     /// Uses a new nickname in every room (the server accepts a repeated join as a rename).
@@ -407,7 +460,8 @@ impl Client {
                                 return end;
                             }
                         }
-                        Err(e) => leptos::logging::warn!("ignoring an unreadable frame: {e}"),
+                        // Not the parser's reason: its messages would put serde_json's error formatting in the page.
+                        Err(_) => leptos::logging::warn!("ignoring an unreadable frame: {text}"),
                     }
                 }
                 Event::Frame(Some(Ok(Message::Bytes(_)))) => heartbeat.received(browser::now()),
@@ -436,6 +490,11 @@ impl Client {
                         return End::Retry;
                     }
                 }
+                Event::Cmd(Some(Cmd::Reads)) => {
+                    if self.put_reads(&mut ws).await.is_err() {
+                        return End::Retry;
+                    }
+                }
                 Event::Cmd(Some(Cmd::Wake)) => {}
                 Event::Cmd(Some(Cmd::Drop) | None) => return End::Retry,
                 Event::Tick => loop {
@@ -458,6 +517,29 @@ impl Client {
                 },
             }
         }
+    }
+
+    /// Sends the `read`s that are due; when one has to wait, a timer asks again then.
+    async fn put_reads(&self, ws: &mut WebSocket) -> Result<(), ()> {
+        let now = browser::now();
+        let (reads, wait) = self
+            .chat
+            .try_update_untracked(|chat| chat.reads(now))
+            .unwrap_or_default();
+        if let Some(wait) = wait
+            && !self.reads_timer.get_value()
+        {
+            self.reads_timer.set_value(true);
+            let client = *self;
+            set_timeout(
+                move || {
+                    client.reads_timer.set_value(false);
+                    client.post(Cmd::Reads);
+                },
+                Duration::from_millis(wait),
+            );
+        }
+        put_all(ws, &reads).await
     }
 
     /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`
@@ -521,17 +603,33 @@ impl Client {
             self.notice.set(Some(notice));
         }
         for mention in applied.mentions {
-            browser::notify(
+            if let Some(shown) = browser::notify(
                 &format!("{} in #{}", mention.nick, mention.room),
                 &mention.text,
                 mention.room.as_str(),
-            );
+            ) {
+                self.shown
+                    .update_value(|s| s.push((mention.room, mention.id, shown)));
+            }
+        }
+        if let Some((room, read)) = applied.read {
+            // Read past them (here or elsewhere): the room's notifications are stale.
+            self.shown.update_value(|s| {
+                s.retain(|(r, id, shown)| {
+                    let stale = *r == room && *id <= read;
+                    if stale {
+                        shown.close();
+                    }
+                    !stale
+                });
+            });
         }
         if let Some(hold) = applied.retry_after {
             let client = *self;
             set_timeout(move || client.post(Cmd::Release), hold);
         }
-        put_all(ws, &sends).await.map_err(|()| End::Retry)
+        put_all(ws, &sends).await.map_err(|()| End::Retry)?;
+        self.put_reads(ws).await.map_err(|()| End::Retry)
     }
 }
 

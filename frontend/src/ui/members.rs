@@ -71,8 +71,19 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                 .map_or(0, crate::chat::Room::slow_mode_set)
         })
     });
-    let (act_room, slow_set_room, lift_room) =
-        (room.to_string(), room.to_string(), room.to_string());
+    let (act_room, slow_set_room, lift_room, receipts_room) = (
+        room.to_string(),
+        room.to_string(),
+        room.to_string(),
+        room.clone(),
+    );
+    let receipts = Memo::new(move |_| {
+        chat.with(|c| {
+            c.room(&receipts_room)
+                .is_some_and(crate::chat::Room::receipts)
+        })
+    });
+    let receipts_set_room = room.to_string();
     let span = RwSignal::new(FOR_SECS[0]);
     // One listener for every member's buttons (`data-mod` on the button, `data-nick` on its row).
     let on_mod = move |ev: leptos::ev::MouseEvent| {
@@ -175,6 +186,21 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                             view! { <option value=s.to_string()>{label}</option> }
                         }).collect_view()}
                     </select>
+                </label>
+                <label class="receipts-toggle">
+                    <input
+                        type="checkbox"
+                        prop:checked=receipts
+                        on:change=move |ev| {
+                            client.moderate(ClientMsg::Receipts {
+                                room: receipts_set_room.clone(),
+                                on: event_target_checked(&ev),
+                                req: None,
+                                cid: None,
+                            });
+                        }
+                    />
+                    " Read receipts"
                 </label>
                 <label class="mod-span">
                     "Mute or ban for "

@@ -39,6 +39,7 @@ pub fn Sidebar() -> impl IntoView {
                 </button>
             </div>
             <StatusLine />
+            <SearchBox />
             <nav class="rooms" aria-labelledby="rooms-title">
                 <h2 id="rooms-title" class="section-title">
                     "Rooms"
@@ -89,7 +90,10 @@ fn RoomLink(name: RoomName) -> impl IntoView {
     let href = browser::room_path(&name);
     let (n1, n2, n3) = (name.clone(), name.clone(), name.clone());
     let active = Memo::new(move |_| chat.with(|c| c.active() == Some(&n1)));
-    let unread = Memo::new(move |_| chat.with(|c| c.room(&n2).map_or(0, |r| r.unread())));
+    let unread = Memo::new(move |_| {
+        chat.with(|c| c.room(&n2).map(crate::chat::Room::unread))
+            .unwrap_or_default()
+    });
     let failed = Memo::new(move |_| {
         chat.with(|c| {
             c.room(&n3)
@@ -117,14 +121,42 @@ fn RoomLink(name: RoomName) -> impl IntoView {
                     "#"
                 </span>
                 <span class="room-name">{label}</span>
-                <Show when=move || { unread.get() > 0 }>
-                    <span class="badge">
-                        {move || unread.get()}
+                <Show when=move || { unread.get().count > 0 }>
+                    <span class="badge" class:mention=move || { unread.get().mentions > 0 }>
+                        {move || {
+                            let u = unread.get();
+                            let count = if u.more { "2,000+".to_owned() } else { u.count.to_string() };
+                            if u.mentions > 0 { format!("{count} · @{}", u.mentions) } else { count }
+                        }}
                         <span class="sr-only">" unread"</span>
                     </span>
                 </Show>
             </a>
         </li>
+    }
+}
+
+/// The search box: Enter searches every room this person may read; the results take the main area.
+#[component]
+fn SearchBox() -> impl IntoView {
+    let client = use_ui().client;
+    let input = NodeRef::<html::Input>::new();
+    view! {
+        <form
+            class="search-form"
+            role="search"
+            on:submit=move |ev| {
+                ev.prevent_default();
+                if let Some(el) = input.get_untracked() {
+                    client.search(&el.value());
+                }
+            }
+        >
+            <label for="search-input" class="sr-only">
+                "Search messages"
+            </label>
+            <input id="search-input" class="input" type="search" node_ref=input placeholder="Search messages" autocomplete="off" />
+        </form>
     }
 }
 

@@ -88,6 +88,8 @@ pub enum Row {
     Notice { key: u64, text: String },
     /// An own message not stored yet.
     Outgoing { out: Outgoing, cont: bool },
+    /// Read receipts under a message: "Seen by alice, bob".
+    Seen(MsgId, String),
 }
 
 /// What identifies a row for the keyed list. Everything that changes a row's look is part of its key, so a changed
@@ -108,6 +110,8 @@ pub enum RowKey {
     Notice(u64),
     /// An own message in flight: client id, failed, continues a group.
     Outgoing(String, bool, bool),
+    /// Receipts under a message, by the message and what they say.
+    Seen(MsgId, String),
 }
 
 impl Row {
@@ -122,6 +126,7 @@ impl Row {
             Self::Presence(line) => RowKey::Presence(line.key),
             Self::Moderation(line) => RowKey::Moderation(line.id),
             Self::Notice { key, .. } => RowKey::Notice(*key),
+            Self::Seen(id, text) => RowKey::Seen(*id, text.clone()),
             Self::Outgoing { out, cont } => RowKey::Outgoing(
                 out.cid.clone(),
                 matches!(out.status, SendStatus::Failed { .. }),
@@ -136,6 +141,12 @@ pub fn rows(room: &Room) -> Vec<Row> {
     let mut rows = Vec::with_capacity(room.items().len() + room.outbox().len() + 4);
     let mut day = None;
     let mut last: Option<(&Nick, u64)> = None;
+    let seen = if room.receipts() {
+        room.seen_by()
+    } else {
+        Vec::new()
+    };
+    let mut seen = seen.iter().peekable();
     for item in room.items() {
         // A client notice has no server time, so it belongs to the day around it.
         let ts = match item {
@@ -186,6 +197,13 @@ pub fn rows(room: &Room) -> Vec<Row> {
                 });
                 last = None;
             }
+        }
+        // Receipts go right under the message they name.
+        if let Item::Message(m) = item
+            && let Some((_, who)) = seen.next_if(|(id, _)| *id == m.id)
+        {
+            rows.push(Row::Seen(m.id, crate::text::seen_by(who)));
+            last = None;
         }
     }
     let mut own_last = last.is_some_and(|(nick, _)| nick == room.nick());
@@ -254,6 +272,7 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
             </p>
         }
         .into_any(),
+        Row::Seen(_, text) => view! { <p class="seen">{text}</p> }.into_any(),
         Row::Notice { text, .. } => {
             view! { <p class="presence notice" role="note">{text}</p> }.into_any()
         }
