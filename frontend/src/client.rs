@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select};
-use futures::{SinkExt, StreamExt};
-use gloo_net::websocket::futures::WebSocket;
-use gloo_net::websocket::{Message, WebSocketError};
+use futures::StreamExt;
 use leptos::prelude::*;
 use shared::{
     ClientMsg, MsgId, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code,
@@ -26,6 +24,7 @@ use crate::backoff::Backoff;
 use crate::browser;
 use crate::chat::{Act, Chat, Rejoin, TypingDue};
 use crate::heartbeat::{Beat, Heartbeat};
+use crate::socket::{Socket, WsEvent};
 
 /// The close code for a socket this client gives up on: a normal closure, one of the few a browser may send.
 const NORMAL_CLOSE: u16 = 1000;
@@ -373,9 +372,9 @@ impl Client {
                 wake(&mut cmds).await;
             }
             self.status.set(Status::Connecting);
-            let end = match WebSocket::open(&ws_url()) {
-                Ok(ws) => self.session(ws, &mut cmds, &mut backoff).await,
-                Err(_) => End::Retry,
+            let end = match Socket::open(&ws_url()) {
+                Some(ws) => self.session(ws, &mut cmds, &mut backoff).await,
+                None => End::Retry,
             };
             self.chat.update(Chat::disconnected);
             // Frames queued for the dead socket are void: joins are replayed, and sends were just queued again.
@@ -419,7 +418,7 @@ impl Client {
     /// Serves one socket until it closes, or until the heartbeat finds it dead.
     async fn session(
         &self,
-        mut ws: WebSocket,
+        mut ws: Socket,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
         backoff: &mut Backoff,
     ) -> End {
@@ -430,16 +429,16 @@ impl Client {
         };
         let opened = matches!(
             select(
-                pin!(put(&mut ws, &hello)),
+                pin!(ws.next()),
                 pin!(sleep(millis(
                     crate::heartbeat::IDLE + crate::heartbeat::GRACE
                 )))
             )
             .await,
-            Either::Left((Ok(()), _))
+            Either::Left((Some(WsEvent::Open), _))
         );
-        if !opened {
-            let _ = ws.close(Some(NORMAL_CLOSE), Some("could not open"));
+        if !opened || put(&ws, &hello).is_err() {
+            ws.close(NORMAL_CLOSE, "could not open");
             return End::Retry;
         }
         let mut heartbeat = Heartbeat::new(browser::now());
@@ -452,11 +451,11 @@ impl Client {
                 Either::Right(((), _)) => Event::Tick,
             };
             match event {
-                Event::Frame(Some(Ok(Message::Text(text)))) => {
+                Event::Frame(Some(WsEvent::Text(text))) => {
                     heartbeat.received(browser::now());
                     match crate::decode::server_frame(&text) {
                         Ok(msg) => {
-                            if let Err(end) = self.receive(msg, &mut ws, backoff).await {
+                            if let Err(end) = self.receive(msg, &ws, backoff) {
                                 return end;
                             }
                         }
@@ -464,15 +463,13 @@ impl Client {
                         Err(_) => leptos::logging::warn!("ignoring an unreadable frame: {text}"),
                     }
                 }
-                Event::Frame(Some(Ok(Message::Bytes(_)))) => heartbeat.received(browser::now()),
-                Event::Frame(Some(Err(WebSocketError::ConnectionClose(close)))) => {
-                    return closed(close.code, close.reason);
+                Event::Frame(Some(WsEvent::Other | WsEvent::Open)) => {
+                    heartbeat.received(browser::now());
                 }
-                // An `error` event; the `close` event that follows ends the session.
-                Event::Frame(Some(Err(_))) => {}
+                Event::Frame(Some(WsEvent::Closed { code, reason })) => return closed(code, reason),
                 Event::Frame(None) => return End::Retry,
                 Event::Cmd(Some(Cmd::Frame(msg))) => {
-                    if put(&mut ws, &msg).await.is_err() {
+                    if put(&ws, &msg).is_err() {
                         return End::Retry;
                     }
                 }
@@ -486,12 +483,12 @@ impl Client {
                             chat.flush()
                         })
                         .unwrap_or_default();
-                    if put_all(&mut ws, &sends).await.is_err() {
+                    if put_all(&ws, &sends).is_err() {
                         return End::Retry;
                     }
                 }
                 Event::Cmd(Some(Cmd::Reads)) => {
-                    if self.put_reads(&mut ws).await.is_err() {
+                    if self.put_reads(&ws).is_err() {
                         return End::Retry;
                     }
                 }
@@ -504,13 +501,13 @@ impl Client {
                             break;
                         }
                         Beat::Ping => {
-                            if put(&mut ws, &ClientMsg::Ping { req: None }).await.is_err() {
+                            if put(&ws, &ClientMsg::Ping { req: None }).is_err() {
                                 return End::Retry;
                             }
                         }
                         Beat::Dead => {
                             leptos::logging::warn!("no answer to ping: reconnecting");
-                            let _ = ws.close(Some(NORMAL_CLOSE), Some("no answer to ping"));
+                            ws.close(NORMAL_CLOSE, "no answer to ping");
                             return End::Retry;
                         }
                     }
@@ -520,7 +517,7 @@ impl Client {
     }
 
     /// Sends the `read`s that are due; when one has to wait, a timer asks again then.
-    async fn put_reads(&self, ws: &mut WebSocket) -> Result<(), ()> {
+    fn put_reads(&self, ws: &Socket) -> Result<(), ()> {
         let now = browser::now();
         let (reads, wait) = self
             .chat
@@ -539,16 +536,16 @@ impl Client {
                 Duration::from_millis(wait),
             );
         }
-        put_all(ws, &reads).await
+        put_all(ws, &reads)
     }
 
     /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`
     /// and `epoch`; any other frame updates the chat, after which whatever became due (the outbox of a room just
     /// joined, say) goes on the wire. A transient refusal of a send starts a timer that releases the hold.
-    async fn receive(
+    fn receive(
         &self,
         msg: ServerMsg,
-        ws: &mut WebSocket,
+        ws: &Socket,
         backoff: &mut Backoff,
     ) -> Result<(), End> {
         // A busy replica (a reconnect storm): wait what it asks plus a random part of it, so thousands of pages
@@ -585,7 +582,7 @@ impl Client {
             backoff.reset();
             self.status.set(Status::Connected { node: node.clone() });
             for rejoin in self.chat.with_untracked(Chat::rejoins) {
-                put(ws, &join_msg(rejoin)).await.map_err(|()| End::Retry)?;
+                put(ws, &join_msg(rejoin)).map_err(|()| End::Retry)?;
             }
             return Ok(());
         }
@@ -628,14 +625,14 @@ impl Client {
             let client = *self;
             set_timeout(move || client.post(Cmd::Release), hold);
         }
-        put_all(ws, &sends).await.map_err(|()| End::Retry)?;
-        self.put_reads(ws).await.map_err(|()| End::Retry)
+        put_all(ws, &sends).map_err(|()| End::Retry)?;
+        self.put_reads(ws).map_err(|()| End::Retry)
     }
 }
 
 /// One turn of the session loop: a frame from the server, a command from the page, or the heartbeat timer.
 enum Event {
-    Frame(Option<Result<Message, WebSocketError>>),
+    Frame(Option<WsEvent>),
     Cmd(Option<Cmd>),
     Tick,
 }
@@ -679,18 +676,15 @@ fn ws_url() -> String {
     }
 }
 
-async fn put(ws: &mut WebSocket, msg: &ClientMsg) -> Result<(), ()> {
+fn put(ws: &Socket, msg: &ClientMsg) -> Result<(), ()> {
     let json = serde_json::to_string(msg).map_err(|_| ())?;
-    ws.send(Message::Text(json)).await.map_err(|_| ())
+    ws.send(&json)
 }
 
 /// Puts frames on the wire in order. If one fails the socket is dead; the sends not written were marked pending,
 /// and the disconnect queues them again.
-async fn put_all(ws: &mut WebSocket, msgs: &[ClientMsg]) -> Result<(), ()> {
-    for msg in msgs {
-        put(ws, msg).await?;
-    }
-    Ok(())
+fn put_all(ws: &Socket, msgs: &[ClientMsg]) -> Result<(), ()> {
+    msgs.iter().try_for_each(|msg| put(ws, msg))
 }
 
 /// Resolves when a [`Cmd::Wake`] arrives; discards stale frames meanwhile.
