@@ -1,7 +1,5 @@
 //! The root component: starts the client, ties the address bar to the room on screen, and lays out the page.
 
-use std::collections::HashMap;
-
 use leptos::prelude::*;
 use shared::{MsgId, Nick, RoomName};
 
@@ -18,7 +16,7 @@ pub struct Ui {
     /// The chosen nickname; `None` until the person picks one.
     pub nick: RwSignal<Option<Nick>>,
     /// Unsent text per room, so switching rooms does not lose a half-written message.
-    pub drafts: StoredValue<HashMap<RoomName, String>>,
+    pub drafts: StoredValue<Drafts>,
     /// A `/r/<name>` address whose name is not valid: the text and why, shown with a join form to fix it.
     pub bad_route: RwSignal<Option<(String, String)>>,
     /// What the message box is doing besides writing a new message: answering one, or editing one.
@@ -38,6 +36,28 @@ pub struct Compose {
     pub edit: bool,
     /// What the bar above the box shows of it: "nick: the start of its text".
     pub quote: String,
+}
+
+/// Unsent text per room: a short list (a `HashMap` would bring a hasher and a table into the page for a few rooms).
+#[derive(Debug, Default)]
+pub struct Drafts(Vec<(RoomName, String)>);
+
+impl Drafts {
+    /// The draft of `room`, if any.
+    pub fn get(&self, room: &RoomName) -> Option<&String> {
+        self.0.iter().find(|(r, _)| r == room).map(|(_, t)| t)
+    }
+
+    /// Keeps `text` as the draft of `room`.
+    pub fn insert(&mut self, room: RoomName, text: String) {
+        self.remove(&room);
+        self.0.push((room, text));
+    }
+
+    /// Forgets the draft of `room`.
+    pub fn remove(&mut self, room: &RoomName) {
+        self.0.retain(|(r, _)| r != room);
+    }
 }
 
 /// The component context. Panics only if called outside [`App`], which would be a bug.
@@ -148,7 +168,7 @@ pub fn App() -> impl IntoView {
                 .and_then(|t| crate::token::nick(&t))
                 .or_else(browser::load_nick),
         ),
-        drafts: StoredValue::new(HashMap::new()),
+        drafts: StoredValue::new(Drafts::default()),
         bad_route: RwSignal::new(None),
         compose: RwSignal::new(None),
         jump: RwSignal::new(None),

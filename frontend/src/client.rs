@@ -11,9 +11,9 @@
 use std::pin::pin;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select};
-use futures::StreamExt;
 use leptos::prelude::*;
 use shared::{
     ClientMsg, MsgId, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code,
@@ -466,7 +466,9 @@ impl Client {
                 Event::Frame(Some(WsEvent::Other | WsEvent::Open)) => {
                     heartbeat.received(browser::now());
                 }
-                Event::Frame(Some(WsEvent::Closed { code, reason })) => return closed(code, reason),
+                Event::Frame(Some(WsEvent::Closed { code, reason })) => {
+                    return closed(code, reason);
+                }
                 Event::Frame(None) => return End::Retry,
                 Event::Cmd(Some(Cmd::Frame(msg))) => {
                     if put(&ws, &msg).is_err() {
@@ -542,12 +544,7 @@ impl Client {
     /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`
     /// and `epoch`; any other frame updates the chat, after which whatever became due (the outbox of a room just
     /// joined, say) goes on the wire. A transient refusal of a send starts a timer that releases the hold.
-    fn receive(
-        &self,
-        msg: ServerMsg,
-        ws: &Socket,
-        backoff: &mut Backoff,
-    ) -> Result<(), End> {
+    fn receive(&self, msg: ServerMsg, ws: &Socket, backoff: &mut Backoff) -> Result<(), End> {
         // A busy replica (a reconnect storm): wait what it asks plus a random part of it, so thousands of pages
         // do not come back in the same instant; then connect again, or send the refused join again.
         if let ServerMsg::TryAgain(frame::TryAgain {

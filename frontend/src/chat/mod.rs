@@ -1666,11 +1666,13 @@ mod tests {
     }
 
     fn seen_lines(chat: &Chat) -> Vec<(u64, Vec<String>)> {
-        general(chat)
+        let mut lines: Vec<(u64, Vec<String>)> = general(chat)
             .seen_by()
             .into_iter()
             .map(|(id, who)| (id.ms, who.iter().map(ToString::to_string).collect()))
-            .collect()
+            .collect();
+        lines.sort();
+        lines
     }
 
     #[test]

@@ -359,7 +359,7 @@ impl Room {
     }
 
     /// "Seen by …" lines: for each message that is the newest loaded one some member has read up to, who (never this
-    /// client's nick), most recent readers first. In message id order.
+    /// client's nick), most recent readers first. In no particular order of messages.
     pub fn seen_by(&self) -> Vec<(MsgId, Vec<&Nick>)> {
         let ids: Vec<MsgId> = self
             .timeline
@@ -385,7 +385,6 @@ impl Room {
                 None => lines.push((id, vec![nick])),
             }
         }
-        lines.sort_by_key(|(id, _)| *id);
         lines
     }
 

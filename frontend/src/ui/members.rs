@@ -187,20 +187,22 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                         }).collect_view()}
                     </select>
                 </label>
-                <label class="receipts-toggle">
-                    <input
-                        type="checkbox"
-                        prop:checked=receipts
+                <label class="slow-mode">
+                    "Read receipts "
+                    <select
+                        prop:value=move || receipts.get().to_string()
                         on:change=move |ev| {
                             client.moderate(ClientMsg::Receipts {
                                 room: receipts_set_room.clone(),
-                                on: event_target_checked(&ev),
+                                on: event_target_value(&ev) == "true",
                                 req: None,
                                 cid: None,
                             });
                         }
-                    />
-                    " Read receipts"
+                    >
+                        <option value="false">"off"</option>
+                        <option value="true">"on"</option>
+                    </select>
                 </label>
                 <label class="mod-span">
                     "Mute or ban for "

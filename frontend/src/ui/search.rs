@@ -46,7 +46,9 @@ pub fn SearchView() -> impl IntoView {
             Some(match (&s.error, s.loading) {
                 (Some(error), _) => error.clone(),
                 (None, true) => "Searching…".into(),
-                (None, false) if s.results.is_empty() => format!("No messages match “{}”.", s.query),
+                (None, false) if s.results.is_empty() => {
+                    format!("No messages match “{}”.", s.query)
+                }
                 _ => String::new(),
             })
         })
@@ -57,9 +59,7 @@ pub fn SearchView() -> impl IntoView {
                 .is_none_or(|s| s.complete || s.loading || s.results.is_empty())
         })
     };
-    let title = move || {
-        chat.with(|c| c.search().map(|s| format!("Results for “{}”", s.query)))
-    };
+    let title = move || chat.with(|c| c.search().map(|s| format!("Results for “{}”", s.query)));
     let open = move |ev: leptos::ev::MouseEvent| {
         let Some(button) = ev
             .target()

@@ -146,7 +146,6 @@ pub fn rows(room: &Room) -> Vec<Row> {
     } else {
         Vec::new()
     };
-    let mut seen = seen.iter().peekable();
     for item in room.items() {
         // A client notice has no server time, so it belongs to the day around it.
         let ts = match item {
@@ -200,7 +199,7 @@ pub fn rows(room: &Room) -> Vec<Row> {
         }
         // Receipts go right under the message they name.
         if let Item::Message(m) = item
-            && let Some((_, who)) = seen.next_if(|(id, _)| *id == m.id)
+            && let Some((_, who)) = seen.iter().find(|(id, _)| *id == m.id)
         {
             rows.push(Row::Seen(m.id, crate::text::seen_by(who)));
             last = None;
