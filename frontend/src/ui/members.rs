@@ -187,7 +187,7 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                         }).collect_view()}
                     </select>
                 </label>
-                <label class="slow-mode">
+                <label class="slow-mode receipts">
                     "Read receipts "
                     <select
                         prop:value=move || receipts.get().to_string()
