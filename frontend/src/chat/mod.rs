@@ -651,7 +651,9 @@ impl Chat {
                 for msg in history {
                     room.deliver(msg, viewing, count_unread);
                 }
-                if !viewing {
+                // A room on screen keeps its divider while read, except on its first join (a reload): then it opens
+                // where this person's reading stopped, on whichever device.
+                if !viewing || !count_unread {
                     room.place_divider();
                 }
             }
@@ -1581,6 +1583,33 @@ mod tests {
         // Read further here than the server has confirmed: nothing counts up to there at once.
         chat.want_read(&room("general"), MsgId::new(30, 0));
         assert_eq!(badge(&chat), (0, 0));
+    }
+
+    #[test]
+    fn a_reload_opens_the_room_on_screen_at_the_read_position() {
+        let mut chat = chat();
+        chat.apply(joined_read(
+            vec![
+                msg("general", 10, "ann", "read"),
+                msg("general", 20, "ann", "not yet"),
+            ],
+            10,
+            1,
+            0,
+            20,
+        ));
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(20, 0)));
+        // Read there; a reconnect while on screen leaves the divider alone.
+        chat.want_read(&room("general"), MsgId::new(20, 0));
+        chat.disconnected();
+        chat.apply(joined_read(
+            vec![msg("general", 30, "ann", "new")],
+            20,
+            0,
+            0,
+            20,
+        ));
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(20, 0)));
     }
 
     #[test]
