@@ -596,7 +596,7 @@ async fn the_member_list_shows_who_is_here_on_every_replica() {
 }
 
 /// Mentions while the tab is hidden: the title counts what arrived, and a mention (only a mention) shows a browser
-/// notification once the person allowed them. Chromium's own `Notification` is wrapped to record what the page shows.
+/// notification once the person allowed them; back on the tab, the room is read and the notification closes. Chromium's own `Notification` is wrapped to record what the page shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
     let stage = Stage::start().await;
@@ -618,9 +618,13 @@ async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
         .js(
             r"const Real = window.Notification;
             window.shown = [];
+            window.closedNotes = [];
             function Recorded(title, options) {
                 window.shown.push([title, options && options.body]);
-                return new Real(title, options);
+                const n = new Real(title, options);
+                const close = n.close.bind(n);
+                n.close = () => { window.closedNotes.push(title); close(); };
+                return n;
             }
             Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
             Recorded.requestPermission = (...args) => Real.requestPermission(...args);
@@ -663,6 +667,13 @@ async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
     a.wait_until(
         "the title without a badge",
         "return !document.title.startsWith('(');",
+        Value::Null,
+    )
+    .await;
+    // Read now (the server confirmed it): the notification of the mention is closed.
+    a.wait_until(
+        "the mention's notification closed",
+        "return JSON.stringify(window.closedNotes) === JSON.stringify(['bob in #e2e']);",
         Value::Null,
     )
     .await;
