@@ -66,8 +66,10 @@ pub fn use_ui() -> Ui {
 }
 
 impl Ui {
-    /// Joins `room` if needed, puts it on screen, and names it in the address bar so the link can be shared.
+    /// Joins `room` if needed, puts it on screen (in place of search results), and names it in the address bar so the
+    /// link can be shared.
     pub fn open(&self, room: RoomName) {
+        self.client.end_search();
         if let Some(nick) = self.nick.get_untracked() {
             self.client.join(room.clone(), nick);
         }

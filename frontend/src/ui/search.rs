@@ -8,7 +8,7 @@
 use leptos::html;
 use leptos::prelude::*;
 use shared::RoomName;
-use wasm_bindgen::JsCast;
+use wasm_bindgen::{JsCast, UnwrapThrowExt};
 
 use crate::app::use_ui;
 use crate::browser;
@@ -100,7 +100,8 @@ pub fn SearchView() -> impl IntoView {
 
 /// An element with a class and, if given, its text.
 fn el(tag: &str, class: &str, text: Option<&str>) -> web_sys::Element {
-    let el = document().create_element(tag).expect("a known tag");
+    // `expect_throw`: a plain `expect` would format the browser's error with `Debug`, code the page need not carry.
+    let el = document().create_element(tag).expect_throw("a known tag");
     if !class.is_empty() {
         el.set_class_name(class);
     }
