@@ -1399,8 +1399,8 @@ async fn open_room(page: &Page, room: &str) {
     .await;
 }
 
-/// The badge of `arguments[0]` in the room list, without its screen-reader word ("" when none).
-const BADGE: &str = "(room) => (document.querySelector(`.room-link[href='/r/${room}'] .badge`)?.textContent ?? '').replace(' unread', '')";
+/// The badge of a room in the room list as it shows ("" when none), without the words for screen readers.
+const BADGE: &str = "(room) => document.querySelector(`.room-link[href='/r/${room}'] .badge [aria-hidden]`)?.textContent ?? ''";
 
 /// Waits until the room list shows `badge` for `room` and the tab title is `title`.
 async fn wait_badge(page: &Page, room: &str, badge: &str, title: &str) {
@@ -1470,6 +1470,16 @@ async fn reading_on_one_device_clears_the_badge_on_the_other_and_counts_are_exac
     for page in [&phone, &laptop] {
         wait_badge(page, ROOM, "3 · @1", "(3) Roomcast").await;
     }
+    let said: String = laptop
+        .js(
+            "return document.querySelector(`.room-link[href='/r/${arguments[0]}'] .badge .sr-only`).textContent;",
+            json!(ROOM),
+        )
+        .await;
+    assert_eq!(
+        said, "3 unread, 1 mentioning you",
+        "what a screen reader says"
+    );
     laptop.screenshot("badge").await;
 
     // Alice reads them on her phone: the laptop's badge and title clear.

@@ -122,13 +122,20 @@ fn RoomLink(name: RoomName) -> impl IntoView {
                 </span>
                 <span class="room-name">{label}</span>
                 <Show when=move || { unread.get().count > 0 }>
+                    // "12 · @3" on screen; "12 unread, 3 mentioning you" for screen readers.
                     <span class="badge" class:mention=move || { unread.get().mentions > 0 }>
                         {move || {
                             let u = unread.get();
                             let count = if u.more { "2,000+".to_owned() } else { u.count.to_string() };
-                            if u.mentions > 0 { format!("{count} · @{}", u.mentions) } else { count }
+                            let (shown, said) = match u.mentions {
+                                0 => (count.clone(), format!("{count} unread")),
+                                m => (format!("{count} · @{m}"), format!("{count} unread, {m} mentioning you")),
+                            };
+                            view! {
+                                <span aria-hidden="true">{shown}</span>
+                                <span class="sr-only">{said}</span>
+                            }
                         }}
-                        <span class="sr-only">" unread"</span>
                     </span>
                 </Show>
             </a>
