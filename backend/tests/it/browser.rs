@@ -1373,8 +1373,36 @@ async fn signed_client(replica: &Replica, nick: &str) -> testkit::client::Client
     testkit::client::Client::connect(&format!("{}?token={token}", replica.ws_url())).await
 }
 
+/// Records, from before the page's own scripts run, every `console.error` call and every uncaught error or rejected
+/// promise (a Rust panic is one of them) in `window.pageErrors`, for [`no_errors`].
+async fn record_errors(page: &Page) {
+    page.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": "window.pageErrors = [];
+            const error = console.error.bind(console);
+            console.error = (...args) => { window.pageErrors.push(args.map(String).join(' ')); error(...args); };
+            addEventListener('error', e => window.pageErrors.push('error: ' + e.message));
+            addEventListener('unhandledrejection', e => window.pageErrors.push('rejection: ' + e.reason));" }),
+    )
+    .await;
+}
+
+/// Asserts that the page reported no error since it loaded (see [`record_errors`]).
+async fn no_errors(page: &Page) {
+    let errors: Vec<String> = page
+        .js("return window.pageErrors ?? ['not recorded'];", Value::Null)
+        .await;
+    assert!(
+        errors.is_empty(),
+        "page {}: errors in the page: {errors:?}",
+        page.name
+    );
+}
+
 /// Opens `/r/<room>` on `replica` signed in with `token`, and waits for the room's message box and the connection.
+/// Errors in the page are recorded from the start (see [`no_errors`]).
 async fn sign_in(page: &Page, replica: SocketAddr, room: &str, token: &str) {
+    record_errors(page).await;
     page.goto(&format!("http://{replica}/r/{room}#token={token}"))
         .await;
     page.wait_for("the room's message box", "#composer-input")
@@ -1535,6 +1563,7 @@ async fn reading_on_one_device_clears_the_badge_on_the_other_and_counts_are_exac
     wait_badge(&laptop, ROOM, "", "Roomcast").await;
     carol.screenshot("offline-counts").await;
     for page in [phone, laptop, carol] {
+        no_errors(&page).await;
         page.close().await;
     }
 }
@@ -1601,6 +1630,7 @@ async fn read_receipts_appear_on_the_authors_page() {
     );
     alice.screenshot("receipts").await;
     for page in [alice, carol, bob] {
+        no_errors(&page).await;
         page.close().await;
     }
 }
@@ -1789,6 +1819,7 @@ async fn search_finds_current_text_only_in_the_rooms_allowed_and_opens_a_result(
         .await,
         "ops joined and listed"
     );
+    no_errors(&page).await;
     page.close().await;
 }
 
