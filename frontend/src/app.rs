@@ -186,6 +186,10 @@ pub fn App() -> impl IntoView {
     ui.follow_route(true);
     window_event_listener(leptos::ev::popstate, move |_| ui.follow_route(false));
     window_event_listener(leptos::ev::keydown, move |ev| {
+        // Esc closes search results, back to the room.
+        if ev.key() == "Escape" {
+            ui.client.end_search();
+        }
         if ev.alt_key() && !ev.ctrl_key() && !ev.meta_key() {
             let by = match ev.key().as_str() {
                 "ArrowUp" => -1,

@@ -257,7 +257,9 @@ impl Client {
 
     /// Closes the search.
     pub fn end_search(&self) {
-        self.chat.update(Chat::end_search);
+        if self.chat.with_untracked(|c| c.search().is_some()) {
+            self.chat.update(Chat::end_search);
+        }
     }
 
     /// Uses a new nickname in every room (the server accepts a repeated join as a rename).
@@ -602,8 +604,13 @@ impl Client {
                 &mention.text,
                 mention.room.as_str(),
             ) {
-                self.shown
-                    .update_value(|s| s.push((mention.room, mention.id, shown)));
+                self.shown.update_value(|s| {
+                    // The browser shows one per room (same tag); the handles of old ones need not pile up.
+                    if s.len() >= 32 {
+                        s.remove(0);
+                    }
+                    s.push((mention.room, mention.id, shown));
+                });
             }
         }
         if let Some((room, read)) = applied.read {

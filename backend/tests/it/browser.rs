@@ -1790,6 +1790,20 @@ async fn search_finds_current_text_only_in_the_rooms_allowed_and_opens_a_result(
         "only the rooms allowed: {all:?}"
     );
     assert_eq!(all.last().unwrap().1, "we deploy on monday");
+    // Esc closes the results, back to the room.
+    page.client
+        .find(Locator::Css("#search-input"))
+        .await
+        .unwrap()
+        .send_keys("\u{e00c}")
+        .await
+        .unwrap();
+    page.wait_until(
+        "Esc to close the results and show the room again",
+        "return !document.querySelector('.search') && !!document.querySelector('#composer-input');",
+        Value::Null,
+    )
+    .await;
 
     // A word inside a Japanese sentence; its result opens #ops (not joined) at the message, 60 messages back.
     let japanese = search("東京").await;

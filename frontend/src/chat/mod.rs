@@ -468,12 +468,9 @@ impl Chat {
             | ServerMsg::Done(_)
             | ServerMsg::Left(frame::Left { reason: None, .. }) => {}
             ServerMsg::SearchResults(page) => self.search.as_mut()?.results(page),
-            ServerMsg::Seen(frame::Seen { room, nick, id }) => {
-                let room = self.room_mut(&room)?;
-                if room.receipts {
-                    room.saw(nick, id);
-                }
-            }
+            // Kept even if the event that turned receipts on has not arrived yet (the two travel apart); shown only
+            // while they are on.
+            ServerMsg::Seen(frame::Seen { room, nick, id }) => self.room_mut(&room)?.saw(nick, id),
             ServerMsg::ReadState(frame::ReadState {
                 room: name,
                 id,

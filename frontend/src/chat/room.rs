@@ -361,6 +361,9 @@ impl Room {
     /// "Seen by …" lines: for each message that is the newest loaded one some member has read up to, who (never this
     /// client's nick), most recent readers first. In no particular order of messages.
     pub fn seen_by(&self) -> Vec<(MsgId, Vec<&Nick>)> {
+        if !self.receipts {
+            return Vec::new();
+        }
         let ids: Vec<MsgId> = self
             .timeline
             .items()

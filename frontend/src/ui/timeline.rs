@@ -141,11 +141,7 @@ pub fn rows(room: &Room) -> Vec<Row> {
     let mut rows = Vec::with_capacity(room.items().len() + room.outbox().len() + 4);
     let mut day = None;
     let mut last: Option<(&Nick, u64)> = None;
-    let seen = if room.receipts() {
-        room.seen_by()
-    } else {
-        Vec::new()
-    };
+    let seen = room.seen_by();
     for item in room.items() {
         // A client notice has no server time, so it belongs to the day around it.
         let ts = match item {
