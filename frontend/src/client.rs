@@ -7,6 +7,10 @@
 //! is due, whenever that may have changed (a send, a `joined`, the end of a hold after a transient refusal). A
 //! message typed offline, or cut off by a disconnect, therefore goes out by itself after the rejoin, with the `cid`
 //! it always had, and the server stores it at most once.
+//!
+//! Reading works the same way: the page says what is read ([`Client::read`]), and the client sends `read` for each
+//! room whose position is ahead of the server's, at most every 250 ms per room and again after a reconnect
+//! ([`Chat::reads`]).
 
 use std::pin::pin;
 use std::time::Duration;

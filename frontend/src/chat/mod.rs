@@ -1,6 +1,7 @@
 //! The client's chat state, free of any browser API: rooms, their timelines deduplicated by message id, each room's
 //! outbox of own messages (queued, pending, failed), resume points with their history epochs, notices about lost
-//! history, and unread counts. Its tests run natively.
+//! history, the person's read position and the unread counts after it (the server's, plus what arrived since), read
+//! receipts, and the search on screen. Its tests run natively.
 //!
 //! The WebSocket client feeds every [`ServerMsg`] into [`Chat::apply`] and puts on the wire whatever [`Chat::flush`]
 //! says is due; the components only read. Keeping the rules here, away from the socket and the DOM, is what lets

@@ -1,7 +1,7 @@
 //! Who is in the room: the online count in the room's header, and the member list — a side panel on wide screens,
 //! a sheet over the conversation on phones. A moderator also gets Mute / Kick / Ban per member there, for a length
-//! they choose, a form that lifts a mute or a ban by nick (a banned person is no longer in the list), and the room's
-//! slow mode.
+//! they choose, a form that lifts a mute or a ban by nick (a banned person is no longer in the list), the room's
+//! slow mode and its read receipts.
 
 use leptos::prelude::*;
 use shared::{ClientMsg, RoomName};

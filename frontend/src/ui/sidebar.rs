@@ -1,5 +1,5 @@
-//! The side panel (a top bar on phones): brand, connection status, the room list with unread counts, a form to
-//! join another room, and the nickname.
+//! The side panel (a top bar on phones): brand, connection status, the search box, the room list with unread and
+//! mention counts, a form to join another room, and the nickname.
 
 use leptos::html;
 use leptos::prelude::*;

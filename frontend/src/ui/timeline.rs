@@ -1,8 +1,8 @@
 //! A room's timeline as rows on screen: day separators, messages grouped by sender (with their reply quotes,
 //! "(edited)", tombstones, reaction chips and action menus), join/leave and moderation notices, the client's own
-//! notices (such as lost history), and own messages that are still queued, pending or failed, with their retry
-//! buttons. The message actions are plain buttons marked with `data-act`; one listener on the timeline serves them
-//! all ([`on_action`]), which keeps the page small.
+//! notices (such as lost history), "Seen by …" under the messages members read up to, and own messages that are
+//! still queued, pending or failed, with their retry buttons. The message actions are plain buttons marked with
+//! `data-act`; one listener on the timeline serves them all ([`on_action`]), which keeps the page small.
 
 use leptos::prelude::*;
 use shared::{MsgId, Nick, PresenceKind, RoomName};
