@@ -622,9 +622,10 @@ impl Chat {
                 // A history request asked on a connection that is gone will not be answered.
                 room.timeline.drop_older_request();
                 if reset {
-                    // The resume point names a history that is gone; the new one starts from this history.
+                    // The resume point names a history that is gone; the new one starts from this history, and so
+                    // does reading: positions in the old one say nothing about the new ids.
                     room.resume = None;
-                    room.read_wanted = None;
+                    room.forget_reading();
                 }
                 room.receipts = receipts;
                 room.seen = seen.into_iter().map(|s| (s.nick, s.id)).collect();
@@ -636,7 +637,7 @@ impl Chat {
                         more,
                     };
                     room.upto = upto.or(Some(read));
-                } else if !room.ever_joined {
+                } else if !room.ever_joined || reset {
                     // No position yet (never read here): count from the newest message of this first history on.
                     room.upto = history.last().map(|m| m.id);
                 }
@@ -701,8 +702,10 @@ impl Chat {
                 let room = self.room_mut(&room)?;
                 room.epoch = Some(epoch);
                 if reset {
-                    // The next messages come from the new history; an old resume point would hide them.
+                    // The next messages come from the new history; an old resume point (or read position) would
+                    // hide them.
                     room.resume = None;
+                    room.forget_reading();
                 }
                 room.timeline.notice(key, GAP_NOTICE);
             }
@@ -1581,6 +1584,38 @@ mod tests {
         // Read further here than the server has confirmed: nothing counts up to there at once.
         chat.want_read(&room("general"), MsgId::new(30, 0));
         assert_eq!(badge(&chat), (0, 0));
+    }
+
+    #[test]
+    fn a_lost_history_forgets_the_read_position_of_the_old_one() {
+        let mut chat = chat();
+        chat.view(None);
+        chat.apply(joined_read(
+            vec![msg("general", 50, "ann", "old")],
+            50,
+            0,
+            0,
+            50,
+        ));
+        // Redis lost the room: the new epoch's ids start low again.
+        chat.apply(ServerMsg::Gap(frame::Gap {
+            room: room("general"),
+            epoch: "e2".into(),
+            reset: true,
+        }));
+        chat.apply(ServerMsg::Message(msg("general", 3, "ann", "new")));
+        assert_eq!(badge(&chat), (1, 0));
+        chat.disconnected();
+        chat.apply(joined_in(
+            "e3",
+            true,
+            false,
+            "general",
+            vec![msg("general", 2, "ann", "newer")],
+        ));
+        assert_eq!(badge(&chat), (0, 0), "the new history's past is not news");
+        chat.apply(ServerMsg::Message(msg("general", 4, "ann", "after")));
+        assert_eq!(badge(&chat), (1, 0));
     }
 
     #[test]

@@ -316,7 +316,12 @@ impl Room {
             _ => (self.counted, self.upto.max(self.read)),
         };
         for item in self.timeline.items().iter().rev() {
-            let Item::Message(m) = item else { continue };
+            let m = match item {
+                Item::Message(m) => m,
+                // Nothing to count from (the history was lost and a new one began): only what follows the notice.
+                Item::Notice { .. } if from.is_none() => break,
+                _ => continue,
+            };
             if from.is_some_and(|f| m.id <= f) {
                 break;
             }
@@ -351,6 +356,15 @@ impl Room {
             _ => None,
         });
         self.timeline.set_unread(first);
+    }
+
+    /// The room's history was lost (a new epoch): what was read in it says nothing about the new history's ids.
+    pub(super) fn forget_reading(&mut self) {
+        self.read = None;
+        self.counted = Unread::default();
+        self.upto = None;
+        self.read_wanted = None;
+        self.read_sent = None;
     }
 
     /// Whether read receipts are on in the room.
