@@ -1,14 +1,12 @@
 //! The root component: starts the client, ties the address bar to the room on screen, and lays out the page.
 
-use std::collections::HashMap;
-
 use leptos::prelude::*;
 use shared::{MsgId, Nick, RoomName};
 
 use crate::browser::{self, Route};
 use crate::chat::Chat;
 use crate::client::Client;
-use crate::ui::{EmptyState, RoomView, Sidebar, Welcome};
+use crate::ui::{EmptyState, RoomView, SearchView, Sidebar, Welcome};
 
 /// What every component may need besides the client: the nickname, per-room drafts, and navigation.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +16,7 @@ pub struct Ui {
     /// The chosen nickname; `None` until the person picks one.
     pub nick: RwSignal<Option<Nick>>,
     /// Unsent text per room, so switching rooms does not lose a half-written message.
-    pub drafts: StoredValue<HashMap<RoomName, String>>,
+    pub drafts: StoredValue<Drafts>,
     /// A `/r/<name>` address whose name is not valid: the text and why, shown with a join form to fix it.
     pub bad_route: RwSignal<Option<(String, String)>>,
     /// What the message box is doing besides writing a new message: answering one, or editing one.
@@ -40,14 +38,38 @@ pub struct Compose {
     pub quote: String,
 }
 
+/// Unsent text per room: a short list (a `HashMap` would bring a hasher and a table into the page for a few rooms).
+#[derive(Debug, Default)]
+pub struct Drafts(Vec<(RoomName, String)>);
+
+impl Drafts {
+    /// The draft of `room`, if any.
+    pub fn get(&self, room: &RoomName) -> Option<&String> {
+        self.0.iter().find(|(r, _)| r == room).map(|(_, t)| t)
+    }
+
+    /// Keeps `text` as the draft of `room`.
+    pub fn insert(&mut self, room: RoomName, text: String) {
+        self.remove(&room);
+        self.0.push((room, text));
+    }
+
+    /// Forgets the draft of `room`.
+    pub fn remove(&mut self, room: &RoomName) {
+        self.0.retain(|(r, _)| r != room);
+    }
+}
+
 /// The component context. Panics only if called outside [`App`], which would be a bug.
 pub fn use_ui() -> Ui {
     expect_context::<Ui>()
 }
 
 impl Ui {
-    /// Joins `room` if needed, puts it on screen, and names it in the address bar so the link can be shared.
+    /// Joins `room` if needed, puts it on screen (in place of search results), and names it in the address bar so the
+    /// link can be shared.
     pub fn open(&self, room: RoomName) {
+        self.client.end_search();
         if let Some(nick) = self.nick.get_untracked() {
             self.client.join(room.clone(), nick);
         }
@@ -148,7 +170,7 @@ pub fn App() -> impl IntoView {
                 .and_then(|t| crate::token::nick(&t))
                 .or_else(browser::load_nick),
         ),
-        drafts: StoredValue::new(HashMap::new()),
+        drafts: StoredValue::new(Drafts::default()),
         bad_route: RwSignal::new(None),
         compose: RwSignal::new(None),
         jump: RwSignal::new(None),
@@ -164,6 +186,10 @@ pub fn App() -> impl IntoView {
     ui.follow_route(true);
     window_event_listener(leptos::ev::popstate, move |_| ui.follow_route(false));
     window_event_listener(leptos::ev::keydown, move |ev| {
+        // Esc closes search results, back to the room.
+        if ev.key() == "Escape" {
+            ui.client.end_search();
+        }
         if ev.alt_key() && !ev.ctrl_key() && !ev.meta_key() {
             let by = match ev.key().as_str() {
                 "ArrowUp" => -1,
@@ -186,6 +212,7 @@ pub fn App() -> impl IntoView {
     Effect::new(move |_| browser::set_title(chat.with(Chat::unread_total)));
 
     let active = Memo::new(move |_| chat.with(|c| c.active().cloned()));
+    let searching = Memo::new(move |_| chat.with(|c| c.search().is_some()));
     view! {
         <Show when=move || ui.nick.with(Option::is_some) fallback=|| view! { <Welcome /> }>
             <div class="shell">
@@ -200,9 +227,10 @@ pub fn App() -> impl IntoView {
                 <Sidebar />
                 <main class="main">
                     <Notice />
-                    {move || match active.get() {
-                        Some(room) => view! { <RoomView room /> }.into_any(),
-                        None => view! { <EmptyState /> }.into_any(),
+                    {move || match (searching.get(), active.get()) {
+                        (true, _) => view! { <SearchView /> }.into_any(),
+                        (false, Some(room)) => view! { <RoomView room /> }.into_any(),
+                        (false, None) => view! { <EmptyState /> }.into_any(),
                     }}
                 </main>
             </div>

@@ -208,16 +208,16 @@ pub fn ask_for_notifications(done: impl FnOnce(web_sys::NotificationPermission) 
     answer.forget();
 }
 
-/// Shows a notification if the person allowed them. `tag` groups them: a newer one with the same tag replaces the
-/// older (one per room, not a pile).
-pub fn notify(title: &str, body: &str, tag: &str) {
+/// Shows a notification if the person allowed them, and returns it (to close it once read). `tag` groups them: a
+/// newer one with the same tag replaces the older (one per room, not a pile).
+pub fn notify(title: &str, body: &str, tag: &str) -> Option<web_sys::Notification> {
     if notifications() != Some(web_sys::NotificationPermission::Granted) {
-        return;
+        return None;
     }
     let options = web_sys::NotificationOptions::new();
     options.set_body(body);
     options.set_tag(tag);
-    let _ = web_sys::Notification::new_with_options(title, &options);
+    web_sys::Notification::new_with_options(title, &options).ok()
 }
 
 /// Whether the window is wide enough for side panels next to the conversation (else they open as sheets).

@@ -7,15 +7,17 @@
 //! is due, whenever that may have changed (a send, a `joined`, the end of a hold after a transient refusal). A
 //! message typed offline, or cut off by a disconnect, therefore goes out by itself after the rejoin, with the `cid`
 //! it always had, and the server stores it at most once.
+//!
+//! Reading works the same way: the page says what is read ([`Client::read`]), and the client sends `read` for each
+//! room whose position is ahead of the server's, at most every 250 ms per room and again after a reconnect
+//! ([`Chat::reads`]).
 
 use std::pin::pin;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select};
-use futures::{SinkExt, StreamExt};
-use gloo_net::websocket::futures::WebSocket;
-use gloo_net::websocket::{Message, WebSocketError};
 use leptos::prelude::*;
 use shared::{
     ClientMsg, MsgId, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code,
@@ -26,6 +28,7 @@ use crate::backoff::Backoff;
 use crate::browser;
 use crate::chat::{Act, Chat, Rejoin, TypingDue};
 use crate::heartbeat::{Beat, Heartbeat};
+use crate::socket::{Socket, WsEvent};
 
 /// The close code for a socket this client gives up on: a normal closure, one of the few a browser may send.
 const NORMAL_CLOSE: u16 = 1000;
@@ -61,6 +64,8 @@ enum Cmd {
     Flush,
     /// A hold after a transient refusal is over: release it, then flush.
     Release,
+    /// Put every `read` that is due on the wire (see [`Chat::reads`]).
+    Reads,
     /// Stop waiting and connect now.
     Wake,
     /// The network went away: drop the socket instead of waiting for it to time out.
@@ -84,6 +89,10 @@ pub struct Client {
     status: RwSignal<Status>,
     notice: RwSignal<Option<String>>,
     cmds: StoredValue<mpsc::UnboundedSender<Cmd>>,
+    /// Mention notifications on screen, to close once the person read past them (here or on another device).
+    shown: StoredValue<Vec<(RoomName, MsgId, web_sys::Notification)>>,
+    /// A timer will ask for the `read`s that had to wait.
+    reads_timer: StoredValue<bool>,
 }
 
 impl Client {
@@ -98,6 +107,8 @@ impl Client {
             status: RwSignal::new(Status::Connecting),
             notice: RwSignal::new(None),
             cmds: StoredValue::new(tx),
+            shown: StoredValue::new(Vec::new()),
+            reads_timer: StoredValue::new(false),
         };
         window_event_listener(leptos::ev::online, move |_| client.post(Cmd::Wake));
         window_event_listener(leptos::ev::offline, move |_| client.post(Cmd::Drop));
@@ -206,6 +217,53 @@ impl Client {
     /// Puts a room on screen, which clears its unread count.
     pub fn view(&self, room: Option<RoomName>) {
         self.chat.update(|chat| chat.view(room));
+    }
+
+    /// The person has `room` on screen, in a visible tab, down to its newest message `id`: the room is read up to
+    /// there (the badge clears at once; `read` goes to the server at most every 250 ms per room).
+    pub fn read(&self, room: &RoomName, id: MsgId) {
+        let ahead = self.chat.with_untracked(|c| {
+            c.room(room)
+                .is_some_and(|r| r.read_mark().is_none_or(|m| id > m))
+        });
+        if ahead {
+            self.chat.update(|chat| chat.want_read(room, id));
+            self.post(Cmd::Reads);
+        }
+    }
+
+    /// Searches messages for `query` (a new search replaces the one on screen).
+    pub fn search(&self, query: &str) {
+        if let Some(msg) = self
+            .chat
+            .try_update(|chat| chat.start_search(query))
+            .flatten()
+        {
+            self.send_search(msg);
+        }
+    }
+
+    /// Asks for the next page of the search's results.
+    pub fn more_results(&self) {
+        if let Some(msg) = self.chat.try_update(Chat::more_results).flatten() {
+            self.send_search(msg);
+        }
+    }
+
+    fn send_search(&self, msg: ClientMsg) {
+        if self.connected() {
+            self.post(Cmd::Frame(msg));
+        } else {
+            // Nothing would answer it: say so rather than spin.
+            self.chat.update(|chat| chat.search_offline());
+        }
+    }
+
+    /// Closes the search.
+    pub fn end_search(&self) {
+        if self.chat.with_untracked(|c| c.search().is_some()) {
+            self.chat.update(Chat::end_search);
+        }
     }
 
     /// Uses a new nickname in every room (the server accepts a repeated join as a rename).
@@ -320,9 +378,9 @@ impl Client {
                 wake(&mut cmds).await;
             }
             self.status.set(Status::Connecting);
-            let end = match WebSocket::open(&ws_url()) {
-                Ok(ws) => self.session(ws, &mut cmds, &mut backoff).await,
-                Err(_) => End::Retry,
+            let end = match Socket::open(&ws_url()) {
+                Some(ws) => self.session(ws, &mut cmds, &mut backoff).await,
+                None => End::Retry,
             };
             self.chat.update(Chat::disconnected);
             // Frames queued for the dead socket are void: joins are replayed, and sends were just queued again.
@@ -366,7 +424,7 @@ impl Client {
     /// Serves one socket until it closes, or until the heartbeat finds it dead.
     async fn session(
         &self,
-        mut ws: WebSocket,
+        mut ws: Socket,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
         backoff: &mut Backoff,
     ) -> End {
@@ -377,16 +435,16 @@ impl Client {
         };
         let opened = matches!(
             select(
-                pin!(put(&mut ws, &hello)),
+                pin!(ws.next()),
                 pin!(sleep(millis(
                     crate::heartbeat::IDLE + crate::heartbeat::GRACE
                 )))
             )
             .await,
-            Either::Left((Ok(()), _))
+            Either::Left((Some(WsEvent::Open), _))
         );
-        if !opened {
-            let _ = ws.close(Some(NORMAL_CLOSE), Some("could not open"));
+        if !opened || put(&ws, &hello).is_err() {
+            ws.close(NORMAL_CLOSE, "could not open");
             return End::Retry;
         }
         let mut heartbeat = Heartbeat::new(browser::now());
@@ -399,26 +457,27 @@ impl Client {
                 Either::Right(((), _)) => Event::Tick,
             };
             match event {
-                Event::Frame(Some(Ok(Message::Text(text)))) => {
+                Event::Frame(Some(WsEvent::Text(text))) => {
                     heartbeat.received(browser::now());
                     match crate::decode::server_frame(&text) {
                         Ok(msg) => {
-                            if let Err(end) = self.receive(msg, &mut ws, backoff).await {
+                            if let Err(end) = self.receive(msg, &ws, backoff) {
                                 return end;
                             }
                         }
-                        Err(e) => leptos::logging::warn!("ignoring an unreadable frame: {e}"),
+                        // Not the parser's reason: its messages would put serde_json's error formatting in the page.
+                        Err(_) => leptos::logging::warn!("ignoring an unreadable frame: {text}"),
                     }
                 }
-                Event::Frame(Some(Ok(Message::Bytes(_)))) => heartbeat.received(browser::now()),
-                Event::Frame(Some(Err(WebSocketError::ConnectionClose(close)))) => {
-                    return closed(close.code, close.reason);
+                Event::Frame(Some(WsEvent::Other | WsEvent::Open)) => {
+                    heartbeat.received(browser::now());
                 }
-                // An `error` event; the `close` event that follows ends the session.
-                Event::Frame(Some(Err(_))) => {}
+                Event::Frame(Some(WsEvent::Closed { code, reason })) => {
+                    return closed(code, reason);
+                }
                 Event::Frame(None) => return End::Retry,
                 Event::Cmd(Some(Cmd::Frame(msg))) => {
-                    if put(&mut ws, &msg).await.is_err() {
+                    if put(&ws, &msg).is_err() {
                         return End::Retry;
                     }
                 }
@@ -432,7 +491,12 @@ impl Client {
                             chat.flush()
                         })
                         .unwrap_or_default();
-                    if put_all(&mut ws, &sends).await.is_err() {
+                    if put_all(&ws, &sends).is_err() {
+                        return End::Retry;
+                    }
+                }
+                Event::Cmd(Some(Cmd::Reads)) => {
+                    if self.put_reads(&ws).is_err() {
                         return End::Retry;
                     }
                 }
@@ -445,13 +509,13 @@ impl Client {
                             break;
                         }
                         Beat::Ping => {
-                            if put(&mut ws, &ClientMsg::Ping { req: None }).await.is_err() {
+                            if put(&ws, &ClientMsg::Ping { req: None }).is_err() {
                                 return End::Retry;
                             }
                         }
                         Beat::Dead => {
                             leptos::logging::warn!("no answer to ping: reconnecting");
-                            let _ = ws.close(Some(NORMAL_CLOSE), Some("no answer to ping"));
+                            ws.close(NORMAL_CLOSE, "no answer to ping");
                             return End::Retry;
                         }
                     }
@@ -460,15 +524,33 @@ impl Client {
         }
     }
 
+    /// Sends the `read`s that are due; when one has to wait, a timer asks again then.
+    fn put_reads(&self, ws: &Socket) -> Result<(), ()> {
+        let now = browser::now();
+        let (reads, wait) = self
+            .chat
+            .try_update_untracked(|chat| chat.reads(now))
+            .unwrap_or_default();
+        if let Some(wait) = wait
+            && !self.reads_timer.get_value()
+        {
+            self.reads_timer.set_value(true);
+            let client = *self;
+            set_timeout(
+                move || {
+                    client.reads_timer.set_value(false);
+                    client.post(Cmd::Reads);
+                },
+                Duration::from_millis(wait),
+            );
+        }
+        put_all(ws, &reads)
+    }
+
     /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`
     /// and `epoch`; any other frame updates the chat, after which whatever became due (the outbox of a room just
     /// joined, say) goes on the wire. A transient refusal of a send starts a timer that releases the hold.
-    async fn receive(
-        &self,
-        msg: ServerMsg,
-        ws: &mut WebSocket,
-        backoff: &mut Backoff,
-    ) -> Result<(), End> {
+    fn receive(&self, msg: ServerMsg, ws: &Socket, backoff: &mut Backoff) -> Result<(), End> {
         // A busy replica (a reconnect storm): wait what it asks plus a random part of it, so thousands of pages
         // do not come back in the same instant; then connect again, or send the refused join again.
         if let ServerMsg::TryAgain(frame::TryAgain {
@@ -503,7 +585,7 @@ impl Client {
             backoff.reset();
             self.status.set(Status::Connected { node: node.clone() });
             for rejoin in self.chat.with_untracked(Chat::rejoins) {
-                put(ws, &join_msg(rejoin)).await.map_err(|()| End::Retry)?;
+                put(ws, &join_msg(rejoin)).map_err(|()| End::Retry)?;
             }
             return Ok(());
         }
@@ -521,23 +603,44 @@ impl Client {
             self.notice.set(Some(notice));
         }
         for mention in applied.mentions {
-            browser::notify(
+            if let Some(shown) = browser::notify(
                 &format!("{} in #{}", mention.nick, mention.room),
                 &mention.text,
                 mention.room.as_str(),
-            );
+            ) {
+                self.shown.update_value(|s| {
+                    // The browser shows one per room (same tag); the handles of old ones need not pile up.
+                    if s.len() >= 32 {
+                        s.remove(0);
+                    }
+                    s.push((mention.room, mention.id, shown));
+                });
+            }
+        }
+        if let Some((room, read)) = applied.read {
+            // Read past them (here or elsewhere): the room's notifications are stale.
+            self.shown.update_value(|s| {
+                s.retain(|(r, id, shown)| {
+                    let stale = *r == room && *id <= read;
+                    if stale {
+                        shown.close();
+                    }
+                    !stale
+                });
+            });
         }
         if let Some(hold) = applied.retry_after {
             let client = *self;
             set_timeout(move || client.post(Cmd::Release), hold);
         }
-        put_all(ws, &sends).await.map_err(|()| End::Retry)
+        put_all(ws, &sends).map_err(|()| End::Retry)?;
+        self.put_reads(ws).map_err(|()| End::Retry)
     }
 }
 
 /// One turn of the session loop: a frame from the server, a command from the page, or the heartbeat timer.
 enum Event {
-    Frame(Option<Result<Message, WebSocketError>>),
+    Frame(Option<WsEvent>),
     Cmd(Option<Cmd>),
     Tick,
 }
@@ -581,18 +684,15 @@ fn ws_url() -> String {
     }
 }
 
-async fn put(ws: &mut WebSocket, msg: &ClientMsg) -> Result<(), ()> {
+fn put(ws: &Socket, msg: &ClientMsg) -> Result<(), ()> {
     let json = serde_json::to_string(msg).map_err(|_| ())?;
-    ws.send(Message::Text(json)).await.map_err(|_| ())
+    ws.send(&json)
 }
 
 /// Puts frames on the wire in order. If one fails the socket is dead; the sends not written were marked pending,
 /// and the disconnect queues them again.
-async fn put_all(ws: &mut WebSocket, msgs: &[ClientMsg]) -> Result<(), ()> {
-    for msg in msgs {
-        put(ws, msg).await?;
-    }
-    Ok(())
+fn put_all(ws: &Socket, msgs: &[ClientMsg]) -> Result<(), ()> {
+    msgs.iter().try_for_each(|msg| put(ws, msg))
 }
 
 /// Resolves when a [`Cmd::Wake`] arrives; discards stale frames meanwhile.

@@ -2,7 +2,13 @@
 
 #[cfg(target_arch = "wasm32")]
 fn main() {
-    console_error_panic_hook::set_once();
+    // A panic stops the app: say so in the console without formatting its message (console_error_panic_hook's
+    // formatting and stack capture cost the page a kilobyte; the browser's own trace follows anyway).
+    std::panic::set_hook(Box::new(|_| {
+        web_sys::console::error_1(
+            &"Roomcast stopped: an internal error (a Rust panic). Reload the page.".into(),
+        );
+    }));
     leptos::mount::mount_to_body(frontend::App);
 }
 

@@ -30,9 +30,96 @@ pub fn typing(who: &[&shared::Nick]) -> Option<String> {
     }
 }
 
+/// A search result's text cut at its marks (`[start, end)` character offsets, as the server sends them): the pieces
+/// in order, each with whether it matched. Marks out of order, overlapping or past the end are clamped, never
+/// trusted to index the text.
+pub fn marked(text: &str, marks: &[(u32, u32)]) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars();
+    let mut at = 0;
+    for &(start, end) in marks {
+        let (start, end) = (start as usize, end as usize);
+        if end <= start.max(at) {
+            continue;
+        }
+        let plain: String = chars.by_ref().take(start.saturating_sub(at)).collect();
+        let hit: String = chars.by_ref().take(end - start.max(at)).collect();
+        at = end;
+        if !plain.is_empty() {
+            out.push((plain, false));
+        }
+        if !hit.is_empty() {
+            out.push((hit, true));
+        }
+    }
+    let rest: String = chars.collect();
+    if !rest.is_empty() {
+        out.push((rest, false));
+    }
+    out
+}
+
+/// "Seen by alice, bob", "Seen by alice, bob, carol and 4 others": names the first [`crate::chat::SEEN_NAMED`].
+pub fn seen_by(who: &[&shared::Nick]) -> String {
+    let named = crate::chat::SEEN_NAMED;
+    let names: Vec<&str> = who.iter().take(named).map(|n| n.as_str()).collect();
+    match who.len().saturating_sub(named) {
+        0 => format!("Seen by {}", names.join(", ")),
+        1 => format!("Seen by {} and 1 other", names.join(", ")),
+        more => format!("Seen by {} and {more} others", names.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marks_become_marked_pieces_by_character() {
+        let text = "私は東京に住んでいます";
+        assert_eq!(
+            marked(text, &[(2, 4)]),
+            [
+                ("私は".to_owned(), false),
+                ("東京".to_owned(), true),
+                ("に住んでいます".to_owned(), false)
+            ]
+        );
+        assert_eq!(
+            marked("deploy is done, redeployed", &[(0, 6), (18, 24)]),
+            [
+                ("deploy".to_owned(), true),
+                (" is done, re".to_owned(), false),
+                ("deploy".to_owned(), true),
+                ("ed".to_owned(), false)
+            ]
+        );
+        // Overlapping, backwards and past the end: clamped, the text kept whole.
+        assert_eq!(
+            marked("abcdef", &[(1, 3), (2, 4), (1, 2), (5, 99)]),
+            [
+                ("a".to_owned(), false),
+                ("bc".to_owned(), true),
+                ("d".to_owned(), true),
+                ("e".to_owned(), false),
+                ("f".to_owned(), true)
+            ]
+        );
+        assert_eq!(marked("abc", &[]), [("abc".to_owned(), false)]);
+    }
+
+    #[test]
+    fn seen_by_names_three_and_counts_the_rest() {
+        let n = |s: &str| shared::Nick::parse(s).unwrap();
+        let all: Vec<shared::Nick> = ["alice", "bob", "carol", "dan", "eve", "fay", "gus"]
+            .map(n)
+            .to_vec();
+        let refs: Vec<&shared::Nick> = all.iter().collect();
+        assert_eq!(seen_by(&refs[..2]), "Seen by alice, bob");
+        assert_eq!(seen_by(&refs[..3]), "Seen by alice, bob, carol");
+        assert_eq!(seen_by(&refs[..4]), "Seen by alice, bob, carol and 1 other");
+        assert_eq!(seen_by(&refs), "Seen by alice, bob, carol and 4 others");
+    }
 
     #[test]
     fn tab_completes_the_last_word_as_a_mention() {

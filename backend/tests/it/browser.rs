@@ -596,7 +596,7 @@ async fn the_member_list_shows_who_is_here_on_every_replica() {
 }
 
 /// Mentions while the tab is hidden: the title counts what arrived, and a mention (only a mention) shows a browser
-/// notification once the person allowed them. Chromium's own `Notification` is wrapped to record what the page shows.
+/// notification once the person allowed them; back on the tab, the room is read and the notification closes. Chromium's own `Notification` is wrapped to record what the page shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
     let stage = Stage::start().await;
@@ -618,9 +618,13 @@ async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
         .js(
             r"const Real = window.Notification;
             window.shown = [];
+            window.closedNotes = [];
             function Recorded(title, options) {
                 window.shown.push([title, options && options.body]);
-                return new Real(title, options);
+                const n = new Real(title, options);
+                const close = n.close.bind(n);
+                n.close = () => { window.closedNotes.push(title); close(); };
+                return n;
             }
             Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
             Recorded.requestPermission = (...args) => Real.requestPermission(...args);
@@ -663,6 +667,13 @@ async fn a_mention_in_a_hidden_tab_badges_the_title_and_notifies() {
     a.wait_until(
         "the title without a badge",
         "return !document.title.startsWith('(');",
+        Value::Null,
+    )
+    .await;
+    // Read now (the server confirmed it): the notification of the mention is closed.
+    a.wait_until(
+        "the mention's notification closed",
+        "return JSON.stringify(window.closedNotes) === JSON.stringify(['bob in #e2e']);",
         Value::Null,
     )
     .await;
@@ -1332,3 +1343,499 @@ async fn typing_right_after_sending_is_shown() {
     a.close().await;
     b.close().await;
 }
+
+/// A token for the stage's replicas: `nick` for the person `sub`, allowed `rooms` (every room without), moderating
+/// `ROOM` when `moderator`.
+fn person_token(nick: &str, sub: &str, rooms: Option<&[&str]>, moderator: bool) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let mut claims = json!({ "nick": nick, "sub": sub, "exp": exp });
+    if let Some(rooms) = rooms {
+        claims["rooms"] = json!(rooms);
+    }
+    if moderator {
+        claims["roles"] = json!({ ROOM: "moderator" });
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A test client on `replica` signed in as `nick` (its own person), for replicas that require tokens.
+async fn signed_client(replica: &Replica, nick: &str) -> testkit::client::Client {
+    let token = person_token(nick, &format!("u-{nick}"), None, false);
+    testkit::client::Client::connect(&format!("{}?token={token}", replica.ws_url())).await
+}
+
+/// Records, from before the page's own scripts run, every `console.error` call and every uncaught error or rejected
+/// promise (a Rust panic is one of them) in `window.pageErrors`, for [`no_errors`].
+async fn record_errors(page: &Page) {
+    page.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": "window.pageErrors = [];
+            const error = console.error.bind(console);
+            console.error = (...args) => { window.pageErrors.push(args.map(String).join(' ')); error(...args); };
+            addEventListener('error', e => window.pageErrors.push('error: ' + e.message));
+            addEventListener('unhandledrejection', e => window.pageErrors.push('rejection: ' + e.reason));" }),
+    )
+    .await;
+}
+
+/// Asserts that the page reported no error since it loaded (see [`record_errors`]).
+async fn no_errors(page: &Page) {
+    let errors: Vec<String> = page
+        .js("return window.pageErrors ?? ['not recorded'];", Value::Null)
+        .await;
+    assert!(
+        errors.is_empty(),
+        "page {}: errors in the page: {errors:?}",
+        page.name
+    );
+}
+
+/// Opens `/r/<room>` on `replica` signed in with `token`, and waits for the room's message box and the connection.
+/// Errors in the page are recorded from the start (see [`no_errors`]).
+async fn sign_in(page: &Page, replica: SocketAddr, room: &str, token: &str) {
+    record_errors(page).await;
+    page.goto(&format!("http://{replica}/r/{room}#token={token}"))
+        .await;
+    page.wait_for("the room's message box", "#composer-input")
+        .await;
+    page.wait_until(
+        "the page to be connected",
+        "return document.querySelector('.status')?.dataset.state === 'connected';",
+        Value::Null,
+    )
+    .await;
+}
+
+/// Opens another room from the sidebar's join form, and waits until it is on screen.
+async fn open_room(page: &Page, room: &str) {
+    let join = page.client.find(Locator::Css("#join-side")).await.unwrap();
+    join.send_keys(&format!("{room}{ENTER}")).await.unwrap();
+    page.wait_until(
+        &format!("room {room} on screen"),
+        "return location.pathname === '/r/' + arguments[0] && !!document.querySelector('#composer-input');",
+        json!(room),
+    )
+    .await;
+}
+
+/// The badge of a room in the room list as it shows ("" when none), without the words for screen readers.
+const BADGE: &str = "(room) => document.querySelector(`.room-link[href='/r/${room}'] .badge [aria-hidden]`)?.textContent ?? ''";
+
+/// Waits until the room list shows `badge` for `room` and the tab title is `title`.
+async fn wait_badge(page: &Page, room: &str, badge: &str, title: &str) {
+    page.wait_until(
+        &format!("badge {badge:?} on #{room} and the title {title:?}"),
+        &format!(
+            "const [room, badge, title] = arguments[0];
+             return ({BADGE})(room) === badge && document.title === title;"
+        ),
+        json!([room, badge, title]),
+    )
+    .await;
+}
+
+/// Sets the browser's network on or off (DevTools network emulation: `navigator.onLine` and the `online`/`offline`
+/// events follow, as when a laptop loses its Wi-Fi).
+async fn network(page: &Page, online: bool) {
+    page.cdp("Network.enable", json!({})).await;
+    page.cdp(
+        "Network.emulateNetworkConditions",
+        json!({ "offline": !online, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1 }),
+    )
+    .await;
+}
+
+/// Read state across devices and replicas, with tokens: alice has two pages (the same `sub`) on two replicas, carol a
+/// page of her own. Messages alice has not read badge the room on both of her pages, mentions counted apart; reading
+/// them on one page clears the badge and the title's count on the other (the delay is printed, not asserted).
+/// Carol's page goes offline while 1,000 messages arrive, 100 of them mentioning her, and comes back with exactly
+/// those counts, from the server's read position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_on_one_device_clears_the_badge_on_the_other_and_counts_are_exact_after_being_offline()
+ {
+    let stage = Stage::start_with(|c| {
+        c.jwt_secret = Some(JWT_SECRET.into());
+        c.history_limit = 5_000;
+        c.sends_per_sec = 100_000;
+        c.send_burst = 100_000;
+    })
+    .await;
+    let phone = open(&stage.driver, "reads-phone", &stage.out).await;
+    let laptop = open(&stage.driver, "reads-laptop", &stage.out).await;
+    let carol = open(&stage.driver, "reads-carol", &stage.out).await;
+    let alice = person_token("alice", "u-alice", None, false);
+    sign_in(&phone, stage.one.addr, ROOM, &alice).await;
+    sign_in(&laptop, stage.two.addr, ROOM, &alice).await;
+    sign_in(
+        &carol,
+        stage.one.addr,
+        ROOM,
+        &person_token("carol", "u-carol", None, false),
+    )
+    .await;
+    let mut bob = signed_client(&stage.two, "bob").await;
+    bob.join(ROOM, "bob", None).await;
+    // Everyone reads bob's first message where they are (each page at the bottom of the room, in view).
+    bob.say(ROOM, "good morning").await;
+    for page in [&phone, &laptop, &carol] {
+        page.wait_message("bob", "good morning").await;
+        open_room(page, "side").await;
+    }
+
+    // Three messages while alice looks at another room, one of them for her: both of her pages badge #e2e.
+    bob.say(ROOM, "standup in 5").await;
+    bob.say(ROOM, "@alice can you share the notes?").await;
+    bob.say(ROOM, "thanks").await;
+    for page in [&phone, &laptop] {
+        wait_badge(page, ROOM, "3 · @1", "(3) Roomcast").await;
+    }
+    let said: String = laptop
+        .js(
+            "return document.querySelector(`.room-link[href='/r/${arguments[0]}'] .badge .sr-only`).textContent;",
+            json!(ROOM),
+        )
+        .await;
+    assert_eq!(
+        said, "3 unread, 1 mentioning you",
+        "what a screen reader says"
+    );
+    laptop.screenshot("badge").await;
+
+    // Alice reads them on her phone: the laptop's badge and title clear.
+    let _: bool = laptop
+        .js(
+            &format!(
+                "window.clearedAt = null;
+                 new MutationObserver(() => {{
+                     if (window.clearedAt === null && ({BADGE})(arguments[0]) === '') window.clearedAt = Date.now();
+                 }}).observe(document.body, {{ subtree: true, childList: true, characterData: true }});
+                 return true;"
+            ),
+            json!(ROOM),
+        )
+        .await;
+    let clicked: f64 = phone
+        .js(
+            "const at = Date.now(); document.querySelector(`.room-link[href='/r/${arguments[0]}']`).click(); return at;",
+            json!(ROOM),
+        )
+        .await;
+    phone.wait_message("bob", "thanks").await;
+    wait_badge(&phone, ROOM, "", "Roomcast").await;
+    wait_badge(&laptop, ROOM, "", "Roomcast").await;
+    let cleared: f64 = laptop.js("return window.clearedAt;", Value::Null).await;
+    println!(
+        "read on the phone (replica 1), the laptop's badge (replica 2) cleared {} ms after the click",
+        cleared - clicked
+    );
+    laptop.screenshot("badge-cleared").await;
+
+    // Carol reads the room up to here and moves on; then her page goes offline, and 1,000 messages arrive
+    // meanwhile, 100 of them mentioning her.
+    wait_badge(&carol, ROOM, "3", "(3) Roomcast").await;
+    carol.click(&format!(".room-link[href='/r/{ROOM}']")).await;
+    wait_badge(&carol, ROOM, "", "Roomcast").await;
+    open_room(&carol, "side").await;
+    network(&carol, false).await;
+    carol
+        .wait_until(
+            "carol's page to notice it is offline",
+            "return document.querySelector('.status')?.dataset.state === 'offline';",
+            Value::Null,
+        )
+        .await;
+    for _ in 0..10 {
+        bob.say_batch(ROOM, "status update", 90).await;
+        bob.say_batch(ROOM, "@carol please check this", 10).await;
+    }
+    network(&carol, true).await;
+    wait_badge(&carol, ROOM, "1000 · @100", "(1000) Roomcast").await;
+    // Alice's phone has the room on screen, so it reads them as they come: her laptop stays clear.
+    wait_badge(&laptop, ROOM, "", "Roomcast").await;
+    carol.screenshot("offline-counts").await;
+    for page in [phone, laptop, carol] {
+        no_errors(&page).await;
+        page.close().await;
+    }
+}
+
+/// Read receipts: the moderator (alice) turns them on from the room's moderation tools; carol reads alice's message
+/// on another replica, and alice's page says "Seen by carol" under it (never naming alice herself); when bob's page
+/// reads further, the line under the newest message names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_appear_on_the_authors_page() {
+    let stage = Stage::start_with(|c| c.jwt_secret = Some(JWT_SECRET.into())).await;
+    let alice = open(&stage.driver, "receipts-alice", &stage.out).await;
+    let carol = open(&stage.driver, "receipts-carol", &stage.out).await;
+    let bob = open(&stage.driver, "receipts-bob", &stage.out).await;
+    sign_in(
+        &alice,
+        stage.one.addr,
+        ROOM,
+        &person_token("alice", "u-alice", None, true),
+    )
+    .await;
+    sign_in(
+        &carol,
+        stage.two.addr,
+        ROOM,
+        &person_token("carol", "u-carol", None, false),
+    )
+    .await;
+    sign_in(
+        &bob,
+        stage.two.addr,
+        ROOM,
+        &person_token("bob", "u-bob", None, false),
+    )
+    .await;
+    alice
+        .wait_for(
+            "the receipts switch in the moderation tools",
+            ".mod-panel .receipts select",
+        )
+        .await;
+    alice.choose(".mod-panel .receipts select", "true").await;
+    announced(&[&alice, &carol, &bob], "alice turned on read receipts").await;
+    alice.send("the release is out").await;
+    alice.send("notes are in the wiki").await;
+    for page in [&carol, &bob] {
+        page.wait_message("alice", "notes are in the wiki").await;
+    }
+    let seen = "return [...document.querySelectorAll('.timeline .seen')].map(s => [s.previousElementSibling?.querySelector('.text')?.textContent, s.textContent]);";
+    alice
+        .wait_until(
+            "\"Seen by\" carol and bob under alice's newest message",
+            &format!(
+                "const lines = (() => {{ {seen} }})();
+                 return lines.length === 1 && lines[0][0] === 'notes are in the wiki'
+                     && ['Seen by carol, bob', 'Seen by bob, carol'].includes(lines[0][1]);"
+            ),
+            Value::Null,
+        )
+        .await;
+    let own: Vec<(Option<String>, String)> = alice.js(seen, Value::Null).await;
+    assert!(
+        own.iter().all(|(_, line)| !line.contains("alice")),
+        "alice is never named on her own page: {own:?}"
+    );
+    alice.screenshot("receipts").await;
+    for page in [alice, carol, bob] {
+        no_errors(&page).await;
+        page.close().await;
+    }
+}
+
+/// Search in the browser against a real PostgreSQL: an edited word is found in its new text and the old one is not;
+/// a deleted message is not found; a word inside a Japanese sentence is found and marked; a room outside the token's
+/// `rooms` never shows; "More results" pages back; and a result in a room the page has not joined opens that room
+/// (joined for it) with the message brought into view, 60 messages back, highlighted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_current_text_only_in_the_rooms_allowed_and_opens_a_result() {
+    let pg = testkit::Postgres::start().await;
+    let url = pg.url();
+    let stage = Stage::start_with(|c| {
+        c.jwt_secret = Some(JWT_SECRET.into());
+        c.database_url = Some(url.clone());
+        c.archive_sweep_secs = 1;
+        c.api_keys = vec![SEARCH_KEY.into()];
+        c.sends_per_sec = 100_000;
+        c.send_burst = 100_000;
+    })
+    .await;
+    let mut bob = signed_client(&stage.two, "bob").await;
+    for room in [ROOM, "ops", "hr"] {
+        bob.join(room, "bob", None).await;
+    }
+    let edited = bob.say(ROOM, "we deploy on friday").await;
+    bob.send(&shared::ClientMsg::Edit {
+        room: ROOM.into(),
+        id: edited,
+        text: "we deploy on monday".into(),
+        cid: "edit-1".into(),
+    })
+    .await;
+    let gone = bob.say(ROOM, "the secret password is hunter2").await;
+    bob.send(&shared::ClientMsg::Delete {
+        room: ROOM.into(),
+        id: gone,
+        cid: "delete-1".into(),
+    })
+    .await;
+    let tokyo = bob.say("ops", "私は東京に住んでいます").await;
+    for i in 0..60 {
+        bob.say("ops", &format!("ops filler {i}")).await;
+    }
+    bob.say("hr", "deploy the salary sheet").await;
+    for i in 0..25 {
+        bob.say(ROOM, &format!("deploy step {i}")).await;
+    }
+    // The archive has it all once the API finds the last message and no longer the deleted one.
+    let api = |q: &'static str| {
+        let addr = stage.one.addr;
+        async move {
+            let (status, _, body) = testkit::http_request(
+                addr,
+                "GET",
+                &format!("/api/search?q={q}&limit=50"),
+                &[("Authorization", &format!("Bearer {SEARCH_KEY}"))],
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let found: Value = serde_json::from_str(&body).unwrap();
+            found["results"].as_array().unwrap().len()
+        }
+    };
+    testkit::eventually(
+        "the archive to have every message in its current state",
+        || async {
+            (api("step%2024").await == 1 && api("hunter2").await == 0 && api("monday").await == 1)
+                .then_some(())
+        },
+    )
+    .await;
+
+    let page = open(&stage.driver, "search", &stage.out).await;
+    let token = person_token("alice", "u-alice", Some(&[ROOM, "ops"]), false);
+    sign_in(&page, stage.one.addr, ROOM, &token).await;
+    let search = |query: &'static str| {
+        let page = &page;
+        async move {
+            let input = page
+                .client
+                .find(Locator::Css("#search-input"))
+                .await
+                .unwrap();
+            input.clear().await.unwrap();
+            input.send_keys(&format!("{query}{ENTER}")).await.unwrap();
+            page.wait_until(
+                &format!("the search for {query:?} answered"),
+                "const s = document.querySelector('.search [role=status]');
+                 return !!s && document.querySelector('#search-title')?.textContent === 'Results for “' + arguments[0] + '”'
+                     && s.textContent !== 'Searching…';",
+                json!(query),
+            )
+            .await;
+            page.js::<Vec<(String, String, Vec<String>)>>(
+                "return [...document.querySelectorAll('.results .result')].map(r => [
+                     r.querySelector('.result-room').textContent, r.querySelector('.text').textContent,
+                     [...r.querySelectorAll('mark')].map(m => m.textContent)]);",
+                Value::Null,
+            )
+            .await
+        }
+    };
+    let monday = search("monday").await;
+    assert_eq!(
+        monday,
+        [(
+            "#e2e".into(),
+            "we deploy on monday".into(),
+            vec!["monday".into()]
+        )],
+        "the edited text is found"
+    );
+    assert!(
+        search("friday").await.is_empty(),
+        "the text before the edit is not"
+    );
+    assert!(
+        search("hunter2").await.is_empty(),
+        "a deleted message is not found"
+    );
+    let status: String = page
+        .js(
+            "return document.querySelector('.search [role=status]').textContent;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, "No messages match “hunter2”.");
+
+    // "deploy": newest first, 20 at a time; never the hr room, which the token does not allow.
+    let first = search("deploy").await;
+    assert_eq!(first.len(), 20);
+    assert_eq!(first[0].1, "deploy step 24");
+    assert!(
+        first
+            .iter()
+            .all(|(_, _, marks)| marks.iter().any(|m| m.eq_ignore_ascii_case("deploy")))
+    );
+    page.screenshot("search").await;
+    page.click(".search .timeline > .button").await;
+    page.wait_until(
+        "the second page of results",
+        "return document.querySelectorAll('.results .result').length === 26
+            && document.querySelector('.search .timeline > .button').hidden;",
+        Value::Null,
+    )
+    .await;
+    let all: Vec<(String, String)> = page
+        .js(
+            "return [...document.querySelectorAll('.results .result')].map(r => [r.querySelector('.result-room').textContent, r.querySelector('.text').textContent]);",
+            Value::Null,
+        )
+        .await;
+    assert!(
+        all.iter().all(|(room, _)| room == "#e2e"),
+        "only the rooms allowed: {all:?}"
+    );
+    assert_eq!(all.last().unwrap().1, "we deploy on monday");
+    // Esc closes the results, back to the room.
+    page.client
+        .find(Locator::Css("#search-input"))
+        .await
+        .unwrap()
+        .send_keys("\u{e00c}")
+        .await
+        .unwrap();
+    page.wait_until(
+        "Esc to close the results and show the room again",
+        "return !document.querySelector('.search') && !!document.querySelector('#composer-input');",
+        Value::Null,
+    )
+    .await;
+
+    // A word inside a Japanese sentence; its result opens #ops (not joined) at the message, 60 messages back.
+    let japanese = search("東京").await;
+    assert_eq!(
+        japanese,
+        [(
+            "#ops".into(),
+            "私は東京に住んでいます".into(),
+            vec!["東京".into()]
+        )]
+    );
+    page.click(".results .result").await;
+    page.wait_until(
+        "#ops open with the message in view and highlighted",
+        "const m = document.querySelector('.msg.highlight');
+         if (location.pathname !== '/r/ops' || !m || m.dataset.id !== arguments[0]) return false;
+         const r = m.getBoundingClientRect(), t = document.querySelector('.timeline').getBoundingClientRect();
+         return r.top >= t.top && r.bottom <= t.bottom;",
+        json!(tokyo.to_string()),
+    )
+    .await;
+    assert!(
+        page.js::<bool>(
+            "return !!document.querySelector(`.room-link[href='/r/ops']`);",
+            Value::Null
+        )
+        .await,
+        "ops joined and listed"
+    );
+    no_errors(&page).await;
+    page.close().await;
+}
+
+/// The HTTP API key of the search test's replicas.
+const SEARCH_KEY: &str = "browser-search-test-key";

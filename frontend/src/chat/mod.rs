@@ -1,6 +1,7 @@
 //! The client's chat state, free of any browser API: rooms, their timelines deduplicated by message id, each room's
 //! outbox of own messages (queued, pending, failed), resume points with their history epochs, notices about lost
-//! history, and unread counts. Its tests run natively.
+//! history, the person's read position and the unread counts after it (the server's, plus what arrived since), read
+//! receipts, and the search on screen. Its tests run natively.
 //!
 //! The WebSocket client feeds every [`ServerMsg`] into [`Chat::apply`] and puts on the wire whatever [`Chat::flush`]
 //! says is due; the components only read. Keeping the rules here, away from the socket and the DOM, is what lets
@@ -17,6 +18,7 @@
 
 mod outbox;
 mod room;
+mod search;
 mod timeline;
 
 #[cfg(test)]
@@ -30,7 +32,10 @@ use shared::{
 };
 
 pub use outbox::{Act, BANNED, Outgoing, RATE_LIMITED_HOLD, SendStatus, UNAVAILABLE_HOLD};
-pub use room::{LIVE_LINES, Phase, Room, TYPING_SEND_EVERY_MS, TypingDue};
+pub use room::{
+    LIVE_LINES, Phase, READ_EVERY_MS, Room, SEEN_NAMED, TYPING_SEND_EVERY_MS, TypingDue, Unread,
+};
+pub use search::{SEARCH_PAGE, Search};
 pub use timeline::{
     GAP_NOTICE, Item, ModLine, OLDER_PAGE, Older, Posted, PresenceLine, TIMELINE_CAP,
 };
@@ -52,6 +57,8 @@ pub struct Chat {
     cid_prefix: String,
     next_cid: u64,
     person: Option<String>,
+    search: Option<Search>,
+    next_req: u64,
 }
 
 /// A join to (re)send: the room, the nickname, and where to resume.
@@ -78,8 +85,12 @@ pub struct Applied {
     /// A transient refusal put a room's outbox on hold: call [`Chat::release_holds`] and [`Chat::flush`] after this
     /// long. Set only by the refusal that started the hold, so one timer serves a burst of refusals.
     pub retry_after: Option<Duration>,
-    /// Messages that mention this client's nick, arrived live while the tab was hidden: worth a notification.
+    /// Messages that mention this client's nick, arrived live while the tab was hidden and not read elsewhere:
+    /// worth a notification.
     pub mentions: Vec<ChatMessage>,
+    /// This person's read position moved in a room (here or on another device): notifications of messages up to it
+    /// are stale.
+    pub read: Option<(RoomName, MsgId)>,
 }
 
 impl Chat {
@@ -96,6 +107,8 @@ impl Chat {
             cid_prefix: cid_prefix.into(),
             next_cid: 0,
             person: None,
+            search: None,
+            next_req: 0,
         }
     }
 
@@ -111,15 +124,90 @@ impl Chat {
         self.person.as_deref()
     }
 
-    /// The tab was hidden or shown again. Shown again, the room on screen counts as read.
+    /// The tab was hidden or shown again. Shown again, the room on screen is read once its newest message is on
+    /// screen (the page then calls [`Chat::want_read`]).
     pub fn set_hidden(&mut self, hidden: bool) {
         self.hidden = hidden;
-        if !hidden
-            && let Some(name) = self.active.clone()
-            && let Some(room) = self.room_mut(&name)
+    }
+
+    /// Whether the tab is hidden.
+    pub fn hidden(&self) -> bool {
+        self.hidden
+    }
+
+    /// The person read `name` up to `id` (its newest message is on screen, in a visible tab): the badge clears at
+    /// once, and [`Chat::reads`] sends `read` when it may.
+    pub fn want_read(&mut self, name: &RoomName, id: MsgId) {
+        if let Some(room) = self.room_mut(name)
+            && room.read_wanted.is_none_or(|w| id > w)
         {
-            room.unread = 0;
+            room.read_wanted = Some(id);
         }
+    }
+
+    /// The `read` requests due at `now` (page clock, ms): one per joined room whose wanted position is ahead of what
+    /// the server has and of what was sent on this connection, at most one per room every [`READ_EVERY_MS`]. Also
+    /// how long until the next one falls due, if one waits.
+    pub fn reads(&mut self, now: u64) -> (Vec<ClientMsg>, Option<u64>) {
+        let mut due = Vec::new();
+        let mut wait: Option<u64> = None;
+        for room in &mut self.rooms {
+            let Some(want) = room.read_wanted else {
+                continue;
+            };
+            let sent = room.read_sent.map(|(id, _)| id);
+            if room.phase != Phase::Joined || room.read.max(sent).is_some_and(|r| r >= want) {
+                continue;
+            }
+            match room.read_sent {
+                Some((_, at)) if now < at + READ_EVERY_MS => {
+                    let left = at + READ_EVERY_MS - now;
+                    wait = Some(wait.map_or(left, |w| w.min(left)));
+                }
+                _ => {
+                    room.read_sent = Some((want, now));
+                    due.push(ClientMsg::Read {
+                        room: room.name.to_string(),
+                        id: want,
+                    });
+                }
+            }
+        }
+        (due, wait)
+    }
+
+    /// The search on screen, if any.
+    pub fn search(&self) -> Option<&Search> {
+        self.search.as_ref()
+    }
+
+    /// Starts a search for `query` (the previous one is forgotten): the request to send, if the query can be
+    /// searched (else the search says why).
+    pub fn start_search(&mut self, query: &str) -> Option<ClientMsg> {
+        self.next_req += 1;
+        let (search, msg) = Search::start(query, self.next_req);
+        self.search = Some(search);
+        msg
+    }
+
+    /// The next page of the search's results, unless one is being fetched or there is none.
+    pub fn more_results(&mut self) -> Option<ClientMsg> {
+        self.next_req += 1;
+        let n = self.next_req;
+        self.search.as_mut()?.more(n)
+    }
+
+    /// The search could not be sent: the page is not connected.
+    pub fn search_offline(&mut self) {
+        if let Some(search) = &mut self.search {
+            search.loading = false;
+            search.error = Some("Not connected: search again once back online.".into());
+        }
+    }
+
+    /// Closes the search.
+    pub fn end_search(&mut self) {
+        self.search = None;
     }
 
     /// Sets the page clock (ms) that typing notices are timed by.
@@ -182,7 +270,7 @@ impl Chat {
 
     /// Unread messages over all rooms, for the tab title.
     pub fn unread_total(&self) -> u32 {
-        self.rooms.iter().map(|room| room.unread).sum()
+        self.rooms.iter().map(|room| room.unread().count).sum()
     }
 
     /// Adds a room (joining state) unless present. Returns whether it was added.
@@ -204,21 +292,19 @@ impl Chat {
         self.rooms.len() != before
     }
 
-    /// Puts a room on screen (or none) and clears its unread count: the person is reading it now.
+    /// Puts a room on screen (or none). The "New messages" divider of the room left goes where the person's reading
+    /// stopped (nowhere once they read to its end); the one of the room opened is where unread messages begin, and
+    /// stays there while the person reads.
     pub fn view(&mut self, name: Option<RoomName>) {
-        if name != self.active
-            && let Some(left) = self.active.clone()
-            && let Some(room) = self.room_mut(&left)
-        {
-            // Read: the divider goes when the person moves on.
-            room.timeline.mark_read();
+        if name == self.active {
+            return;
+        }
+        for room in &mut self.rooms {
+            if Some(&room.name) == self.active.as_ref() || Some(&room.name) == name.as_ref() {
+                room.place_divider();
+            }
         }
         self.active = name;
-        if let Some(name) = self.active.clone()
-            && let Some(room) = self.room_mut(&name)
-        {
-            room.unread = 0;
-        }
     }
 
     /// Uses a new nickname everywhere; the caller re-sends the joins this returns.
@@ -354,6 +440,8 @@ impl Chat {
                 room.phase = Phase::Joining;
             }
             room.outbox.connection_lost();
+            // A `read` on a connection that is gone may not have arrived: the rejoin's position says.
+            room.read_sent = None;
         }
     }
 
@@ -378,11 +466,38 @@ impl Chat {
             ServerMsg::Welcome(_)
             | ServerMsg::Pong(_)
             | ServerMsg::TryAgain(_)
-            | ServerMsg::ReadState(_)
-            | ServerMsg::Seen(_)
-            | ServerMsg::SearchResults(_)
             | ServerMsg::Done(_)
             | ServerMsg::Left(frame::Left { reason: None, .. }) => {}
+            ServerMsg::SearchResults(page) => self.search.as_mut()?.results(page),
+            // Kept even if the event that turned receipts on has not arrived yet (the two travel apart); shown only
+            // while they are on.
+            ServerMsg::Seen(frame::Seen { room, nick, id }) => self.room_mut(&room)?.saw(nick, id),
+            ServerMsg::ReadState(frame::ReadState {
+                room: name,
+                id,
+                unread,
+                mentions,
+                more,
+                upto,
+            }) => {
+                let viewing = active.as_ref() == Some(&name);
+                let room = self.room_mut(&name)?;
+                // Moves arrive in order; one behind what is known is stale, counts and all.
+                if room.read.is_some_and(|r| id < r) {
+                    return None;
+                }
+                room.read = Some(id);
+                room.counted = Unread {
+                    count: unread,
+                    mentions,
+                    more,
+                };
+                room.upto = upto.or(Some(id));
+                if !viewing {
+                    room.place_divider();
+                }
+                applied.read = Some((name, id));
+            }
             ServerMsg::Left(frame::Left {
                 room,
                 reason: Some(reason),
@@ -442,6 +557,12 @@ impl Chat {
                         room.slow_mode = secs;
                         room.slow_until = None;
                     }
+                    ModerationAction::Receipts => {
+                        room.receipts = secs > 0;
+                        if secs == 0 {
+                            room.seen.clear();
+                        }
+                    }
                     _ => {}
                 }
                 room.timeline.moderation(ModLine {
@@ -477,6 +598,13 @@ impl Chat {
                 moderator,
                 muted_until,
                 slow_mode,
+                read,
+                unread,
+                mentions,
+                more,
+                upto,
+                receipts,
+                seen,
                 ..
             }) => {
                 let viewing = active.as_ref() == Some(&room);
@@ -494,8 +622,24 @@ impl Chat {
                 // A history request asked on a connection that is gone will not be answered.
                 room.timeline.drop_older_request();
                 if reset {
-                    // The resume point names a history that is gone; the new one starts from this history.
+                    // The resume point names a history that is gone; the new one starts from this history, and so
+                    // does reading: positions in the old one say nothing about the new ids.
                     room.resume = None;
+                    room.forget_reading();
+                }
+                room.receipts = receipts;
+                room.seen = seen.into_iter().map(|s| (s.nick, s.id)).collect();
+                if let Some(read) = read {
+                    room.read = Some(read);
+                    room.counted = Unread {
+                        count: unread,
+                        mentions,
+                        more,
+                    };
+                    room.upto = upto.or(Some(read));
+                } else if !room.ever_joined || reset {
+                    // No position yet (never read here): count from the newest message of this first history on.
+                    room.upto = history.last().map(|m| m.id);
                 }
                 if reset || truncated {
                     room.timeline.notice(key, GAP_NOTICE);
@@ -506,14 +650,21 @@ impl Chat {
                 for msg in history {
                     room.deliver(msg, viewing, count_unread);
                 }
+                // A room on screen keeps its divider while read, except on its first join (a reload): then it opens
+                // where this person's reading stopped, on whichever device.
+                if !viewing || !count_unread {
+                    room.place_divider();
+                }
             }
             ServerMsg::Message(msg) => {
                 // Also the rest of a `joined` history too large for one frame: it follows as ordinary messages.
                 let viewing = active.as_ref() == Some(&msg.room);
                 let hidden = self.hidden;
                 let room = self.room_mut(&msg.room)?;
+                // Not for a message this person already read (on another device, say).
                 let mention = (hidden
                     && msg.nick != room.nick
+                    && room.read_mark().is_none_or(|r| msg.id > r)
                     && crate::text::mentions(&msg.text, room.nick.as_str()))
                 .then(|| msg.clone());
                 let line = (msg.id, format!("{}: {}", msg.nick, msg.text));
@@ -551,8 +702,10 @@ impl Chat {
                 let room = self.room_mut(&room)?;
                 room.epoch = Some(epoch);
                 if reset {
-                    // The next messages come from the new history; an old resume point would hide them.
+                    // The next messages come from the new history; an old resume point (or read position) would
+                    // hide them.
                     room.resume = None;
+                    room.forget_reading();
                 }
                 room.timeline.notice(key, GAP_NOTICE);
             }
@@ -571,6 +724,10 @@ impl Chat {
                         ErrorCode::SlowMode => room.slow_until = until,
                         _ => {}
                     }
+                }
+                if request.as_deref() == Some("search") {
+                    self.search.as_mut()?.refused(req.as_deref(), code, message);
+                    return None;
                 }
                 match (request.as_deref(), req, room) {
                     (Some("send" | "edit" | "delete" | "react"), Some(cid), _) => {
@@ -702,6 +859,12 @@ mod tests {
         assert_eq!(chat.unread_total(), 1, "the title shows (1)");
         assert_eq!(general(&chat).first_unread(), Some(MsgId::new(1, 0)));
         chat.set_hidden(false);
+        assert_eq!(
+            chat.unread_total(),
+            1,
+            "until its newest message is on screen"
+        );
+        chat.want_read(&room("general"), MsgId::new(1, 0));
         assert_eq!(chat.unread_total(), 0);
         assert_eq!(
             general(&chat).first_unread(),
@@ -749,7 +912,7 @@ mod tests {
             })
         ));
         assert_eq!(ids(&chat, "general"), [1, 3]);
-        assert_eq!(general(&chat).unread(), 0);
+        assert_eq!(general(&chat).unread().count, 1, "not read yet");
 
         chat.open(room("full"), nick("me"));
         let applied = chat.apply(ServerMsg::Error(frame::Error {
@@ -1339,5 +1502,369 @@ mod tests {
             .map(|(_, l)| l.as_str())
             .collect();
         assert_eq!(live, ["bob: m4", "ann: m5", "bob: m6"]);
+    }
+
+    /// `joined` of `general` with a read position and the server's counts.
+    fn joined_read(
+        history: Vec<ChatMessage>,
+        read: u64,
+        unread: u32,
+        mentions: u32,
+        upto: u64,
+    ) -> ServerMsg {
+        let ServerMsg::Joined(mut j) = joined("general", history) else {
+            unreachable!()
+        };
+        j.read = Some(MsgId::new(read, 0));
+        (j.unread, j.mentions, j.upto) = (unread, mentions, Some(MsgId::new(upto, 0)));
+        ServerMsg::Joined(j)
+    }
+
+    fn read_state(id: u64, unread: u32, mentions: u32, upto: u64) -> ServerMsg {
+        ServerMsg::ReadState(frame::ReadState {
+            room: room("general"),
+            id: MsgId::new(id, 0),
+            unread,
+            mentions,
+            more: false,
+            upto: Some(MsgId::new(upto, 0)),
+        })
+    }
+
+    fn badge(chat: &Chat) -> (u32, u32) {
+        let u = general(chat).unread();
+        (u.count, u.mentions)
+    }
+
+    #[test]
+    fn the_badge_is_the_servers_counts_plus_what_arrives_after_upto() {
+        let mut chat = chat();
+        chat.view(None);
+        // The server counted 3 (1 mention) up to 20; the history it sent is at or before 20: not counted twice.
+        chat.apply(joined_read(
+            vec![
+                msg("general", 10, "ann", "a"),
+                msg("general", 20, "ann", "@me b"),
+            ],
+            5,
+            3,
+            1,
+            20,
+        ));
+        assert_eq!(badge(&chat), (3, 1));
+        chat.apply(ServerMsg::Message(msg("general", 21, "ann", "hey @me")));
+        chat.apply(ServerMsg::Message(msg(
+            "general",
+            22,
+            "me",
+            "mine, from my phone",
+        )));
+        chat.apply(ServerMsg::Message(msg("general", 23, "bob", "plain")));
+        assert_eq!(badge(&chat), (5, 2));
+        assert_eq!(chat.unread_total(), 5);
+        // A deleted message after upto no longer counts.
+        chat.apply(ServerMsg::Deleted(frame::Deleted {
+            room: room("general"),
+            id: MsgId::new(24, 0),
+            target: MsgId::new(23, 0),
+            nick: nick("bob"),
+            ts: 24,
+        }));
+        assert_eq!(badge(&chat), (4, 2));
+        // Read on another device up to 21: the server's new counts, and only what follows 21's upto adds.
+        let applied = chat.apply(read_state(21, 0, 0, 24));
+        assert_eq!(applied.read, Some((room("general"), MsgId::new(21, 0))));
+        assert_eq!(badge(&chat), (0, 0));
+        // A move behind the one known is stale and changes nothing.
+        chat.apply(read_state(20, 9, 9, 20));
+        assert_eq!(badge(&chat), (0, 0));
+        chat.apply(ServerMsg::Message(msg("general", 30, "ann", "new")));
+        assert_eq!(badge(&chat), (1, 0));
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(30, 0)));
+        // Read further here than the server has confirmed: nothing counts up to there at once.
+        chat.want_read(&room("general"), MsgId::new(30, 0));
+        assert_eq!(badge(&chat), (0, 0));
+    }
+
+    #[test]
+    fn a_lost_history_forgets_the_read_position_of_the_old_one() {
+        let mut chat = chat();
+        chat.view(None);
+        chat.apply(joined_read(
+            vec![msg("general", 50, "ann", "old")],
+            50,
+            0,
+            0,
+            50,
+        ));
+        // Redis lost the room: the new epoch's ids start low again.
+        chat.apply(ServerMsg::Gap(frame::Gap {
+            room: room("general"),
+            epoch: "e2".into(),
+            reset: true,
+        }));
+        chat.apply(ServerMsg::Message(msg("general", 3, "ann", "new")));
+        assert_eq!(badge(&chat), (1, 0));
+        chat.disconnected();
+        chat.apply(joined_in(
+            "e3",
+            true,
+            false,
+            "general",
+            vec![msg("general", 2, "ann", "newer")],
+        ));
+        assert_eq!(badge(&chat), (0, 0), "the new history's past is not news");
+        chat.apply(ServerMsg::Message(msg("general", 4, "ann", "after")));
+        assert_eq!(badge(&chat), (1, 0));
+    }
+
+    #[test]
+    fn a_reload_opens_the_room_on_screen_at_the_read_position() {
+        let mut chat = chat();
+        chat.apply(joined_read(
+            vec![
+                msg("general", 10, "ann", "read"),
+                msg("general", 20, "ann", "not yet"),
+            ],
+            10,
+            1,
+            0,
+            20,
+        ));
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(20, 0)));
+        // Read there; a reconnect while on screen leaves the divider alone.
+        chat.want_read(&room("general"), MsgId::new(20, 0));
+        chat.disconnected();
+        chat.apply(joined_read(
+            vec![msg("general", 30, "ann", "new")],
+            20,
+            0,
+            0,
+            20,
+        ));
+        assert_eq!(general(&chat).first_unread(), Some(MsgId::new(20, 0)));
+    }
+
+    #[test]
+    fn without_a_read_position_only_what_arrives_after_the_first_history_counts() {
+        let mut chat = chat();
+        chat.view(None);
+        chat.apply(joined("general", vec![msg("general", 1, "ann", "old")]));
+        assert_eq!(badge(&chat), (0, 0), "the past is not news");
+        chat.apply(ServerMsg::Message(msg("general", 2, "ann", "new")));
+        assert_eq!(badge(&chat), (1, 0));
+        // A rejoin that still has no position keeps counting from there.
+        chat.disconnected();
+        chat.apply(joined("general", vec![msg("general", 3, "ann", "missed")]));
+        assert_eq!(badge(&chat), (2, 0));
+    }
+
+    #[test]
+    fn reads_are_coalesced_sent_only_ahead_and_again_after_a_reconnect() {
+        let mut chat = chat();
+        let g = room("general");
+        chat.apply(joined_read(
+            vec![msg("general", 10, "ann", "a")],
+            10,
+            0,
+            0,
+            10,
+        ));
+        chat.want_read(&g, MsgId::new(10, 0));
+        assert_eq!(
+            chat.reads(1_000),
+            (vec![], None),
+            "not ahead of the server's position"
+        );
+        chat.want_read(&g, MsgId::new(11, 0));
+        let read = |id| ClientMsg::Read {
+            room: "general".into(),
+            id: MsgId::new(id, 0),
+        };
+        assert_eq!(chat.reads(1_000), (vec![read(11)], None));
+        chat.want_read(&g, MsgId::new(12, 0));
+        chat.want_read(&g, MsgId::new(13, 0));
+        chat.want_read(&g, MsgId::new(12, 0));
+        assert_eq!(
+            chat.reads(1_100),
+            (vec![], Some(150)),
+            "at most one per 250 ms"
+        );
+        assert_eq!(
+            chat.reads(1_250),
+            (vec![read(13)], None),
+            "the newest, once"
+        );
+        assert_eq!(chat.reads(2_000), (vec![], None));
+        // The connection dropped before the server answered: the rejoin's position is behind, so it goes again.
+        chat.disconnected();
+        assert_eq!(chat.reads(3_000), (vec![], None), "not while joining");
+        chat.apply(joined_read(vec![], 11, 0, 0, 13));
+        assert_eq!(chat.reads(3_000), (vec![read(13)], None));
+        chat.apply(read_state(13, 0, 0, 13));
+        chat.disconnected();
+        chat.apply(joined_read(vec![], 13, 0, 0, 13));
+        assert_eq!(chat.reads(4_000), (vec![], None), "the server has it");
+    }
+
+    #[test]
+    fn a_mention_already_read_elsewhere_raises_no_notification() {
+        let mut chat = chat();
+        chat.apply(joined_read(vec![], 1, 0, 0, 1));
+        chat.set_hidden(true);
+        // Read up to 3 on the phone before this page got message 3.
+        chat.apply(read_state(3, 0, 0, 3));
+        let mention = |id| ServerMsg::Message(msg("general", id, "ann", "@me look"));
+        assert!(chat.apply(mention(3)).mentions.is_empty());
+        assert_eq!(chat.apply(mention(4)).mentions.len(), 1);
+    }
+
+    fn seen(nick_: &str, id: u64) -> ServerMsg {
+        ServerMsg::Seen(frame::Seen {
+            room: room("general"),
+            nick: nick(nick_),
+            id: MsgId::new(id, 0),
+        })
+    }
+
+    fn seen_lines(chat: &Chat) -> Vec<(u64, Vec<String>)> {
+        let mut lines: Vec<(u64, Vec<String>)> = general(chat)
+            .seen_by()
+            .into_iter()
+            .map(|(id, who)| (id.ms, who.iter().map(ToString::to_string).collect()))
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn receipts_go_under_the_newest_loaded_message_each_member_read() {
+        let mut chat = chat();
+        let ServerMsg::Joined(mut j) = joined(
+            "general",
+            vec![
+                msg("general", 10, "me", "a"),
+                msg("general", 20, "ann", "b"),
+                msg("general", 30, "me", "c"),
+            ],
+        ) else {
+            unreachable!()
+        };
+        j.receipts = true;
+        j.seen = vec![
+            frame::SeenAt {
+                nick: nick("bob"),
+                id: MsgId::new(25, 0),
+            },
+            frame::SeenAt {
+                nick: nick("me"),
+                id: MsgId::new(30, 0),
+            },
+            frame::SeenAt {
+                nick: nick("old"),
+                id: MsgId::new(5, 0),
+            },
+        ];
+        chat.apply(ServerMsg::Joined(j));
+        // bob read up to 25, an event after message 20: under 20. Never myself; nothing older than what is loaded.
+        assert_eq!(seen_lines(&chat), [(20, vec!["bob".to_owned()])]);
+        chat.apply(seen("ann", 30));
+        chat.apply(seen("bob", 30));
+        chat.apply(seen("bob", 20)); // crossed on the way: the newest stays
+        assert_eq!(
+            seen_lines(&chat),
+            [(30, vec!["bob".to_owned(), "ann".to_owned()])]
+        );
+        // Turned off: gone, and later moves are not shown.
+        chat.apply(ServerMsg::Moderation(ModerationEvent {
+            room: room("general"),
+            id: MsgId::new(40, 0),
+            by: nick("mod"),
+            action: ModerationAction::Receipts,
+            nick: None,
+            secs: 0,
+            ts: 40,
+        }));
+        chat.apply(seen("carl", 30));
+        assert!(!general(&chat).receipts());
+        assert!(seen_lines(&chat).is_empty());
+    }
+
+    #[test]
+    fn a_search_pages_back_and_drops_late_answers() {
+        let mut chat = chat();
+        let first = chat.start_search("  deploy ").unwrap();
+        let ClientMsg::Search {
+            query,
+            before: None,
+            req: Some(req1),
+            ..
+        } = first
+        else {
+            panic!("{first:?}")
+        };
+        assert_eq!(query, "deploy");
+        let found = |id| frame::Found {
+            message: msg("general", id, "ann", "deploy"),
+            marks: vec![(0, 6)],
+        };
+        let page = |req: &str, ids: &[u64], complete| {
+            ServerMsg::SearchResults(frame::SearchResults {
+                query: "deploy".into(),
+                results: ids.iter().map(|&id| found(id)).collect(),
+                complete,
+                req: Some(req.into()),
+            })
+        };
+        assert!(chat.more_results().is_none(), "one request at a time");
+        chat.apply(page(&req1, &[9, 8], false));
+        let more = chat.more_results().unwrap();
+        let ClientMsg::Search {
+            before: Some(before),
+            req: Some(req2),
+            ..
+        } = more
+        else {
+            panic!("{more:?}")
+        };
+        assert_eq!(before, MsgId::new(8, 0));
+        chat.apply(page(&req1, &[1], true)); // a late duplicate of the first answer
+        chat.apply(page(&req2, &[7], true));
+        let s = chat.search().unwrap();
+        assert_eq!(
+            s.results
+                .iter()
+                .map(|f| f.message.id.ms)
+                .collect::<Vec<_>>(),
+            [9, 8, 7]
+        );
+        assert!(s.complete && !s.loading);
+        assert!(chat.more_results().is_none());
+
+        // Refused: the archive is missing, said in words.
+        let ClientMsg::Search {
+            req: Some(req3), ..
+        } = chat.start_search("x y").unwrap()
+        else {
+            unreachable!()
+        };
+        chat.apply(ServerMsg::Error(frame::Error {
+            code: ErrorCode::NoArchive,
+            message: "no archive".into(),
+            request: Some("search".into()),
+            req: Some(req3),
+            room: None,
+            until: None,
+        }));
+        assert!(
+            chat.search()
+                .unwrap()
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("archive")
+        );
+        assert!(chat.start_search("   ").is_none(), "nothing to search");
+        assert!(chat.search().unwrap().error.is_some());
     }
 }

@@ -1,5 +1,5 @@
 //! One room as this client sees it: its timeline and outbox, where a rejoin resumes and in which history epoch,
-//! unread counts, who is typing and who is in it.
+//! the person's read position and the unread counts after it, read receipts, who is typing and who is in it.
 
 use shared::{ChatMessage, MsgId, Nick, PresenceKind, RoomName};
 
@@ -40,7 +40,22 @@ pub struct Room {
     pub(super) phase: Phase,
     pub(super) timeline: Timeline,
     pub(super) outbox: Outbox,
-    pub(super) unread: u32,
+    /// This person's read position as the server last said (read on any device), if it has one.
+    pub(super) read: Option<MsgId>,
+    /// The server's counts after `read`: unread, mentions, and whether there were more than it counts.
+    pub(super) counted: Unread,
+    /// The newest event the server's counts looked at; without a server position, where this client started
+    /// counting (the newest message of the first history: the room's past is not news).
+    pub(super) upto: Option<MsgId>,
+    /// The newest message this person has on screen at the bottom of the room while looking at it: read, whether
+    /// or not the server has confirmed it yet.
+    pub(super) read_wanted: Option<MsgId>,
+    /// The last `read` sent on this connection, and when (page clock, ms).
+    pub(super) read_sent: Option<(MsgId, u64)>,
+    /// Read receipts are on in the room.
+    pub(super) receipts: bool,
+    /// With receipts on: how far each member has read, the most recent to move first.
+    pub(super) seen: Vec<(Nick, MsgId)>,
     pub(super) resume: Option<MsgId>,
     pub(super) epoch: Option<String>,
     pub(super) ever_joined: bool,
@@ -69,6 +84,24 @@ pub struct Room {
     pub(super) live: Vec<(MsgId, String)>,
 }
 
+/// A room's badge: messages of others after the read position, those among them that mention this nick, and
+/// whether the server stopped counting ([`shared::UNREAD_COUNTED`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unread {
+    /// Unread messages.
+    pub count: u32,
+    /// Of them, the ones that mention this nick.
+    pub mentions: u32,
+    /// There are more than counted: show "2,000+".
+    pub more: bool,
+}
+
+/// At most one `read` per room this often (ms): scrolling through a burst moves the position once, not per message.
+pub const READ_EVERY_MS: u64 = 250;
+
+/// How many readers "Seen by" names before it counts the rest.
+pub const SEEN_NAMED: usize = 3;
+
 /// How many lines the live region keeps: enough to announce a quick exchange, never the whole timeline.
 pub const LIVE_LINES: usize = 3;
 
@@ -81,7 +114,13 @@ impl Room {
             phase: Phase::Joining,
             timeline: Timeline::new(),
             outbox: Outbox::default(),
-            unread: 0,
+            read: None,
+            counted: Unread::default(),
+            upto: None,
+            read_wanted: None,
+            read_sent: None,
+            receipts: false,
+            seen: Vec::new(),
             resume: None,
             epoch: None,
             ever_joined: false,
@@ -266,9 +305,115 @@ impl Room {
         self.outbox.as_slice()
     }
 
-    /// Messages from others that arrived while another room was being viewed.
-    pub fn unread(&self) -> u32 {
-        self.unread
+    /// The room's badge. The server counted up to `upto`; every message of others after it that this client has
+    /// (and that is not deleted) adds to it, mentions likewise. Once this person reads further here than the
+    /// server has confirmed, nothing before that counts any more.
+    pub fn unread(&self) -> Unread {
+        let (mut unread, from) = match self.read_wanted {
+            Some(w) if self.upto.max(self.read).is_none_or(|u| w > u) => {
+                (Unread::default(), Some(w))
+            }
+            _ => (self.counted, self.upto.max(self.read)),
+        };
+        for item in self.timeline.items().iter().rev() {
+            let m = match item {
+                Item::Message(m) => m,
+                // Nothing to count from (the history was lost and a new one began): only what follows the notice.
+                Item::Notice { .. } if from.is_none() => break,
+                _ => continue,
+            };
+            if from.is_some_and(|f| m.id <= f) {
+                break;
+            }
+            if m.nick != self.nick && !m.deleted {
+                unread.count += 1;
+                if m.text.contains('@') && crate::text::mentions(&m.text, self.nick.as_str()) {
+                    unread.mentions += 1;
+                }
+            }
+        }
+        unread
+    }
+
+    /// Where this person has read to, as far as this client knows: the server's position, or further where this
+    /// page has read since; without either, where this client started counting.
+    pub fn read_mark(&self) -> Option<MsgId> {
+        match self.read.max(self.read_wanted) {
+            None => self.upto,
+            mark => mark,
+        }
+    }
+
+    /// Puts the "New messages" divider before the first message of others after the read position (or removes it).
+    pub(super) fn place_divider(&mut self) {
+        let mark = self.read_mark();
+        let first = self.timeline.items().iter().find_map(|item| match item {
+            Item::Message(m)
+                if m.nick != self.nick && !m.deleted && mark.is_none_or(|r| m.id > r) =>
+            {
+                Some(m.id)
+            }
+            _ => None,
+        });
+        self.timeline.set_unread(first);
+    }
+
+    /// The room's history was lost (a new epoch): what was read in it says nothing about the new history's ids.
+    pub(super) fn forget_reading(&mut self) {
+        self.read = None;
+        self.counted = Unread::default();
+        self.upto = None;
+        self.read_wanted = None;
+        self.read_sent = None;
+    }
+
+    /// Whether read receipts are on in the room.
+    pub fn receipts(&self) -> bool {
+        self.receipts
+    }
+
+    /// "Seen by …" lines: for each message that is the newest loaded one some member has read up to, who (never this
+    /// client's nick), most recent readers first. In no particular order of messages.
+    pub fn seen_by(&self) -> Vec<(MsgId, Vec<&Nick>)> {
+        if !self.receipts {
+            return Vec::new();
+        }
+        let ids: Vec<MsgId> = self
+            .timeline
+            .items()
+            .iter()
+            .filter_map(|item| match item {
+                Item::Message(m) => Some(m.id),
+                _ => None,
+            })
+            .collect();
+        let mut lines: Vec<(MsgId, Vec<&Nick>)> = Vec::new();
+        for (nick, pos) in &self.seen {
+            if *nick == self.nick {
+                continue;
+            }
+            // The newest loaded message at or before the position; none when it is older than what is loaded.
+            let at = ids.partition_point(|id| id <= pos);
+            let Some(id) = at.checked_sub(1).map(|i| ids[i]) else {
+                continue;
+            };
+            match lines.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, who)) => who.push(nick),
+                None => lines.push((id, vec![nick])),
+            }
+        }
+        lines
+    }
+
+    /// A member read up to `id` (receipts): keep each nick's newest, the latest mover first.
+    pub(super) fn saw(&mut self, nick: Nick, id: MsgId) {
+        if let Some(at) = self.seen.iter().position(|(n, _)| *n == nick) {
+            if self.seen[at].1 >= id {
+                return;
+            }
+            self.seen.remove(at);
+        }
+        self.seen.insert(0, (nick, id));
     }
 
     /// The last message id delivered in this room: the `since` of the next join, so a rejoin fetches exactly what
@@ -314,8 +459,7 @@ impl Room {
             m.rev += 1;
         }
         self.resume = self.resume.max(Some(id));
-        if new && !own && !viewing && count_unread {
-            self.unread += 1;
+        if new && !own && !viewing && count_unread && self.read_mark().is_none_or(|r| id > r) {
             self.timeline.mark_unread(id);
         }
         new
@@ -683,7 +827,7 @@ mod tests {
             "side",
             vec![msg("side", 1, "ann", "old"), msg("side", 2, "bob", "old")],
         ));
-        assert_eq!(chat.room(&room("side")).unwrap().unread(), 0);
+        assert_eq!(chat.room(&room("side")).unwrap().unread().count, 0);
 
         chat.apply(ServerMsg::Message(msg("side", 3, "ann", "x")));
         chat.apply(ServerMsg::Message(msg("side", 3, "ann", "x")));
@@ -694,19 +838,22 @@ mod tests {
             "from my other tab",
         )));
         chat.apply(ServerMsg::Message(msg("general", 5, "bob", "seen live")));
-        assert_eq!(chat.room(&room("side")).unwrap().unread(), 1);
-        assert_eq!(general(&chat).unread(), 0);
+        // The page reads what is on screen at the bottom of the room it shows.
+        chat.want_read(&room("general"), MsgId::new(5, 0));
+        assert_eq!(chat.room(&room("side")).unwrap().unread().count, 1);
+        assert_eq!(general(&chat).unread().count, 0);
 
         // Missed while disconnected: the rejoin history counts.
         chat.disconnected();
         chat.apply(joined("side", vec![msg("side", 6, "bob", "y")]));
-        assert_eq!(chat.room(&room("side")).unwrap().unread(), 2);
+        assert_eq!(chat.room(&room("side")).unwrap().unread().count, 2);
         assert_eq!(chat.unread_total(), 2);
 
         chat.view(Some(room("side")));
-        assert_eq!(chat.room(&room("side")).unwrap().unread(), 0);
+        chat.want_read(&room("side"), MsgId::new(6, 0));
+        assert_eq!(chat.room(&room("side")).unwrap().unread().count, 0);
         chat.apply(ServerMsg::Message(msg("general", 7, "bob", "z")));
-        assert_eq!(general(&chat).unread(), 1);
+        assert_eq!(general(&chat).unread().count, 1);
         assert_eq!(chat.unread_total(), 1);
     }
 }

@@ -1,8 +1,6 @@
 //! A room's timeline: stored messages deduplicated by message id, older pages put on top, presence lines and client
 //! notices, and where the "New messages" divider goes.
 
-use std::collections::BTreeSet;
-
 use shared::{ChatMessage, MsgId, Nick, PresenceKind, Quote, Reaction};
 
 /// Most items kept per room; older ones scroll off so a long-open tab does not grow without bound.
@@ -121,6 +119,34 @@ pub struct PresenceLine {
     pub ts: u64,
 }
 
+/// A set of message ids, kept sorted in a vector: a timeline holds at most [`TIMELINE_CAP`], and a B-tree's code
+/// costs the page more than the shifting ever costs a person.
+#[derive(Debug, Clone, Default)]
+struct Ids(Vec<MsgId>);
+
+impl Ids {
+    /// Adds `id`; false when it was there.
+    fn insert(&mut self, id: MsgId) -> bool {
+        match self.0.binary_search(&id) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, id);
+                true
+            }
+        }
+    }
+
+    fn contains(&self, id: &MsgId) -> bool {
+        self.0.binary_search(id).is_ok()
+    }
+
+    /// Forgets every id below `oldest`.
+    fn drop_below(&mut self, oldest: MsgId) {
+        let below = self.0.partition_point(|id| *id < oldest);
+        self.0.drain(..below);
+    }
+}
+
 /// Scrolling back: whether older messages can be asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Older {
@@ -137,7 +163,7 @@ pub enum Older {
 pub(super) struct Timeline {
     items: Vec<Item>,
     /// The ids of the messages on the timeline (from its oldest message on), so a message arriving twice shows once.
-    seen: BTreeSet<MsgId>,
+    seen: Ids,
     older: Older,
     /// The first message that arrived while another room was on screen, for the "New messages" divider.
     first_unread: Option<MsgId>,
@@ -148,7 +174,7 @@ impl Timeline {
     pub(super) fn new() -> Self {
         Self {
             items: Vec::new(),
-            seen: BTreeSet::new(),
+            seen: Ids::default(),
             older: Older::Idle,
             first_unread: None,
         }
@@ -179,6 +205,11 @@ impl Timeline {
     /// Everything was read: the divider goes.
     pub(super) fn mark_read(&mut self) {
         self.first_unread = None;
+    }
+
+    /// The divider goes before this message (or nowhere).
+    pub(super) fn set_unread(&mut self, id: Option<MsgId>) {
+        self.first_unread = id;
     }
 
     /// The oldest message on the timeline.
@@ -361,7 +392,7 @@ impl Timeline {
         }
         self.items.drain(..excess);
         if let Some(oldest) = self.oldest_message() {
-            self.seen = self.seen.split_off(&oldest);
+            self.seen.drop_below(oldest);
         }
     }
 }
@@ -431,7 +462,11 @@ mod tests {
             None,
             "the start was reached"
         );
-        assert_eq!(general(&chat).unread(), 0, "older messages are not news");
+        assert_eq!(
+            general(&chat).unread().count,
+            0,
+            "older messages are not news"
+        );
     }
 
     #[test]
@@ -462,7 +497,9 @@ mod tests {
         chat.apply(ServerMsg::Message(msg("general", 4, "bob", "new 2")));
         assert_eq!(general(&chat).first_unread(), Some(MsgId::new(3, 0)));
         chat.view(Some(room("general")));
-        assert_eq!(general(&chat).unread(), 0);
+        assert_eq!(general(&chat).unread().count, 2);
+        chat.want_read(&room("general"), MsgId::new(4, 0));
+        assert_eq!(general(&chat).unread().count, 0);
         assert_eq!(
             general(&chat).first_unread(),
             Some(MsgId::new(3, 0)),

@@ -1,7 +1,7 @@
 //! Who is in the room: the online count in the room's header, and the member list — a side panel on wide screens,
 //! a sheet over the conversation on phones. A moderator also gets Mute / Kick / Ban per member there, for a length
-//! they choose, a form that lifts a mute or a ban by nick (a banned person is no longer in the list), and the room's
-//! slow mode.
+//! they choose, a form that lifts a mute or a ban by nick (a banned person is no longer in the list), the room's
+//! slow mode and its read receipts.
 
 use leptos::prelude::*;
 use shared::{ClientMsg, RoomName};
@@ -71,8 +71,19 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                 .map_or(0, crate::chat::Room::slow_mode_set)
         })
     });
-    let (act_room, slow_set_room, lift_room) =
-        (room.to_string(), room.to_string(), room.to_string());
+    let (act_room, slow_set_room, lift_room, receipts_room) = (
+        room.to_string(),
+        room.to_string(),
+        room.to_string(),
+        room.clone(),
+    );
+    let receipts = Memo::new(move |_| {
+        chat.with(|c| {
+            c.room(&receipts_room)
+                .is_some_and(crate::chat::Room::receipts)
+        })
+    });
+    let receipts_set_room = room.to_string();
     let span = RwSignal::new(FOR_SECS[0]);
     // One listener for every member's buttons (`data-mod` on the button, `data-nick` on its row).
     let on_mod = move |ev: leptos::ev::MouseEvent| {
@@ -174,6 +185,23 @@ pub fn MembersPanel(room: RoomName, open: RwSignal<bool>) -> impl IntoView {
                             let label = if s == 0 { "off".to_owned() } else { crate::chat::duration(s) };
                             view! { <option value=s.to_string()>{label}</option> }
                         }).collect_view()}
+                    </select>
+                </label>
+                <label class="slow-mode receipts">
+                    "Read receipts "
+                    <select
+                        prop:value=move || receipts.get().to_string()
+                        on:change=move |ev| {
+                            client.moderate(ClientMsg::Receipts {
+                                room: receipts_set_room.clone(),
+                                on: event_target_value(&ev) == "true",
+                                req: None,
+                                cid: None,
+                            });
+                        }
+                    >
+                        <option value="false">"off"</option>
+                        <option value="true">"on"</option>
                     </select>
                 </label>
                 <label class="mod-span">

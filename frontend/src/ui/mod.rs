@@ -5,12 +5,14 @@ mod composer;
 mod fields;
 mod members;
 mod room;
+mod search;
 mod sidebar;
 mod status;
 mod timeline;
 mod welcome;
 
 pub use room::{EmptyState, RoomView};
+pub use search::SearchView;
 pub use sidebar::Sidebar;
 pub use welcome::Welcome;
 
@@ -28,10 +30,11 @@ fn hue(nick: &str) -> u32 {
 /// A round badge with the nickname's first letter, decorative (the name is always written next to it).
 #[component]
 fn Avatar(#[prop(into)] nick: String, #[prop(optional)] small: bool) -> impl IntoView {
+    // The browser's upper-casing: Rust's would bring Unicode's case tables into the page for one letter.
     let initial: String = nick
         .chars()
         .next()
-        .map(|c| c.to_uppercase().collect())
+        .map(|c| js_sys::JsString::from(c.to_string()).to_upper_case().into())
         .unwrap_or_default();
     view! {
         <span class="avatar" class:small=small style=format!("--hue: {}", hue(&nick)) aria-hidden="true">

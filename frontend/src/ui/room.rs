@@ -81,6 +81,9 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
     // When older messages are put on top, keep what the reader looks at where it was: the content grew above it.
     let first_row = StoredValue::new(None::<RowKey>);
     let jumped = StoredValue::new(false);
+    // The first layout is done (the room opened at its divider or at the bottom): from then on, being at the bottom
+    // means the newest message is on screen.
+    let laid_out = RwSignal::new(false);
     let last_height = StoredValue::new(0);
     let jump_room = room.clone();
     Effect::new(move |_| {
@@ -102,13 +105,17 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
             let Some(el) = scroller.get_untracked() else {
                 return;
             };
-            if !jumped.get_value() {
-                // Opening a room with unread messages starts at the first of them, not at the bottom.
+            // The first layout with the room's messages: the room opens at its divider, or at the bottom.
+            if !jumped.get_value() && rows.with_untracked(|r| !r.is_empty()) {
                 jumped.set_value(true);
+                laid_out.set(true);
+                // Opening a room with unread messages starts at the first of them, not at the bottom (unless a search
+                // result or a quote asks for a message).
                 let divider = el
                     .query_selector(".unread-divider")
                     .ok()
                     .flatten()
+                    .filter(|_| target.is_none())
                     .and_then(|d| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(d).ok());
                 if let Some(divider) = divider {
                     el.set_scroll_top(divider.offset_top() - UNREAD_MARGIN_PX);
@@ -151,6 +158,31 @@ pub fn RoomView(room: RoomName) -> impl IntoView {
                 ui.client.load_older(&fill_room);
             }
         });
+    });
+    // Read: the tab is visible, this room is on screen, and its newest message too (the reader is at the bottom).
+    let read_room = room.clone();
+    let newest = Memo::new(move |_| {
+        chat.with(|c| {
+            c.room(&read_room)?
+                .items()
+                .iter()
+                .rev()
+                .find_map(|item| match item {
+                    crate::chat::Item::Message(m) => Some(m.id),
+                    _ => None,
+                })
+        })
+    });
+    let hidden = Memo::new(move |_| chat.with(crate::chat::Chat::hidden));
+    let reader_room = room.clone();
+    Effect::new(move |_| {
+        if let Some(id) = newest.get()
+            && laid_out.get()
+            && stick.get()
+            && !hidden.get()
+        {
+            ui.client.read(&reader_room, id);
+        }
     });
     let on_scroll = move |_| {
         if let Some(el) = scroller.get_untracked() {

@@ -1,5 +1,5 @@
-//! The side panel (a top bar on phones): brand, connection status, the room list with unread counts, a form to
-//! join another room, and the nickname.
+//! The side panel (a top bar on phones): brand, connection status, the search box, the room list with unread and
+//! mention counts, a form to join another room, and the nickname.
 
 use leptos::html;
 use leptos::prelude::*;
@@ -39,6 +39,7 @@ pub fn Sidebar() -> impl IntoView {
                 </button>
             </div>
             <StatusLine />
+            <SearchBox />
             <nav class="rooms" aria-labelledby="rooms-title">
                 <h2 id="rooms-title" class="section-title">
                     "Rooms"
@@ -89,7 +90,10 @@ fn RoomLink(name: RoomName) -> impl IntoView {
     let href = browser::room_path(&name);
     let (n1, n2, n3) = (name.clone(), name.clone(), name.clone());
     let active = Memo::new(move |_| chat.with(|c| c.active() == Some(&n1)));
-    let unread = Memo::new(move |_| chat.with(|c| c.room(&n2).map_or(0, |r| r.unread())));
+    let unread = Memo::new(move |_| {
+        chat.with(|c| c.room(&n2).map(crate::chat::Room::unread))
+            .unwrap_or_default()
+    });
     let failed = Memo::new(move |_| {
         chat.with(|c| {
             c.room(&n3)
@@ -117,14 +121,49 @@ fn RoomLink(name: RoomName) -> impl IntoView {
                     "#"
                 </span>
                 <span class="room-name">{label}</span>
-                <Show when=move || { unread.get() > 0 }>
-                    <span class="badge">
-                        {move || unread.get()}
-                        <span class="sr-only">" unread"</span>
+                <Show when=move || { unread.get().count > 0 }>
+                    // "12 · @3" on screen; "12 unread, 3 mentioning you" for screen readers.
+                    <span class="badge" class:mention=move || { unread.get().mentions > 0 }>
+                        {move || {
+                            let u = unread.get();
+                            let count = if u.more { "2,000+".to_owned() } else { u.count.to_string() };
+                            let (shown, said) = match u.mentions {
+                                0 => (count.clone(), format!("{count} unread")),
+                                m => (format!("{count} · @{m}"), format!("{count} unread, {m} mentioning you")),
+                            };
+                            view! {
+                                <span aria-hidden="true">{shown}</span>
+                                <span class="sr-only">{said}</span>
+                            }
+                        }}
                     </span>
                 </Show>
             </a>
         </li>
+    }
+}
+
+/// The search box: Enter searches every room this person may read; the results take the main area.
+#[component]
+fn SearchBox() -> impl IntoView {
+    let client = use_ui().client;
+    let input = NodeRef::<html::Input>::new();
+    view! {
+        <form
+            class="search-form"
+            role="search"
+            on:submit=move |ev| {
+                ev.prevent_default();
+                if let Some(el) = input.get_untracked() {
+                    client.search(&el.value());
+                }
+            }
+        >
+            <label for="search-input" class="sr-only">
+                "Search messages"
+            </label>
+            <input id="search-input" class="input" type="search" node_ref=input placeholder="Search messages" autocomplete="off" />
+        </form>
     }
 }
 

@@ -1,8 +1,8 @@
 //! A room's timeline as rows on screen: day separators, messages grouped by sender (with their reply quotes,
 //! "(edited)", tombstones, reaction chips and action menus), join/leave and moderation notices, the client's own
-//! notices (such as lost history), and own messages that are still queued, pending or failed, with their retry
-//! buttons. The message actions are plain buttons marked with `data-act`; one listener on the timeline serves them
-//! all ([`on_action`]), which keeps the page small.
+//! notices (such as lost history), "Seen by …" under the messages members read up to, and own messages that are
+//! still queued, pending or failed, with their retry buttons. The message actions are plain buttons marked with
+//! `data-act`; one listener on the timeline serves them all ([`on_action`]), which keeps the page small.
 
 use leptos::prelude::*;
 use shared::{MsgId, Nick, PresenceKind, RoomName};
@@ -88,6 +88,8 @@ pub enum Row {
     Notice { key: u64, text: String },
     /// An own message not stored yet.
     Outgoing { out: Outgoing, cont: bool },
+    /// Read receipts under a message: "Seen by alice, bob".
+    Seen(MsgId, String),
 }
 
 /// What identifies a row for the keyed list. Everything that changes a row's look is part of its key, so a changed
@@ -108,6 +110,8 @@ pub enum RowKey {
     Notice(u64),
     /// An own message in flight: client id, failed, continues a group.
     Outgoing(String, bool, bool),
+    /// Receipts under a message, by the message and what they say.
+    Seen(MsgId, String),
 }
 
 impl Row {
@@ -122,6 +126,7 @@ impl Row {
             Self::Presence(line) => RowKey::Presence(line.key),
             Self::Moderation(line) => RowKey::Moderation(line.id),
             Self::Notice { key, .. } => RowKey::Notice(*key),
+            Self::Seen(id, text) => RowKey::Seen(*id, text.clone()),
             Self::Outgoing { out, cont } => RowKey::Outgoing(
                 out.cid.clone(),
                 matches!(out.status, SendStatus::Failed { .. }),
@@ -136,6 +141,7 @@ pub fn rows(room: &Room) -> Vec<Row> {
     let mut rows = Vec::with_capacity(room.items().len() + room.outbox().len() + 4);
     let mut day = None;
     let mut last: Option<(&Nick, u64)> = None;
+    let seen = room.seen_by();
     for item in room.items() {
         // A client notice has no server time, so it belongs to the day around it.
         let ts = match item {
@@ -186,6 +192,13 @@ pub fn rows(room: &Room) -> Vec<Row> {
                 });
                 last = None;
             }
+        }
+        // Receipts go right under the message they name.
+        if let Item::Message(m) = item
+            && let Some((_, who)) = seen.iter().find(|(id, _)| *id == m.id)
+        {
+            rows.push(Row::Seen(m.id, crate::text::seen_by(who)));
+            last = None;
         }
     }
     let mut own_last = last.is_some_and(|(nick, _)| nick == room.nick());
@@ -254,6 +267,7 @@ pub fn row_view(row: Row, room: RoomName) -> AnyView {
             </p>
         }
         .into_any(),
+        Row::Seen(_, text) => view! { <p class="seen">{text}</p> }.into_any(),
         Row::Notice { text, .. } => {
             view! { <p class="presence notice" role="note">{text}</p> }.into_any()
         }
