@@ -67,8 +67,8 @@ impl Rng {
 const SHORT: [&str; 8] = ["ok", "go", "db", "hi", "up", "ci", "pr", "qa"];
 /// CJK words; a CJK message strings several together with particles, without spaces.
 const CJK: [&str; 16] = [
-    "東京", "大阪", "会議", "明日", "資料", "確認", "今日", "予定", "問題", "報告", "部署", "服务", "数据",
-    "测试", "発表", "設計",
+    "東京", "大阪", "会議", "明日", "資料", "確認", "今日", "予定", "問題", "報告", "部署", "服务",
+    "数据", "测试", "発表", "設計",
 ];
 const PARTICLES: [&str; 5] = ["は", "に", "を", "で", "の"];
 
@@ -76,9 +76,9 @@ const PARTICLES: [&str; 5] = ["は", "に", "を", "で", "の"];
 /// across words as in a real language), with the short words at ranks 10–17.
 fn vocabulary() -> Vec<String> {
     const SYLLABLES: [&str; 32] = [
-        "ka", "ri", "to", "me", "lo", "su", "na", "vi", "de", "po", "la", "ne", "sa", "mo", "ti", "ru",
-        "ga", "be", "fi", "zo", "str", "an", "el", "or", "is", "un", "ber", "con", "pre", "ment",
-        "ing", "tion",
+        "ka", "ri", "to", "me", "lo", "su", "na", "vi", "de", "po", "la", "ne", "sa", "mo", "ti",
+        "ru", "ga", "be", "fi", "zo", "str", "an", "el", "or", "is", "un", "ber", "con", "pre",
+        "ment", "ing", "tion",
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut words: Vec<String> = Vec::new();
@@ -220,7 +220,9 @@ fn kinds(n: usize, rooms: usize) -> Vec<Kind> {
         kind("common word", &mut |r| {
             (words[18 + r.below(20)].clone(), None)
         }),
-        kind("rare word", &mut |r| (rare[r.below(rare.len())].clone(), None)),
+        kind("rare word", &mut |r| {
+            (rare[r.below(rare.len())].clone(), None)
+        }),
         kind("part of a word", &mut |r| {
             let w = mid[r.below(mid.len())];
             let at = r.below(w.len() - 4);
@@ -235,14 +237,18 @@ fn kinds(n: usize, rooms: usize) -> Vec<Kind> {
         kind("short whole word", &mut |r| {
             (SHORT[r.below(SHORT.len())].to_owned(), None)
         }),
-        kind("CJK word", &mut |r| (CJK[r.below(CJK.len())].to_owned(), None)),
+        kind("CJK word", &mut |r| {
+            (CJK[r.below(CJK.len())].to_owned(), None)
+        }),
         kind("one room", &mut |r| {
             (
                 mid[r.below(mid.len())].clone(),
                 Some(format!("search-{}", r.below(rooms))),
             )
         }),
-        kind("no match", &mut |r| (format!("zqxj{}", r.below(1000)), None)),
+        kind("no match", &mut |r| {
+            (format!("zqxj{}", r.below(1000)), None)
+        }),
     ]
 }
 
@@ -321,7 +327,8 @@ async fn main() {
         for (query, room) in &kind.queries {
             n += 1;
             let req = format!("s{n}");
-            let ask = serde_json::json!({"type": "search", "query": query, "room": room, "req": req});
+            let ask =
+                serde_json::json!({"type": "search", "query": query, "room": room, "req": req});
             let sent = Instant::now();
             ws.send(Message::text(ask.to_string())).await.expect("send");
             let needle = format!("\"req\":\"{req}\"");
