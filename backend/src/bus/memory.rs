@@ -367,37 +367,30 @@ impl Bus for MemoryBus {
         id: MsgId,
     ) -> BoxFuture<'static, Result<ReadMove, BusError>> {
         let mut inner = self.lock();
-        let last = inner
-            .history
-            .get(room)
+        let log = inner.history.get(room);
+        // An empty room: a position before its first event, so everything that comes counts.
+        let last = log
             .and_then(|log| log.entries.back())
-            .map(|(_, e)| e.id);
-        let receipts = inner
-            .history
-            .get(room)
-            .is_some_and(|log| log.moderation.receipts);
+            .map(|(_, e)| e.id)
+            .unwrap_or_default();
+        let receipts = log.is_some_and(|log| log.moderation.receipts);
+        let target = id.min(last);
+        let positions = inner.reads.entry(room.clone()).or_default();
+        let moved = match positions.get(person) {
+            Some((at, _)) if *at >= target => false,
+            _ => {
+                positions.insert(person.to_owned(), (target, nick.clone()));
+                true
+            }
+        };
         // Telling this replica's other connections costs nothing here: always.
-        let mut answer = ReadMove {
-            moved: false,
-            id: None,
-            last,
+        let answer = ReadMove {
+            moved,
+            id: positions.get(person).map(|(at, _)| *at),
+            last: Some(last),
             receipts,
             others: true,
         };
-        if let Some(last) = last {
-            let target = id.min(last);
-            let position = inner
-                .reads
-                .entry(room.clone())
-                .or_default()
-                .entry(person.to_owned())
-                .or_insert((MsgId::default(), nick.clone()));
-            if target > position.0 {
-                *position = (target, nick.clone());
-                answer.moved = true;
-            }
-            answer.id = Some(position.0).filter(|id| *id > MsgId::default());
-        }
         async move { Ok(answer) }.boxed()
     }
 

@@ -604,10 +604,23 @@ impl Participant {
         };
         let resumed = since.is_some() && !history.reset;
         // Read state: a failure to read it does not fail the join (the next `read` brings it).
-        let positions = positions.unwrap_or_else(|e| {
+        let mut positions = positions.unwrap_or_else(|e| {
             debug!(%room, error = %e, "read positions not read");
             Reads::default()
         });
+        if positions.mine.is_none() {
+            // A person's first join of the room: what is there already is not news to them; what comes after is.
+            let at = history
+                .items
+                .last()
+                .map(|i| i.record.id)
+                .or(since)
+                .unwrap_or_default();
+            match self.hub.bus.mark_read(&room, &reader, &nick, at).await {
+                Ok(moved) => positions.mine = moved.id,
+                Err(e) => debug!(%room, error = %e, "no read position yet"),
+            }
+        }
         let counts = match positions.mine {
             Some(mine) => {
                 let since = since.filter(|_| resumed);

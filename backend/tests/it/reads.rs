@@ -198,7 +198,11 @@ async fn read_state_follows_the_person_to_every_connection(rooms: Rooms) {
         (&mut bob, "bob"),
     ] {
         let joined = c.join_frame("lobby", nick, None).await;
-        assert_eq!((joined.read, joined.unread), (None, 0), "nothing read yet");
+        assert_eq!(
+            (joined.read, joined.unread),
+            (Some(MsgId::default()), 0),
+            "a first join of an empty room: before its first event"
+        );
     }
     let texts = ["one", "hi @alice", "three", "@Alice again", "five", "six"];
     let mut ids = Vec::new();
@@ -255,6 +259,16 @@ async fn read_state_follows_the_person_to_every_connection(rooms: Rooms) {
     // Bob's own messages never count for bob.
     let own = bob.read("lobby", ids[0]).await.unwrap();
     assert_eq!((own.unread, own.mentions), (0, 0));
+    // Someone who joined a room and left before anything was said finds what came since unread.
+    let mut passer = rooms.person(1, "pat", "u-pat", None).await;
+    passer.join("later", "pat", None).await;
+    drop(passer);
+    bob.join("later", "bob", None).await;
+    bob.say("later", "first").await;
+    bob.say("later", "@pat second").await;
+    let mut back = rooms.person(0, "pat", "u-pat", None).await;
+    let joined = back.join_frame("later", "pat", None).await;
+    assert_eq!((joined.unread, joined.mentions), (2, 1));
     // Reading needs the room joined.
     let (code, _) = tablet.read("elsewhere", ids[0]).await.unwrap_err();
     assert_eq!(code, ErrorCode::NotJoined);

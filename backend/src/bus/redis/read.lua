@@ -16,13 +16,13 @@ local function less(a, b)
   return am < bm or (am == bm and as < bs)
 end
 local receipts = tonumber(redis.call('HGET', KEYS[4], 'receipts') or '0')
-local last = redis.call('HGET', KEYS[1], 'last')
-if not last then return {'ok', 0, '', '', receipts, 0} end
+-- An empty room: a position before its first event ('0-0'), so everything that comes counts.
+local last = redis.call('HGET', KEYS[1], 'last') or '0-0'
 local target = ARGV[3]
 if less(last, target) then target = last end
 local current = redis.call('HGET', KEYS[2], ARGV[1])
 local position = current and string.match(current, '^(%S+)')
-if position and not less(position, target) then return {'ok', 0, position, last, receipts, 0} end
+if position and (position == target or less(target, position)) then return {'ok', 0, position, last, receipts, 0} end
 redis.call('HSET', KEYS[2], ARGV[1], target .. ' ' .. ARGV[2])
 redis.call('ZADD', KEYS[3], (parse(target)), ARGV[1])
 local others = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0') > 1 and 1 or 0
