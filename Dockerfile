@@ -28,18 +28,21 @@ RUN rm /usr/local/bin/Dockerfile /srv/roomcast/dist/Dockerfile
 USER roomcast
 
 # The build image: Rust plus the frontend's tools. Layers go from what changes least to what changes most, so a
-# code change rebuilds only our own crates: tools (binaryen's wasm-opt pinned here and in xtask/src/tools.rs, checked
-# equal by `cargo xtask test`; wasm-bindgen is a library xtask links, pinned in Cargo.lock), then the dependencies of
-# the recipe (cargo-chef: every Cargo.toml and Cargo.lock, no code), then the code.
+# code change rebuilds only our own crates: tools (binaryen's wasm-opt and esbuild, the JS and CSS minifier, pinned
+# here and in xtask/src/tools.rs, checked equal by `cargo xtask test`; wasm-bindgen is a library xtask links, pinned
+# in Cargo.lock), then the dependencies of the recipe (cargo-chef: every Cargo.toml and Cargo.lock, no code), then the
+# code.
 FROM ${RUST_IMAGE} AS toolchain
 ARG CARGO_CHEF_VERSION=0.1.78
 ARG BINARYEN_VERSION=132
+ARG ESBUILD_VERSION=0.28.2
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm \
  && rm -rf /var/lib/apt/lists/*
 RUN rustup target add wasm32-unknown-unknown \
  && cargo install --locked cargo-chef --version ${CARGO_CHEF_VERSION} \
- && npm install --silent --no-audit --no-fund --prefix /src/.tools binaryen@${BINARYEN_VERSION} \
+ && npm install --silent --no-audit --no-fund --save-exact --prefix /src/.tools binaryen@${BINARYEN_VERSION} \
+      esbuild@${ESBUILD_VERSION} \
  && rm -rf /usr/local/cargo/registry /root/.npm
 WORKDIR /src
 
@@ -61,8 +64,8 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json -p backend --bi
       --target wasm32-unknown-unknown \
  && cargo chef cook --locked --recipe-path recipe.json -p xtask
 COPY . .
-# xtask finds the tools above (and installs none), builds the frontend (cargo, wasm-bindgen, wasm-opt) and writes
-# brotli and gzip copies of the assets.
+# xtask finds the tools above (and installs none), builds the frontend (cargo, wasm-bindgen, wasm-opt, esbuild) and
+# writes brotli and gzip copies of the assets.
 RUN cargo xtask frontend && cargo build --release --locked -p backend --bin roomcast
 
 FROM runtime-base AS runtime

@@ -15,9 +15,11 @@
 use std::pin::pin;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select};
+use futures::{SinkExt, StreamExt};
+use gloo_net::websocket::futures::WebSocket;
+use gloo_net::websocket::{Message, WebSocketError};
 use leptos::prelude::*;
 use shared::{
     ClientMsg, MsgId, Nick, PROTOCOL_VERSION, RoomName, ServerMsg, ValidationError, close_code,
@@ -28,7 +30,6 @@ use crate::backoff::Backoff;
 use crate::browser;
 use crate::chat::{Act, Chat, Rejoin, TypingDue};
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::socket::{Socket, WsEvent};
 
 /// The close code for a socket this client gives up on: a normal closure, one of the few a browser may send.
 const NORMAL_CLOSE: u16 = 1000;
@@ -378,9 +379,9 @@ impl Client {
                 wake(&mut cmds).await;
             }
             self.status.set(Status::Connecting);
-            let end = match Socket::open(&ws_url()) {
-                Some(ws) => self.session(ws, &mut cmds, &mut backoff).await,
-                None => End::Retry,
+            let end = match WebSocket::open(&ws_url()) {
+                Ok(ws) => self.session(ws, &mut cmds, &mut backoff).await,
+                Err(_) => End::Retry,
             };
             self.chat.update(Chat::disconnected);
             // Frames queued for the dead socket are void: joins are replayed, and sends were just queued again.
@@ -424,27 +425,29 @@ impl Client {
     /// Serves one socket until it closes, or until the heartbeat finds it dead.
     async fn session(
         &self,
-        mut ws: Socket,
+        mut ws: WebSocket,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
         backoff: &mut Backoff,
     ) -> End {
         // The socket may hang while opening as silently as once open: give the handshake the same time the
-        // heartbeat gives a quiet connection, a ping included.
+        // heartbeat gives a quiet connection, a ping included. gloo-net's send waits while the socket connects, so the
+        // hello going out says it opened; a socket that failed to open instead takes the hello (the browser drops
+        // it) and its `close` event, next in the stream, ends the session below.
         let hello = ClientMsg::Hello {
             version: PROTOCOL_VERSION,
         };
         let opened = matches!(
             select(
-                pin!(ws.next()),
+                pin!(put(&mut ws, &hello)),
                 pin!(sleep(millis(
                     crate::heartbeat::IDLE + crate::heartbeat::GRACE
                 )))
             )
             .await,
-            Either::Left((Some(WsEvent::Open), _))
+            Either::Left((Ok(()), _))
         );
-        if !opened || put(&ws, &hello).is_err() {
-            ws.close(NORMAL_CLOSE, "could not open");
+        if !opened {
+            let _ = ws.close(Some(NORMAL_CLOSE), Some("could not open"));
             return End::Retry;
         }
         let mut heartbeat = Heartbeat::new(browser::now());
@@ -457,27 +460,30 @@ impl Client {
                 Either::Right(((), _)) => Event::Tick,
             };
             match event {
-                Event::Frame(Some(WsEvent::Text(text))) => {
+                Event::Frame(Some(Ok(Message::Text(text)))) => {
                     heartbeat.received(browser::now());
                     match crate::decode::server_frame(&text) {
-                        Ok(msg) => {
-                            if let Err(end) = self.receive(msg, &ws, backoff) {
-                                return end;
+                        Ok(msg) => match self.receive(msg, backoff) {
+                            Ok(frames) => {
+                                if put_all(&mut ws, &frames).await.is_err() {
+                                    return End::Retry;
+                                }
                             }
-                        }
+                            Err(end) => return end,
+                        },
                         // Not the parser's reason: its messages would put serde_json's error formatting in the page.
                         Err(_) => leptos::logging::warn!("ignoring an unreadable frame: {text}"),
                     }
                 }
-                Event::Frame(Some(WsEvent::Other | WsEvent::Open)) => {
-                    heartbeat.received(browser::now());
+                Event::Frame(Some(Ok(Message::Bytes(_)))) => heartbeat.received(browser::now()),
+                Event::Frame(Some(Err(WebSocketError::ConnectionClose(close)))) => {
+                    return closed(close.code, close.reason);
                 }
-                Event::Frame(Some(WsEvent::Closed { code, reason })) => {
-                    return closed(code, reason);
-                }
+                // An `error` event; the `close` event that follows ends the session.
+                Event::Frame(Some(Err(_))) => {}
                 Event::Frame(None) => return End::Retry,
                 Event::Cmd(Some(Cmd::Frame(msg))) => {
-                    if put(&ws, &msg).is_err() {
+                    if put(&mut ws, &msg).await.is_err() {
                         return End::Retry;
                     }
                 }
@@ -491,12 +497,12 @@ impl Client {
                             chat.flush()
                         })
                         .unwrap_or_default();
-                    if put_all(&ws, &sends).is_err() {
+                    if put_all(&mut ws, &sends).await.is_err() {
                         return End::Retry;
                     }
                 }
                 Event::Cmd(Some(Cmd::Reads)) => {
-                    if self.put_reads(&ws).is_err() {
+                    if put_all(&mut ws, &self.due_reads()).await.is_err() {
                         return End::Retry;
                     }
                 }
@@ -509,13 +515,13 @@ impl Client {
                             break;
                         }
                         Beat::Ping => {
-                            if put(&ws, &ClientMsg::Ping { req: None }).is_err() {
+                            if put(&mut ws, &ClientMsg::Ping { req: None }).await.is_err() {
                                 return End::Retry;
                             }
                         }
                         Beat::Dead => {
                             leptos::logging::warn!("no answer to ping: reconnecting");
-                            ws.close(NORMAL_CLOSE, "no answer to ping");
+                            let _ = ws.close(Some(NORMAL_CLOSE), Some("no answer to ping"));
                             return End::Retry;
                         }
                     }
@@ -524,8 +530,8 @@ impl Client {
         }
     }
 
-    /// Sends the `read`s that are due; when one has to wait, a timer asks again then.
-    fn put_reads(&self, ws: &Socket) -> Result<(), ()> {
+    /// The `read`s that are due; when one has to wait, a timer asks again then.
+    fn due_reads(&self) -> Vec<ClientMsg> {
         let now = browser::now();
         let (reads, wait) = self
             .chat
@@ -544,13 +550,14 @@ impl Client {
                 Duration::from_millis(wait),
             );
         }
-        put_all(ws, &reads)
+        reads
     }
 
-    /// Handles one server frame. `welcome` marks the connection usable and replays every room's join with `since`
-    /// and `epoch`; any other frame updates the chat, after which whatever became due (the outbox of a room just
-    /// joined, say) goes on the wire. A transient refusal of a send starts a timer that releases the hold.
-    fn receive(&self, msg: ServerMsg, ws: &Socket, backoff: &mut Backoff) -> Result<(), End> {
+    /// Handles one server frame and returns the frames to put on the wire for it. `welcome` marks the connection
+    /// usable and replays every room's join with `since` and `epoch`; any other frame updates the chat, after which
+    /// whatever became due (the outbox of a room just joined, say) goes on the wire. A transient refusal of a send
+    /// starts a timer that releases the hold.
+    fn receive(&self, msg: ServerMsg, backoff: &mut Backoff) -> Result<Vec<ClientMsg>, End> {
         // A busy replica (a reconnect storm): wait what it asks plus a random part of it, so thousands of pages
         // do not come back in the same instant; then connect again, or send the refused join again.
         if let ServerMsg::TryAgain(frame::TryAgain {
@@ -574,7 +581,7 @@ impl Client {
                 let client = *self;
                 set_timeout(move || client.rejoin(&room), wait);
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
         if let ServerMsg::Welcome(frame::Welcome { version, node, .. }) = &msg {
             if *version != PROTOCOL_VERSION {
@@ -584,10 +591,12 @@ impl Client {
             }
             backoff.reset();
             self.status.set(Status::Connected { node: node.clone() });
-            for rejoin in self.chat.with_untracked(Chat::rejoins) {
-                put(ws, &join_msg(rejoin)).map_err(|()| End::Retry)?;
-            }
-            return Ok(());
+            return Ok(self
+                .chat
+                .with_untracked(Chat::rejoins)
+                .into_iter()
+                .map(join_msg)
+                .collect());
         }
         // One update for both, so the components redraw once per frame.
         let (now, wall) = (browser::now(), browser::wall());
@@ -597,7 +606,7 @@ impl Client {
             let applied = chat.apply(msg);
             (applied, chat.flush())
         }) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if let Some(notice) = applied.notice {
             self.notice.set(Some(notice));
@@ -633,14 +642,15 @@ impl Client {
             let client = *self;
             set_timeout(move || client.post(Cmd::Release), hold);
         }
-        put_all(ws, &sends).map_err(|()| End::Retry)?;
-        self.put_reads(ws).map_err(|()| End::Retry)
+        let mut frames = sends;
+        frames.extend(self.due_reads());
+        Ok(frames)
     }
 }
 
 /// One turn of the session loop: a frame from the server, a command from the page, or the heartbeat timer.
 enum Event {
-    Frame(Option<WsEvent>),
+    Frame(Option<Result<Message, WebSocketError>>),
     Cmd(Option<Cmd>),
     Tick,
 }
@@ -684,15 +694,18 @@ fn ws_url() -> String {
     }
 }
 
-fn put(ws: &Socket, msg: &ClientMsg) -> Result<(), ()> {
+async fn put(ws: &mut WebSocket, msg: &ClientMsg) -> Result<(), ()> {
     let json = serde_json::to_string(msg).map_err(|_| ())?;
-    ws.send(&json)
+    ws.send(Message::Text(json)).await.map_err(|_| ())
 }
 
 /// Puts frames on the wire in order. If one fails the socket is dead; the sends not written were marked pending,
 /// and the disconnect queues them again.
-fn put_all(ws: &Socket, msgs: &[ClientMsg]) -> Result<(), ()> {
-    msgs.iter().try_for_each(|msg| put(ws, msg))
+async fn put_all(ws: &mut WebSocket, msgs: &[ClientMsg]) -> Result<(), ()> {
+    for msg in msgs {
+        put(ws, msg).await?;
+    }
+    Ok(())
 }
 
 /// Resolves when a [`Cmd::Wake`] arrives; discards stale frames meanwhile.

@@ -1,5 +1,6 @@
-//! Finds, and where possible installs, what the project needs: the wasm32 target, binaryen's wasm-opt, redis-server,
-//! nginx, Chromium and Docker; and, for `trunk serve` only (`cargo xtask setup`), trunk and wasm-bindgen-cli.
+//! Finds, and where possible installs, what the project needs: the wasm32 target, binaryen's wasm-opt, esbuild,
+//! redis-server, nginx, Chromium and Docker; and, for `trunk serve` only (`cargo xtask setup`), trunk and
+//! wasm-bindgen-cli.
 //! Anything it cannot install, it names with the exact command.
 
 use std::ffi::OsString;
@@ -15,6 +16,9 @@ pub const TRUNK_VERSION: &str = "0.21.14";
 pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
 /// Debian's binaryen (108) miscompiles Rust 1.95 wasm; npm's 132 works.
 pub const BINARYEN_VERSION: &str = "132";
+/// Minifies the JS glue and the CSS of the release build; from npm (the package ships the binary), like binaryen.
+/// The Dockerfile's `ARG ESBUILD_VERSION` names the same version (a unit test below checks it).
+pub const ESBUILD_VERSION: &str = "0.28.2";
 
 /// What a task needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +170,8 @@ pub fn check_packages(tools: &Tools, need: Need) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Rust target, binaryen's `wasm-opt` (npm) and, for `trunk serve`, trunk and wasm-bindgen-cli: what building
-/// needs.
+/// The Rust target, binaryen's `wasm-opt` and esbuild (npm) and, for `trunk serve`, trunk and wasm-bindgen-cli: what
+/// building needs.
 pub fn ensure_toolchain(root: &Path, need: Need) -> anyhow::Result<Tools> {
     let path = tool_path(root)?;
     let node_bin = root.join(".tools/node_modules/.bin");
@@ -221,23 +225,49 @@ pub fn ensure_toolchain(root: &Path, need: Need) -> anyhow::Result<Tools> {
         })?;
     }
 
-    let wasm_opt = output_of(
-        &path,
-        &node_bin.join("wasm-opt").to_string_lossy(),
-        &["--version"],
-    )
-    .unwrap_or_default();
-    if !wasm_opt.contains(&format!("version {BINARYEN_VERSION}")) {
+    let version = |tool: &str| {
+        output_of(
+            &path,
+            &node_bin.join(tool).to_string_lossy(),
+            &["--version"],
+        )
+        .unwrap_or_default()
+    };
+    let wasm_opt = version("wasm-opt");
+    let esbuild = version("esbuild");
+    if !wasm_opt.contains(&format!("version {BINARYEN_VERSION}"))
+        || esbuild.trim() != ESBUILD_VERSION
+    {
+        // Both at once, at their exact versions, so neither install moves the other.
+        let packages = [
+            format!("binaryen@{BINARYEN_VERSION}"),
+            format!("esbuild@{ESBUILD_VERSION}"),
+        ];
         step(&format!(
-            "installing binaryen {BINARYEN_VERSION} (wasm-opt) from npm into .tools/"
+            "installing {} (wasm-opt, esbuild) from npm into .tools/",
+            packages.join(" ")
         ));
         std::fs::create_dir_all(root.join(".tools"))?;
-        exec(Command::new("npm")
-            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-            .arg(root.join(".tools"))
-            .arg(format!("binaryen@{BINARYEN_VERSION}"))
-            .env("PATH", &path))
-        .with_context(|| format!("cannot install wasm-opt; run: npm install --prefix .tools binaryen@{BINARYEN_VERSION}"))?;
+        exec(
+            Command::new("npm")
+                .args([
+                    "install",
+                    "--silent",
+                    "--no-audit",
+                    "--no-fund",
+                    "--save-exact",
+                    "--prefix",
+                ])
+                .arg(root.join(".tools"))
+                .args(&packages)
+                .env("PATH", &path),
+        )
+        .with_context(|| {
+            format!(
+                "cannot install wasm-opt and esbuild; run: npm install --prefix .tools {}",
+                packages.join(" ")
+            )
+        })?;
     }
 
     Ok(Tools { path })
@@ -279,4 +309,26 @@ pub fn redis_command(redis_server: &Path, port: u16, dir: &Path) -> Command {
         dir,
         &localrun::REDIS_NO_PERSISTENCE.map(String::from),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Dockerfile installs esbuild in its tool layer, before any of our files are copied, so it names the
+    /// version itself: the same as xtask's, or the image's `dist/` would not be the one the tests check.
+    #[test]
+    fn the_dockerfile_installs_the_esbuild_xtask_uses() {
+        let dockerfile =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile")).unwrap();
+        let found = dockerfile
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ARG ESBUILD_VERSION="))
+            .map(str::trim);
+        assert_eq!(
+            found,
+            Some(ESBUILD_VERSION),
+            "Dockerfile's ARG ESBUILD_VERSION"
+        );
+    }
 }
