@@ -6,7 +6,7 @@
 //! events after it, which it keeps (never trimmed, bounded by `--archive-backlog-bytes` per room) until they are
 //! archived. Work is shared without coordination: any replica may archive any room, the archive's row lock on the
 //! room (`FOR UPDATE SKIP LOCKED`) lets one do it at a time, and inserts are idempotent by (room, id). Each replica
-//! archives the rooms it writes to at once, and sweeps every room now and then, so what a killed replica (or the
+//! archives the rooms it writes to at once (a busy room in batches: a quarter second between them), and sweeps every room now and then, so what a killed replica (or the
 //! CLI) stored is archived by the others.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,6 +35,10 @@ const WORKERS: usize = 4;
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// How long the archiver waits after the archive failed before it tries again.
 const DOWN_RETRY: Duration = Duration::from_secs(1);
+/// How long a room the archiver just caught up with rests before its next batch: writes meanwhile gather into one
+/// batch, so a busy room costs the archive one transaction per this period rather than one per few writes (a
+/// transaction is several statements and a commit whatever its size). Events wait in Redis meanwhile, as always.
+const GATHER: Duration = Duration::from_millis(250);
 /// Rooms read per sweep request.
 const SWEEP_CHUNK: usize = 500;
 /// How often the read positions moved meanwhile are written to the archive.
@@ -546,12 +550,16 @@ pub(crate) struct Archiver {
     hints: mpsc::UnboundedReceiver<RoomName>,
     queue: VecDeque<RoomName>,
     queued: HashSet<RoomName>,
+    /// Rooms resting after a batch ([`GATHER`]), each with whether it was written to meanwhile.
+    resting: HashMap<RoomName, bool>,
 }
 
 /// What archiving a room came to.
 enum Outcome {
-    /// Caught up, or nothing to do.
+    /// Nothing to do.
     Done,
+    /// Caught up after copying a batch: let the next writes gather.
+    Copied,
     /// More entries wait (a full batch was archived): look again at once.
     More,
     /// Another replica holds the room, or the archive failed: look again later.
@@ -570,6 +578,15 @@ impl Archiver {
             hints,
             queue: VecDeque::new(),
             queued: HashSet::new(),
+            resting: HashMap::new(),
+        }
+    }
+
+    /// The room has events to archive: queued now, or when its rest ends.
+    fn hint(&mut self, room: RoomName) {
+        match self.resting.get_mut(&room) {
+            Some(written) => *written = true,
+            None => self.enqueue(room),
         }
     }
 
@@ -590,6 +607,7 @@ impl Archiver {
         reads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let saving = Arc::new(AtomicBool::new(false));
         let (later_tx, mut later_rx) = mpsc::unbounded_channel::<RoomName>();
+        let (rested_tx, mut rested_rx) = mpsc::unbounded_channel::<RoomName>();
         let mut working = FuturesUnordered::new();
         let mut busy: HashSet<RoomName> = HashSet::new();
         loop {
@@ -620,12 +638,25 @@ impl Archiver {
                         });
                     }
                 }
-                Some(room) = self.hints.recv() => self.enqueue(room),
+                Some(room) = self.hints.recv() => self.hint(room),
                 Some(room) = later_rx.recv() => self.enqueue(room),
+                Some(room) = rested_rx.recv() => {
+                    if self.resting.remove(&room) == Some(true) {
+                        self.enqueue(room);
+                    }
+                }
                 Some((room, outcome)) = working.next(), if !working.is_empty() => {
                     busy.remove(&room);
                     match outcome {
                         Outcome::Done => {}
+                        Outcome::Copied => {
+                            self.resting.insert(room.clone(), false);
+                            let rested = rested_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(GATHER).await;
+                                let _ = rested.send(room);
+                            });
+                        }
                         Outcome::More => self.enqueue(room),
                         Outcome::Later(wait) => {
                             let later = later_tx.clone();
@@ -638,7 +669,7 @@ impl Archiver {
                 }
                 _ = sweep.tick() => {
                     match sweep_rooms(&self.store, &self.archiving).await {
-                        Ok(behind) => behind.into_iter().for_each(|room| self.enqueue(room)),
+                        Ok(behind) => behind.into_iter().for_each(|room| self.hint(room)),
                         Err(e) => debug!(error = %e, "archive sweep failed"),
                     }
                 }
@@ -717,7 +748,7 @@ async fn archive_room(store: &Store, archiving: &Archiving, room: &RoomName) -> 
                 debug!(%room, error = %e, "archived, but Redis not told yet");
                 return Outcome::Later(DOWN_RETRY);
             }
-            if full { Outcome::More } else { Outcome::Done }
+            if full { Outcome::More } else { Outcome::Copied }
         }
         Ok(Appended::Busy) => Outcome::Later(BUSY_RETRY),
         Err(e) => {
