@@ -4,7 +4,9 @@
 //!
 //! Scenarios: (1) one room of 1,000 members, the publish rate ramped until p99 exceeds 100 ms or a delivery is lost;
 //! (2) 10,000 members in 1,000 rooms of 10, one message per member every 10 s; (3) idle members on one server:
-//! memory per connection; (4) 100 members across both servers at 100 messages/s: latency at light load.
+//! memory per connection; (4) 100 members across both servers at 100 messages/s: latency at light load; and, for
+//! Roomcast with its PostgreSQL archive (`archive.rs`), what the archive costs the ramp and what it sustains, and
+//! (`people.rs`) what search and read positions cost.
 //! Everything runs on loopback, bounded in time. This machine is shared by servers and generator, so every figure
 //! is the median of `--runs` runs (default 3) with its min and max, and the ramp measures the systems in turns at
 //! each rate. Each point also says what the replicas, Redis and the generator spent per delivery. `--quick` runs
@@ -20,6 +22,9 @@ use serde_json::{Value, json};
 
 use crate::tools::{self, Need};
 use crate::{exec, step};
+
+mod archive;
+mod people;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -37,15 +42,21 @@ pub struct Args {
     /// Scenarios to run (default: all): ramp, light, many, idle, idle-history (Roomcast only: idle members of rooms
     /// that hold 50 messages of 100 characters, so each was sent a full `joined`), wide (Roomcast only: 51,000 idle connections over
     /// three replicas and three generator processes), storm (Roomcast only: 15,000 clients, one replica killed and
-    /// one drained; draws storm.svg). A partial run still writes results.json.
+    /// one drained; draws storm.svg), archive-cost (Roomcast only: the ramp with and without its PostgreSQL archive;
+    /// draws p99-archive.svg), archive (Roomcast only: 1,000,000 messages in 100 rooms stored under relay load while
+    /// the archive copies them; archive throughput and lag, scroll-back latency from PostgreSQL, disk per message),
+    /// search (Roomcast only: query latency over 1,000,000 archived messages), reads (Roomcast only: what read
+    /// positions cost with 10,000 members reading).
+    /// A partial run still writes results.json.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Instead of the scenarios: record Roomcast's replica with `perf` at this many messages/s into 1,000 members
     /// and draw target/bench/flamegraph.svg.
     #[arg(long)]
     pub profile: Option<u64>,
-    /// The debug binaries are built already (by `cargo xtask test`'s one build): do not build them again.
-    #[arg(skip)]
+    /// The binaries are built already (by `cargo xtask test`'s one build, or by an earlier run while the tree does
+    /// not build): do not build them again.
+    #[arg(long = "no-build")]
     pub built: bool,
     /// Runs per figure: each figure is the median of this many runs, reported with its min and max (the smoke run
     /// makes one). The ramp measures every rate this many times, the systems interleaved.
@@ -131,13 +142,15 @@ fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     bail!("{what} did not listen on {port} within 30 s")
 }
 
-/// One system under test: its processes (servers and Redis) and the URLs clients use.
+/// One system under test: its processes (servers, Redis, Roomcast's archive) and the URLs clients use.
 struct Deployment {
     servers: Vec<Proc>,
     redis: Option<Proc>,
     /// Redis's port, when there is one.
     redis_port: Option<u16>,
     urls: Vec<String>,
+    /// Roomcast's archive, when it has one; declared last, so it stops after the replicas.
+    postgres: Option<archive::Postgres>,
 }
 
 impl Deployment {
@@ -174,6 +187,18 @@ fn redis(env: &Env) -> anyhow::Result<(Proc, String)> {
 }
 
 fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment> {
+    deploy_with(env, system, servers, None, &[])
+}
+
+/// [`deploy`], for Roomcast with `postgres` as its archive (`--archive-sweep-secs 1`, so the lag figures are fresh)
+/// and `extra` arguments to every replica.
+fn deploy_with(
+    env: &Env,
+    system: &str,
+    servers: usize,
+    postgres: Option<archive::Postgres>,
+    extra: &[String],
+) -> anyhow::Result<Deployment> {
     if system == "ceiling" {
         let port = free_port();
         let proc = Proc::spawn(
@@ -186,6 +211,7 @@ fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment>
             redis: None,
             redis_port: None,
             urls: vec![format!("ws://127.0.0.1:{port}")],
+            postgres: None,
         });
     }
     let (redis, url) = redis(env)?;
@@ -213,7 +239,11 @@ fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment>
                     "100000",
                 ])
                 .args(["--max-rooms", "64"])
+                .args(extra)
                 .env("RUST_LOG", "warn");
+                if let Some(pg) = &postgres {
+                    c.args(["--database-url", &pg.url, "--archive-sweep-secs", "1"]);
+                }
                 c
             }
             "socketio" => {
@@ -253,6 +283,7 @@ fn deploy(env: &Env, system: &str, servers: usize) -> anyhow::Result<Deployment>
         redis: Some(redis),
         redis_port: url.rsplit(':').next().and_then(|p| p.parse().ok()),
         urls,
+        postgres,
     })
 }
 
@@ -273,12 +304,15 @@ fn load(env: &Env, system: &str, dep: &Deployment, args: &[String]) -> anyhow::R
         .context("run loadgen")?;
     let stderr = child.stderr.take().context("loadgen's stderr")?;
     let generator = child.id();
-    // CPU seconds of (replicas, Redis, the generator) at a moment.
+    // CPU seconds of (replicas, Redis, the generator, PostgreSQL) at a moment.
     let split = || {
         (
             dep.servers.iter().map(Proc::cpu_secs).sum::<f64>(),
             dep.redis.as_ref().map_or(0.0, Proc::cpu_secs),
             cpu_secs(generator),
+            dep.postgres
+                .as_ref()
+                .map_or(0.0, archive::Postgres::cpu_secs),
         )
     };
     let (mut sending, mut done) = (None, None);
@@ -297,10 +331,12 @@ fn load(env: &Env, system: &str, dep: &Deployment, args: &[String]) -> anyhow::R
         bail!("loadgen failed ({}) for {system} {args:?}", out.status);
     }
     let mut report: Value = serde_json::from_slice(&out.stdout).context("loadgen's report")?;
-    let (replicas, redis, generator) = done
-        .zip(sending)
-        .map_or((0.0, 0.0, 0.0), |(d, s)| (d.0 - s.0, d.1 - s.1, d.2 - s.2));
-    let cpu = replicas + redis;
+    let (replicas, redis, generator, postgres) =
+        done.zip(sending).map_or((0.0, 0.0, 0.0, 0.0), |(d, s)| {
+            (d.0 - s.0, d.1 - s.1, d.2 - s.2, d.3 - s.3)
+        });
+    // The system's CPU: its servers, Redis and, with an archive, PostgreSQL.
+    let cpu = replicas + redis + postgres;
     let delivered = report["delivered"].as_f64().unwrap_or(0.0);
     let per_delivery = |secs: f64| {
         if delivered > 0.0 {
@@ -315,6 +351,9 @@ fn load(env: &Env, system: &str, dep: &Deployment, args: &[String]) -> anyhow::R
     report["replicas_cpu_us_per_delivery"] = json!(per_delivery(replicas));
     report["redis_cpu_us_per_delivery"] = json!(per_delivery(redis));
     report["generator_cpu_us_per_delivery"] = json!(per_delivery(generator));
+    if dep.postgres.is_some() {
+        report["postgres_cpu_us_per_delivery"] = json!(per_delivery(postgres));
+    }
     report["peak_rss_kib"] = json!(
         dep.procs()
             .map(|p| json!({"process": p.name, "kib": p.status_kib("VmHWM:")}))
@@ -366,26 +405,57 @@ fn ramp(
     quick: bool,
     runs: usize,
 ) -> anyhow::Result<serde_json::Map<String, Value>> {
-    let mut deployments = Vec::new();
+    let mut lines = Vec::new();
     for system in systems {
-        deployments.push((system.clone(), deploy(env, system, 2)?));
+        lines.push(Ramped {
+            label: system.clone(),
+            system: system.clone(),
+            dep: deploy(env, system, 2)?,
+        });
     }
-    let (members, seconds, rates): (&str, &str, &[u64]) = if quick {
+    ramp_over(env, &lines, ramp_shape(quick, RATES), runs, 1)
+}
+
+/// The publish rates of scenario 1's ramp, in messages per second into the room.
+const RATES: &[u64] = &[
+    50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000,
+];
+
+/// A ramp: members of the room, seconds per point, and the rates (`--quick`: 200 members, two short points).
+type RampShape<'a> = (&'a str, &'a str, &'a [u64]);
+
+fn ramp_shape(quick: bool, rates: &[u64]) -> RampShape<'_> {
+    if quick {
         ("200", "2", &[50, 200])
     } else {
-        (
-            "1000",
-            "5",
-            &[50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000],
-        )
-    };
+        ("1000", "5", rates)
+    }
+}
+
+/// One line of a ramp: its name in the results, the protocol the generator speaks, what it measures.
+struct Ramped {
+    label: String,
+    system: String,
+    dep: Deployment,
+}
+
+/// The ramp of scenario 1 over `lines`, measured in turns at each rate; each line's points under its label. A line
+/// ends after `patience` rates in a row whose median failed.
+fn ramp_over(
+    env: &Env,
+    lines: &[Ramped],
+    (members, seconds, rates): RampShape<'_>,
+    runs: usize,
+    patience: usize,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
     let mut points: serde_json::Map<String, Value> =
-        systems.iter().map(|s| (s.clone(), json!([]))).collect();
-    let mut ramping: Vec<bool> = vec![true; systems.len()];
+        lines.iter().map(|l| (l.label.clone(), json!([]))).collect();
+    let mut ramping: Vec<bool> = vec![true; lines.len()];
+    let mut failures: Vec<usize> = vec![0; lines.len()];
     for (i, rate) in rates.iter().enumerate() {
-        let mut reports: Vec<Vec<Value>> = vec![Vec::new(); systems.len()];
+        let mut reports: Vec<Vec<Value>> = vec![Vec::new(); lines.len()];
         for run in 0..runs {
-            for (k, (system, dep)) in deployments.iter().enumerate() {
+            for (k, line) in lines.iter().enumerate() {
                 if !ramping[k] {
                     continue;
                 }
@@ -407,34 +477,38 @@ fn ramp(
                     format!("ramp{i}-{run}"),
                 ])
                 .collect::<Vec<_>>();
-                reports[k].push(load(env, system, dep, &args)?);
+                reports[k].push(load(env, &line.system, &line.dep, &args)?);
             }
         }
-        for (k, (system, _)) in deployments.iter().enumerate() {
+        for (k, line) in lines.iter().enumerate() {
             if !ramping[k] {
                 continue;
             }
             let point = median(std::mem::take(&mut reports[k]));
+            let figure = |key: &str| point[key].as_f64().unwrap_or(0.0);
+            let postgres = if line.dep.postgres.is_some() {
+                format!(", PostgreSQL {:.2}", figure("postgres_cpu_us_per_delivery"))
+            } else {
+                String::new()
+            };
             step(&format!(
-                "{system}: {rate} msg/s -> {:.0} deliveries/s ({:.0}–{:.0}), p99 {:.1} ms ({:.1}–{:.1}), lost {}, {:.2} µs CPU per delivery (replicas {:.2}, Redis {:.2}; generator {:.2}), median of {runs}",
-                point["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-                point["deliveries_per_sec_min"].as_f64().unwrap_or(0.0),
-                point["deliveries_per_sec_max"].as_f64().unwrap_or(0.0),
-                point["p99_ms"].as_f64().unwrap_or(0.0),
-                point["p99_ms_min"].as_f64().unwrap_or(0.0),
-                point["p99_ms_max"].as_f64().unwrap_or(0.0),
+                "{}: {rate} msg/s -> {:.0} deliveries/s ({:.0}–{:.0}), p99 {:.1} ms ({:.1}–{:.1}), lost {}, {:.2} µs CPU per delivery (replicas {:.2}, Redis {:.2}{postgres}; generator {:.2}), median of {runs}",
+                line.label,
+                figure("deliveries_per_sec"),
+                figure("deliveries_per_sec_min"),
+                figure("deliveries_per_sec_max"),
+                figure("p99_ms"),
+                figure("p99_ms_min"),
+                figure("p99_ms_max"),
                 point["lost"],
-                point["server_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
-                point["replicas_cpu_us_per_delivery"]
-                    .as_f64()
-                    .unwrap_or(0.0),
-                point["redis_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
-                point["generator_cpu_us_per_delivery"]
-                    .as_f64()
-                    .unwrap_or(0.0),
+                figure("server_cpu_us_per_delivery"),
+                figure("replicas_cpu_us_per_delivery"),
+                figure("redis_cpu_us_per_delivery"),
+                figure("generator_cpu_us_per_delivery"),
             ));
-            ramping[k] = !failed(&point);
-            if let Some(list) = points[system].as_array_mut() {
+            failures[k] = if failed(&point) { failures[k] + 1 } else { 0 };
+            ramping[k] = failures[k] < patience;
+            if let Some(list) = points[&line.label].as_array_mut() {
                 list.push(point);
             }
         }
@@ -936,6 +1010,56 @@ fn prepare_peers(env: &Env, systems: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The archive scenarios (Roomcast only), into `result`: skipped, and said so, where PostgreSQL is not installed.
+fn archive_scenarios(
+    env: &Env,
+    args: &Args,
+    run: &dyn Fn(&str) -> bool,
+    runs: usize,
+    result: &mut Value,
+) -> anyhow::Result<()> {
+    let wanted = ["archive-cost", "archive", "search", "reads"]
+        .iter()
+        .any(|s| run(s));
+    if !wanted {
+        return Ok(());
+    }
+    if !archive::available() {
+        step(
+            "NOT RUN: archive-cost, archive, search and reads need PostgreSQL: apt-get install postgresql",
+        );
+        return Ok(());
+    }
+    let size = if args.smoke {
+        archive::Size::Smoke
+    } else if args.quick {
+        archive::Size::Quick
+    } else {
+        archive::Size::Full
+    };
+    if run("archive-cost") {
+        step(&format!(
+            "== archive-cost: the ramp with and without the archive, interleaved, {runs} runs per rate =="
+        ));
+        let (cost, plot) = archive::cost(env, size, runs)?;
+        crate::plot::p99_against_rate(&plot, &env.scratch.join("p99-archive.svg"))?;
+        result["archive_cost"] = cost;
+    }
+    if run("archive") {
+        step(&format!("== archive: {runs} runs =="));
+        result["archive"] = archive::store(env, size, runs)?;
+    }
+    if run("search") {
+        step(&format!("== search: {runs} runs =="));
+        result["search"] = people::search(env, size, runs)?;
+    }
+    if run("reads") {
+        step(&format!("== reads: {runs} runs =="));
+        result["reads"] = people::reads(env, size, runs)?;
+    }
+    Ok(())
+}
+
 /// Runs the benchmark; returns the path of the results.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
     let tools = tools::ensure_all(root, Need::Run)?;
@@ -957,7 +1081,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         build.arg("--release");
         (root.join("target/release"), root.join("target/bench"))
     };
-    if !(args.smoke && args.built) {
+    if !args.built {
         step(&format!(
             "building the binaries (roomcast, loadgen, stormgen, ceiling) into {}",
             bins.display()
@@ -1089,10 +1213,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<PathBuf> {
         } else {
             Value::Null
         };
-        results.insert(
-            system.clone(),
-            json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle_empty, "idle_history": idle_history, "idle_wide": idle_wide, "storm": storm}),
-        );
+        let mut result = json!({"ramp": ramp, "light": light, "many_rooms": many, "idle": idle_empty, "idle_history": idle_history, "idle_wide": idle_wide, "storm": storm});
+        if system == "roomcast" {
+            archive_scenarios(&env, args, &run, runs, &mut result)?;
+        }
+        results.insert(system.clone(), result);
     }
     let machine = json!({
         "cores": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
