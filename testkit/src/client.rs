@@ -737,3 +737,17 @@ pub async fn node_behind(url: &str) -> String {
         other => panic!("expected welcome, got {other:?}"),
     }
 }
+
+/// A plain WebSocket from `tokio_tungstenite`, for the benchmark probes that speak the protocol as raw JSON.
+pub type RawWs = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame of `ws` that `done` accepts (the ones before it dropped); panics once the connection ends.
+pub async fn next_text(ws: &mut RawWs, done: impl Fn(&str) -> bool) -> String {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if done(&t) => return t.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-pub use postgres::Postgres;
+pub use postgres::{Postgres, connect_when_up as connect_postgres};
 pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
 
 /// Upper bound on any single wait, so a broken build fails instead of hanging. Not a performance threshold.

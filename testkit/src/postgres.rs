@@ -72,8 +72,8 @@ fn stop(server: &mut Child) {
     let _ = server.wait();
 }
 
-/// A client once the server answers, within [`PATIENCE`].
-async fn connect_when_up(url: &str) -> tokio_postgres::Client {
+/// A client once the server answers, within [`PATIENCE`] (its connection driven by a task of its own).
+pub async fn connect_when_up(url: &str) -> tokio_postgres::Client {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match tokio_postgres::connect(url, tokio_postgres::NoTls).await {

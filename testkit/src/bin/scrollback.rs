@@ -10,13 +10,12 @@
 use std::time::Instant;
 
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use testkit::client::next_text as until;
 
 #[derive(Debug, Parser)]
 #[command(about = "Scroll-back latency from Roomcast's archive")]
@@ -133,17 +132,6 @@ async fn disk(pg: &tokio_postgres::Client) -> Result<Disk, tokio_postgres::Error
     })
 }
 
-/// The next text frame that `done` accepts (others dropped).
-async fn until(ws: &mut Ws, done: impl Fn(&str) -> bool) -> String {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if done(&t) => return t.to_string(),
-            Some(Ok(_)) => {}
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
-}
-
 /// What one connection measured.
 struct Probed {
     histogram: Histogram<u64>,
@@ -223,10 +211,7 @@ async fn probe(
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (pg, connection) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the archive");
-    tokio::spawn(connection);
+    let pg = testkit::connect_postgres(&args.database_url).await;
     let disk = disk(&pg).await.expect("the archive's size");
     let mut rooms = Vec::new();
     for r in 0..args.rooms {

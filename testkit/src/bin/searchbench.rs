@@ -15,13 +15,12 @@ use std::io::Cursor;
 use std::time::Instant;
 
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use testkit::client::next_text as until;
 
 #[derive(Debug, Parser)]
 #[command(about = "Search latency over a large Roomcast archive")]
@@ -280,17 +279,6 @@ struct Report {
     max_ms: f64,
 }
 
-/// The next text frame that `done` accepts (others dropped).
-async fn until(ws: &mut Ws, done: impl Fn(&str) -> bool) -> String {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if done(&t) => return t.to_string(),
-            Some(Ok(_)) => {}
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
-}
-
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -298,10 +286,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (pg, connection) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the archive");
-    tokio::spawn(connection);
+    let pg = testkit::connect_postgres(&args.database_url).await;
     let started = Instant::now();
     let filled = fill(&pg, &args).await.expect("fill the archive");
     let fill_secs = started.elapsed().as_secs_f64();
