@@ -287,6 +287,23 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 async fn main() {
     let args = Args::parse();
     let pg = testkit::connect_postgres(&args.database_url).await;
+    // The replica migrates the schema as it starts, possibly after it listens: wait for the table to exist.
+    let deadline = Instant::now() + testkit::PATIENCE;
+    loop {
+        let exists: bool = pg
+            .query_one("SELECT to_regclass('events') IS NOT NULL", &[])
+            .await
+            .expect("ask for the events table")
+            .get(0);
+        if exists {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never made the archive's schema"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let started = Instant::now();
     let filled = fill(&pg, &args).await.expect("fill the archive");
     let fill_secs = started.elapsed().as_secs_f64();
