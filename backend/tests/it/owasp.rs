@@ -1,0 +1,293 @@
+//! The OWASP WebSocket checklist, each point pinned against real replicas at the boundary (README's Security table
+//! lists the points and the test of each): raw upgrades and frames where the point is in the bytes, typed clients
+//! elsewhere. The token checks themselves live in `auth.rs`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use shared::validate::{MAX_FRAME_BYTES, TEXT_MAX_CHARS};
+use shared::{ErrorCode, ServerMsg, close_code, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use crate::harness::{PATIENCE, Replica, config};
+use testkit::client::Received;
+
+const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+
+fn token(claims: &Value) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let mut claims = claims.clone();
+    claims["exp"] = json!(exp);
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A WebSocket upgrade written by hand, so the test sees exactly what the replica answers: the status line and
+/// headers, then the raw frames.
+struct Raw {
+    stream: TcpStream,
+    /// Bytes read past what was consumed.
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Sends an upgrade of `path` with `extra` header lines and reads the response head.
+    async fn upgrade(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> (Self, String) {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        for (name, value) in extra {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Self {
+            stream,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(at) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(raw.fill().await, "the connection closed before a response");
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+        raw.buf.drain(..end);
+        (raw, head)
+    }
+
+    /// Reads more bytes; false once the connection is closed.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0; 4096];
+        match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => panic!("nothing from the replica in {PATIENCE:?}"),
+        }
+    }
+
+    /// Reads until at least `n` bytes are buffered; false if the connection closed first.
+    async fn want(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The next frame from the server (its first byte and payload; servers never mask), `None` once the connection
+    /// is closed.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        if !self.want(2).await {
+            return None;
+        }
+        // The payload length: in the second byte, or in the 2 or 8 bytes after it.
+        let head = match self.buf[1] & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        if !self.want(head).await {
+            return None;
+        }
+        let size = if head == 2 {
+            usize::from(self.buf[1] & 0x7f)
+        } else {
+            self.buf[2..head]
+                .iter()
+                .fold(0, |n, b| (n << 8) | usize::from(*b))
+        };
+        if !self.want(head + size).await {
+            return None;
+        }
+        let first = self.buf[0];
+        let payload = self.buf[head..head + size].to_vec();
+        self.buf.drain(..head + size);
+        Some((first, payload))
+    }
+}
+
+/// The status code of a response head.
+fn status(head: &str) -> u16 {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap()
+}
+
+/// Point 1: a page on another site cannot open a WebSocket to the replica (cross-site WebSocket hijacking), nor ride
+/// a credential the browser would add by itself: there is no cookie authentication, a token travels only in the URL
+/// or the Authorization header, and the Origin check comes first.
+#[tokio::test]
+async fn cross_site_pages_cannot_open_or_ride_a_websocket() {
+    let mut c = config(None);
+    c.allowed_origins = vec!["http://localhost:8080".into()];
+    let open = Replica::start_with(c).await;
+    let own = format!("http://{}", open.addr);
+    let lookalike = format!("http://{}.evil.example", open.addr);
+    for (origin, expected) in [
+        (Some("http://evil.example"), 403),
+        (Some("null"), 403),
+        (Some(lookalike.as_str()), 403),
+        (Some(own.as_str()), 101),
+        (Some("http://localhost:8080"), 101),
+        // Not a browser: nothing a cross-site page could make it do.
+        (None, 101),
+    ] {
+        let headers: Vec<(&str, &str)> = origin.iter().map(|o| ("Origin", *o)).collect();
+        let (_, head) = Raw::upgrade(open.addr, shared::WS_PATH, &headers).await;
+        assert_eq!(status(&head), expected, "Origin {origin:?}: {head}");
+    }
+
+    let mut c = config(None);
+    c.jwt_secret = Some(SECRET.to_owned());
+    let guarded = Replica::start_with(c).await;
+    let own = format!("http://{}", guarded.addr);
+    let valid = token(&json!({"nick": "alice"}));
+    let with_token = format!("{}?token={valid}", shared::WS_PATH);
+    // A valid token does not make a foreign origin acceptable.
+    let (_, head) = Raw::upgrade(
+        guarded.addr,
+        &with_token,
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(status(&head), 403, "{head}");
+    // A cookie is what a browser adds to a cross-site request by itself: it is never a credential here.
+    for cookie in [format!("token={valid}"), format!("roomcast_token={valid}")] {
+        let (_, head) = Raw::upgrade(
+            guarded.addr,
+            shared::WS_PATH,
+            &[("Origin", own.as_str()), ("Cookie", cookie.as_str())],
+        )
+        .await;
+        assert_eq!(status(&head), 401, "a token in a cookie: {head}");
+    }
+    let (_, head) = Raw::upgrade(guarded.addr, &with_token, &[("Origin", own.as_str())]).await;
+    assert_eq!(status(&head), 101, "{head}");
+}
+
+/// A fragment of a text message: the first one (opcode text) or a continuation, final or not.
+fn fragment(payload: impl Into<Vec<u8>>, first: bool, last: bool) -> Message {
+    let opcode = if first {
+        OpCode::Data(Data::Text)
+    } else {
+        OpCode::Data(Data::Continue)
+    };
+    Message::Frame(Frame::message(payload.into(), opcode, last))
+}
+
+/// Point 2: a text over the protocol's limit is refused with its typed error and the connection goes on; a binary
+/// frame is `malformed` and the connection goes on; a message in fragments is read like one frame, and one whose
+/// fragments add up past the frame limit is closed with 1009 — also when it never ends, long before it could fill
+/// the replica's memory.
+#[tokio::test]
+async fn size_caps_hold_for_texts_frames_and_fragmented_messages() {
+    let replica = Replica::start(None).await;
+    let mut client = replica.client().await;
+    client.join("caps", "carol", None).await;
+
+    let (code, _) = client
+        .try_say("caps", &"x".repeat(TEXT_MAX_CHARS + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidText);
+    client
+        .send_raw(Message::binary(b"{\"type\":\"ping\"}".to_vec()))
+        .await;
+    assert_eq!(client.error().await.0, ErrorCode::Malformed);
+
+    // A `send` in three fragments is one request.
+    let request =
+        json!({"type": "send", "room": "caps", "text": "in pieces", "cid": "frag-1"}).to_string();
+    let (a, rest) = request.split_at(10);
+    let (b, c) = rest.split_at(10);
+    client.send_raw(fragment(a, true, false)).await;
+    client.send_raw(fragment(b, false, false)).await;
+    client.send_raw(fragment(c, false, true)).await;
+    let id = client
+        .take(|m| match m {
+            ServerMsg::Ack(frame::Ack { cid, id, .. }) if cid == "frag-1" => Some(*id),
+            _ => None,
+        })
+        .await;
+    assert_eq!(client.message_in("caps").await.id, id);
+    let again = client.say("caps", "still open").await;
+    assert!(again > id);
+
+    // Fragments of a size each allowed, adding up past the frame limit (below the hard cap, so the whole message
+    // arrives before the session measures it).
+    let mut client = replica.client().await;
+    let piece = "x".repeat(MAX_FRAME_BYTES / 2);
+    client.send_raw(fragment(piece.clone(), true, false)).await;
+    client.send_raw(fragment(piece.clone(), false, false)).await;
+    client.send_raw(fragment("x", false, true)).await;
+    assert_eq!(client.close_code().await, Some(close_code::TOO_BIG));
+
+    // A message that never ends: its fragments keep coming until the replica closes. It must close at its hard cap,
+    // not keep buffering; 64 MiB of fragments without a close is a replica buffering without bound.
+    let mut client = replica.client().await;
+    let piece = vec![b'x'; 8 * 1024];
+    let mut sent = 0_usize;
+    let code = loop {
+        assert!(
+            sent < 64 << 20,
+            "the replica took {sent} bytes of one message without closing"
+        );
+        if !client
+            .try_send_raw(fragment(piece.clone(), sent == 0, false))
+            .await
+        {
+            break client.close_code().await;
+        }
+        sent += piece.len();
+        if let Received::Closed(code) = client.next_within(Duration::ZERO).await {
+            break code;
+        }
+    };
+    assert_eq!(code, Some(close_code::TOO_BIG));
+    // The replica goes on serving.
+    replica.client().await.join("caps", "dave", None).await;
+}
+
+/// Point 4, idle: a WebSocket peer that stops answering is pinged and then closed with 1001, while one that answers
+/// the pings stays open as long.
+#[tokio::test]
+async fn an_idle_websocket_is_pinged_then_closed_when_it_stops_answering() {
+    let mut c = config(None);
+    c.ping_secs = 1;
+    let replica = Replica::start_with(c).await;
+    let mut answering = replica.client().await;
+    let (mut silent, head) = Raw::upgrade(replica.addr, shared::WS_PATH, &[]).await;
+    assert_eq!(status(&head), 101, "{head}");
+    let mut pings = 0;
+    let close = loop {
+        let (first, payload) = silent.frame().await.expect("a close frame before the end");
+        match first & 0x0f {
+            0x9 => pings += 1,
+            0x8 => break u16::from_be_bytes([payload[0], payload[1]]),
+            _ => {}
+        }
+    };
+    assert!(pings >= 1, "pinged before being closed");
+    assert_eq!(close, close_code::GOING_AWAY);
+    // The client that answered every ping lived as long and is still served.
+    answering.join("idle", "erin", None).await;
+}
