@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use shared::validate::{MAX_FRAME_BYTES, TEXT_MAX_CHARS};
-use shared::{ErrorCode, ServerMsg, close_code, frame};
+use shared::{ClientMsg, ErrorCode, ModerationAction, MsgId, ServerMsg, close_code, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::harness::{PATIENCE, Replica, config};
+use crate::harness::{Client, PATIENCE, Replica, config};
 use testkit::client::Received;
 
 const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
@@ -265,6 +265,137 @@ async fn size_caps_hold_for_texts_frames_and_fragmented_messages() {
     assert_eq!(code, Some(close_code::TOO_BIG));
     // The replica goes on serving.
     replica.client().await.join("caps", "dave", None).await;
+}
+
+/// A request of type `kind` naming `room` (and the message `id` where it needs one), `None` for the types that name
+/// no room. A request type this does not know fails the test: add it here, so its authorization is tested.
+fn example(kind: &str, room: &str, id: MsgId) -> Option<Value> {
+    let request = match kind {
+        "hello" | "ping" => return None,
+        "join" => json!({"type": "join", "room": room, "nick": "alice", "req": "r"}),
+        "leave" => json!({"type": "leave", "room": room, "req": "r"}),
+        "send" => json!({"type": "send", "room": room, "text": "hi", "cid": "c-send"}),
+        "edit" => json!({"type": "edit", "room": room, "id": id, "text": "hi", "cid": "c-edit"}),
+        "delete" => json!({"type": "delete", "room": room, "id": id, "cid": "c-delete"}),
+        "react" => {
+            json!({"type": "react", "room": room, "id": id, "emoji": "👍", "on": true, "cid": "c-react"})
+        }
+        "mute" => json!({"type": "mute", "room": room, "nick": "bob", "secs": 60, "req": "r"}),
+        "kick" => json!({"type": "kick", "room": room, "nick": "bob", "req": "r"}),
+        "ban" => json!({"type": "ban", "room": room, "nick": "bob", "secs": 60, "req": "r"}),
+        "slow_mode" => json!({"type": "slow_mode", "room": room, "secs": 30, "req": "r"}),
+        "retention" => json!({"type": "retention", "room": room, "days": 7, "req": "r"}),
+        "receipts" => json!({"type": "receipts", "room": room, "on": true, "req": "r"}),
+        "read" => json!({"type": "read", "room": room, "id": id}),
+        "search" => json!({"type": "search", "query": "hello", "room": room, "req": "r"}),
+        "typing" => json!({"type": "typing", "room": room}),
+        "history" => {
+            json!({"type": "history", "room": room, "before": id, "limit": 10, "req": "r"})
+        }
+        other => panic!(
+            "the request type {other:?} is new: add an example of it to this walk, so its authorization is tested"
+        ),
+    };
+    // The example is the request it claims to be, and names the room the server checks.
+    let parsed: ClientMsg = serde_json::from_value(request.clone())
+        .unwrap_or_else(|e| panic!("the example of {kind} does not parse: {e}"));
+    assert_eq!(parsed.room(), Some(room), "{kind}");
+    Some(request)
+}
+
+/// Sends `request` and returns the error that answers it (its code and the request type it names); then checks the
+/// connection still answers a `ping`.
+async fn refusal(client: &mut Client, request: &Value) -> (ErrorCode, Option<String>) {
+    client.send_raw(Message::text(request.to_string())).await;
+    let refused = client
+        .take(|m| match m {
+            ServerMsg::Error(frame::Error { code, request, .. }) => Some((*code, request.clone())),
+            _ => None,
+        })
+        .await;
+    client
+        .send(&ClientMsg::Ping {
+            req: Some("alive".into()),
+        })
+        .await;
+    client
+        .take(|m| {
+            matches!(m, ServerMsg::Pong(frame::Pong { req }) if req.as_deref() == Some("alive"))
+                .then_some(())
+        })
+        .await;
+    (refused.0, refused.1)
+}
+
+/// Point 3: every request is checked against the connection's grant, not only `join`. A person who was in `ops`
+/// under an earlier token reconnects with a token whose `rooms` no longer has it: every request type of the
+/// protocol that names `ops` — the list comes from the server's own `unknown_type` answer, so a new request type
+/// is walked too — is refused `forbidden` and the connection stays open; every moderation request in a room the
+/// token allows, without the moderator role, is refused `forbidden` too.
+#[tokio::test]
+async fn every_request_type_is_checked_against_the_token() {
+    let mut c = config(None);
+    c.jwt_secret = Some(SECRET.to_owned());
+    let replica = Replica::start_with(c).await;
+    let url = |claims: Value| format!("{}?token={}", replica.ws_url(), token(&claims));
+
+    let mut before =
+        Client::connect(&url(json!({"nick": "alice", "rooms": ["team", "ops"]}))).await;
+    before.join("ops", "alice", None).await;
+    let id = before.say("ops", "hello from ops").await;
+    drop(before);
+
+    let mut alice = Client::connect(&url(json!({"nick": "alice", "rooms": ["team"]}))).await;
+    alice.join("team", "alice", None).await;
+    alice
+        .send_raw(Message::text(r#"{"type":"?"}"#.to_owned()))
+        .await;
+    let (code, message, _) = alice.error().await;
+    assert_eq!(code, ErrorCode::UnknownType);
+    let kinds: Vec<&str> = message
+        .split_once("expected one of ")
+        .map(|(_, list)| list.split(", ").map(str::trim).collect())
+        .unwrap_or_else(|| panic!("no list of request types in {message:?}"));
+    for kind in [
+        "join", "send", "history", "read", "search", "typing", "mute",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+
+    let mut walked = Vec::new();
+    for kind in &kinds {
+        let Some(request) = example(kind, "ops", id) else {
+            continue;
+        };
+        let (code, request_type) = refusal(&mut alice, &request).await;
+        assert_eq!(
+            (code, request_type.as_deref()),
+            (ErrorCode::Forbidden, Some(*kind)),
+            "{request}"
+        );
+        walked.push(*kind);
+    }
+    eprintln!("forbidden outside the token's rooms: {walked:?}");
+
+    for action in ModerationAction::ALL {
+        let kind = serde_json::to_value(action).unwrap();
+        let kind = kind.as_str().unwrap();
+        assert!(kinds.contains(&kind), "{kind} is a request type");
+        let request = example(kind, "team", id).unwrap();
+        assert_eq!(
+            refusal(&mut alice, &request).await,
+            (ErrorCode::Forbidden, Some(kind.to_owned())),
+            "a moderation request without the role: {request}"
+        );
+    }
+    // The connection kept serving the room its token allows, and nothing reached `ops`.
+    alice.say("team", "still here").await;
+    let mut other = Client::connect(&url(json!({"nick": "bob"}))).await;
+    let history = other.join("ops", "bob", None).await;
+    assert_eq!(
+        history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["hello from ops"]
+    );
 }
 
 /// Point 4, idle: a WebSocket peer that stops answering is pinged and then closed with 1001, while one that answers
