@@ -2,7 +2,9 @@
 //! lists the points and the test of each): raw upgrades and frames where the point is in the bytes, typed clients
 //! elsewhere. The token checks themselves live in `auth.rs`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -10,12 +12,15 @@ use serde_json::{Value, json};
 use shared::validate::{MAX_FRAME_BYTES, TEXT_MAX_CHARS};
 use shared::{ClientMsg, ErrorCode, ModerationAction, MsgId, ServerMsg, close_code, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::harness::{Client, PATIENCE, Replica, config};
+use crate::harness::{
+    Client, PATIENCE, Redis, Replica, config, eventually, http_get, replica_process,
+};
 use testkit::client::Received;
 
 const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
@@ -421,4 +426,174 @@ async fn an_idle_websocket_is_pinged_then_closed_when_it_stops_answering() {
     assert_eq!(close, close_code::GOING_AWAY);
     // The client that answered every ping lived as long and is still served.
     answering.join("idle", "erin", None).await;
+}
+
+/// Point 4, handshakes: a connection that never sends its request head (silent, or a header byte now and then: a
+/// slow loris) is closed at `--header-timeout-secs`, and a head larger than the cap is refused with 431.
+#[tokio::test]
+async fn slow_and_silent_handshakes_are_cut_off() {
+    let mut c = config(None);
+    c.header_timeout_secs = 1;
+    let replica = Replica::start_with(c).await;
+    let mut silent = TcpStream::connect(replica.addr).await.unwrap();
+    let mut slow = TcpStream::connect(replica.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: roomcast\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // The slow one sends a byte every 200 ms, well within any idle timeout, and is still cut off.
+    let dribbled = tokio::time::timeout(PATIENCE, async {
+        let mut sent = 0;
+        let mut buf = [0; 1024];
+        loop {
+            tokio::select! {
+                read = slow.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) { break sent },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if slow.write_all(b"x").await.is_err() {
+                        break sent;
+                    }
+                    sent += 1;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a slow-loris handshake was not cut off");
+    eprintln!("the slow handshake dribbled {dribbled} header bytes before it was closed");
+    let mut buf = [0; 64];
+    let read = tokio::time::timeout(PATIENCE, silent.read(&mut buf))
+        .await
+        .expect("a silent connection was not closed");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "nothing but the close: {read:?}"
+    );
+
+    // A request head over the cap is answered 431 (read tolerantly: the replica closes with our bytes unread).
+    let mut big = TcpStream::connect(replica.addr).await.unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: roomcast\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(backend::serve::MAX_HEAD_BYTES)
+    );
+    let _ = big.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let mut chunk = [0; 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(PATIENCE, big.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(http_get(replica.addr, "/healthz").await.0, 200);
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// How many of a flood's connections have opened so far, and how many are open now.
+#[derive(Debug, Default)]
+struct Counts {
+    opened: AtomicUsize,
+    open: AtomicUsize,
+}
+
+/// One slow-loris connection from `from`: a request line and a header started, then a byte every `every` until the
+/// replica closes the connection. Returns how long it stayed open.
+async fn dribble(to: SocketAddr, from: Ipv4Addr, every: Duration, counts: Arc<Counts>) -> Duration {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let opened = Instant::now();
+    counts.open.fetch_add(1, Ordering::Relaxed);
+    counts.opened.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0; 1024];
+    if stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: roomcast\r\nUpgrade: websocket\r\nX-Slow: ")
+        .await
+        .is_ok()
+    {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) { break },
+                () = tokio::time::sleep(every) => if stream.write_all(b"x").await.is_err() { break },
+            }
+        }
+    }
+    counts.open.fetch_sub(1, Ordering::Relaxed);
+    opened.elapsed()
+}
+
+/// Point 4, a flood: 2,000 half-open handshakes, each dribbling a header byte every second from one of 200 loopback
+/// addresses. Meanwhile the replica (its own process) serves a normal client, its memory grows by a bounded amount
+/// per half-open connection, and every one of them is closed at the header timeout; its file descriptors come back.
+#[tokio::test]
+async fn a_flood_of_half_open_handshakes_is_bounded() {
+    const FLOOD: usize = 2_000;
+    const TIMEOUT_SECS: u64 = 10;
+    let redis = Redis::start().await;
+    let replica = replica_process(
+        &redis.url(),
+        "flooded",
+        &["--header-timeout-secs", &TIMEOUT_SECS.to_string()],
+    )
+    .await;
+    let pid = replica.pid();
+    let (rss_before, fds_before) = (replica.rss_kib(), open_fds(pid));
+
+    let counts = Arc::new(Counts::default());
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            let from = Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(i % 200).unwrap());
+            tokio::spawn(dribble(
+                replica.addr,
+                from,
+                Duration::from_secs(1),
+                counts.clone(),
+            ))
+        })
+        .collect();
+    eventually("every half-open handshake to have connected", || async {
+        (counts.opened.load(Ordering::Relaxed) == FLOOD).then_some(())
+    })
+    .await;
+    // The flood at its height (all of it, unless this machine took longer to open them than the timeout).
+    let open = counts.open.load(Ordering::Relaxed);
+    let rss_flood = replica.rss_kib();
+    let mut client = Client::connect(&replica.ws_url()).await;
+    client.join("calm", "frank", None).await;
+    client.say("calm", "served through the flood").await;
+    let still_open = counts.open.load(Ordering::Relaxed);
+
+    let mut longest = Duration::ZERO;
+    for task in flood {
+        let lived = tokio::time::timeout(PATIENCE * 3, task)
+            .await
+            .expect("a half-open handshake outlived every bound")
+            .unwrap();
+        longest = longest.max(lived);
+    }
+    let grown = rss_flood.saturating_sub(rss_before);
+    eprintln!(
+        "flood: {FLOOD} half-open handshakes, {open} open at once ({still_open} still open once a normal client had \
+         joined and sent); replica RSS {rss_before} KiB -> {rss_flood} KiB (+{} KiB per open one); the longest lived \
+         {longest:?} (header timeout {TIMEOUT_SECS} s)",
+        grown / u64::try_from(open.max(1)).unwrap()
+    );
+    // Each half-open connection costs at most its read buffer (twice the head cap) and a small task.
+    assert!(
+        grown <= u64::try_from(open).unwrap() * 80 + 1024,
+        "RSS grew {grown} KiB for {open} half-open connections"
+    );
+    assert!(
+        longest < Duration::from_secs(TIMEOUT_SECS) + PATIENCE,
+        "a half-open handshake lived {longest:?}"
+    );
+    eventually("the replica's file descriptors to come back", || async {
+        (open_fds(pid) <= fds_before + 10).then_some(())
+    })
+    .await;
+    assert_eq!(http_get(replica.addr, "/healthz").await.0, 200);
 }
