@@ -597,3 +597,38 @@ async fn a_flood_of_half_open_handshakes_is_bounded() {
     .await;
     assert_eq!(http_get(replica.addr, "/healthz").await.0, 200);
 }
+
+/// Point 5: `permessage-deflate` is never agreed — an upgrade offering it is answered 101 without the extension and
+/// frames come uncompressed — and a client that compresses anyway (RSV1 set) is closed with 1002, its frame unread.
+#[tokio::test]
+async fn permessage_deflate_is_never_agreed() {
+    let replica = Replica::start(None).await;
+    let (mut raw, head) = Raw::upgrade(
+        replica.addr,
+        shared::WS_PATH,
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        )],
+    )
+    .await;
+    assert_eq!(status(&head), 101, "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "an extension was agreed: {head}"
+    );
+    let (first, payload) = raw.frame().await.expect("the welcome");
+    assert_eq!(first, 0x81, "a final, uncompressed (RSV1 clear) text frame");
+    let welcome: ServerMsg = serde_json::from_slice(&payload).unwrap();
+    assert!(matches!(welcome, ServerMsg::Welcome(_)), "{welcome:?}");
+
+    let mut client = replica.client().await;
+    let ping = serde_json::to_vec(&ClientMsg::Ping { req: None }).unwrap();
+    let mut compressed = Frame::message(ping, OpCode::Data(Data::Text), true);
+    compressed.header_mut().rsv1 = true;
+    client.send_raw(Message::Frame(compressed)).await;
+    assert_eq!(client.close_code().await, Some(close_code::PROTOCOL_ERROR));
+    replica.client().await.join("plain", "gina", None).await;
+}
