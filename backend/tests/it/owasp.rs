@@ -408,7 +408,7 @@ async fn every_request_type_is_checked_against_the_token() {
 #[tokio::test]
 async fn an_idle_websocket_is_pinged_then_closed_when_it_stops_answering() {
     let mut c = config(None);
-    c.ping_secs = 1;
+    c.ping_secs = 2;
     let replica = Replica::start_with(c).await;
     let mut answering = replica.client().await;
     let (mut silent, head) = Raw::upgrade(replica.addr, shared::WS_PATH, &[]).await;
