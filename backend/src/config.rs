@@ -184,6 +184,12 @@ pub struct Config {
     /// Seconds between WebSocket pings; a connection silent for three intervals is closed.
     #[arg(long, env = "ROOMCAST_PING_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_secs: u64,
+
+    /// Seconds a client has, from opening its connection (or from its previous response), to send a whole request
+    /// head, a WebSocket upgrade included; then the connection is closed. Bounds slow-loris and half-open handshakes
+    /// (and idle HTTP keep-alive connections); an upgraded WebSocket is bound by --ping-secs instead.
+    #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout_secs: u64,
 }
 
 /// One-shot commands of the `roomcast` binary.
@@ -276,6 +282,11 @@ impl Config {
     /// Interval between keep-alive pings.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_secs)
+    }
+
+    /// How long a connection may take to send a request head.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
     }
 }
 

@@ -1,8 +1,9 @@
 //! A Roomcast backend replica as a library: `main.rs` parses the config and calls [`run`]; tests call it directly.
 //!
 //! Map: [`config`] (flags), [`hub`] (the room core: rules, membership, fan-out, presence — no transport),
-//! [`session`] (one WebSocket), [`http`] (routes), [`api`] (the HTTP API), [`auth`] (tokens), [`bus`] (Redis or
-//! in-memory relay and history), [`error`] (request errors and their frames), [`metrics`].
+//! [`session`] (one WebSocket), [`http`] (routes), [`serve`] (the HTTP server loop and its time limits), [`api`] (the
+//! HTTP API), [`auth`] (tokens), [`bus`] (Redis or in-memory relay and history), [`error`] (request errors and their
+//! frames), [`metrics`].
 
 pub mod api;
 pub mod archive;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod ratelimit;
+pub mod serve;
 pub mod session;
 
 use shared::{ServerMsg, frame};
@@ -86,9 +88,6 @@ pub enum StartError {
     /// The authentication settings cannot be used.
     #[error("{0}")]
     Auth(String),
-    /// Serving failed.
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Serves a replica on `listener` until `shutdown` is cancelled, then closes every WebSocket with 1001 and returns.
@@ -158,10 +157,8 @@ pub async fn run(
                 let _ = tokio::time::timeout(drain, tracker.wait()).await;
             }
         };
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(drained)
-            .await
-            .map_err(StartError::Serve)?;
+        let header_timeout = state.config.header_timeout();
+        serve::serve(listener, app(state), header_timeout, drained).await;
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!(

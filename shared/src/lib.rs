@@ -29,6 +29,9 @@ pub const WS_PATH: &str = "/ws";
 pub mod close_code {
     /// The server is shutting down; reconnect (to any replica) and resume.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket framing itself (RFC 6455): reserved bits set (a compressed frame, say, when no
+    /// extension was agreed), an unmasked frame, a bad opcode. Nothing of it was read.
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// The client violated the protocol in a way that cannot be answered with an error frame
     /// (for example an unsupported protocol version).
     pub const POLICY: u16 = 1008;

@@ -242,6 +242,33 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The room the request names, if any: what the server checks against the connection's grant (a token's
+    /// `rooms`) before the request's own rules run. Exhaustive on purpose: a new request type must say here
+    /// whether it names a room, or the crate does not compile.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Self::Join { room, .. }
+            | Self::Leave { room, .. }
+            | Self::Send { room, .. }
+            | Self::Edit { room, .. }
+            | Self::Delete { room, .. }
+            | Self::React { room, .. }
+            | Self::Mute { room, .. }
+            | Self::Kick { room, .. }
+            | Self::Ban { room, .. }
+            | Self::SlowMode { room, .. }
+            | Self::Retention { room, .. }
+            | Self::Receipts { room, .. }
+            | Self::Read { room, .. }
+            | Self::Typing { room }
+            | Self::History { room, .. } => Some(room),
+            Self::Search { room, .. } => room.as_deref(),
+            Self::Hello { .. } | Self::Ping { .. } => None,
+        }
+    }
+}
+
 /// The most messages one `history` request returns.
 pub const HISTORY_PAGE_MAX: usize = 200;
 /// A connection's `typing` is relayed at most this often per room.

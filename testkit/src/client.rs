@@ -239,6 +239,12 @@ impl Client {
         self.sink.send(msg).await.expect("send failed");
     }
 
+    /// [`Client::send_raw`], returning false instead of failing when the connection is gone (a test that sends until
+    /// the server closes).
+    pub async fn try_send_raw(&mut self, msg: Message) -> bool {
+        self.sink.send(msg).await.is_ok()
+    }
+
     /// Moves one server message into the inbox; false once the connection is closed.
     async fn pump(&mut self) -> bool {
         match self.pump_within(PATIENCE).await {

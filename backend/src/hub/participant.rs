@@ -253,6 +253,9 @@ impl Participant {
                 };
             }
         };
+        if let Err(error) = self.authorize(&request) {
+            return Reply::Refused { error, close: None };
+        }
         let result = match request {
             ClientMsg::Hello { version } if version == PROTOCOL_VERSION => return Reply::Silent,
             ClientMsg::Hello { version } => {
@@ -445,6 +448,25 @@ impl Participant {
         }
     }
 
+    /// Checks a request against the connection's grant before its own rules run: a request naming a room outside the
+    /// token's `rooms` is `forbidden`, whatever its type, so no request reaches a room the token does not allow (every
+    /// request type says which room it names, see `ClientMsg::room`). An invalid room name is left to the request's
+    /// own rules (`invalid_room`). Without a token, or a token without `rooms`, every room is allowed.
+    fn authorize(&self, request: &ClientMsg) -> Result<(), RequestError> {
+        let allowed = self.grant.as_ref().and_then(|g| g.rooms.as_ref());
+        match (allowed, request.room()) {
+            (Some(allowed), Some(room))
+                if validate::room_name(room).is_ok() && !allowed.contains(room) =>
+            {
+                Err(RequestError::new(
+                    ErrorCode::Forbidden,
+                    format!("your token does not allow the room {room}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The room core's shared state this participant acts in.
     pub fn hub(&self) -> &Hub {
         &self.hub
@@ -492,24 +514,17 @@ impl Participant {
                 ),
             ));
         }
-        if let Some(grant) = &self.grant {
-            if grant.nick != nick.as_str() {
-                return Err(RequestError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "your token is for the nick {:?}; join with that nick",
-                        grant.nick
-                    ),
-                ));
-            }
-            if let Some(allowed) = &grant.rooms
-                && !allowed.contains(room.as_str())
-            {
-                return Err(RequestError::new(
-                    ErrorCode::Forbidden,
-                    format!("your token does not allow the room {room}"),
-                ));
-            }
+        // The room was checked against the token's `rooms` as every request's is (`authorize`); the nick is join's.
+        if let Some(grant) = &self.grant
+            && grant.nick != nick.as_str()
+        {
+            return Err(RequestError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "your token is for the nick {:?}; join with that nick",
+                    grant.nick
+                ),
+            ));
         }
         let rejoin = self.rooms.contains_key(&room);
         let max_rooms = self.hub.config.max_rooms as usize;
@@ -818,16 +833,8 @@ impl Participant {
         }
         let allowed = self.grant.as_ref().and_then(|g| g.rooms.as_ref());
         let rooms = match room {
-            Some(room) => {
-                let room = RoomName::parse(&room)?;
-                if allowed.is_some_and(|allowed| !allowed.contains(room.as_str())) {
-                    return Err(RequestError::new(
-                        ErrorCode::Forbidden,
-                        format!("your token does not allow the room {room}"),
-                    ));
-                }
-                Some(vec![room])
-            }
+            // A room outside the token's `rooms` was refused before (`authorize`).
+            Some(room) => Some(vec![RoomName::parse(&room)?]),
             None => allowed.map(|allowed| {
                 allowed
                     .iter()

@@ -21,6 +21,7 @@ use shared::validate::MAX_FRAME_BYTES;
 use shared::{ErrorCode, PROTOCOL_VERSION, ServerMsg, close_code, frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -333,17 +334,26 @@ async fn refuse(socket: &mut Socket, err: RequestError, re: RequestRef) -> Resul
         .map_err(|Gone| End::PeerGone)
 }
 
-/// Why reading failed: a frame above the hard cap is answered like an oversize text frame (1009).
+/// Why reading failed: a frame or a fragmented message above the hard cap is answered like an oversize text frame
+/// (1009); broken framing (reserved bits set, as a compressed frame has them with no extension agreed; an unmasked
+/// frame; a bad opcode) with 1002, as RFC 6455 asks; a vanished peer with nothing.
 fn read_error(e: &WsError) -> End {
-    if let WsError::Capacity(e) = e {
-        warn!(error = %e, "oversize frame; closing with 1009");
-        End::Closed(
-            close_code::TOO_BIG,
-            format!("frame exceeds the {MAX_FRAME_BYTES} byte limit"),
-        )
-    } else {
-        debug!(error = %e, "read failed");
-        End::PeerGone
+    match e {
+        WsError::Capacity(e) => {
+            warn!(error = %e, "oversize frame; closing with 1009");
+            End::Closed(
+                close_code::TOO_BIG,
+                format!("frame exceeds the {MAX_FRAME_BYTES} byte limit"),
+            )
+        }
+        WsError::Protocol(e) if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) => {
+            debug!(error = %e, "WebSocket protocol error; closing with 1002");
+            End::Closed(close_code::PROTOCOL_ERROR, format!("protocol error: {e}"))
+        }
+        _ => {
+            debug!(error = %e, "read failed");
+            End::PeerGone
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod faults;
 mod ha;
 mod harness;
 mod ops;
+mod owasp;
 mod protocol;
 mod reads;
 mod redis_bus;
