@@ -18,4 +18,5 @@ mod protocol;
 mod reads;
 mod redis_bus;
 mod relay;
+mod revoke;
 mod stack;
