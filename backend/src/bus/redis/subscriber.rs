@@ -159,16 +159,15 @@ impl Subscriber {
         if let Err(e) = timed(feed.subscribe(&channels)).await {
             return Disconnect::Lost(e.to_string());
         }
-        // Subscribed: revocations made from now on arrive on the channel, those made before are in the list.
-        if let Err(e) = self.load_revocations().await {
-            return Disconnect::Lost(format!("loading the revoked sessions failed: {e}"));
-        }
         if !self.tracker.is_empty() {
             // Subscribed again: whatever was published meanwhile is in the streams.
             if let Err(e) = self.tracker.resync_all().await {
                 return Disconnect::Lost(format!("backfill after resubscribing failed: {e}"));
             }
         }
+        // Subscribed: revocations made from now on arrive on the channel, those made before are in the list. The
+        // rooms come first, and a failure here never drops the feed: the next health check loads it again.
+        self.try_load_revocations().await;
         self.up.store(true, Ordering::Relaxed);
         metrics::gauge!("roomcast_bus_up").set(1.0);
         if reconnect {
@@ -193,7 +192,8 @@ impl Subscriber {
                 event = feed.next() => match event {
                     FeedEvent::Message { channel, payload } => self.on_payload(&channel, &payload).await,
                     FeedEvent::Resubscribed(channel) if channel == self.keys.revoked_channel() => {
-                        self.load_revocations().await
+                        self.try_load_revocations().await;
+                        Ok(())
                     }
                     FeedEvent::Resubscribed(channel) => match self.keys.room_of_channel(&channel) {
                         Some(room) if self.tracker.is_positioned(&room) => {
@@ -221,10 +221,10 @@ impl Subscriber {
                 _ = ping.tick() => {
                     match timed(feed.ping()).await {
                         Err(e) => Err(unavailable(format!("ping failed: {e}"))),
-                        Ok(_) => match self.audit_revocations().await {
-                            Ok(()) => self.tracker.audit(PING_EVERY).await,
-                            Err(e) => Err(e),
-                        },
+                        Ok(_) => {
+                            self.audit_revocations().await;
+                            self.tracker.audit(PING_EVERY).await
+                        }
                     }
                 }
             };
@@ -334,13 +334,22 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Reloads the revocations if their counter moved since they were loaded (a relay lost, Redis restarted).
-    async fn audit_revocations(&mut self) -> Result<(), BusError> {
-        let seq = self.store.revocations_seq().await?;
-        if self.revoked_seq != Some(seq) {
-            self.load_revocations().await?;
+    /// [`Subscriber::load_revocations`], logging a failure and leaving the reload to the next health check.
+    async fn try_load_revocations(&mut self) {
+        if let Err(e) = self.load_revocations().await {
+            self.revoked_seq = None;
+            warn!(error = %e, "cannot load the revoked sessions now; retrying at the next health check");
         }
-        Ok(())
+    }
+
+    /// Reloads the revocations if their counter moved since they were loaded (a relay lost, Redis restarted), or
+    /// if the last load failed.
+    async fn audit_revocations(&mut self) {
+        match self.store.revocations_seq().await {
+            Ok(seq) if self.revoked_seq == Some(seq) => {}
+            Ok(_) => self.try_load_revocations().await,
+            Err(e) => debug!(error = %e, "cannot read the revocations' counter now"),
+        }
     }
 
     /// A revocation relayed by another replica (or this one): `<issued_before> <person>`.
