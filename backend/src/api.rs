@@ -2,8 +2,10 @@
 //! emitter plays, but through the same room rules as a WebSocket `send`: validation, a rate limit, ids, history
 //! and idempotency by `cid`.
 //!
-//! `POST /api/rooms/{room}/messages`, `GET /api/rooms/{room}/messages?since=&limit=` and
-//! `POST /api/rooms/{room}/moderation`, all with `Authorization: Bearer <key>` (the key holder moderates every room). With no key configured (`--api-keys`) the API is off and says so.
+//! `POST /api/rooms/{room}/messages`, `GET /api/rooms/{room}/messages?since=&limit=`,
+//! `POST /api/rooms/{room}/moderation` and `POST /api/sessions/revoke`, all with `Authorization: Bearer <key>` (the
+//! key holder moderates every room and revokes anyone's sessions). With no key configured (`--api-keys`) the API is
+//! off and says so.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/rooms/{room}/moderation", post(post_moderation))
         .route("/api/rooms/{room}/export", get(export))
         .route("/api/search", get(search))
+        .route("/api/sessions/revoke", post(post_revoke))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -90,6 +93,26 @@ pub struct PostModeration {
     pub by: Option<String>,
     /// Idempotency key: a retry with the same `cid` (and `by`) moderates once. Without it, each request is new.
     pub cid: Option<String>,
+}
+
+/// A revocation of a person's sessions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostRevoke {
+    /// The person: the tokens' `sub` (for tokens without one, their nick).
+    pub sub: String,
+    /// Tokens issued before this (`iat`, seconds since the Unix epoch) no longer count; default: now, so every
+    /// token issued so far.
+    pub issued_before: Option<u64>,
+}
+
+/// The answer to a revocation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The person.
+    pub sub: String,
+    /// The revocation in force: the later of the one asked for and an earlier one (a revocation never moves back).
+    pub issued_before: u64,
 }
 
 /// The answer to a moderation request.
@@ -386,6 +409,21 @@ async fn search(
         .auth
         .as_ref()
         .and_then(|verifier| verifier.check(uri.query(), &headers).ok());
+    let grant = match grant {
+        Some(grant) => Some(
+            crate::auth::not_revoked(grant, state.hub.revocations())
+                .await
+                .map_err(|e| {
+                    let code = if e.status() == StatusCode::UNAUTHORIZED {
+                        ApiCode::Unauthorized
+                    } else {
+                        ErrorCode::Unavailable.into()
+                    };
+                    ApiError::new(e.status(), code, e.to_string())
+                })?,
+        ),
+        None => None,
+    };
     let mut searcher = match grant {
         Some(grant) => {
             limit_rate(&state, &format!("person:{}", grant.person))?;
@@ -630,6 +668,44 @@ async fn post_moderation(
     Ok(Json(Moderated { id, duplicate }))
 }
 
+async fn post_revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PostRevoke>, JsonRejection>,
+) -> Result<Json<Revoked>, ApiError> {
+    let key = authorize(&state, &headers)?;
+    let Json(post) = body.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!(
+                "expected JSON {{\"sub\", \"issued_before\"?}}: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    limit_rate(&state, &key)?;
+    let issued_before = post
+        .issued_before
+        .unwrap_or_else(|| crate::bus::now_ms() / 1000);
+    let request = Request::Revoke {
+        person: post.sub.clone(),
+        issued_before,
+    };
+    let nick = Nick::parse("api").map_err(RequestError::from)?;
+    match Participant::publisher(state.hub.clone(), nick)
+        .handle(request)
+        .await
+    {
+        Reply::Revoked(issued_before) => Ok(Json(Revoked {
+            sub: post.sub,
+            issued_before,
+        })),
+        Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("a revocation is answered revoked or refused, not {other:?}"),
+    }
+}
+
 /// The protocol's request for a moderator's `action` (what the API's and the CLI's moderation send); `bad_request`
 /// when it names nobody and must. `amount` is seconds, or days for `retention`.
 pub fn moderation_request(
@@ -689,6 +765,35 @@ pub fn moderation_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The revocation request and answer documented in the protocol doc are what the endpoint reads and writes.
+    #[test]
+    fn the_documented_revocation_parses() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let section = doc
+            .split("`POST /api/sessions/revoke` with the same key")
+            .nth(1)
+            .expect("the protocol doc documents the revocation endpoint");
+        let bodies: Vec<&str> = section
+            .split("```http")
+            .skip(1)
+            .take(2)
+            .map(|block| {
+                let block = block.split("```").next().unwrap();
+                block.lines().rfind(|l| l.starts_with('{')).unwrap()
+            })
+            .collect();
+        let request: PostRevoke = serde_json::from_str(bodies[0]).unwrap();
+        assert_eq!(
+            (request.sub.as_str(), request.issued_before),
+            ("u-42", Some(1_732_190_000))
+        );
+        let answer: Revoked = serde_json::from_str(bodies[1]).unwrap();
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            bodies[1].replace(' ', "")
+        );
+    }
 
     #[test]
     fn codes_are_the_protocols_own_or_the_apis() {

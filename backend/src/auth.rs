@@ -5,13 +5,26 @@
 //! `token` query parameter (what a browser can send) or `Authorization: Bearer <token>`. The token's `nick` claim
 //! (else `sub`) is the only nick the connection may use, an optional `rooms` claim lists the rooms it may join, an
 //! optional `roles` claim (`{"room": "moderator"}`, `*` for every room) the rooms it moderates, and when `exp` passes (plus `--jwt-grace-secs`) the connection is closed with 4001.
+//!
+//! A person's sessions can be revoked (`POST /api/sessions/revoke`, `roomcast revoke`): their tokens issued before a
+//! time (the `iat` claim; a token without one counts as revoked) are refused with 401 from then on, and their
+//! connections are closed with 4003 (see `session`). Only the algorithm configured is accepted: `none`, and an HS
+//! token where a public key is configured (or the reverse), are refused.
 
-use axum::http::{HeaderMap, header};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::Config;
+use crate::bus::Revocations;
+use crate::bus::revocation::revokes;
 use crate::hub::Grant;
+
+/// How long a request with a token waits for a replica that has not loaded the revoked sessions yet (it just
+/// started, or has not reached Redis): without the list it cannot tell a revoked token.
+const REVOCATIONS_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -21,6 +34,7 @@ struct Claims {
     #[serde(default)]
     roles: std::collections::HashMap<String, String>,
     exp: u64,
+    iat: Option<u64>,
 }
 
 /// Why a WebSocket upgrade was refused (answered 401 with this text).
@@ -37,6 +51,45 @@ pub enum AuthError {
     /// The signature, algorithm or format is wrong.
     #[error("the token is not valid here: {0}")]
     Invalid(String),
+    /// The person's sessions were revoked after this token was issued.
+    #[error(
+        "this session was revoked (tokens of its sub issued before {before}, Unix seconds, no longer count): sign in again for a new token"
+    )]
+    Revoked {
+        /// Tokens issued before this no longer count.
+        before: u64,
+    },
+    /// The replica cannot tell yet whether the token was revoked.
+    #[error(
+        "this replica has not loaded the revoked sessions yet (is Redis reachable?): try again, or another replica"
+    )]
+    Unchecked,
+}
+
+impl AuthError {
+    /// The HTTP status that answers it: 401, or 503 when the replica cannot check revocations yet.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unchecked => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Refuses a verified token whose person's sessions were revoked after it was issued (see [`revokes`]); waits up to
+/// [`REVOCATIONS_WAIT`] for a replica that has not loaded the revocations yet.
+pub async fn not_revoked(grant: Grant, revocations: &Revocations) -> Result<Grant, AuthError> {
+    if !revocations.is_loaded()
+        && tokio::time::timeout(REVOCATIONS_WAIT, revocations.loaded())
+            .await
+            .is_err()
+    {
+        return Err(AuthError::Unchecked);
+    }
+    match revocations.before(&grant.person) {
+        Some(before) if revokes(before, grant.issued) => Err(AuthError::Revoked { before }),
+        _ => Ok(grant),
+    }
 }
 
 /// Checks tokens against the configured key.
@@ -111,6 +164,7 @@ impl Verifier {
             nick,
             rooms: claims.rooms.map(|r| r.into_iter().collect()),
             expires: claims.exp,
+            issued: claims.iat,
             moderates: claims
                 .roles
                 .into_iter()

@@ -221,6 +221,17 @@ pub enum Command {
         #[arg(long)]
         since: Option<shared::MsgId>,
     },
+    /// Revoke a person's sessions on every replica as `POST /api/sessions/revoke` does: their connections whose
+    /// tokens were issued before the time close with 4003, and those tokens are refused from then on. Prints the
+    /// revocation in force and exits: `roomcast --redis-url redis://host:6379 revoke --sub u-42`.
+    Revoke {
+        /// The person: the tokens' `sub` (for tokens without one, their nick).
+        #[arg(long)]
+        sub: String,
+        /// Tokens issued before this (`iat`, Unix seconds) no longer count; default: now.
+        #[arg(long)]
+        issued_before: Option<u64>,
+    },
     /// Moderate a room through Redis as the HTTP API's moderation endpoint does, print the moderation event's id and
     /// exit: `roomcast --redis-url redis://host:6379 moderate --room general --nick troll --secs 600 mute`.
     Moderate {

@@ -70,19 +70,25 @@ async fn ws(
     }
     let grant = match &state.auth {
         None => None,
-        Some(verifier) => match verifier.check(uri.query(), &headers) {
-            Ok(grant) => Some(Box::new(grant)),
-            Err(e) => {
-                warn!(error = %e, "WebSocket refused: token");
-                metrics::counter!("roomcast_auth_refused_total").increment(1);
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, "Bearer")],
-                    format!("{e}\n"),
-                )
-                    .into_response();
+        Some(verifier) => {
+            let checked = match verifier.check(uri.query(), &headers) {
+                Ok(grant) => crate::auth::not_revoked(grant, state.hub.revocations()).await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(grant) => Some(Box::new(grant)),
+                Err(e) => {
+                    warn!(error = %e, "WebSocket refused: token");
+                    metrics::counter!("roomcast_auth_refused_total").increment(1);
+                    return (
+                        e.status(),
+                        [(header::WWW_AUTHENTICATE, "Bearer")],
+                        format!("{e}\n"),
+                    )
+                        .into_response();
+                }
             }
-        },
+        }
     };
     let conn = state.next_conn();
     let tracker = state.tracker.clone();

@@ -341,6 +341,28 @@ pub async fn moderate_once(
     }
 }
 
+/// Revokes a person's sessions on every replica through the configured bus, as `POST /api/sessions/revoke` does:
+/// what `roomcast revoke` runs. `issued_before` defaults to now. Returns the revocation in force (seconds).
+pub async fn revoke_once(
+    config: &Config,
+    person: &str,
+    issued_before: Option<u64>,
+) -> Result<u64, PublishError> {
+    let (hub, shutdown, _events) = one_shot_hub(config).await?;
+    let request = hub::Request::Revoke {
+        person: person.to_owned(),
+        issued_before: issued_before.unwrap_or_else(|| bus::now_ms() / 1000),
+    };
+    let mut revoker = Participant::publisher(hub, shared::Nick::parse("cli")?);
+    let answer = match revoker.handle(request).await {
+        hub::Reply::Revoked(before) => Ok(before),
+        hub::Reply::Refused { error, .. } => Err(error.into()),
+        other => unreachable!("a revocation is answered revoked or refused, not {other:?}"),
+    };
+    shutdown.cancel();
+    answer
+}
+
 /// Writes a room's export as JSON Lines to `out`, page by page, through the same rules as the HTTP API's export: what
 /// `roomcast export` runs. Returns how many lines it wrote.
 pub async fn export_once(

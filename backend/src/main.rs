@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     if let Some(command) = config.command.clone() {
         if config.redis_url.is_none() {
             eprintln!(
-                "error: publish, moderate and export need --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
+                "error: publish, moderate, export and revoke need --redis-url (ROOMCAST_REDIS_URL): the Redis the replicas share"
             );
             return ExitCode::from(2);
         }
@@ -98,6 +98,9 @@ fn main() -> ExitCode {
                     cid,
                 ))
                 .map(|id| id.to_string()),
+            backend::config::Command::Revoke { sub, issued_before } => runtime
+                .block_on(backend::revoke_once(&config, &sub, issued_before))
+                .map(|before| format!("{sub}: tokens issued before {before} revoked")),
             backend::config::Command::Export { room, since } => {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 let done = runtime.block_on(backend::export_once(&config, &room, since, &mut out));

@@ -66,6 +66,13 @@ pub fn load_token() -> Option<String> {
     storage()?.get_item(TOKEN_KEY).ok().flatten()
 }
 
+/// Forgets the remembered sign-in token (its session was revoked: it will never work again).
+pub fn forget_token() {
+    if let Some(storage) = storage() {
+        let _ = storage.remove_item(TOKEN_KEY);
+    }
+}
+
 /// The rooms open on the last visit, so a reload brings them all back.
 pub fn load_rooms() -> Vec<RoomName> {
     storage()

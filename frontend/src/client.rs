@@ -666,9 +666,14 @@ fn join_msg(rejoin: Rejoin) -> ClientMsg {
     }
 }
 
-/// Classifies a close frame. Going away (1001), too slow (1013) and everything else retry; only a policy close
-/// (1008, e.g. an unsupported protocol version) stops, since trying again would meet the same refusal.
+/// Classifies a close frame. Going away (1001), too slow (1013) and everything else retry; a policy close (1008,
+/// e.g. an unsupported protocol version) stops, since trying again would meet the same refusal, and so does a
+/// revoked session (4003), whose token is forgotten: it will never work again, and the person must sign in anew.
 fn closed(code: u16, reason: String) -> End {
+    if code == close_code::SESSION_REVOKED {
+        browser::forget_token();
+        return End::Stop("your session was revoked: sign in again".into());
+    }
     if code == close_code::POLICY {
         End::Stop(if reason.is_empty() {
             "the server refused this client".into()

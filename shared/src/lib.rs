@@ -41,4 +41,7 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The connection's token expired (plus the server's grace period); get a fresh token and reconnect.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The person's sessions were revoked (`POST /api/sessions/revoke`): the token no longer counts. Do not
+    /// reconnect with it; sign in again for a new token.
+    pub const SESSION_REVOKED: u16 = 4003;
 }

@@ -405,6 +405,50 @@ impl Archive for Postgres {
         .boxed()
     }
 
+    fn revoke(&self, person: &str, before: u64) -> BoxFuture<'static, Result<(), ArchiveError>> {
+        let (this, person) = (self.clone(), person.to_owned());
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        async move {
+            timed("a revocation", async {
+                let client = this.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO revocations (person, issued_before) VALUES ($1, $2) \
+                         ON CONFLICT (person) DO UPDATE \
+                         SET issued_before = GREATEST(revocations.issued_before, EXCLUDED.issued_before)",
+                        &[&person, &before],
+                    )
+                    .await
+                    .map_err(|e| query_error(&e))?;
+                Ok(())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn revocations(&self) -> BoxFuture<'static, Result<Vec<(String, u64)>, ArchiveError>> {
+        let this = self.clone();
+        async move {
+            timed("a revocations read", async {
+                let client = this.client().await?;
+                let rows = client
+                    .query("SELECT person, issued_before FROM revocations", &[])
+                    .await
+                    .map_err(|e| query_error(&e))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        let before: i64 = row.get(1);
+                        (row.get(0), u64::try_from(before).unwrap_or_default())
+                    })
+                    .collect())
+            })
+            .await
+        }
+        .boxed()
+    }
+
     fn expire(
         &self,
         default_days: Option<f64>,

@@ -169,6 +169,13 @@ pub trait Archive: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<HistoryItem>, ArchiveError>>;
 
+    /// Records that `person`'s tokens issued before `before` (seconds) are revoked; an earlier revocation of theirs
+    /// only moves forward.
+    fn revoke(&self, person: &str, before: u64) -> BoxFuture<'static, Result<(), ArchiveError>>;
+
+    /// Every revocation: person → their tokens issued before this no longer count.
+    fn revocations(&self) -> BoxFuture<'static, Result<Vec<(String, u64)>, ArchiveError>>;
+
     /// The retention job, when it is due (`every_secs` since its last run, on any replica) and this replica gets
     /// it: deletes every event older than its room's retention (the room's own, else `default_days`; `None`: keep
     /// forever) as of `now` (ms). Empty when the job was not due or ran elsewhere.

@@ -13,8 +13,8 @@ use super::roster::Roster;
 use super::rules::{Moderation, Outcome, Rules};
 use super::{
     Body, Bus, BusError, BusEvent, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState,
-    Notice, Page, Published, ReadMove, Reads, Record, RosterChange, RosterOp, RosterTiming,
-    Subscribed, new_epoch, now_ms,
+    Notice, Page, Published, ReadMove, Reads, Record, Revocations, RosterChange, RosterOp,
+    RosterTiming, Subscribed, new_epoch, now_ms,
 };
 
 /// A bus that lives inside one replica. Ids follow the Redis Stream rule (`<ms>-<seq>`, strictly increasing) so
@@ -27,6 +27,9 @@ pub struct MemoryBus {
     history_limit: usize,
     dedupe_window: Duration,
     epoch: Arc<str>,
+    /// Revoked sessions: this replica is the only one, so the list is complete from the start (and, like the
+    /// history, lost when the replica stops).
+    revocations: Revocations,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +82,11 @@ impl MemoryBus {
             history_limit,
             dedupe_window,
             epoch: new_epoch().into(),
+            revocations: {
+                let list = Revocations::default();
+                list.set_loaded();
+                list
+            },
         }
     }
 
@@ -448,6 +456,20 @@ impl Bus for MemoryBus {
         found.sort_by_key(|item| std::cmp::Reverse(item.record.id));
         found.truncate(limit);
         async move { Ok(found) }.boxed()
+    }
+
+    fn revoke(
+        &self,
+        person: &str,
+        issued_before: u64,
+    ) -> BoxFuture<'static, Result<u64, BusError>> {
+        self.revocations.learn(person, issued_before);
+        let now = self.revocations.before(person).unwrap_or(issued_before);
+        async move { Ok(now) }.boxed()
+    }
+
+    fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     fn subscribe(&self, room: &RoomName) -> Subscribed {

@@ -13,11 +13,13 @@ pub mod body;
 pub mod memory;
 mod record;
 pub mod redis;
+pub mod revocation;
 mod roster;
 mod rules;
 
 pub use body::{Body, Notice, PresenceNotice, ReadNotice, TypingNotice};
 pub use record::{HistoryItem, MsgState, Record};
+pub use revocation::Revocations;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -349,6 +351,16 @@ pub trait Bus: Send + Sync + 'static {
         room: &RoomName,
         query: HistoryQuery,
     ) -> BoxFuture<'static, Result<History, BusError>>;
+
+    /// Revokes `person`'s sessions whose tokens were issued before `issued_before` (seconds since the Unix epoch),
+    /// on every replica: stored where every replica, present or future, reads it, and relayed to the replicas
+    /// running now, which close those connections. Returns the revocation now in force for the person: the later of
+    /// this one and any earlier one (a revocation never moves back).
+    fn revoke(&self, person: &str, issued_before: u64)
+    -> BoxFuture<'static, Result<u64, BusError>>;
+
+    /// The revocations this replica knows, kept current by the bus.
+    fn revocations(&self) -> &Revocations;
 
     /// Starts delivering the room's events to this replica (idempotent).
     fn subscribe(&self, room: &RoomName) -> Subscribed;

@@ -107,6 +107,12 @@ impl Hub {
             config,
         }))
     }
+
+    /// The revoked sessions this replica knows (kept current by the bus): what an upgrade and a token's API request
+    /// are checked against, and what a token's connection watches.
+    pub fn revocations(&self) -> &crate::bus::Revocations {
+        self.bus.revocations()
+    }
 }
 
 /// What a verified sign-in token grants one connection: the room rules refuse other nicks and rooms, and the
@@ -121,6 +127,9 @@ pub struct Grant {
     pub rooms: Option<HashSet<String>>,
     /// When the token expires (seconds since the Unix epoch).
     pub expires: u64,
+    /// When the token was issued (its `iat`, seconds since the Unix epoch), if it says: a revocation of the person
+    /// closes the connection unless the token is newer (without `iat`, it cannot be).
+    pub issued: Option<u64>,
     /// The rooms it moderates (`*`: every room).
     pub moderates: HashSet<String>,
 }

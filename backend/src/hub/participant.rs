@@ -57,6 +57,14 @@ pub enum Request {
         /// About this many per page.
         limit: usize,
     },
+    /// A publisher (the API key's holder, the CLI) revokes a person's sessions on every replica: their connections
+    /// whose tokens were issued before `issued_before` close, and those tokens are refused from then on.
+    Revoke {
+        /// The person: the tokens' `sub`.
+        person: String,
+        /// Seconds since the Unix epoch.
+        issued_before: u64,
+    },
 }
 
 impl From<ClientMsg> for Request {
@@ -93,6 +101,9 @@ pub enum Reply<'a> {
     /// A page of an export: frames (`message` in its current state, `moderation`), and where the next page starts
     /// (`None`: this was the last).
     Export(Vec<ServerMsg>, Option<MsgId>),
+    /// The person's sessions are revoked: tokens issued before this time (seconds) no longer count (the later of
+    /// the one asked for and an earlier revocation).
+    Revoked(u64),
     /// The request is refused; with `close`, the connection must close after saying why.
     Refused {
         /// Why, for the client.
@@ -114,6 +125,7 @@ impl std::fmt::Debug for Reply<'_> {
                 .field(&lines.len())
                 .field(next)
                 .finish(),
+            Self::Revoked(before) => f.debug_tuple("Revoked").field(before).finish(),
             Self::Refused { error, close } => f
                 .debug_struct("Refused")
                 .field("error", error)
@@ -249,6 +261,15 @@ impl Participant {
             Request::Export { room, after, limit } => {
                 return match self.export(&room, after, limit).await {
                     Ok((lines, next)) => Reply::Export(lines, next),
+                    Err(error) => Reply::Refused { error, close: None },
+                };
+            }
+            Request::Revoke {
+                person,
+                issued_before,
+            } => {
+                return match self.revoke(&person, issued_before).await {
+                    Ok(before) => Reply::Revoked(before),
                     Err(error) => Reply::Refused { error, close: None },
                 };
             }
@@ -1194,6 +1215,32 @@ impl Participant {
             duplicate: published.duplicate,
             req,
         }))
+    }
+
+    /// Revokes a person's sessions on every replica (a publisher without a person's token only: the API key's holder,
+    /// the CLI). Returns the revocation in force.
+    async fn revoke(&mut self, person: &str, issued_before: u64) -> Result<u64, RequestError> {
+        if !matches!(self.role, Role::Publisher(_)) || self.grant.is_some() {
+            return Err(RequestError::new(
+                ErrorCode::Forbidden,
+                "only the API key's holder revokes sessions",
+            ));
+        }
+        if person.is_empty()
+            || person.len() > crate::bus::revocation::PERSON_MAX_BYTES
+            || person.chars().any(char::is_control)
+        {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "sub must be a token's subject: 1 to {} bytes, no control characters",
+                    crate::bus::revocation::PERSON_MAX_BYTES
+                ),
+            ));
+        }
+        let before = self.hub.bus.revoke(person, issued_before).await?;
+        info!(person, issued_before = before, "sessions revoked");
+        Ok(before)
     }
 
     /// A page of a publisher's export of a room: its messages in their current state and its moderation events after

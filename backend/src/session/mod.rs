@@ -147,12 +147,41 @@ struct Session {
     outlet: Arc<Outlet>,
 }
 
-/// Resolves when the connection's token has expired (plus grace); never without a token.
-async fn token_expiry(expired: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match expired {
-        Some(sleep) => sleep.await,
+/// How a token's connection ends by itself: when the token expires, or when it is revoked.
+type TokenEnd = std::pin::Pin<Box<dyn Future<Output = End> + Send>>;
+
+/// Resolves when the connection's token has expired (plus grace) or was revoked; never without a token.
+async fn token_end(end: &mut Option<TokenEnd>) -> End {
+    match end {
+        Some(end) => end.await,
         None => std::future::pending().await,
     }
+}
+
+/// The end of a connection whose token is `grant`: at `expires`, or when a revocation of the person reaches this
+/// replica (at once if one had, between the upgrade and now).
+fn token_ends(hub: &Hub, grant: &Grant, expires: Instant) -> TokenEnd {
+    let watch = hub.revocations().watch(&grant.person, grant.issued);
+    Box::pin(async move {
+        let watch = match watch {
+            Ok(watch) => watch,
+            Err(_) => return revoked(),
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(expires) => End::Closed(
+                close_code::TOKEN_EXPIRED,
+                "token expired: reconnect with a fresh token".into(),
+            ),
+            () = watch.revoked() => revoked(),
+        }
+    })
+}
+
+fn revoked() -> End {
+    End::Closed(
+        close_code::SESSION_REVOKED,
+        "session revoked: sign in again for a new token".into(),
+    )
 }
 
 impl Session {
@@ -199,13 +228,14 @@ impl Session {
         let ping_every = hub.config.ping_interval();
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
-        // A token's connection ends when the token does (plus the grace period); without one, never.
-        let expires = self
-            .participant
-            .grant()
-            .map(|g| Instant::now() + g.remaining(Duration::from_secs(hub.config.jwt_grace_secs)));
-        // Boxed, and only with a token: a timer inline would enlarge every connection's task, tokens or not.
-        let mut expired = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        // A token's connection ends when the token does (plus the grace period), or when it is revoked; without
+        // one, never. Boxed, and only with a token: a timer inline would enlarge every connection's task, tokens or
+        // not.
+        let mut ends = self.participant.grant().map(|g| {
+            let expires =
+                Instant::now() + g.remaining(Duration::from_secs(hub.config.jwt_grace_secs));
+            token_ends(&hub, g, expires)
+        });
 
         drop(hub);
         loop {
@@ -213,20 +243,18 @@ impl Session {
                 biased;
                 () = &mut shutdown => Err(shutting_down()),
                 () = &mut too_slow => Err(too_slow_end()),
-                () = token_expiry(&mut expired) => Err(End::Closed(
-                    close_code::TOKEN_EXPIRED,
-                    "token expired: reconnect with a fresh token".into(),
-                )),
+                end = token_end(&mut ends) => Err(end),
                 // Drain what is queued before reading more requests: a client that pipelines sends keeps its
                 // own queue short, and one that stops reading stops being read (TCP backpressure).
                 Some(out) = self.queued.recv() => {
-                    // A stalled peer blocks these writes; the kick or shutdown must still get through.
+                    // A stalled peer blocks these writes; the kick, revocation or shutdown must still get through.
                     tokio::select! {
                         r = writer::write_batch(socket, &mut self.queued, &self.outlet, &mut self.participant, out) => {
                             r.map_err(|Gone| End::PeerGone)
                         }
                         () = &mut too_slow => Err(too_slow_end()),
                         () = &mut shutdown => Err(shutting_down()),
+                        end = token_end(&mut ends) => Err(end),
                     }
                 }
                 frame = socket.next() => match frame {
@@ -313,7 +341,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Reply::Messages(_) | Reply::Export(..) => {
+            Reply::Messages(_) | Reply::Export(..) | Reply::Revoked(_) => {
                 unreachable!("a connection's requests are the protocol's")
             }
             Reply::Refused { error, close } => {

@@ -220,3 +220,244 @@ async fn an_ec_public_key_verifies_es256_tokens() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `base64url` without padding, as JWTs spell their parts.
+fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// An unsigned token (`alg: none`) with these claims.
+fn unsigned(claims: &serde_json::Value) -> String {
+    format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    )
+}
+
+/// Runs openssl with `args` in `dir`, quietly unless it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn base64url_is_the_rfcs() {
+    // RFC 4648, section 10, without padding and with the URL alphabet.
+    for (raw, encoded) in [
+        ("", ""),
+        ("f", "Zg"),
+        ("fo", "Zm8"),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg"),
+    ] {
+        assert_eq!(b64url(raw.as_bytes()), encoded);
+    }
+    assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
+}
+
+/// OWASP's JWT algorithm confusion: a replica accepts only the algorithm its key is for. `alg: none` is refused
+/// everywhere; with an RSA public key, an HS256 token signed with that key's PEM bytes is refused; with an HS secret,
+/// RS256 and ES256 tokens are refused.
+#[tokio::test]
+async fn algorithm_confusion_is_refused() {
+    let dir = std::env::temp_dir().join(format!("roomcast-jwt-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl(
+        &dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa-pub.pem"],
+    );
+    openssl(
+        &dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "ec.pem",
+            "-out",
+            "ec-pk8.pem",
+        ],
+    );
+    let claims = json!({"sub": "u-eve", "nick": "eve", "exp": now() + 600, "iat": now()});
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let rs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&read("rsa.pem")).unwrap(),
+    )
+    .unwrap();
+    let es256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&read("ec-pk8.pem")).unwrap(),
+    )
+    .unwrap();
+    let public_pem = String::from_utf8(read("rsa-pub.pem")).unwrap();
+    let none = unsigned(&claims);
+
+    // With the RSA public key: RS256 works; none and an HS256 token keyed with the public PEM are refused.
+    let mut c = config(None);
+    c.jwt_public_key = Some(dir.join("rsa-pub.pem"));
+    let rsa = Replica::start_with(c).await;
+    connect(&format!("{}?token={rs256}", rsa.ws_url()))
+        .await
+        .join("general", "eve", None)
+        .await;
+    for forged in [token(&claims, &public_pem), none.clone(), es256.clone()] {
+        let (status, body) = refused(&format!("{}?token={forged}", rsa.ws_url())).await;
+        assert_eq!(status, 401, "{forged}: {body}");
+        assert!(body.contains("not valid"), "{body}");
+    }
+
+    // With an HS secret: HS256 works; none, RS256 and ES256 are refused.
+    let hs = replica(30).await;
+    connect(&format!("{}?token={}", hs.ws_url(), token(&claims, SECRET)))
+        .await
+        .join("general", "eve", None)
+        .await;
+    for forged in [none, rs256, es256] {
+        let (status, body) = refused(&format!("{}?token={forged}", hs.ws_url())).await;
+        assert_eq!(status, 401, "{forged}: {body}");
+        assert!(body.contains("not valid"), "{body}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// OWASP: tokens are never written to logs. A replica logging at `trace` (stdout and stderr captured) is connected to
+/// with tokens in the query and in `Authorization: Bearer`, refused a forged, an expired and a revoked one, and
+/// searched through the API with one; no token, nor any token's signature, appears in what it wrote.
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    const KEY: &str = "logs-key-0123456789abcdef";
+    let dir = std::env::temp_dir().join(format!("roomcast-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = testkit::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["--port", &port.to_string(), "--node-id", "logs"])
+        .args(["--static-dir", "/nonexistent-roomcast-static"])
+        .args(["--jwt-secret", SECRET, "--api-keys", KEY])
+        .env_remove("ROOMCAST_REDIS_URL")
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .expect("start roomcast");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    crate::harness::eventually("the replica answers /healthz", || async {
+        let up = tokio::net::TcpStream::connect(addr).await.is_ok()
+            && crate::harness::http_get(addr, "/healthz").await.0 == 200;
+        up.then_some(())
+    })
+    .await;
+    let base = format!("ws://{addr}{}", shared::WS_PATH);
+    let claims = |sub: &str| json!({"sub": sub, "nick": sub, "exp": now() + 600, "iat": now() - 5});
+    let in_query = token(&claims("alice"), SECRET);
+    let in_header = token(&claims("bob"), SECRET);
+    let forged = token(&claims("mallory"), "another-secret-that-is-32-bytes-long");
+    let expired = token(
+        &json!({"sub": "carol", "nick": "carol", "exp": now() - 100}),
+        SECRET,
+    );
+
+    let mut alice = connect(&format!("{base}?token={in_query}")).await;
+    alice.join("general", "alice", None).await;
+    alice.say("general", "hello").await;
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(base.as_str()).unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {in_header}").parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("bearer accepted");
+    let mut bob = Client::welcomed(ws).await;
+    bob.join("general", "bob", None).await;
+    for bad in [&forged, &expired] {
+        assert_eq!(refused(&format!("{base}?token={bad}")).await.0, 401);
+    }
+    let bearer = format!("Bearer {in_query}");
+    let (status, _, _) = testkit::http_request(
+        addr,
+        "GET",
+        &format!("/api/search?q=hello&token={in_query}"),
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert!(status < 500, "search answered {status}");
+    let key = format!("Bearer {KEY}");
+    let (status, _, body) = testkit::http_request(
+        addr,
+        "POST",
+        "/api/sessions/revoke",
+        &[("Authorization", &key)],
+        Some(r#"{"sub": "bob"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(bob.close_code().await, Some(close_code::SESSION_REVOKED));
+    assert_eq!(refused(&format!("{base}?token={in_header}")).await.0, 401);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let logs = std::fs::read_to_string(dir.join("stdout")).unwrap()
+        + &std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(
+        logs.contains("WebSocket refused") && logs.contains("sessions revoked"),
+        "the replica logged what it did: {logs}"
+    );
+    for secret in [&in_query, &in_header, &forged, &expired] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(
+            !logs.contains(secret.as_str()) && !logs.contains(signature),
+            "a token reached the logs"
+        );
+    }
+    eprintln!("{} bytes of trace logs, no token in them", logs.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,4 +19,5 @@ mod protocol;
 mod reads;
 mod redis_bus;
 mod relay;
+mod revoke;
 mod stack;

@@ -6,6 +6,15 @@ use shared::ErrorCode;
 use crate::harness::{Redis, Replica, config, eventually, free_port, http_get};
 
 const CHANNEL: &str = "roomcast:{subs}:live";
+/// The revocations' channel, which every replica subscribes to for its whole life.
+const REVOCATIONS: &str = "roomcast:{_sessions}:live";
+
+/// The rooms' channels subscribed now, sorted.
+async fn room_channels(redis: &Redis) -> Vec<String> {
+    let mut channels = redis.channels().await;
+    channels.retain(|c| c != REVOCATIONS);
+    channels
+}
 
 async fn subscribers(redis: &Redis, channel: &str) -> i64 {
     let mut conn = redis.conn().await;
@@ -23,12 +32,16 @@ async fn subscriptions_follow_local_membership() {
     let redis = Redis::start().await;
     let r0 = Replica::start(Some(&redis.url())).await;
     let r1 = Replica::start(Some(&redis.url())).await;
-    assert!(redis.channels().await.is_empty());
+    assert!(room_channels(&redis).await.is_empty());
+    eventually("both replicas follow the revocations", || async {
+        (subscribers(&redis, REVOCATIONS).await == 2).then_some(())
+    })
+    .await;
 
     let mut a = r0.client().await;
     a.join("subs", "a", None).await;
     // join answers only once the subscription is live, so no waiting is needed here.
-    assert_eq!(redis.channels().await, [CHANNEL]);
+    assert_eq!(room_channels(&redis).await, [CHANNEL]);
     assert_eq!(subscribers(&redis, CHANNEL).await, 1);
 
     let mut b = r0.client().await;
@@ -59,7 +72,7 @@ async fn subscriptions_follow_local_membership() {
     assert_eq!(b.message_in("subs").await.text, "still subscribed");
     drop(b);
     eventually("no channel is left once nobody is in the room", || async {
-        redis.channels().await.is_empty().then_some(())
+        room_channels(&redis).await.is_empty().then_some(())
     })
     .await;
 }

@@ -73,6 +73,23 @@ impl Keys {
         format!("{}:rooms", self.prefix)
     }
 
+    /// Revoked sessions: person (a token's `sub`) → their tokens issued before this (seconds) are revoked. One hash
+    /// for the deployment, under the `{_sessions}` hash tag (no room name starts with `_`), so it, its counter and
+    /// its channel share one Cluster slot and `revoke.lua` may touch them together.
+    pub fn revoked(&self) -> String {
+        format!("{}:{{_sessions}}:revoked", self.prefix)
+    }
+
+    /// Counts the changes to [`Keys::revoked`]: a replica that sees it move reloads the list.
+    pub fn revoked_seq(&self) -> String {
+        format!("{}:{{_sessions}}:revoked:seq", self.prefix)
+    }
+
+    /// Where revocations are relayed to the replicas: `<issued_before> <person>`.
+    pub fn revoked_channel(&self) -> String {
+        format!("{}:{{_sessions}}:live", self.prefix)
+    }
+
     /// The room's live relay channel.
     pub fn channel(&self, room: &RoomName) -> String {
         format!("{}:{{{room}}}:live", self.prefix)
@@ -105,5 +122,8 @@ mod tests {
         assert_eq!(keys.room_of_channel("rc:{general}:live"), Some(room));
         assert_eq!(keys.room_of_channel("other:{general}:live"), None);
         assert_eq!(keys.room_of_channel("rc:{Bad Room}:live"), None);
+        // The revocations' channel is no room's.
+        assert_eq!(keys.room_of_channel(&keys.revoked_channel()), None);
+        assert_eq!(keys.revoked(), "rc:{_sessions}:revoked");
     }
 }

@@ -27,11 +27,12 @@ use futures_util::future::{BoxFuture, FutureExt};
 use shared::{ErrorCode, MsgId, Nick, RoomName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, warn};
 
 use super::{
     Body, Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
-    Page, Published, ReadMove, Reads, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
+    Page, Published, ReadMove, Reads, Revocations, RosterChange, RosterOp, RosterTiming,
+    Subscribed, new_epoch,
 };
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
@@ -64,6 +65,8 @@ const EXPIRE_SCRIPT: &str = include_str!("expire.lua");
 const READ_SCRIPT: &str = include_str!("read.lua");
 /// A read position and the most recent readers'.
 const READS_SCRIPT: &str = include_str!("reads.lua");
+/// Records a revocation (never moving one back) and relays it.
+const REVOKE_SCRIPT: &str = include_str!("revoke.lua");
 
 pub use archiving::{ArchiveOptions, ArchiveStatus};
 
@@ -83,6 +86,7 @@ pub(crate) struct Store {
     expire: Arc<redis::Script>,
     mark_read: Arc<redis::Script>,
     read_positions: Arc<redis::Script>,
+    revoke: Arc<redis::Script>,
     /// `--history-limit`: the hot window a rebuilt room gets, and the archiver's trim.
     history_limit: usize,
     /// `--dedupe-secs`: how recent an archived event's idempotency key a rebuild restores.
@@ -161,6 +165,47 @@ impl Store {
             futures_util::future::try_join_all(calls).await
         })
         .await
+    }
+}
+
+impl Store {
+    /// `revoke.lua`: records that `person`'s tokens issued before `before` are revoked and, with `relay`, tells
+    /// every replica on the revocations' channel. Returns the revocation in force for the person.
+    async fn revoke(&self, person: &str, before: u64, relay: bool) -> Result<u64, BusError> {
+        let ks = [self.keys.revoked(), self.keys.revoked_seq()];
+        let channel = self.keys.revoked_channel();
+        let (script, person) = (self.revoke.clone(), person.to_owned());
+        let now: String = self
+            .run(|mut conn| async move {
+                let publish = if relay { conn.publish_command() } else { "" };
+                let mut invocation = script.key(&ks[..]);
+                invocation.arg(person).arg(before).arg(publish).arg(channel);
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        now.parse().map_err(protocol)
+    }
+
+    /// The revocations' change counter (0 when Redis has none).
+    async fn revocations_seq(&self) -> Result<u64, BusError> {
+        let key = self.keys.revoked_seq();
+        let seq: Option<u64> = self
+            .run(|mut conn| async move { redis::cmd("GET").arg(key).query_async(&mut conn).await })
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Every revocation Redis holds, with the change counter read just before (so a change made meanwhile shows
+    /// as a counter that moved, and is read again).
+    async fn revocations(&self) -> Result<(u64, HashMap<String, u64>), BusError> {
+        let seq = self.revocations_seq().await?;
+        let key = self.keys.revoked();
+        let list: HashMap<String, u64> =
+            self.run(|mut conn| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        Ok((seq, list))
     }
 }
 
@@ -254,6 +299,8 @@ pub struct RedisBus {
     reads: Arc<Mutex<HashMap<String, (u64, SharedRead)>>>,
     /// Roster changes about to run, per room: those made together run as one script.
     rosters: Arc<Mutex<RosterQueue>>,
+    /// Revoked sessions, kept current by the subscriber.
+    revocations: Revocations,
 }
 
 /// The most roster changes one script run carries.
@@ -396,6 +443,7 @@ impl RedisBus {
             expire: Arc::new(redis::Script::new(EXPIRE_SCRIPT)),
             mark_read: Arc::new(redis::Script::new(READ_SCRIPT)),
             read_positions: Arc::new(redis::Script::new(READS_SCRIPT)),
+            revoke: Arc::new(redis::Script::new(REVOKE_SCRIPT)),
             history_limit: options.history_limit,
             dedupe_secs: options.dedupe_window.as_secs().max(1),
             archiving,
@@ -409,6 +457,7 @@ impl RedisBus {
         let (commands, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
         let instance: Arc<str> = format!("{}#{}", options.node, new_epoch()).into();
+        let revocations = Revocations::default();
         let subscriber = Subscriber::new(
             topology,
             options.node,
@@ -416,6 +465,7 @@ impl RedisBus {
             events,
             rx,
             up.clone(),
+            revocations.clone(),
         );
         tokio::spawn(subscriber.run(shutdown).in_current_span());
         Ok(Self {
@@ -430,6 +480,7 @@ impl RedisBus {
             instance,
             reads: Arc::default(),
             rosters: Arc::default(),
+            revocations,
         })
     }
 }
@@ -990,6 +1041,38 @@ impl Bus for RedisBus {
 
     fn archive_status(&self) -> Option<Arc<ArchiveStatus>> {
         self.store.archiving.as_ref().map(|a| a.status.clone())
+    }
+
+    fn revoke(
+        &self,
+        person: &str,
+        issued_before: u64,
+    ) -> BoxFuture<'static, Result<u64, BusError>> {
+        let (store, revocations, person) = (
+            self.store.clone(),
+            self.revocations.clone(),
+            person.to_owned(),
+        );
+        async move {
+            // Redis first: that is what the replicas read, so the revocation takes effect at once. The archive, the
+            // record a Redis that lost its keys is refilled from, follows; if it cannot be written now, the
+            // subscribers' next load of the list (the counter moved) writes it there.
+            let now = store.revoke(&person, issued_before, true).await?;
+            // This replica's connections need not wait for the relay.
+            revocations.learn(&person, now);
+            if let Some(archiving) = &store.archiving
+                && let Err(e) = archiving.options.archive.revoke(&person, now).await
+            {
+                archiving.status_failed(&e);
+                warn!(error = %e, "revocation not archived yet; it will be on the next load");
+            }
+            Ok(now)
+        }
+        .boxed()
+    }
+
+    fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     fn subscribe(&self, room: &RoomName) -> Subscribed {

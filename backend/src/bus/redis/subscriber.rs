@@ -6,9 +6,16 @@
 //! backfill. Rooms that were quiet for a while are audited the same way on every health ping, so even a lost last
 //! message is found.
 //!
+//! It also keeps this replica's list of revoked sessions current: the revocations' channel is subscribed with the
+//! rooms' on every connection, the whole list is loaded once the subscription is live (what a replica that started
+//! later, or was cut off, missed), and reloaded whenever the counter Redis keeps of its changes moved (checked on
+//! every health ping: a relayed revocation that Pub/Sub lost is found within one). What this replica knows and
+//! Redis does not, after Redis restarted empty, is written back.
+//!
 //! The reconnect loop is ours rather than redis-rs's automatic resubscription because backfill must run at the
 //! moment the subscription is live again, before live traffic for the room is relayed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,7 +31,7 @@ use super::link::Link;
 use super::topology::Topology;
 use super::tracker::Tracker;
 use super::{BACKOFF_MAX, BACKOFF_MIN, Keys, REQUEST_TIMEOUT, Store, timed, unavailable};
-use crate::bus::{BusError, EventSink};
+use crate::bus::{BusError, EventSink, Revocations};
 
 /// Health check interval on the Pub/Sub connection, which otherwise only notices a clean close; also how often quiet
 /// rooms are audited against their streams.
@@ -48,6 +55,12 @@ pub(super) struct Subscriber {
     /// relayed last.
     tracker: Tracker<Store>,
     up: Arc<AtomicBool>,
+    /// The store, for the revocations.
+    store: Store,
+    /// Revoked sessions, as this replica knows them.
+    revocations: Revocations,
+    /// The revocations' change counter when the list was last loaded.
+    revoked_seq: Option<u64>,
 }
 
 enum Disconnect {
@@ -63,15 +76,19 @@ impl Subscriber {
         events: EventSink,
         commands: mpsc::UnboundedReceiver<Command>,
         up: Arc<AtomicBool>,
+        revocations: Revocations,
     ) -> Self {
         Self {
             topology,
             node,
             link: store.link.clone(),
             keys: store.keys.clone(),
-            tracker: Tracker::new(store, events),
+            tracker: Tracker::new(store.clone(), events),
             commands,
             up,
+            store,
+            revocations,
+            revoked_seq: None,
         }
     }
 
@@ -136,17 +153,21 @@ impl Subscriber {
         shutdown: &CancellationToken,
         reconnect: bool,
     ) -> Disconnect {
+        let channels: Vec<String> = std::iter::once(self.keys.revoked_channel())
+            .chain(self.tracker.rooms().map(|r| self.keys.channel(r)))
+            .collect();
+        if let Err(e) = timed(feed.subscribe(&channels)).await {
+            return Disconnect::Lost(e.to_string());
+        }
         if !self.tracker.is_empty() {
-            let channels: Vec<String> =
-                self.tracker.rooms().map(|r| self.keys.channel(r)).collect();
-            if let Err(e) = timed(feed.subscribe(&channels)).await {
-                return Disconnect::Lost(e.to_string());
-            }
             // Subscribed again: whatever was published meanwhile is in the streams.
             if let Err(e) = self.tracker.resync_all().await {
                 return Disconnect::Lost(format!("backfill after resubscribing failed: {e}"));
             }
         }
+        // Subscribed: revocations made from now on arrive on the channel, those made before are in the list. The
+        // rooms come first, and a failure here never drops the feed: the next health check loads it again.
+        self.try_load_revocations().await;
         self.up.store(true, Ordering::Relaxed);
         metrics::gauge!("roomcast_bus_up").set(1.0);
         if reconnect {
@@ -170,6 +191,10 @@ impl Subscriber {
                 () = shutdown.cancelled() => return Disconnect::Shutdown,
                 event = feed.next() => match event {
                     FeedEvent::Message { channel, payload } => self.on_payload(&channel, &payload).await,
+                    FeedEvent::Resubscribed(channel) if channel == self.keys.revoked_channel() => {
+                        self.try_load_revocations().await;
+                        Ok(())
+                    }
                     FeedEvent::Resubscribed(channel) => match self.keys.room_of_channel(&channel) {
                         Some(room) if self.tracker.is_positioned(&room) => {
                             self.tracker.resync(std::slice::from_ref(&room)).await
@@ -196,7 +221,10 @@ impl Subscriber {
                 _ = ping.tick() => {
                     match timed(feed.ping()).await {
                         Err(e) => Err(unavailable(format!("ping failed: {e}"))),
-                        Ok(_) => self.tracker.audit(PING_EVERY).await,
+                        Ok(_) => {
+                            self.audit_revocations().await;
+                            self.tracker.audit(PING_EVERY).await
+                        }
                     }
                 }
             };
@@ -242,7 +270,107 @@ impl Subscriber {
         }
     }
 
+    /// Loads every revocation Redis holds (and, with an archive, every one it holds), and writes back what either
+    /// store lacks of what this replica knows: a Redis restarted empty gets the list back from the archive, or
+    /// from any replica that knew it, and a revocation the archive missed while it was down reaches it.
+    async fn load_revocations(&mut self) -> Result<(), BusError> {
+        let (seq, list) = self.store.revocations().await?;
+        let mut closed = self.revocations.learn_all(
+            list.iter()
+                .map(|(person, before)| (person.clone(), *before)),
+        );
+        let archive = self
+            .store
+            .archiving
+            .as_ref()
+            .map(|a| (a.clone(), a.options.archive.clone()));
+        let mut archived = None;
+        if let Some((archiving, archive)) = &archive {
+            match archive.revocations().await {
+                Ok(rows) => {
+                    closed += self.revocations.learn_all(rows.iter().cloned());
+                    archived = Some(rows.into_iter().collect::<HashMap<_, _>>());
+                }
+                Err(e) => {
+                    archiving.status_failed(&e);
+                    warn!(error = %e, "cannot read the revoked sessions from the archive; retrying on the next audit");
+                }
+            }
+        }
+        // Whether or not the archive answered: Redis's list is the one every replica relays by.
+        self.revocations.set_loaded();
+        if closed > 0 {
+            info!(closed, "closed connections whose sessions were revoked");
+        }
+        let mut written_back = 0;
+        for (person, before) in self.revocations.all() {
+            if list.get(&person).is_none_or(|stored| *stored < before) {
+                self.store.revoke(&person, before, false).await?;
+                written_back += 1;
+            }
+            let unarchived = archived
+                .as_ref()
+                .is_some_and(|rows| rows.get(&person).is_none_or(|stored| *stored < before));
+            if unarchived
+                && let Some((archiving, archive)) = &archive
+                && let Err(e) = archive.revoke(&person, before).await
+            {
+                archiving.status_failed(&e);
+                archived = None;
+                warn!(error = %e, "cannot archive a revocation; retrying on the next audit");
+                break;
+            }
+        }
+        if written_back > 0 {
+            warn!(
+                written_back,
+                "Redis lacked revoked sessions this replica knows; wrote them back"
+            );
+        }
+        // After a write-back the counter moved: the next audit reads the list once more, which changes nothing.
+        // Without the archive's list, that audit tries the archive again.
+        self.revoked_seq = (archive.is_none() || archived.is_some()).then_some(seq);
+        debug!(revoked = list.len(), seq, "revoked sessions loaded");
+        Ok(())
+    }
+
+    /// [`Subscriber::load_revocations`], logging a failure and leaving the reload to the next health check.
+    async fn try_load_revocations(&mut self) {
+        if let Err(e) = self.load_revocations().await {
+            self.revoked_seq = None;
+            warn!(error = %e, "cannot load the revoked sessions now; retrying at the next health check");
+        }
+    }
+
+    /// Reloads the revocations if their counter moved since they were loaded (a relay lost, Redis restarted), or
+    /// if the last load failed.
+    async fn audit_revocations(&mut self) {
+        match self.store.revocations_seq().await {
+            Ok(seq) if self.revoked_seq == Some(seq) => {}
+            Ok(_) => self.try_load_revocations().await,
+            Err(e) => debug!(error = %e, "cannot read the revocations' counter now"),
+        }
+    }
+
+    /// A revocation relayed by another replica (or this one): `<issued_before> <person>`.
+    fn on_revocation(&self, payload: &[u8]) {
+        let text = String::from_utf8_lossy(payload);
+        let Some((before, person)) = text
+            .split_once(' ')
+            .and_then(|(before, person)| Some((before.parse::<u64>().ok()?, person)))
+        else {
+            warn!(payload = %text, "undecodable revocation ignored");
+            return;
+        };
+        let closed = self.revocations.learn(person, before);
+        info!(closed, before, person, "sessions revoked");
+    }
+
     async fn on_payload(&mut self, channel: &str, payload: &[u8]) -> Result<(), BusError> {
+        if channel == self.keys.revoked_channel() {
+            self.on_revocation(payload);
+            return Ok(());
+        }
         let Some(room) = self.keys.room_of_channel(channel) else {
             warn!(channel, "message on an unexpected channel ignored");
             return Ok(());
