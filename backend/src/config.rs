@@ -153,6 +153,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ADMIT_JOINS_PER_SEC", default_value_t = 4_000)]
     pub admit_joins_per_sec: u32,
 
+    /// A replica cut off from Redis (its bus down) for this long closes its connections (1001, each at its next
+    /// ping, so they spread over `--ping-secs`) and refuses new ones (503), so its clients resume on replicas that
+    /// still reach Redis; until then sends are answered `unavailable` and `/readyz` fails. 0: never.
+    #[arg(long, env = "ROOMCAST_CUTOFF_CLOSE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub cutoff_close_secs: u64,
+
     /// On SIGTERM, the time over which the replica closes its connections (1001), each at its own moment, so its
     /// clients reconnect to the others spread out instead of all at once. Connections keep being served until
     /// their moment; new ones are refused at once.

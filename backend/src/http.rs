@@ -56,6 +56,14 @@ async fn ws(
         )
             .into_response();
     }
+    if state.hub.cut_off() {
+        metrics::counter!("roomcast_admission_refused_total", "what" => "cut_off").increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is cut off from Redis; connect to another\n",
+        )
+            .into_response();
+    }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),

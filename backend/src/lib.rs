@@ -130,6 +130,7 @@ pub async fn run(
                 .in_current_span(),
         );
         tokio::spawn(hub::presence::heartbeat(hub.clone(), bus_stop.clone()).in_current_span());
+        tokio::spawn(hub.clone().watch_bus(bus_stop.clone()).in_current_span());
         let state = AppState {
             hub,
             config,

@@ -7,6 +7,7 @@
 #[cfg(feature = "browser")]
 pub mod browser;
 pub mod client;
+mod link;
 mod postgres;
 mod topologies;
 pub mod traffic;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+pub use link::Link;
 pub use postgres::{Postgres, connect_when_up as connect_postgres};
 pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
 

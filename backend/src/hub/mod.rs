@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use shared::Limits;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, now_ms};
 use crate::config::Config;
 
 pub use participant::{Close, Messages, Participant, Reply, Request};
@@ -54,6 +54,8 @@ pub struct HubState {
     pub shutdown: CancellationToken,
     /// How many new connections and joins the replica takes per second.
     pub admission: Arc<admission::Admission>,
+    /// Since when the bus has been down, in ms since the epoch (0: up), as [`Hub::watch_bus`] last saw it.
+    pub bus_down_since: std::sync::atomic::AtomicU64,
 }
 
 impl std::ops::Deref for Hub {
@@ -105,7 +107,45 @@ impl Hub {
                 joins: admission::Gate::new(config.admit_joins_per_sec),
             }),
             config,
+            bus_down_since: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// Watches the bus until `stop`: when it went down, for [`Hub::cut_off`].
+    pub async fn watch_bus(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => self.saw_bus(self.bus.is_up(), now_ms()),
+            }
+        }
+    }
+
+    fn saw_bus(&self, up: bool, now: u64) {
+        use std::sync::atomic::Ordering;
+        if up {
+            self.bus_down_since.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.bus_down_since.compare_exchange(
+                0,
+                now.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether this replica has been cut off from the bus for longer than `--cutoff-close-secs`: then its
+    /// connections close and new ones are refused, so its clients resume where the bus is reachable.
+    pub fn cut_off(&self) -> bool {
+        let since = self
+            .bus_down_since
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.config.cutoff_close_secs > 0
+            && since > 0
+            && !self.bus.is_up()
+            && now_ms().saturating_sub(since) >= self.config.cutoff_close_secs * 1000
     }
 
     /// The revoked sessions this replica knows (kept current by the bus): what an upgrade and a token's API request

@@ -270,6 +270,9 @@ impl Session {
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 3 {
                         Err(End::Closed(close_code::GOING_AWAY, "no answer to pings".into()))
+                    } else if self.participant.hub().cut_off() {
+                        // Checked at each connection's own ping, so a cut-off replica's clients leave spread out.
+                        Err(End::Closed(close_code::GOING_AWAY, "this replica is cut off from Redis; reconnect to another".into()))
                     } else {
                         write_control(socket, Message::Ping(Default::default())).await.map_err(|Gone| End::PeerGone)
                     }

@@ -592,3 +592,64 @@ async fn a_killed_replicas_members_leave_the_lists() {
         .count();
     assert_eq!(lefts, 0, "bob's leave was announced more than once");
 }
+
+/// Fault 9: a replica cut off from Redis — the link between them goes silent (no RST, no FIN: `testkit::Link`
+/// stops forwarding) — while its clients stay connected to it. The policy: its sends are answered `unavailable`
+/// (the client resends with the same `cid`), `/readyz` fails, and once it has been cut off for
+/// `--cutoff-close-secs` it closes its connections (each at its next ping) and refuses new ones, so its clients
+/// resume on a replica that reaches Redis. Exact counts: nothing acked is lost, nothing is shown twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_redis_sends_its_clients_elsewhere() {
+    let redis = Redis::start().await;
+    let link = testkit::Link::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let a = replica_process(
+        &link.redis_url(),
+        "cut-a",
+        &["--cutoff-close-secs", "2", "--ping-secs", "1"],
+    )
+    .await;
+    let b = replica_process(&redis.url(), "cut-b", &[]).await;
+    let (a_url, b_url) = (a.ws_url(), b.ws_url());
+    let cut = async {
+        link.cut();
+    };
+    let outcome = run_traffic(
+        "replica-cut-off",
+        "faults",
+        vec![a_url.clone(), b_url.clone()],
+        vec![
+            vec![a_url.clone(), b_url.clone()],
+            vec![a_url.clone(), b_url.clone()],
+            vec![b_url.clone(), a_url.clone()],
+        ],
+        400,
+        150,
+        cut,
+    )
+    .await;
+    outcome.assert_exact();
+    assert!(
+        outcome.sent.reconnects > 0,
+        "the sender left the cut-off replica"
+    );
+    assert!(
+        outcome.members[..2].iter().all(|m| m.reconnects > 0),
+        "the members on the cut-off replica resumed elsewhere"
+    );
+    // Still cut off: not ready, and new WebSockets are turned away.
+    let (status, body) = testkit::http_get(a.addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        Client::try_connect(&a_url).await.is_none(),
+        "a new WebSocket to the cut-off replica is refused"
+    );
+    // Healed, it serves again.
+    link.heal();
+    testkit::eventually("the healed replica is ready again", || async {
+        (testkit::http_get(a.addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let mut back = Client::connect(&a_url).await;
+    let history = back.join("faults", "back", None).await;
+    assert!(!history.is_empty(), "the healed replica serves the room");
+}
