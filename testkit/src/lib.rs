@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-pub use link::Link;
+pub use link::{Link, Loss};
 pub use postgres::{Postgres, connect_when_up as connect_postgres};
 pub use topologies::{ClusterSet, MASTER_NAME, SentinelSet};
 
