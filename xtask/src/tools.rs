@@ -138,6 +138,13 @@ pub fn ensure_packages(root: &Path, need: Need) -> anyhow::Result<()> {
         apt.extend(["postgresql", "postgresql-contrib"]);
     }
     if need != Need::Frontend
+        && find(&path, "nft").is_none()
+        && !Path::new("/usr/sbin/nft").is_file()
+    {
+        // The slow, lossy link's fault test drops packets with an nft rule.
+        apt.push("nftables");
+    }
+    if need != Need::Frontend
         && find(&path, "nginx").is_none()
         && !Path::new("/usr/sbin/nginx").is_file()
     {
