@@ -117,6 +117,13 @@ pub enum Op {
         on: bool,
         cid: u8,
     },
+    /// `POST /api/rooms/{room}/messages` as the member's nick (the same `cid`s as its WebSocket sends).
+    Publish {
+        who: usize,
+        text: usize,
+        cid: u8,
+        reply: Option<Target>,
+    },
     /// `by` moderates `nick` (ignored for slow mode and receipts); `long`: an hour (on), else 0 (lifted, off).
     /// Without tokens nobody moderates over a WebSocket: `mod`'s moderation goes through the HTTP API instead.
     Moderate {
@@ -148,6 +155,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (who.clone(), who.clone()).prop_map(|(who, nick)| Op::Rename { who, nick }),
         6 => (who.clone(), text.clone(), cid.clone(), prop::option::weighted(0.3, target()))
             .prop_map(|(who, text, cid, reply)| Op::Send { who, text, cid, reply }),
+        2 => (who.clone(), text.clone(), cid.clone(), prop::option::weighted(0.3, target()))
+            .prop_map(|(who, text, cid, reply)| Op::Publish { who, text, cid, reply }),
         2 => (who.clone(), target(), text, cid.clone())
             .prop_map(|(who, target, text, cid)| Op::Edit { who, target, text, cid }),
         2 => (who.clone(), target(), cid.clone())
@@ -457,6 +466,15 @@ impl Run {
                 self.answers.push(frame(&answer));
                 return;
             }
+            Op::Publish {
+                who,
+                text,
+                cid,
+                reply,
+            } => {
+                let reply = reply.as_ref().map(|t| self.resolve(*who, t));
+                return self.publish(*who, TEXTS[*text], cid_of(*cid), reply).await;
+            }
             Op::Send {
                 who,
                 text,
@@ -594,6 +612,39 @@ impl Run {
         self.answers.push(frame(&answer));
     }
 
+    /// Publishes through the HTTP API as member `who`'s nick.
+    async fn publish(&mut self, who: usize, text: &str, cid: String, reply: Option<MsgId>) {
+        let mut body = json!({"nick": self.members[who].nick, "text": text, "cid": cid});
+        if let Some(reply) = reply {
+            body["reply_to"] = json!(reply);
+        }
+        let (status, answer) = self.api_post("messages", &body).await;
+        if status == 201 {
+            let id: MsgId = answer["id"].as_str().unwrap().parse().unwrap();
+            self.stored.push(id);
+            self.messages.push((id, who));
+            self.settle(id, None).await;
+        }
+        self.answers.push(json!({"status": status, "body": answer}));
+    }
+
+    /// A POST to the room's `what` in the HTTP API with the API key: the status and the JSON answered.
+    async fn api_post(&self, what: &str, body: &Value) -> (u16, Value) {
+        let (status, _, answer) = testkit::http_request(
+            self.api,
+            "POST",
+            &format!("/api/rooms/{}/{what}", self.room),
+            &[
+                ("Authorization", &format!("Bearer {API_KEY}")),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&body.to_string()),
+        )
+        .await;
+        let answer = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        (status, answer)
+    }
+
     /// Moderates as the holder of an API key (`by: mod`): how a room without tokens is moderated.
     async fn moderate_by_api(
         &mut self,
@@ -603,32 +654,18 @@ impl Run {
         cid: Option<String>,
         evicted: Option<&str>,
     ) {
-        let mut body = json!({"by": "mod"});
-        match what {
-            Power::Mute => {
-                body = json!({"action": "mute", "nick": nick, "secs": secs, "by": "mod"})
-            }
-            Power::Ban => body = json!({"action": "ban", "nick": nick, "secs": secs, "by": "mod"}),
-            Power::Kick => body = json!({"action": "kick", "nick": nick, "by": "mod"}),
-            Power::SlowMode => body = json!({"action": "slow_mode", "secs": secs, "by": "mod"}),
-            Power::Receipts => body = json!({"action": "receipts", "on": secs > 0, "by": "mod"}),
-        }
+        let mut body = match what {
+            Power::Mute => json!({"action": "mute", "nick": nick, "secs": secs}),
+            Power::Ban => json!({"action": "ban", "nick": nick, "secs": secs}),
+            Power::Kick => json!({"action": "kick", "nick": nick}),
+            Power::SlowMode => json!({"action": "slow_mode", "secs": secs}),
+            Power::Receipts => json!({"action": "receipts", "on": secs > 0}),
+        };
+        body["by"] = json!("mod");
         if let Some(cid) = cid {
             body["cid"] = json!(cid);
         }
-        let (status, _, answer) = testkit::http_request(
-            self.api,
-            "POST",
-            &format!("/api/rooms/{}/moderation", self.room),
-            &[
-                ("Authorization", &format!("Bearer {API_KEY}")),
-                ("Content-Type", "application/json"),
-            ],
-            Some(&body.to_string()),
-        )
-        .await;
-        let answer: Value =
-            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        let (status, answer) = self.api_post("moderation", &body).await;
         if status == 200 && answer["duplicate"] == json!(false) {
             let id: MsgId = answer["id"].as_str().unwrap().parse().unwrap();
             self.stored.push(id);
