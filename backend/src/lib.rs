@@ -2,7 +2,8 @@
 //!
 //! Map: [`config`] (flags), [`hub`] (the room core: rules, membership, fan-out, presence — no transport),
 //! [`session`] (one WebSocket), [`http`] (routes), [`api`] (the HTTP API), [`auth`] (tokens), [`bus`] (Redis or
-//! in-memory relay and history), [`error`] (request errors and their frames), [`metrics`].
+//! in-memory relay and history), [`error`] (request errors and their frames), [`metrics`], and `fuzzing` (the checks
+//! the fuzz targets of `fuzz/` run on arbitrary input).
 
 pub mod api;
 pub mod archive;
@@ -10,6 +11,8 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -33,6 +33,7 @@ use super::{
     Body, Bus, BusError, Draft, EventSink, History, HistoryItem, HistoryQuery, MsgState, Notice,
     Page, Published, ReadMove, Reads, RosterChange, RosterOp, RosterTiming, Subscribed, new_epoch,
 };
+pub(crate) use codec::check_decoders;
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
 use link::{Conn, Link};
