@@ -39,14 +39,19 @@ const MEMBERS: [(&str, &str); 5] = [
     ("carol", "person-carol"),
 ];
 
-/// Texts to send and edit to: short, multi-line, longer than a quote in two scripts, and one mentioning a member.
-const TEXTS: [&str; 6] = [
+/// Texts to send and edit to: short, multi-line, longer than a quote in two scripts and in four-byte characters,
+/// exactly a quote long, one mentioning a member, and one of the characters JSON encoders escape differently (Lua's
+/// cjson writes `/` as `\/`) and of `string.format`'s own.
+const TEXTS: [&str; 9] = [
     "hi",
     "hello <b>world</b>",
     "two\nlines\tand a tab",
     "éééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé",
     "字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字字",
     "@alice look 👀",
+    "🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "100% %s %d \\ \"quoted\" </script> a/b ~ ok",
 ];
 
 /// Emoji to react with (one with a variation selector).
@@ -163,7 +168,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(who, target, cid)| Op::Delete { who, target, cid }),
         4 => (who.clone(), target(), 0..EMOJI.len(), any::<bool>(), cid)
             .prop_map(|(who, target, emoji, on, cid)| Op::React { who, target, emoji, on, cid }),
-        3 => (
+        4 => (
             prop_oneof![4 => Just(0usize), 1 => 1..MEMBERS.len()],
             prop::sample::select(vec![
                 Power::Mute,
