@@ -24,6 +24,10 @@ pub struct Args {
     /// Seconds each target runs.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub secs: u64,
+    /// Build unoptimised, as `cargo xtask test` does: quicker to build, slower to run
+    /// (`cargo xtask fuzz --dev --secs 10` is its stage).
+    #[arg(long)]
+    pub dev: bool,
     /// Only these targets (default: all).
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(TARGETS))]
     pub targets: Vec<String>,
@@ -53,7 +57,8 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     } else {
         args.targets.iter().map(String::as_str).collect()
     };
-    let outcomes = run_targets(root, &targets, args.secs, Build::Release)?;
+    let build = if args.dev { Build::Dev } else { Build::Release };
+    let outcomes = run_targets(root, &targets, args.secs, build)?;
     report(&outcomes);
     Ok(())
 }
