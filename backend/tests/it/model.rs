@@ -407,6 +407,12 @@ impl Run {
             }
             // The backlog after `joined`, if any, arrives before the pong.
             m.barrier(&format!("b{k}")).await;
+            // Redis orders members by their arrival millisecond (ties by nick), the in-memory bus by arrival: the
+            // next join starts in a later millisecond, so both orders are the arrival order.
+            let joined_at = backend::bus::now_ms();
+            while backend::bus::now_ms() == joined_at {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
         }
         self.answers.push(frame(&answer));
     }
