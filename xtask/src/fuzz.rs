@@ -125,7 +125,9 @@ fn run_targets(
     step(&format!(
         "building the fuzz targets (cargo fuzz build, instrumented, {build:?}, in fuzz/target)"
     ));
-    exec(&mut cargo_fuzz(root, "build", build)).context("the fuzz targets do not build")?;
+    exec(&mut cargo_fuzz(root, "build", build)).context(
+        "the fuzz targets do not build (libfuzzer-sys compiles libFuzzer: it needs a C++ compiler, apt-get install g++)",
+    )?;
     let mut outcomes = Vec::new();
     for target in targets {
         step(&format!("fuzzing {target} for {secs} s"));
