@@ -3,7 +3,7 @@
 //! Map: [`config`] (flags), [`hub`] (the room core: rules, membership, fan-out, presence — no transport),
 //! [`session`] (one WebSocket), [`http`] (routes), [`serve`] (the HTTP server loop and its time limits), [`api`] (the
 //! HTTP API), [`auth`] (tokens), [`bus`] (Redis or in-memory relay and history), [`error`] (request errors and their
-//! frames), [`metrics`].
+//! frames), [`metrics`], and `fuzzing` (the checks the fuzz targets of `fuzz/` run on arbitrary input).
 
 pub mod api;
 pub mod archive;
@@ -11,6 +11,8 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod metrics;

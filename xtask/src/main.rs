@@ -2,6 +2,7 @@
 
 mod bench;
 mod dev;
+mod fuzz;
 mod hog;
 mod plot;
 mod runner;
@@ -39,6 +40,9 @@ enum Task {
     Setup,
     /// Build the frontend into dist/ (release, with wasm-opt).
     Frontend,
+    /// Coverage-guided fuzzing of the decoders of hostile input (cargo-fuzz, libFuzzer): each target of `fuzz/` for
+    /// `--secs` seconds (default 60) from the corpus in the repository; installs cargo-fuzz if it is missing.
+    Fuzz(fuzz::Args),
     /// Fan-out benchmark: Roomcast against socket.io, a FastAPI chat and the bare ceiling (results in target/bench/).
     Bench(bench::Args),
 }
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Task::Test(args) => test::run(&root, &args),
+        Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args).map(drop),
         Task::Setup => tools::ensure_all(&root, tools::Need::TrunkServe).map(drop),
         Task::Frontend => {

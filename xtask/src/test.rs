@@ -22,6 +22,10 @@ const FORBIDDEN_IN_SHARED: &[&str] = &[
     "web-sys",
 ];
 
+/// Seconds each fuzz target runs in `cargo xtask test`: enough to replay the corpus and try a few hundred thousand
+/// mutations, little next to the integration tests it runs beside.
+const FUZZ_SECS: u64 = 10;
+
 /// Options of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -187,10 +191,17 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
     // waits on timers and networks most of the time, and none of them may depend on having the machine to itself.
     let (unit, integration, compose, bench) = std::thread::scope(|scope| {
         let unit = scope.spawn(|| {
-            stages.run(
+            let unit = stages.run(
                 "unit tests (shared, backend, frontend, xtask, testkit, localrun)",
                 || run_whole_binaries(&others, &envs),
-            )
+            )?;
+            // After the unit tests, beside the integration tests (which mostly wait): a short coverage-guided run of
+            // every decoder, from the corpus in the repository.
+            stages.run(
+                &format!("fuzz targets, {FUZZ_SECS} s each (cargo xtask fuzz --secs N for longer)"),
+                || crate::fuzz::short_run(root, FUZZ_SECS),
+            )?;
+            Ok(unit)
         });
         let compose = scope.spawn(|| {
             stages.run("compose stack under a private Docker engine", || match &mut engine {

@@ -1,5 +1,5 @@
 //! Finds, and where possible installs, what the project needs: the wasm32 target, binaryen's wasm-opt, esbuild,
-//! redis-server, nginx, Chromium and Docker; and, for `trunk serve` only (`cargo xtask setup`), trunk and
+//! redis-server, nginx, Chromium, Docker and cargo-fuzz; and, for `trunk serve` only (`cargo xtask setup`), trunk and
 //! wasm-bindgen-cli.
 //! Anything it cannot install, it names with the exact command.
 
@@ -278,6 +278,27 @@ pub fn ensure_toolchain(root: &Path, need: Need) -> anyhow::Result<Tools> {
     }
 
     Ok(Tools { path })
+}
+
+/// How to install cargo-fuzz by hand.
+pub const CARGO_FUZZ_INSTALL: &str = "cargo install cargo-fuzz --locked";
+
+/// cargo-fuzz, which builds and runs the fuzz targets (`fuzz/`): from crates.io, compiled once (about a minute on 2
+/// cores). It needs nightly compiler flags, which `RUSTC_BOOTSTRAP=1` unlocks on the stable toolchain.
+pub fn ensure_cargo_fuzz(root: &Path) -> anyhow::Result<()> {
+    let path = tool_path(root)?;
+    if output_of(&path, "cargo", &["fuzz", "--version"]).is_some() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing cargo-fuzz ({CARGO_FUZZ_INSTALL}; about a minute, once)"
+    ));
+    exec(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .env("PATH", &path),
+    )
+    .with_context(|| format!("cannot install cargo-fuzz; run: {CARGO_FUZZ_INSTALL}"))
 }
 
 fn install_debian(packages: &[&str]) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ mod compose;
 mod faults;
 mod ha;
 mod harness;
+mod model;
 mod ops;
 mod owasp;
 mod protocol;

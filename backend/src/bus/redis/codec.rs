@@ -147,6 +147,65 @@ pub(super) fn decode_entry(room: &RoomName, (id, fields): Entry) -> Result<Store
     })
 }
 
+/// Decodes `data` as a channel payload of a room and as a stream entry (its lines: the id, then field and value
+/// lines), as the fuzz target `bus_payload` asks: whatever decodes encodes again to the same value.
+pub(crate) fn check_decoders(data: &[u8]) {
+    let room = RoomName::parse("fuzz").expect("a valid room");
+    match decode_payload(&room, data) {
+        Ok(Incoming::Stored {
+            offset,
+            epoch,
+            record,
+        }) => {
+            let payload = stored_payload(
+                &record.id.to_string(),
+                offset,
+                &epoch,
+                &body_json(&record.body),
+            );
+            let Ok(Incoming::Stored {
+                offset: offset_again,
+                epoch: epoch_again,
+                record: record_again,
+            }) = decode_payload(&room, payload.as_bytes())
+            else {
+                panic!("a stored payload encoded again is not one: {payload}");
+            };
+            assert_eq!(
+                (offset_again, &*epoch_again, &record_again),
+                (offset, &*epoch, &record),
+                "{payload}"
+            );
+        }
+        Ok(Incoming::Notice(notice)) => {
+            let payload = notice_payload(&notice);
+            let Ok(Incoming::Notice(again)) = decode_payload(&room, payload.as_bytes()) else {
+                panic!("a notice encoded again is not one: {payload}");
+            };
+            assert_eq!(again, notice, "{payload}");
+        }
+        Err(_) => {}
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.split('\n');
+    let id = lines.next().unwrap_or_default().to_owned();
+    let mut fields = HashMap::new();
+    while let (Some(field), Some(value)) = (lines.next(), lines.next()) {
+        fields.insert(field.to_owned(), value.to_owned());
+    }
+    if let Ok(entry) = decode_entry(&room, (id, fields.clone())) {
+        let json = body_json(&entry.record.body);
+        let mut again = fields;
+        again.insert(BODY_FIELD.to_owned(), json.clone());
+        let read = decode_entry(&room, (entry.record.id.to_string(), again))
+            .unwrap_or_else(|e| panic!("an entry encoded again is refused: {e}"));
+        assert_eq!(read.record, entry.record, "{json}");
+        assert_eq!(read.offset, entry.offset);
+    }
+}
+
 /// Fills a template's `%s` with `values`, in order. A value may contain anything, `%s` included: only the template
 /// is searched.
 fn fill(template: &str, values: &[&str]) -> String {

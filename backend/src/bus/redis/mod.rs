@@ -34,6 +34,7 @@ use super::{
     Page, Published, ReadMove, Reads, Revocations, RosterChange, RosterOp, RosterTiming,
     Subscribed, new_epoch,
 };
+pub(crate) use codec::check_decoders;
 use codec::{Entry, StoredEntry};
 pub use keys::Keys;
 use link::{Conn, Link};
