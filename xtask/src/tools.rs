@@ -85,14 +85,17 @@ fn find(path: &OsString, program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The PATH with the project's own tool directories (npm's `.tools/`, `~/.cargo/bin`) first.
+/// The PATH with the project's own tool directories (npm's `.tools/`, `$CARGO_HOME/bin`) first.
 fn tool_path(root: &Path) -> anyhow::Result<OsString> {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
+    // Where `cargo install` puts binaries: $CARGO_HOME/bin, by default ~/.cargo/bin.
+    let cargo_home =
+        std::env::var_os("CARGO_HOME").map_or_else(|| home.join(".cargo"), PathBuf::from);
     let mut dirs = vec![
         root.join(".tools/node_modules/.bin"),
-        home.join(".cargo/bin"),
+        cargo_home.join("bin"),
     ];
     dirs.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
