@@ -231,6 +231,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A body that is not the JSON `shape` the endpoint expects: 400 `bad_request`, saying what was expected and why
+    /// the body was refused.
+    fn bad_json(shape: &str, rejection: &JsonRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("expected JSON {shape}: {}", rejection.body_text()),
+        )
+    }
+
     fn new(status: StatusCode, code: impl Into<ApiCode>, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -629,13 +639,9 @@ async fn post_moderation(
 ) -> Result<Json<Moderated>, ApiError> {
     let key = authorize(&state, &headers)?;
     let Json(post) = body.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            format!(
-                "expected JSON {{\"action\": \"mute\"|\"kick\"|\"ban\"|\"slow_mode\"|\"retention\"|\"receipts\", \"nick\"?, \"secs\"?, \"days\"?, \"on\"?, \"by\"?, \"cid\"?}}: {}",
-                rejection.body_text()
-            ),
+        ApiError::bad_json(
+            r#"{"action": "mute"|"kick"|"ban"|"slow_mode"|"retention"|"receipts", "nick"?, "secs"?, "days"?, "on"?, "by"?, "cid"?}"#,
+            &rejection,
         )
     })?;
     let by = Nick::parse(post.by.as_deref().unwrap_or("moderator")).map_err(RequestError::from)?;
@@ -674,16 +680,8 @@ async fn post_revoke(
     body: Result<Json<PostRevoke>, JsonRejection>,
 ) -> Result<Json<Revoked>, ApiError> {
     let key = authorize(&state, &headers)?;
-    let Json(post) = body.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            format!(
-                "expected JSON {{\"sub\", \"issued_before\"?}}: {}",
-                rejection.body_text()
-            ),
-        )
-    })?;
+    let Json(post) =
+        body.map_err(|rejection| ApiError::bad_json(r#"{"sub", "issued_before"?}"#, &rejection))?;
     limit_rate(&state, &key)?;
     let issued_before = post
         .issued_before

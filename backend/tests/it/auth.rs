@@ -9,7 +9,7 @@ use serde_json::json;
 use shared::{ErrorCode, ServerMsg, close_code};
 use tokio_tungstenite::tungstenite;
 
-use crate::harness::{Client, Replica, config};
+use crate::harness::{Client, Replica, config, refused_upgrade};
 
 const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
 
@@ -36,18 +36,6 @@ async fn replica(grace_secs: u64) -> Replica {
     Replica::start_with(c).await
 }
 
-/// The HTTP status and body of a refused upgrade.
-async fn refused(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
-        ),
-        Err(e) => panic!("expected an HTTP refusal, got {e}"),
-        Ok(_) => panic!("the upgrade was accepted"),
-    }
-}
-
 async fn connect(url: &str) -> Client {
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -61,18 +49,18 @@ async fn tokens_are_required_checked_and_their_claims_enforced() {
     let base = replica.ws_url();
     let good = json!({"sub": "u-1", "nick": "alice", "rooms": ["team"], "exp": now() + 600});
 
-    let (status, body) = refused(&base).await;
+    let (status, body) = refused_upgrade(&base).await;
     assert_eq!(status, 401);
     assert!(body.contains("token is required"), "{body}");
     let forged = token(&good, "another-secret-that-is-32-bytes-long");
-    let (status, body) = refused(&format!("{base}?token={forged}")).await;
+    let (status, body) = refused_upgrade(&format!("{base}?token={forged}")).await;
     assert_eq!(status, 401);
     assert!(body.contains("not valid"), "{body}");
     let expired = token(&json!({"nick": "alice", "exp": now() - 10}), SECRET);
-    let (status, body) = refused(&format!("{base}?token={expired}")).await;
+    let (status, body) = refused_upgrade(&format!("{base}?token={expired}")).await;
     assert_eq!(status, 401);
     assert!(body.contains("expired"), "{body}");
-    let (status, _) = refused(&format!("{base}?token=not.a.jwt")).await;
+    let (status, _) = refused_upgrade(&format!("{base}?token=not.a.jwt")).await;
     assert_eq!(status, 401);
 
     let mut alice = connect(&format!("{base}?token={}", token(&good, SECRET))).await;
@@ -213,7 +201,7 @@ async fn an_ec_public_key_verifies_es256_tokens() {
         &std::fs::read_to_string(&public).unwrap(),
     );
     assert_eq!(
-        refused(&format!("{}?token={confused}", replica.ws_url()))
+        refused_upgrade(&format!("{}?token={confused}", replica.ws_url()))
             .await
             .0,
         401
@@ -348,7 +336,7 @@ async fn algorithm_confusion_is_refused() {
         .join("general", "eve", None)
         .await;
     for forged in [token(&claims, &public_pem), none.clone(), es256.clone()] {
-        let (status, body) = refused(&format!("{}?token={forged}", rsa.ws_url())).await;
+        let (status, body) = refused_upgrade(&format!("{}?token={forged}", rsa.ws_url())).await;
         assert_eq!(status, 401, "{forged}: {body}");
         assert!(body.contains("not valid"), "{body}");
     }
@@ -360,7 +348,7 @@ async fn algorithm_confusion_is_refused() {
         .join("general", "eve", None)
         .await;
     for forged in [none, rs256, es256] {
-        let (status, body) = refused(&format!("{}?token={forged}", hs.ws_url())).await;
+        let (status, body) = refused_upgrade(&format!("{}?token={forged}", hs.ws_url())).await;
         assert_eq!(status, 401, "{forged}: {body}");
         assert!(body.contains("not valid"), "{body}");
     }
@@ -418,7 +406,7 @@ async fn tokens_never_reach_the_logs() {
     let mut bob = Client::welcomed(ws).await;
     bob.join("general", "bob", None).await;
     for bad in [&forged, &expired] {
-        assert_eq!(refused(&format!("{base}?token={bad}")).await.0, 401);
+        assert_eq!(refused_upgrade(&format!("{base}?token={bad}")).await.0, 401);
     }
     let bearer = format!("Bearer {in_query}");
     let (status, _, _) = testkit::http_request(
@@ -441,7 +429,12 @@ async fn tokens_never_reach_the_logs() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(bob.close_code().await, Some(close_code::SESSION_REVOKED));
-    assert_eq!(refused(&format!("{base}?token={in_header}")).await.0, 401);
+    assert_eq!(
+        refused_upgrade(&format!("{base}?token={in_header}"))
+            .await
+            .0,
+        401
+    );
     let _ = child.kill();
     let _ = child.wait();
 

@@ -106,3 +106,15 @@ pub fn config(redis_url: Option<&str>) -> Config {
     config.drain_secs = 0;
     config
 }
+
+/// The HTTP status and body of a refused WebSocket upgrade (panics if it was accepted or failed otherwise).
+pub async fn refused_upgrade(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+}

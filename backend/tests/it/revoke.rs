@@ -9,9 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use shared::close_code;
-use tokio_tungstenite::tungstenite;
 
-use crate::harness::{Client, Redis, Replica, config};
+use crate::harness::{Client, Redis, Replica, config, refused_upgrade};
 
 const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
 const KEY: &str = "revoke-key-0123456789abcdef";
@@ -56,18 +55,6 @@ async fn connect(url: &str) -> Client {
         .await
         .expect("upgrade accepted");
     Client::welcomed(ws).await
-}
-
-/// The HTTP status and body of a refused upgrade.
-async fn refused(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
-        ),
-        Err(e) => panic!("expected an HTTP refusal, got {e}"),
-        Ok(_) => panic!("the upgrade was accepted"),
-    }
 }
 
 /// `POST /api/sessions/revoke` with the API key.
@@ -126,10 +113,10 @@ async fn revoking_closes_a_persons_connections_on_every_replica_and_refuses_thei
 
     // The old token is refused on both replicas with a 401 naming the revocation; so is one without `iat`.
     for replica in [&a, &b] {
-        let (status, body) = refused(&url(replica, &old)).await;
+        let (status, body) = refused_upgrade(&url(replica, &old)).await;
         assert_eq!(status, 401);
         assert!(body.contains("revoked"), "{body}");
-        let (status, body) = refused(&url(replica, &token("u-alice", "alice", None))).await;
+        let (status, body) = refused_upgrade(&url(replica, &token("u-alice", "alice", None))).await;
         assert_eq!(status, 401);
         assert!(body.contains("revoked"), "{body}");
     }
@@ -153,7 +140,7 @@ async fn revoking_closes_a_persons_connections_on_every_replica_and_refuses_thei
 
     // A replica started after the revocation refuses the old token too, and takes the new one.
     let c = replica(Some(&redis)).await;
-    let (status, body) = refused(&url(&c, &old)).await;
+    let (status, body) = refused_upgrade(&url(&c, &old)).await;
     assert_eq!(status, 401);
     assert!(body.contains("revoked"), "{body}");
     connect(&url(&c, &fresh))
@@ -223,7 +210,8 @@ async fn revocation_works_on_the_in_memory_bus_and_only_reaches_older_tokens() {
         (status, body["issued_before"].as_u64()),
         (200, Some(issued + 1))
     );
-    let (status, body) = refused(&url(&replica, &token("u-carol", "carol", Some(issued)))).await;
+    let (status, body) =
+        refused_upgrade(&url(&replica, &token("u-carol", "carol", Some(issued)))).await;
     assert_eq!(status, 401);
     assert!(body.contains("revoked"), "{body}");
     connect(&url(&replica, &token("u-carol", "carol", Some(issued + 1))))
@@ -274,7 +262,7 @@ async fn a_redis_restarted_empty_gets_the_revocations_back_from_the_replicas() {
     })
     .await;
     let b = replica(Some(&redis)).await;
-    let (status, body) = refused(&url(&b, &old)).await;
+    let (status, body) = refused_upgrade(&url(&b, &old)).await;
     assert_eq!(status, 401);
     assert!(body.contains("revoked"), "{body}");
 }
@@ -310,7 +298,7 @@ async fn with_an_archive_a_revocation_outlives_redis_and_every_replica() {
     a.stop().await;
     redis.restart().await;
     let b = Replica::start_with(archived(&redis)).await;
-    let (status, body) = refused(&url(&b, &old)).await;
+    let (status, body) = refused_upgrade(&url(&b, &old)).await;
     assert_eq!(status, 401);
     assert!(body.contains("revoked"), "{body}");
     connect(&url(&b, &token("u-frank", "frank", Some(now()))))
