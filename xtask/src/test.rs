@@ -167,7 +167,7 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
         });
         let engine = scope.spawn(|| {
             stages.run(
-                "Debian packages (Redis, nginx, Chromium, Docker) and docker-compose.yml's validity",
+                "Debian packages (Redis, PostgreSQL, nginx, Chromium, Docker, nftables) and docker-compose.yml's validity",
                 || {
                     tools::ensure_packages(root, Need::Everything)?;
                     tools::check_packages(&tools, Need::Everything)?;
