@@ -307,6 +307,38 @@ async fn send(
     }
 }
 
+/// The counters a measurement is the difference of, read at one moment.
+struct Snapshot {
+    /// Redis's commands, scripts and publishes run, and its CPU seconds (`redis_stats`).
+    redis: (f64, f64, f64, f64),
+    /// Rows written to the archive's `reads` table, when there is one.
+    pg_rows: Option<f64>,
+    /// The replicas' CPU seconds.
+    cpu_secs: f64,
+    reads: f64,
+    answered: f64,
+    messages: f64,
+}
+
+async fn snapshot(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pg: Option<&tokio_postgres::Client>,
+    pids: &[u32],
+    counts: &Counts,
+) -> Snapshot {
+    Snapshot {
+        redis: redis_stats(conn).await,
+        pg_rows: match pg {
+            Some(pg) => Some(pg_rows(pg).await),
+            None => None,
+        },
+        cpu_secs: cpu_secs(pids),
+        reads: counts.reads.load(Ordering::Relaxed) as f64,
+        answered: counts.answered.load(Ordering::Relaxed) as f64,
+        messages: counts.messages.load(Ordering::Relaxed) as f64,
+    }
+}
+
 /// `INFO commandstats` and `INFO cpu`: (all commands, `EVALSHA`/`EVAL` calls, `PUBLISH` calls, CPU seconds).
 async fn redis_stats(conn: &mut redis::aio::MultiplexedConnection) -> (f64, f64, f64, f64) {
     let info: String = redis::cmd("INFO")
@@ -431,32 +463,12 @@ async fn main() {
     ));
     // Let the traffic settle before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = (
-        redis_stats(&mut conn).await,
-        match &pg {
-            Some(pg) => Some(pg_rows(pg).await),
-            None => None,
-        },
-        cpu_secs(&args.pids),
-        counts.reads.load(Ordering::Relaxed),
-        counts.answered.load(Ordering::Relaxed),
-        counts.messages.load(Ordering::Relaxed),
-    );
+    let before = snapshot(&mut conn, pg.as_ref(), &args.pids, &counts).await;
     latency.lock().await.reset();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     let secs = started.elapsed().as_secs_f64();
-    let after = (
-        redis_stats(&mut conn).await,
-        match &pg {
-            Some(pg) => Some(pg_rows(pg).await),
-            None => None,
-        },
-        cpu_secs(&args.pids),
-        counts.reads.load(Ordering::Relaxed),
-        counts.answered.load(Ordering::Relaxed),
-        counts.messages.load(Ordering::Relaxed),
-    );
+    let after = snapshot(&mut conn, pg.as_ref(), &args.pids, &counts).await;
     stop.stop();
     let _ = sender.await;
     let per = |a: f64, b: f64| (a - b) / secs;
@@ -466,18 +478,18 @@ async fn main() {
         rooms: args.rooms,
         messages_per_sec: args.rate as f64,
         secs,
-        deliveries_per_sec: per(after.5 as f64, before.5 as f64),
-        reads_per_sec: per(after.3 as f64, before.3 as f64),
-        read_answers_per_sec: per(after.4 as f64, before.4 as f64),
+        deliveries_per_sec: per(after.messages, before.messages),
+        reads_per_sec: per(after.reads, before.reads),
+        read_answers_per_sec: per(after.answered, before.answered),
         reads_refused: counts.refused.load(Ordering::Relaxed),
         read_answer_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         read_answer_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        redis_commands_per_sec: per(after.0.0, before.0.0),
-        redis_scripts_per_sec: per(after.0.1, before.0.1),
-        redis_publishes_per_sec: per(after.0.2, before.0.2),
-        redis_cpu_percent: per(after.0.3, before.0.3) * 100.0,
-        postgres_rows_written_per_sec: after.1.zip(before.1).map(|(a, b)| per(a, b)),
-        replicas_cpu_percent: per(after.2, before.2) * 100.0,
+        redis_commands_per_sec: per(after.redis.0, before.redis.0),
+        redis_scripts_per_sec: per(after.redis.1, before.redis.1),
+        redis_publishes_per_sec: per(after.redis.2, before.redis.2),
+        redis_cpu_percent: per(after.redis.3, before.redis.3) * 100.0,
+        postgres_rows_written_per_sec: after.pg_rows.zip(before.pg_rows).map(|(a, b)| per(a, b)),
+        replicas_cpu_percent: per(after.cpu_secs, before.cpu_secs) * 100.0,
     };
     println!(
         "{}",
