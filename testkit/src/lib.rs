@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod client;
 mod link;
+pub mod netns;
 mod postgres;
 mod topologies;
 pub mod traffic;
@@ -282,13 +283,40 @@ impl ReplicaProcess {
     /// `extra` flags, and waits until `/healthz` answers.
     pub async fn start(binary: &Path, redis_url: &str, node: &str, extra: &[&str]) -> Self {
         let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        Self::launch(Command::new(binary), addr, redis_url, node, extra).await
+    }
+
+    /// [`ReplicaProcess::start`] in a host of a private network ([`netns::Host`]), listening on its address.
+    pub async fn start_in(
+        host: &netns::Host,
+        binary: &Path,
+        redis_url: &str,
+        node: &str,
+        extra: &[&str],
+    ) -> Self {
+        let addr: SocketAddr = (host.ip(), 3000).into();
+        let host_flag = ["--host".to_owned(), host.ip().to_string()];
+        let mut cmd = host.command(binary);
+        cmd.args(host_flag);
+        Self::launch(cmd, addr, redis_url, node, extra).await
+    }
+
+    async fn launch(
+        mut cmd: Command,
+        addr: SocketAddr,
+        redis_url: &str,
+        node: &str,
+        extra: &[&str],
+    ) -> Self {
+        let port = addr.port();
         // No browser client unless `extra` names one.
         let static_dir = if extra.contains(&"--static-dir") {
             &[][..]
         } else {
             &["--static-dir", "/nonexistent-roomcast-static"][..]
         };
-        let child = Command::new(binary)
+        let child = cmd
             .args(["--port", &port.to_string(), "--redis-url", redis_url])
             .args(["--node-id", node])
             .args(static_dir)
@@ -307,7 +335,6 @@ impl ReplicaProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the roomcast binary");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let replica = Self {
             addr,
             child: Some(child),

@@ -163,27 +163,7 @@ impl Loss {
              add rule inet {table} out ip daddr 127.0.0.0/8 tcp dport {port} numgen random mod 100 < {percent} drop\n\
              add rule inet {table} out ip daddr 127.0.0.0/8 tcp sport {port} numgen random mod 100 < {percent} drop\n"
         );
-        let out = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("piped")
-                    .write_all(script.as_bytes())?;
-                child.wait_with_output()
-            })
-            .expect("run nft (apt-get install nftables)");
-        assert!(
-            out.status.success(),
-            "nft refused the loss rules (root needed): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nft(None, &script);
         Self { table }
     }
 }
@@ -194,4 +174,39 @@ impl Drop for Loss {
             .args(["delete", "table", "inet", &self.table])
             .status();
     }
+}
+
+/// Runs the `nft` script `script`, in the network namespace `ns` when given; panics, naming the cause, where `nft` is
+/// missing or refuses (it needs root).
+pub(crate) fn nft(ns: Option<&str>, script: &str) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "nft"]);
+            cmd
+        }
+        None => Command::new("nft"),
+    };
+    let out = cmd
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("run nft (apt-get install nftables)");
+    assert!(
+        out.status.success(),
+        "nft refused {script:?}{} (root needed): {}",
+        ns.map(|ns| format!(" in {ns}")).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -226,6 +226,8 @@ pub struct Sent {
     pub actions: usize,
     /// The id each one was acked with, in order.
     pub acked: Vec<MsgId>,
+    /// When each of those acks arrived, in the same order.
+    pub acked_at: Vec<tokio::time::Instant>,
     /// `unavailable` answers (each followed by a resend with the same cid).
     pub unavailable: usize,
     /// Acks that said `duplicate` (a resend of something already stored).
@@ -246,20 +248,29 @@ pub struct Sent {
 async fn send_steadily<F: Future<Output = ()>>(
     urls: &[String],
     room: &str,
-    count: usize,
+    plan: Plan,
     fault_at: usize,
     fault: F,
 ) -> Sent {
+    let Plan {
+        nick,
+        count,
+        mut stop,
+        every,
+    } = plan;
     let mut fault = Some(fault);
     let mut next = 0;
     let mut out = Sent::default();
     let mut client = connect_any(urls, &mut next).await;
     let resume = Resume::default();
-    while resume.join(&mut client, room, "sender").await.is_none() {
+    while resume.join(&mut client, room, &nick).await.is_none() {
         client = connect_any(urls, &mut next).await;
     }
     let mut last_ack = tokio::time::Instant::now();
-    for i in 0..count {
+    for i in 0.. {
+        if i >= count && stop.as_mut().is_none_or(|stop| *stop.borrow_and_update()) {
+            break;
+        }
         let mut requests = vec![(
             format!("m{i}"),
             ClientMsg::Send {
@@ -293,6 +304,7 @@ async fn send_steadily<F: Future<Output = ()>>(
                             })) if c == cid => {
                                 out.duplicate_acks += usize::from(duplicate);
                                 out.acked.push(id);
+                                out.acked_at.push(tokio::time::Instant::now());
                                 target.get_or_insert(id);
                                 out.longest_wait = out.longest_wait.max(last_ack.elapsed());
                                 last_ack = tokio::time::Instant::now();
@@ -332,7 +344,7 @@ async fn send_steadily<F: Future<Output = ()>>(
                 out.reconnects += 1;
                 loop {
                     client = connect_any(urls, &mut next).await;
-                    if resume.join(&mut client, room, "sender").await.is_some() {
+                    if resume.join(&mut client, room, &nick).await.is_some() {
                         break;
                     }
                 }
@@ -370,9 +382,30 @@ async fn send_steadily<F: Future<Output = ()>>(
         {
             fault.await;
         }
-        tokio::time::sleep(SEND_EVERY).await;
+        tokio::time::sleep(every).await;
     }
     out
+}
+
+/// What one sender does: send as `nick`, `count` messages at least, one every `every`; with `stop`, go on until it
+/// says `true`.
+struct Plan {
+    nick: String,
+    count: usize,
+    stop: Option<watch::Receiver<bool>>,
+    every: Duration,
+}
+
+impl Plan {
+    /// The steady sender of a fault run: `count` messages, one every [`SEND_EVERY`].
+    fn steady(count: usize) -> Self {
+        Self {
+            nick: "sender".into(),
+            count,
+            stop: None,
+            every: SEND_EVERY,
+        }
+    }
 }
 
 /// The counts of one fault run, checked exactly and printed on one line.
@@ -592,17 +625,16 @@ pub async fn run_traffic_reading<F: Future<Output = ()>>(
     outcome
 }
 
-#[allow(clippy::too_many_arguments)] // The two public entry points name them; this is their common body.
-async fn run<F: Future<Output = ()>>(
-    name: &'static str,
+/// Starts a member on each of `member_urls` and returns once all have joined: the sender of the last id they must
+/// see, and their tasks.
+async fn members_joined(
     room: &'static str,
-    sender_urls: Vec<String>,
     member_urls: Vec<Vec<String>>,
-    count: usize,
-    fault_at: usize,
-    fault: F,
     reads: bool,
-) -> Outcome {
+) -> (
+    watch::Sender<Option<MsgId>>,
+    Vec<tokio::task::JoinHandle<Seen>>,
+) {
     let (last_tx, last_rx) = watch::channel(None);
     let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel(member_urls.len());
     let mut readers = Vec::new();
@@ -620,7 +652,22 @@ async fn run<F: Future<Output = ()>>(
     for _ in 0..readers.len() {
         joined_rx.recv().await.expect("a member joined");
     }
-    let sent = send_steadily(&sender_urls, room, count, fault_at, fault).await;
+    (last_tx, readers)
+}
+
+#[allow(clippy::too_many_arguments)] // The two public entry points name them; this is their common body.
+async fn run<F: Future<Output = ()>>(
+    name: &'static str,
+    room: &'static str,
+    sender_urls: Vec<String>,
+    member_urls: Vec<Vec<String>>,
+    count: usize,
+    fault_at: usize,
+    fault: F,
+    reads: bool,
+) -> Outcome {
+    let (last_tx, readers) = members_joined(room, member_urls, reads).await;
+    let sent = send_steadily(&sender_urls, room, Plan::steady(count), fault_at, fault).await;
     let _ = last_tx.send(sent.acked.last().copied());
     let mut members = Vec::new();
     for r in readers {
@@ -645,4 +692,69 @@ pub async fn through_one_address<F: Future<Output = ()>>(
 ) -> Outcome {
     let members = vec![vec![url.to_owned()]; 4];
     run_traffic(name, room, vec![url.to_owned()], members, 300, 100, fault).await
+}
+
+/// What a run with several senders saw ([`run_during`]).
+#[derive(Debug)]
+pub struct Crowd {
+    /// Each sender's counts, in the order of the `senders` given.
+    pub senders: Vec<Sent>,
+    /// Each member's, in the order given; the closing marker taken out.
+    pub members: Vec<Seen>,
+    /// The closing marker's id.
+    pub marker: MsgId,
+}
+
+/// Several senders — sender `i` connected only to the replicas `senders[i]`, sending as `sender<i>` one message every
+/// `every` (plus edits and reactions, as in [`run_traffic`]) — and members reading `room` on theirs, while `fault`
+/// runs; the senders start with it and stop once it has run (each after at least a few messages), and what it
+/// returns comes back with the counts. Then a last
+/// message, the marker, goes in through `marker_url`, and each member stops once it has it: the marker is left out
+/// of the counts.
+pub async fn run_during<T, F: Future<Output = T>>(
+    room: &'static str,
+    senders: Vec<Vec<String>>,
+    members: Vec<Vec<String>>,
+    every: Duration,
+    marker_url: &str,
+    fault: F,
+) -> (Crowd, T) {
+    let (last_tx, readers) = members_joined(room, members, false).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sending = Vec::new();
+    for (i, urls) in senders.into_iter().enumerate() {
+        let plan = Plan {
+            nick: format!("sender{i}"),
+            count: 10,
+            stop: Some(stop_rx.clone()),
+            every,
+        };
+        sending.push(tokio::spawn(async move {
+            send_steadily(&urls, room, plan, usize::MAX, std::future::ready(())).await
+        }));
+    }
+    let faulted = fault.await;
+    let _ = stop_tx.send(true);
+    let mut senders = Vec::new();
+    for s in sending {
+        senders.push(s.await.expect("sender task"));
+    }
+    let mut closing = Client::connect(marker_url).await;
+    closing.join_when_available(room, "closer").await;
+    let marker = closing.say_when_available(room, "the end").await;
+    let _ = last_tx.send(Some(marker));
+    let mut members = Vec::new();
+    for r in readers {
+        let mut seen = r.await.expect("member task");
+        seen.ids.retain(|id| *id != marker);
+        members.push(seen);
+    }
+    (
+        Crowd {
+            senders,
+            members,
+            marker,
+        },
+        faulted,
+    )
 }

@@ -37,6 +37,11 @@ pub struct Args {
     /// when it matches too.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Run the network fault tests the long way instead — every partition held 8 s after the failover and made
+    /// three times per run, the slow link 200 ms each way — one at a time, and print a table of their counts.
+    /// `cargo xtask test` runs the same tests in their short form. Nothing else is checked in this mode.
+    #[arg(long, conflicts_with = "stress")]
+    pub chaos: bool,
     /// Integration tests run at once, each in its own process.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub jobs: u16,
@@ -130,6 +135,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if let Some(times) = args.stress {
         return stress(root, args, times);
     }
+    if args.chaos {
+        return chaos(root, args);
+    }
     let stages = Stages::new();
     let result = run_everything(root, args, &stages);
     stages.report();
@@ -167,7 +175,7 @@ fn run_everything(root: &Path, args: &Args, stages: &Stages) -> anyhow::Result<(
         });
         let engine = scope.spawn(|| {
             stages.run(
-                "Debian packages (Redis, PostgreSQL, nginx, Chromium, Docker, nftables) and docker-compose.yml's validity",
+                "Debian packages (Redis, PostgreSQL, nginx, Chromium, Docker, nftables, iproute2) and docker-compose.yml's validity",
                 || {
                     tools::ensure_packages(root, Need::Everything)?;
                     tools::check_packages(&tools, Need::Everything)?;
@@ -321,6 +329,16 @@ fn run_whole_binaries(
     Ok((passed, failed))
 }
 
+/// One line per finished integration test: ok or FAIL, its time, its name.
+fn print_run(run: &runner::Run) {
+    println!(
+        "{} {:>6.1}s {}",
+        if run.passed { "ok  " } else { "FAIL" },
+        run.took.as_secs_f64(),
+        run.name
+    );
+}
+
 /// The integration tests, each in its own process, `--jobs` at a time, slowest first.
 fn integration_tests(
     root: &Path,
@@ -333,15 +351,7 @@ fn integration_tests(
         bail!("no integration test matches");
     }
     let hint = runner::load_times(&times_file(root));
-    let print = |run: &runner::Run| {
-        println!(
-            "{} {:>6.1}s {}",
-            if run.passed { "ok  " } else { "FAIL" },
-            run.took.as_secs_f64(),
-            run.name
-        );
-    };
-    let runs = runner::run_all(binary, &tests, args.jobs.into(), envs, &hint, &print);
+    let runs = runner::run_all(binary, &tests, args.jobs.into(), envs, &hint, &print_run);
     runner::save_times(&times_file(root), &runs);
     let failed: Vec<&runner::Run> = runs.iter().filter(|r| !r.passed).collect();
     for run in &failed {
@@ -440,6 +450,67 @@ fn stress(root: &Path, args: &Args, times: u32) -> anyhow::Result<()> {
             "{failures} failed runs under stress (outputs in {})",
             logs.display()
         );
+    }
+    Ok(())
+}
+
+/// The integration tests `--chaos` runs: the partitions and the network faults of the fault suite.
+const CHAOS_TESTS: &[&str] = &[
+    "partition::",
+    "faults::a_replica_cut_off_from_redis",
+    "faults::a_slow_lossy_link_to_redis",
+];
+
+/// `--chaos`: the network fault tests the long way (`ROOMCAST_CHAOS=1`), one at a time so their windows are not
+/// stretched by each other, then the table of their counts.
+fn chaos(root: &Path, args: &Args) -> anyhow::Result<()> {
+    let tools = tools::ensure_all(root, Need::Everything)?;
+    let tests = runner::build_all()?;
+    let it = integration_binary(&tests)?;
+    let mut envs = test_env(root, &tools);
+    envs.push(("ROOMCAST_CHAOS".to_owned(), "1".to_owned()));
+    let names: Vec<String> = runner::list(it, args.filter.as_deref())?
+        .into_iter()
+        .filter(|name| CHAOS_TESTS.iter().any(|t| name.starts_with(t)))
+        .collect();
+    if names.is_empty() {
+        bail!("no network fault test matches");
+    }
+    step(&format!(
+        "chaos: {} network fault tests, one at a time",
+        names.len()
+    ));
+    let started = Instant::now();
+    let runs = runner::run_all(it, &names, 1, &envs, &Default::default(), &print_run);
+    println!(
+        "
+| run | counts |
+|---|---|"
+    );
+    for run in &runs {
+        for line in run.output.lines() {
+            // libtest's `test <name> ... ` may start the line a test's first print continues.
+            if let Some((_, counts)) = line
+                .split_once("partition=")
+                .or_else(|| line.split_once("fault="))
+            {
+                let (name, counts) = counts.split_once(' ').unwrap_or((counts, ""));
+                println!("| {name} | {counts} |");
+            }
+        }
+    }
+    let failed: Vec<&runner::Run> = runs.iter().filter(|r| !r.passed).collect();
+    for run in &failed {
+        println!("\n---- {} ----\n{}", run.name, run.output);
+    }
+    println!(
+        "\nchaos: {} tests in {:.1} min: {} failed",
+        runs.len(),
+        started.elapsed().as_secs_f64() / 60.0,
+        failed.len()
+    );
+    if !failed.is_empty() {
+        bail!("{} network fault tests failed", failed.len());
     }
     Ok(())
 }

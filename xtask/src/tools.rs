@@ -144,8 +144,16 @@ pub fn ensure_packages(root: &Path, need: Need) -> anyhow::Result<()> {
         && find(&path, "nft").is_none()
         && !Path::new("/usr/sbin/nft").is_file()
     {
-        // The slow, lossy link's fault test drops packets with an nft rule.
+        // The slow, lossy link's fault test drops packets with an nft rule; partitions cut links with them.
         apt.push("nftables");
+    }
+    if need != Need::Frontend
+        && find(&path, "ip").is_none()
+        && !Path::new("/usr/sbin/ip").is_file()
+        && !Path::new("/usr/bin/ip").is_file()
+    {
+        // The partition tests put every server in a network namespace of its own (`ip netns`, veth, a bridge).
+        apt.push("iproute2");
     }
     if need != Need::Frontend
         && find(&path, "nginx").is_none()

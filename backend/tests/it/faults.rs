@@ -655,17 +655,19 @@ async fn a_replica_cut_off_from_redis_sends_its_clients_elsewhere() {
 }
 
 /// Fault 10: a slow, lossy link between a replica and Redis — every byte 100 ms late each way (a 200 ms round trip,
-/// `testkit::Link`), and 5 % of the link's packets dropped in the kernel (`testkit::Loss`, an `nft` rule), which TCP
-/// retransmits — with the sender and a member on that replica. Nothing is lost or shown twice; how slow it got is
-/// printed (the longest wait between two acks), not asserted.
+/// `testkit::Link`; 200 ms each way and more messages with `--chaos`), and 5 % of the link's packets dropped in the
+/// kernel (`testkit::Loss`, an `nft` rule), which TCP retransmits, out of order — with the sender and a member on
+/// that replica. Nothing is lost or shown twice; how slow it got is printed (the longest wait between two acks), not
+/// asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_lossy_link_to_redis_loses_nothing() {
+    let (delay, count) = if crate::harness::chaos() {
+        (Duration::from_millis(200), 200)
+    } else {
+        (Duration::from_millis(100), 80)
+    };
     let redis = Redis::start().await;
-    let link = testkit::Link::start_slow(
-        ([127, 0, 0, 1], redis.port()).into(),
-        Duration::from_millis(100),
-    )
-    .await;
+    let link = testkit::Link::start_slow(([127, 0, 0, 1], redis.port()).into(), delay).await;
     let a = replica_process(&link.redis_url(), "slow-a", &[]).await;
     let b = replica_process(&redis.url(), "slow-b", &[]).await;
     let (a_url, b_url) = (a.ws_url(), b.ws_url());
@@ -676,15 +678,16 @@ async fn a_slow_lossy_link_to_redis_loses_nothing() {
         "faults",
         vec![a_url.clone()],
         vec![vec![a_url.clone()], vec![b_url.clone()]],
-        80,
+        count,
         0,
         async {},
     )
     .await;
     println!(
-        "slow-lossy-link: {} messages in {:.1} s over a 200 ms round trip with 5 % packet loss",
+        "slow-lossy-link: {} messages in {:.1} s over a {} ms round trip with 5 % packet loss",
         outcome.sent.acked.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        2 * delay.as_millis()
     );
     outcome.assert_exact();
 }

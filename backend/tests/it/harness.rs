@@ -12,6 +12,12 @@ pub use testkit::{PATIENCE, Postgres, Redis, ReplicaProcess, eventually, free_po
 
 /// Starts this build's `roomcast` binary as its own process (see [`ReplicaProcess`]) with the test defaults plus
 /// `extra` flags.
+/// Whether this is a `cargo xtask test --chaos` run (`ROOMCAST_CHAOS` set): the network fault tests then hold their
+/// faults longer and repeat them.
+pub fn chaos() -> bool {
+    std::env::var_os("ROOMCAST_CHAOS").is_some()
+}
+
 pub async fn replica_process(redis_url: &str, node: &str, extra: &[&str]) -> ReplicaProcess {
     ReplicaProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_roomcast")),

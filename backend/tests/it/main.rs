@@ -16,6 +16,7 @@ mod harness;
 mod model;
 mod ops;
 mod owasp;
+mod partition;
 mod protocol;
 mod reads;
 mod redis_bus;

@@ -11,9 +11,15 @@ use shared::{MsgId, RoomName};
 
 use crate::bus::{Body, BusError, Notice, Record};
 
-/// A stored message on the channel, `<id> <offset> <epoch> <body>`: each `%s` is filled in that order, by
-/// [`stored_payload`] here and by the publish script, which gets this template as an argument.
-pub(super) const STORED_PAYLOAD: &str = "%s %s %s %s";
+/// A stored message on the channel, `<id> <offset> <epoch> <prev> <body>`: each `%s` is filled in that order, by
+/// [`stored_payload`] here and by the publish script, which gets this template as an argument. `prev` is the id of
+/// the room's entry before it (`0-0` for the first), so a replica that relayed `prev` last knows the message
+/// continues the history it relayed, not another one that a failover put in its place with the same offsets.
+pub(super) const STORED_PAYLOAD: &str = "%s %s %s %s %s";
+
+/// The layout before `prev`, `<id> <offset> <epoch> <body>`: still read, so replicas of both versions can run side
+/// by side during an upgrade (the tracker then checks such a message by its offset alone).
+const STORED_PAYLOAD_V1: &str = "%s %s %s %s";
 
 /// A presence or typing notice on the channel, `- <body>`. Notices are never stored, so only Rust writes them.
 const NOTICE_PAYLOAD: &str = "- %s";
@@ -67,6 +73,8 @@ pub(super) enum Incoming {
     Stored {
         offset: u64,
         epoch: Arc<str>,
+        /// The id of the room's entry before it; `None` from a replica of the version before it was sent.
+        prev: Option<MsgId>,
         record: Record,
     },
     /// A notice that was never stored.
@@ -79,8 +87,17 @@ pub(super) fn body_json(body: &Body) -> String {
 }
 
 /// The channel payload of a stored message, as the publish script would have sent it.
-pub(super) fn stored_payload(id: &str, offset: u64, epoch: &str, body_json: &str) -> String {
-    fill(STORED_PAYLOAD, &[id, &offset.to_string(), epoch, body_json])
+pub(super) fn stored_payload(
+    id: &str,
+    offset: u64,
+    epoch: &str,
+    prev: &str,
+    body_json: &str,
+) -> String {
+    fill(
+        STORED_PAYLOAD,
+        &[id, &offset.to_string(), epoch, prev, body_json],
+    )
 }
 
 /// The channel payload of a notice.
@@ -97,8 +114,15 @@ pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming
             .map(Incoming::Notice)
             .map_err(|e| format!("not a notice: {e}"));
     }
-    let Some([id, offset, epoch, json]) = unfill(STORED_PAYLOAD, text) else {
-        return Err("expected `<id> <offset> <epoch> <body>`".into());
+    // A body is JSON, so it never reads as an id: a payload whose fourth value is not one has the old layout.
+    let (id, offset, epoch, prev, json) = match unfill(STORED_PAYLOAD, text) {
+        Some([id, offset, epoch, prev, json]) if prev.parse::<MsgId>().is_ok() => {
+            (id, offset, epoch, prev.parse().ok(), json)
+        }
+        _ => match unfill(STORED_PAYLOAD_V1, text) {
+            Some([id, offset, epoch, json]) => (id, offset, epoch, None, json),
+            None => return Err("expected `<id> <offset> <epoch> <prev> <body>`".into()),
+        },
     };
     let id: MsgId = id
         .parse()
@@ -110,6 +134,7 @@ pub(super) fn decode_payload(room: &RoomName, payload: &[u8]) -> Result<Incoming
     Ok(Incoming::Stored {
         offset,
         epoch: epoch.into(),
+        prev,
         record: Record {
             id,
             room: room.clone(),
@@ -155,25 +180,28 @@ pub(crate) fn check_decoders(data: &[u8]) {
         Ok(Incoming::Stored {
             offset,
             epoch,
+            prev,
             record,
         }) => {
             let payload = stored_payload(
                 &record.id.to_string(),
                 offset,
                 &epoch,
+                &prev.unwrap_or_default().to_string(),
                 &body_json(&record.body),
             );
             let Ok(Incoming::Stored {
                 offset: offset_again,
                 epoch: epoch_again,
+                prev: prev_again,
                 record: record_again,
             }) = decode_payload(&room, payload.as_bytes())
             else {
                 panic!("a stored payload encoded again is not one: {payload}");
             };
             assert_eq!(
-                (offset_again, &*epoch_again, &record_again),
-                (offset, &*epoch, &record),
+                (offset_again, &*epoch_again, prev_again, &record_again),
+                (offset, &*epoch, Some(prev.unwrap_or_default()), &record),
                 "{payload}"
             );
         }
@@ -274,16 +302,26 @@ mod tests {
         // Spaces, a `%s` and a leading dash in the text must not confuse the layout.
         for text in ["x", "x y  z", "%s %d 100%", "- not a notice", ""] {
             let sent = message(MsgId::new(1_732_190_000_500, 3), text);
-            let payload = stored_payload(&sent.id.to_string(), 42, "ab12", &message_json(&sent));
+            let payload = stored_payload(
+                &sent.id.to_string(),
+                42,
+                "ab12",
+                "1732190000400-0",
+                &message_json(&sent),
+            );
             let Ok(Incoming::Stored {
                 offset,
                 epoch,
+                prev,
                 record,
             }) = decode_payload(&room(), payload.as_bytes())
             else {
                 panic!("a stored message: {payload}")
             };
-            assert_eq!((offset, &*epoch, &record), (42, "ab12", &sent));
+            assert_eq!(
+                (offset, &*epoch, prev, &record),
+                (42, "ab12", Some(MsgId::new(1_732_190_000_400, 0)), &sent)
+            );
         }
     }
 
@@ -291,31 +329,62 @@ mod tests {
     fn the_stored_payload_is_the_documented_layout() {
         // What the publish script's `string.format` makes of the template, for the same values.
         assert_eq!(
-            stored_payload("5-1", 7, "ab12", r#"{"kind":"message"}"#),
-            r#"5-1 7 ab12 {"kind":"message"}"#
+            stored_payload("5-1", 7, "ab12", "4-0", r#"{"kind":"message"}"#),
+            r#"5-1 7 ab12 4-0 {"kind":"message"}"#
         );
-        let Ok(Incoming::Stored { offset, record, .. }) = decode_payload(
+        let Ok(Incoming::Stored {
+            offset,
+            prev,
+            record,
+            ..
+        }) = decode_payload(
             &room(),
-            br#"5-1 7 ab12 {"kind":"message","nick":"a","text":"x y"}"#,
-        ) else {
+            br#"5-1 7 ab12 4-0 {"kind":"message","nick":"a","text":"x y"}"#,
+        )
+        else {
             panic!("a stored message")
         };
         let Body::Message { text, .. } = &record.body else {
             panic!("a message")
         };
         assert_eq!(
-            (offset, record.id, text.as_str()),
-            (7, MsgId::new(5, 1), "x y")
+            (offset, prev, record.id, text.as_str()),
+            (7, Some(MsgId::new(4, 0)), MsgId::new(5, 1), "x y")
         );
         // What cjson writes for a reaction the script counted (its own key order).
         let Ok(Incoming::Stored { record, .. }) = decode_payload(
             &room(),
-            r#"5-2 8 ab12 {"on":true,"count":2,"kind":"react","emoji":"👍","target":"5-1","nick":"a"}"#
+            r#"5-2 8 ab12 5-1 {"on":true,"count":2,"kind":"react","emoji":"👍","target":"5-1","nick":"a"}"#
                 .as_bytes(),
         ) else {
             panic!("a stored reaction")
         };
         assert!(matches!(record.body, Body::React { count: 2, .. }));
+    }
+
+    #[test]
+    fn payloads_of_the_version_before_prev_are_still_read() {
+        // A replica not yet upgraded publishes `<id> <offset> <epoch> <body>`; spaces in the body must not pass for
+        // a `prev`.
+        for body in [
+            r#"{"kind":"message","nick":"a","text":"x"}"#,
+            r#"{"kind":"message","nick":"a","text":"x y 5-1 z"}"#,
+        ] {
+            let Ok(Incoming::Stored {
+                offset,
+                prev,
+                record,
+                ..
+            }) = decode_payload(&room(), format!("5-1 7 ab12 {body}").as_bytes())
+            else {
+                panic!("an old stored message: {body}")
+            };
+            assert_eq!(
+                (offset, prev, record.id),
+                (7, None, MsgId::new(5, 1)),
+                "{body}"
+            );
+        }
     }
 
     #[test]

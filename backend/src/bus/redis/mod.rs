@@ -247,6 +247,18 @@ impl StreamReader for Store {
             .collect()
     }
 
+    /// `XREVRANGE` from `at`, one entry.
+    async fn at_or_before(
+        &self,
+        room: &RoomName,
+        at: MsgId,
+    ) -> Result<Option<StoredEntry>, BusError> {
+        Ok(self
+            .entries(room, "XREVRANGE", at.to_string(), "-", 1)
+            .await?
+            .pop())
+    }
+
     /// `XRANGE` from just after `after`.
     async fn range_after(
         &self,
@@ -732,7 +744,7 @@ impl Bus for RedisBus {
                         return Ok(Written::Stored(id, status, offset, until));
                     }
                     // For a repeated cid, WAIT counts the replicas that have the original.
-                    let ((id, status, offset, epoch, stored, until), acked): (PublishReply, i64) = conn
+                    let ((id, status, offset, _, payload, until), acked): (PublishReply, i64) = conn
                         .invoke_and_wait(&invocation, &ks[0], wait, wait_ms)
                         .await?;
                     if acked < i64::from(wait) {
@@ -741,7 +753,6 @@ impl Bus for RedisBus {
                     if status == "stored" {
                         // Confirmed: relay it now. Publishes of concurrent senders may arrive out of offset order;
                         // the subscriber's gap rule backfills from the stream, which holds both.
-                        let payload = codec::stored_payload(&id, offset, &epoch, &stored);
                         conn.publish(channel, &payload).await?;
                     }
                     Ok(Written::Stored(id, status, offset, until))

@@ -6,15 +6,16 @@
 --       7 roster holders (hash: nick -> person)
 -- ARGV: 1 channel, 2 history limit, 3 body, 4 candidate epoch, 5 dedupe seconds, 6 publish command (PUBLISH, or
 --       SPUBLISH on a Cluster, or '' when the caller publishes once Redis replicas confirmed the write), 7 payload
---       template (its %s are, in order: id, offset, epoch, body), 8 offset field, 9 body field, 10 fingerprint (what a
+--       template (its %s are, in order: id, offset, epoch, the id of the room's entry before it, body), 8 offset field, 9 body field, 10 fingerprint (what a
 --       repeated cid must match), 11 '1' when the sender moderates the room, 12 reply-to id or '', 13 quote length,
 --       14 action field (marks entries that are not messages), 15 the body's kind, 16 the sender's nick, 17 '1' with
 --       an archive, 18 the archive backlog's bound in bytes (0: none), 19 the cid, 20 cid field, 21 digest field
 -- With an archive, the room must exist ('missing' otherwise: the caller rebuilds it from the archive first), the
 -- stream is not trimmed here (the archiver trims behind what it archived), and the bytes not archived yet are
 -- counted in meta's `pending`: beyond the bound the event is refused 'unavailable', so nothing unarchived is lost.
--- Returns {id, status, offset, epoch, body, until}: status 'stored', 'duplicate' (a repeated cid: id is the original;
--- or a reaction that changes nothing: id is the message's), 'missing', or the error code that refuses it
+-- Returns {id, status, offset, epoch, payload, until}: payload is the channel payload (the caller publishes it with
+-- WAIT); status 'stored', 'duplicate' (a repeated cid: id is the original; or a reaction that changes nothing: id is
+-- the message's), 'missing', or the error code that refuses it
 -- ('cid_reused', 'banned', 'muted', 'slow_mode', 'message_gone', 'forbidden', 'unavailable'); until for 'banned',
 -- 'muted' and 'slow_mode'.
 local archived = ARGV[17] == '1'
@@ -189,9 +190,11 @@ if state_id then
     end
   end
 end
+local prev = redis.call('HGET', KEYS[2], 'last') or '0-0'
 redis.call('HSET', KEYS[2], 'last', id)
 redis.call('SET', KEYS[3], id .. ' ' .. digest, 'EX', ARGV[5])
+local payload = string.format(ARGV[7], id, off, epoch, prev, json)
 if ARGV[6] ~= '' then
-  redis.call(ARGV[6], ARGV[1], string.format(ARGV[7], id, off, epoch, json))
+  redis.call(ARGV[6], ARGV[1], payload)
 end
-return {id, 'stored', off, epoch, json, 0}
+return {id, 'stored', off, epoch, payload, 0}

@@ -36,6 +36,8 @@ use crate::bus::{BusError, EventSink, Revocations};
 /// Health check interval on the Pub/Sub connection, which otherwise only notices a clean close; also how often quiet
 /// rooms are audited against their streams.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// How often a replica on a Sentinel target asks which master the Sentinels name ([`Topology::master_moved`]).
+const MASTER_POLL: Duration = Duration::from_secs(1);
 
 /// A change of subscriptions, sent by [`super::RedisBus`].
 pub(super) enum Command {
@@ -183,6 +185,9 @@ impl Subscriber {
             );
         }
         let mut failovers = self.topology.watch_failovers().await;
+        let topology = self.topology.clone();
+        let master_moved = topology.master_moved(MASTER_POLL);
+        tokio::pin!(master_moved);
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,6 +222,13 @@ impl Subscriber {
                     }
                     failovers = None;
                     Ok(())
+                }
+                () = &mut master_moved => {
+                    // The Sentinels name another master, and no `+switch-master` reached this replica (it was cut
+                    // off from them when it was published): follow now.
+                    info!("the Sentinels name another master; reconnecting");
+                    self.link.reset().await;
+                    return Disconnect::Lost("the Sentinels name another master".into());
                 }
                 _ = ping.tick() => {
                     match timed(feed.ping()).await {
@@ -383,8 +395,13 @@ impl Subscriber {
             Ok(Incoming::Stored {
                 offset,
                 epoch,
+                prev,
                 record,
-            }) => self.tracker.on_stored(room, offset, epoch, record).await,
+            }) => {
+                self.tracker
+                    .on_stored(room, offset, epoch, prev, record)
+                    .await
+            }
             Err(e) => {
                 warn!(channel, error = %e, "undecodable bus payload ignored");
                 Ok(())

@@ -13,6 +13,7 @@
 //! propagates every `PUBLISH` to its replicas, so subscribers spread over them while writes stay on the master.
 
 use std::str::FromStr;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
@@ -227,6 +228,8 @@ struct Sentinels {
     sentinel: tokio::sync::Mutex<Sentinel>,
     master: String,
     node: SentinelNodeConnectionInfo,
+    /// The master's address as the Sentinels last named it to this replica.
+    reached: std::sync::Mutex<Option<(String, u16)>>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -254,6 +257,7 @@ impl Topology {
                 master: master.clone(),
                 node: SentinelNodeConnectionInfo::default()
                     .set_redis_connection_info(redis.clone()),
+                reached: std::sync::Mutex::new(None),
             }),
             _ => None,
         };
@@ -288,13 +292,70 @@ impl Topology {
             Target::Sentinel { .. } => {
                 let s = self.sentinels();
                 let mut sentinel = s.sentinel.lock().await;
-                within(
+                let client = within(
                     self.timeout,
                     sentinel.async_master_for(&s.master, Some(&s.node)),
                 )
-                .await
+                .await?;
+                if let ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr() {
+                    *s.reached.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((host.clone(), *port));
+                }
+                Ok(client)
             }
             Target::Cluster(nodes) => redis::Client::open(nodes[0].clone()),
+        }
+    }
+
+    /// On a Sentinel target: resolves once the Sentinels name another master than the one this replica last
+    /// reached, asking one of them every `every`; never on other targets. The `+switch-master` event
+    /// ([`Topology::watch_failovers`]) says the same at once, but a replica that was cut off from the Sentinels when
+    /// they published it hears it only when TCP retransmits it, seconds after the partition healed, and meanwhile
+    /// writes to the old master, which throws those writes away when it rejoins as a replica. This bounds that to
+    /// `every`.
+    pub async fn master_moved(&self, every: Duration) {
+        let Target::Sentinel { sentinels, .. } = &self.target else {
+            return std::future::pending().await;
+        };
+        let s = self.sentinels();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asking: Option<redis::aio::MultiplexedConnection> = None;
+        let mut next = 0;
+        loop {
+            tick.tick().await;
+            let reached = s
+                .reached
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let Some(reached) = reached else { continue };
+            if asking.is_none() {
+                let sentinel = &sentinels[next % sentinels.len()];
+                next += 1;
+                if let Ok(client) = redis::Client::open(sentinel.clone()) {
+                    asking = within(self.timeout, client.get_multiplexed_async_connection())
+                        .await
+                        .ok();
+                }
+            }
+            let Some(conn) = asking.as_mut() else {
+                continue;
+            };
+            let named = within(
+                self.timeout,
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&s.master)
+                    .query_async::<(String, u16)>(conn),
+            )
+            .await;
+            match named {
+                Ok(named) if named != reached => return,
+                Ok(_) => {}
+                // This Sentinel does not answer: ask the next one next time.
+                Err(_) => asking = None,
+            }
         }
     }
 

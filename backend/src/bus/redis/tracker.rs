@@ -44,6 +44,14 @@ pub(crate) trait StreamReader {
         rooms: &[RoomName],
     ) -> impl Future<Output = Result<Vec<Position>, BusError>> + Send;
 
+    /// The newest stored entry of `room` at or before the id `at`, with its offset; `None` when the stream keeps
+    /// none (trimmed, or empty).
+    fn at_or_before(
+        &self,
+        room: &RoomName,
+        at: MsgId,
+    ) -> impl Future<Output = Result<Option<StoredEntry>, BusError>> + Send;
+
     /// Up to `limit` stored messages of `room` after the id `after`, oldest first, with their offsets.
     fn range_after(
         &self,
@@ -149,12 +157,14 @@ impl<R: StreamReader> Tracker<R> {
         }
     }
 
-    /// Relays a live message exactly once and in order, backfilling first when its offset shows a gap.
+    /// Relays a live message exactly once and in order, backfilling first when its offset shows a gap or `prev` (the
+    /// id of the entry before it, when the payload says) is not what this replica relayed last.
     pub(super) async fn on_stored(
         &mut self,
         room: RoomName,
         offset: u64,
         epoch: Arc<str>,
+        prev: Option<MsgId>,
         message: Record,
     ) -> Result<(), BusError> {
         let Some(state) = self.rooms.get_mut(&room) else {
@@ -167,10 +177,14 @@ impl<R: StreamReader> Tracker<R> {
                 self.reset(&room, epoch.clone());
                 self.backfill(&room, message.id).await?;
             }
-            Some(pos) if message.id <= pos.id || offset == pos.offset + 1 => {}
+            Some(pos)
+                if message.id <= pos.id
+                    || (offset == pos.offset + 1 && prev.is_none_or(|prev| prev == pos.id)) => {}
             Some(pos) => {
-                // A skipped offset (Pub/Sub lost messages), or one that went back with a newer id (a failover lost
-                // acknowledged writes and the new master reused offsets): read the stream from the last id.
+                // A skipped offset (Pub/Sub lost messages); one that went back with a newer id (a failover lost
+                // acknowledged writes and the new master reused offsets); or the next offset after another entry
+                // than the one relayed last (a split brain: two masters took writes, and the one that lost took as
+                // many as this replica relayed from the other): read the stream from the last id.
                 debug!(%room, last = pos.offset, offset, "gap in live relay; backfilling");
                 self.backfill(&room, message.id).await?;
             }
@@ -211,7 +225,11 @@ impl<R: StreamReader> Tracker<R> {
                         self.reset(room, now.epoch.clone());
                         self.backfill(room, now.id).await?;
                     }
-                    Some(pos) if now.id > pos.id => self.backfill(room, now.id).await?,
+                    // Behind, or somewhere else: an id or offset that went back means Redis lost what was
+                    // relayed (the backfill finds where the stream went on from).
+                    Some(pos) if now.id != pos.id || now.offset != pos.offset => {
+                        self.backfill(room, now.id).await?;
+                    }
                     Some(_) => {}
                 }
             }
@@ -249,10 +267,48 @@ impl<R: StreamReader> Tracker<R> {
         });
     }
 
+    /// Checks that the entry relayed last is still in the stream at its offset. When it is not, the stream went
+    /// another way: a failover lost acknowledged writes — this replica relayed them, the new master never had them —
+    /// and took others meanwhile, older than the last relayed id and so never to be relayed here. Members are told
+    /// with a gap, and the room goes on from the newest entry at or before the last relayed id: what follows it is
+    /// all newer than anything relayed. A stream that keeps nothing that old (trimmed) leaves the offsets to tell.
+    async fn find_fork(&mut self, room: &RoomName) -> Result<(), BusError> {
+        let Some(pos) = self.rooms.get(room).and_then(|s| s.pos.clone()) else {
+            return Ok(());
+        };
+        if pos.id == MsgId::default() {
+            return Ok(());
+        }
+        let Some(entry) = self.reader.at_or_before(room, pos.id).await? else {
+            return Ok(());
+        };
+        if entry.record.id == pos.id && (entry.offset == pos.offset || entry.offset == 0) {
+            return Ok(());
+        }
+        warn!(%room, last = %pos.id, offset = pos.offset, now = %entry.record.id, now_offset = entry.offset,
+            "the room's history went another way in Redis (a failover lost acknowledged writes); members are told");
+        metrics::counter!("roomcast_history_forks_total").increment(1);
+        metrics::counter!("roomcast_gaps_total").increment(1);
+        let _ = self.events.send(BusEvent::Gap {
+            room: room.clone(),
+            epoch: pos.epoch.clone(),
+            reset: false,
+        });
+        if let Some(state) = self.rooms.get_mut(room) {
+            state.pos = Some(Position {
+                epoch: pos.epoch,
+                offset: entry.offset,
+                id: entry.record.id,
+            });
+        }
+        Ok(())
+    }
+
     /// Relays the stored messages after the room's position, oldest first, until `until` or the end of the stream.
     /// Messages are new when their id is above the position's; a hole in the offsets (trimmed before they were
     /// relayed, or lost in a failover) is announced with a gap, never skipped silently.
     async fn backfill(&mut self, room: &RoomName, until: MsgId) -> Result<(), BusError> {
+        self.find_fork(room).await?;
         loop {
             let Some(mut pos) = self.rooms.get(room).and_then(|s| s.pos.clone()) else {
                 return Ok(());
@@ -368,6 +424,7 @@ mod tests {
         room: RoomName,
         offset: u64,
         epoch: Arc<str>,
+        prev: Option<MsgId>,
         message: Record,
     }
 
@@ -386,6 +443,7 @@ mod tests {
             state.clock += 1;
             let id = MsgId::new(1_000 + state.clock, 0);
             let r = state.room(room);
+            let prev = r.last;
             r.seq += 1;
             r.last = id;
             let body = Body::Message {
@@ -409,7 +467,38 @@ mod tests {
                 room: room.clone(),
                 offset: r.seq,
                 epoch: r.epoch.clone(),
+                prev: Some(prev),
                 message,
+            }
+        }
+
+        /// A split brain healed: the promoted replica never had the newest `lost` writes (the old master acked them)
+        /// and took `others` meanwhile, with ids older than the lost ones but the same offsets.
+        fn fork(&self, room: &RoomName, lost: usize, others: &[&str]) {
+            self.fail_over(room, lost);
+            let mut state = self.state.lock().unwrap();
+            let r = state.room(room);
+            let base = r.last;
+            for (k, text) in others.iter().enumerate() {
+                let id = MsgId::new(base.ms, base.seq + 1 + k as u64);
+                r.seq += 1;
+                r.last = id;
+                let body = Body::Message {
+                    nick: Nick::parse("bo").unwrap(),
+                    text: (*text).into(),
+                    quote: None,
+                };
+                r.stream.push(StoredEntry {
+                    offset: r.seq,
+                    record: Record {
+                        id,
+                        room: room.clone(),
+                        body,
+                    },
+                    cid: String::new(),
+                    digest: String::new(),
+                    body_len: 0,
+                });
             }
         }
 
@@ -457,6 +546,21 @@ mod tests {
                     }
                 })
                 .collect())
+        }
+
+        async fn at_or_before(
+            &self,
+            room: &RoomName,
+            at: MsgId,
+        ) -> Result<Option<StoredEntry>, BusError> {
+            let mut state = self.state.lock().unwrap();
+            Ok(state
+                .room(room)
+                .stream
+                .iter()
+                .rev()
+                .find(|e| e.record.id <= at)
+                .cloned())
         }
 
         async fn range_after(
@@ -524,6 +628,7 @@ mod tests {
                     live.room.clone(),
                     live.offset,
                     live.epoch.clone(),
+                    live.prev,
                     live.message.clone(),
                 )
                 .await
@@ -706,6 +811,42 @@ mod tests {
         assert_eq!(
             rig.seen_in(&r),
             around_gap(&["1", "2", "3", "4", "5"], &epoch, false, &["4'", "5'"])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_split_brain_with_as_many_writes_on_each_side_is_a_gap() {
+        let (mut rig, r) = Rig::in_room("split").await;
+        for text in ["1", "2", "3", "4", "5"] {
+            rig.say(&r, text).await;
+        }
+        // The isolated master acked 4 and 5, relayed here; the promoted replica had 1 to 3 and took x and y
+        // meanwhile: offsets 4 and 5 again, older ids than 4. Its next message has offset 6, right after the last
+        // offset relayed here, but it follows y, not 5.
+        rig.redis.fork(&r, 2, &["x", "y"]);
+        rig.say(&r, "6").await;
+        rig.say(&r, "7").await;
+        let epoch = rig.redis.epoch(&r);
+        assert_eq!(
+            rig.seen_in(&r),
+            around_gap(&["1", "2", "3", "4", "5"], &epoch, false, &["6", "7"])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resync_finds_a_fork_at_the_same_offset() {
+        let (mut rig, r) = Rig::in_room("forked").await;
+        for text in ["1", "2", "3"] {
+            rig.say(&r, text).await;
+        }
+        // Reconnected to the promoted replica, which lost 3 and took x: the same newest offset, another id.
+        rig.redis.fork(&r, 1, &["x"]);
+        rig.tracker.resync_all().await.unwrap();
+        rig.say(&r, "4").await;
+        let epoch = rig.redis.epoch(&r);
+        assert_eq!(
+            rig.seen_in(&r),
+            around_gap(&["1", "2", "3"], &epoch, false, &["4"])
         );
     }
 
