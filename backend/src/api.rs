@@ -34,7 +34,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_HISTORY_PAGE: usize = 1000;
 
 /// The API's routes (merged into the replica's router).
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/api/rooms/{room}/messages",
@@ -44,7 +44,68 @@ pub fn routes() -> Router<AppState> {
         .route("/api/rooms/{room}/export", get(export))
         .route("/api/search", get(search))
         .route("/api/sessions/revoke", post(post_revoke))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_in_time,
+        ))
+}
+
+/// Reads a request's whole body, at most [`MAX_BODY_BYTES`], within `--header-timeout-secs` of its head, before the
+/// endpoint sees it. A client that sends its body slowly (a slow POST, the body's slow loris) is answered 408
+/// `request_timeout` and its connection closed, as one that sends its head slowly is closed by the server loop; a
+/// body over the cap is answered 413 `too_large`.
+async fn body_in_time(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.header_timeout();
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                too_large_error().into_response()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    format!("the request body could not be read: {e}"),
+                )
+                .into_response()
+            }
+        }
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ApiCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s of its head",
+                    limit.as_secs()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
+}
+
+/// 413 `too_large`.
+fn too_large_error() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ApiCode::TooLarge,
+        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 /// One rate-limit bucket per API key, so one integration cannot starve another.
@@ -207,6 +268,8 @@ pub enum ApiCode {
     Unauthorized,
     /// The body is over [`MAX_BODY_BYTES`].
     TooLarge,
+    /// The body did not arrive within `--header-timeout-secs` of the request's head.
+    RequestTimeout,
     /// A code of the room rules.
     #[serde(untagged)]
     Rules(ErrorCode),
@@ -295,11 +358,7 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::new(
-                status,
-                ApiCode::TooLarge,
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            );
+            return too_large_error();
         }
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -193,7 +193,8 @@ pub struct Config {
 
     /// Seconds a client has, from opening its connection (or from its previous response), to send a whole request
     /// head, a WebSocket upgrade included; then the connection is closed. Bounds slow-loris and half-open handshakes
-    /// (and idle HTTP keep-alive connections); an upgraded WebSocket is bound by --ping-secs instead.
+    /// (and idle HTTP keep-alive connections); an upgraded WebSocket is bound by --ping-secs instead. An HTTP API
+    /// request's body must follow within as long again (408 otherwise).
     #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub header_timeout_secs: u64,
 }

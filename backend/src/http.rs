@@ -19,7 +19,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::api::routes());
+        .merge(crate::api::routes(&state));
     let dir = &state.config.static_dir;
     let index = dir.join("index.html");
     let router = if index.is_file() {

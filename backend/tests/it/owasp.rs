@@ -488,6 +488,75 @@ async fn slow_and_silent_handshakes_are_cut_off() {
     assert_eq!(http_get(replica.addr, "/healthz").await.0, 200);
 }
 
+/// Point 4, request bodies: an HTTP API request whose body dribbles in (a slow POST) is answered 408
+/// `request_timeout` once `--header-timeout-secs` have passed since its head, and its connection is closed; a whole
+/// body sent at once is served as ever, and the replica goes on serving.
+#[tokio::test]
+async fn a_slow_api_body_is_cut_off() {
+    const KEY: &str = "a-key-of-sixteen-chars";
+    let mut c = config(None);
+    c.header_timeout_secs = 1;
+    c.api_keys = vec![KEY.to_owned()];
+    let replica = Replica::start_with(c).await;
+    let body = r#"{"nick": "slowpoke", "text": "at last", "cid": "s1"}"#;
+    let head = format!(
+        "POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: roomcast\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut slow = TcpStream::connect(replica.addr).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // A byte of the body every 200 ms: the whole would take 10 s, ten times the bound.
+    let mut answer = Vec::new();
+    let dribbled = tokio::time::timeout(PATIENCE, async {
+        let mut chunk = [0; 1024];
+        for (sent, byte) in body.bytes().enumerate() {
+            tokio::select! {
+                read = slow.read(&mut chunk) => match read {
+                    Ok(n) if n > 0 => {
+                        answer.extend_from_slice(&chunk[..n]);
+                        return sent;
+                    }
+                    _ => return sent,
+                },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if slow.write_all(&[byte]).await.is_err() {
+                        return sent;
+                    }
+                }
+            }
+        }
+        body.len()
+    })
+    .await
+    .expect("a slow body was not cut off");
+    // The rest of the answer, then the close.
+    let mut chunk = [0; 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(PATIENCE, slow.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("the slow body dribbled {dribbled} of {} bytes", body.len());
+    assert!(dribbled < body.len(), "cut off before the body was whole");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+    // Whole bodies are served as ever.
+    let mut fast = TcpStream::connect(replica.addr).await.unwrap();
+    fast.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(PATIENCE, fast.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
 /// Open file descriptors of a process.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
