@@ -1839,3 +1839,68 @@ async fn search_finds_current_text_only_in_the_rooms_allowed_and_opens_a_result(
 
 /// The HTTP API key of the search test's replicas.
 const SEARCH_KEY: &str = "browser-search-test-key";
+
+/// A revoked session in the browser: alice is signed in on replica one when her sessions are revoked through the HTTP
+/// API of replica two. Her page is closed with 4003 and says so (offline: "your session was revoked: sign in
+/// again"), forgets its token and does not reconnect with it; carol's page, another person's, stays connected and
+/// chats on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_signs_the_page_out() {
+    const KEY: &str = "revocation-key-0123";
+    const TOKEN: &str = "return localStorage.getItem('roomcast.token');";
+    let stage = Stage::start_with(|c| {
+        c.jwt_secret = Some(JWT_SECRET.into());
+        c.api_keys = vec![KEY.into()];
+    })
+    .await;
+    let alice = open(&stage.driver, "alice", &stage.out).await;
+    let carol = open(&stage.driver, "carol", &stage.out).await;
+    let alices = person_token("alice", "u-alice", None, false);
+    sign_in(&alice, stage.one.addr, ROOM, &alices).await;
+    sign_in(
+        &carol,
+        stage.two.addr,
+        ROOM,
+        &person_token("carol", "u-carol", None, false),
+    )
+    .await;
+    let kept: Option<String> = alice.js(TOKEN, Value::Null).await;
+    assert_eq!(
+        kept.as_deref(),
+        Some(alices.as_str()),
+        "the page keeps its token"
+    );
+
+    let (status, _, body) = testkit::http_request(
+        stage.two.addr,
+        "POST",
+        "/api/sessions/revoke",
+        &[("Authorization", &format!("Bearer {KEY}"))],
+        Some(&json!({ "sub": "u-alice" }).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    alice
+        .wait_until(
+            "the page to say its session was revoked",
+            "const s = document.querySelector('.status');
+             return s?.dataset.state === 'offline' && s.textContent.includes('your session was revoked');",
+            Value::Null,
+        )
+        .await;
+    let kept: Option<String> = alice.js(TOKEN, Value::Null).await;
+    assert_eq!(kept, None, "the revoked token is forgotten");
+
+    // Another person's page is untouched; by the time carol's message is back, alice's page is still signed out.
+    carol.send("still here").await;
+    carol.wait_message("carol", "still here").await;
+    let state: String = alice
+        .js(
+            "return document.querySelector('.status').dataset.state;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(state, "offline", "the page does not reconnect by itself");
+    no_errors(&alice).await;
+    no_errors(&carol).await;
+}
