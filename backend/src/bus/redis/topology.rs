@@ -307,8 +307,8 @@ impl Topology {
         }
     }
 
-    /// On a Sentinel target: resolves once the Sentinels name another master than the one this replica last
-    /// reached, asking one of them every `every`; never on other targets. The `+switch-master` event
+    /// On a Sentinel target: resolves once the Sentinels name another master than the one this replica had reached
+    /// when the watch began, asking one of them every `every`; never on other targets. The `+switch-master` event
     /// ([`Topology::watch_failovers`]) says the same at once, but a replica that was cut off from the Sentinels when
     /// they published it hears it only when TCP retransmits it, seconds after the partition healed, and meanwhile
     /// writes to the old master, which throws those writes away when it rejoins as a replica. This bounds that to
@@ -322,14 +322,19 @@ impl Topology {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asking: Option<redis::aio::MultiplexedConnection> = None;
         let mut next = 0;
+        // The master as it was when this watch began (the caller's connection was just made): a later reconnect of
+        // another connection must not hide that this one is on the old master.
+        let mut reached = None;
         loop {
             tick.tick().await;
-            let reached = s
-                .reached
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            let Some(reached) = reached else { continue };
+            if reached.is_none() {
+                reached = s
+                    .reached
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+            }
+            let Some(reached) = &reached else { continue };
             if asking.is_none() {
                 let sentinel = &sentinels[next % sentinels.len()];
                 next += 1;
@@ -351,7 +356,7 @@ impl Topology {
             )
             .await;
             match named {
-                Ok(named) if named != reached => return,
+                Ok(named) if named != *reached => return,
                 Ok(_) => {}
                 // This Sentinel does not answer: ask the next one next time.
                 Err(_) => asking = None,
