@@ -574,13 +574,21 @@ async fn sentinel_split_brain_with_our_replica_on_the_masters_side() {
 }
 
 /// Cluster: the shard that owns the room loses its master to a split — cut off from the other five nodes, its
-/// replica and our second replica, while our first replica still reaches it. The majority promotes the replica
-/// after the node timeout (1 s here); the isolated master stops taking writes by itself after the same timeout, so
-/// without waiting only what it acked before then is lost (and every member it touched is told); with
-/// `--redis-wait-replicas 1`, nothing.
+/// replica and our second replica, while our first replica still reaches it or is cut off with it. The majority
+/// promotes the replica after the node timeout (1 s here); the isolated master stops taking writes by itself after
+/// the same timeout, so without waiting only what it acked before then is lost (and every member it touched is
+/// told), wherever our replica is; with `--redis-wait-replicas 1`, nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_shard_master_split_off() {
-    let (topology, ours) = (Topology::Cluster, Ours::Between);
-    loss_is_told("cluster-between-no-wait", topology, ours, &[]).await;
-    nothing_is_lost("cluster-between-wait", topology, ours, &[], &WAIT_1).await;
+    let topology = Topology::Cluster;
+    loss_is_told("cluster-between-no-wait", topology, Ours::Between, &[]).await;
+    loss_is_told(
+        "cluster-with-master-no-wait",
+        topology,
+        Ours::WithMaster,
+        &[],
+    )
+    .await;
+    let name = "cluster-between-wait";
+    nothing_is_lost(name, topology, Ours::Between, &[], &WAIT_1).await;
 }
