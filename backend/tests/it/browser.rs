@@ -1415,6 +1415,12 @@ async fn sign_in(page: &Page, replica: SocketAddr, room: &str, token: &str) {
     .await;
 }
 
+/// [`sign_in`] to `ROOM` as `nick`, the person `u-<nick>`, who moderates nothing.
+async fn sign_in_person(page: &Page, replica: SocketAddr, nick: &str) {
+    let token = person_token(nick, &format!("u-{nick}"), None, false);
+    sign_in(page, replica, ROOM, &token).await;
+}
+
 /// Opens another room from the sidebar's join form, and waits until it is on screen.
 async fn open_room(page: &Page, room: &str) {
     let join = page.client.find(Locator::Css("#join-side")).await.unwrap();
@@ -1475,13 +1481,7 @@ async fn reading_on_one_device_clears_the_badge_on_the_other_and_counts_are_exac
     let alice = person_token("alice", "u-alice", None, false);
     sign_in(&phone, stage.one.addr, ROOM, &alice).await;
     sign_in(&laptop, stage.two.addr, ROOM, &alice).await;
-    sign_in(
-        &carol,
-        stage.one.addr,
-        ROOM,
-        &person_token("carol", "u-carol", None, false),
-    )
-    .await;
+    sign_in_person(&carol, stage.one.addr, "carol").await;
     let mut bob = signed_client(&stage.two, "bob").await;
     bob.join(ROOM, "bob", None).await;
     // Everyone reads bob's first message where they are (each page at the bottom of the room, in view).
@@ -1584,20 +1584,8 @@ async fn read_receipts_appear_on_the_authors_page() {
         &person_token("alice", "u-alice", None, true),
     )
     .await;
-    sign_in(
-        &carol,
-        stage.two.addr,
-        ROOM,
-        &person_token("carol", "u-carol", None, false),
-    )
-    .await;
-    sign_in(
-        &bob,
-        stage.two.addr,
-        ROOM,
-        &person_token("bob", "u-bob", None, false),
-    )
-    .await;
+    sign_in_person(&carol, stage.two.addr, "carol").await;
+    sign_in_person(&bob, stage.two.addr, "bob").await;
     alice
         .wait_for(
             "the receipts switch in the moderation tools",
@@ -1857,13 +1845,7 @@ async fn a_revoked_session_signs_the_page_out() {
     let carol = open(&stage.driver, "carol", &stage.out).await;
     let alices = person_token("alice", "u-alice", None, false);
     sign_in(&alice, stage.one.addr, ROOM, &alices).await;
-    sign_in(
-        &carol,
-        stage.two.addr,
-        ROOM,
-        &person_token("carol", "u-carol", None, false),
-    )
-    .await;
+    sign_in_person(&carol, stage.two.addr, "carol").await;
     let kept: Option<String> = alice.js(TOKEN, Value::Null).await;
     assert_eq!(
         kept.as_deref(),
