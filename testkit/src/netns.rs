@@ -23,15 +23,48 @@ fn claims_dir() -> PathBuf {
     std::env::temp_dir().join("roomcast-netns-claims")
 }
 
-/// Claims a /24 in 10.100.0.0–10.199.255.0 that no running test process holds (test processes run side by side,
-/// and two links with one subnet would break both): the first whose claim file this process creates, after
-/// clearing the claims of processes that are gone. Returns its first three octets and the claim file.
+/// The networks the host already routes (its own LAN, Docker's bridges, a cloud's 10/8), as (address, prefix
+/// length): a test's /24 must not shadow any of them.
+fn routed() -> Vec<(u32, u32)> {
+    let Ok(out) = Command::new("ip").args(["-4", "route", "show"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let net = line.split_whitespace().next()?;
+            let (addr, len) = net.split_once('/').unwrap_or((net, "32"));
+            Some((u32::from(addr.parse::<Ipv4Addr>().ok()?), len.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether the /24 starting at `net` overlaps the network `(addr, len)`.
+fn overlaps(net: u32, (addr, len): (u32, u32)) -> bool {
+    let shorter = len.min(24);
+    let mask = if shorter == 0 {
+        0
+    } else {
+        u32::MAX << (32 - shorter)
+    };
+    net & mask == addr & mask
+}
+
+/// Claims a /24 in 10.100.0.0–10.199.255.0 that the host does not route already and no running test process holds
+/// (test processes run side by side, and two links with one subnet would break both): the first whose claim file
+/// this process creates, after clearing the claims of processes that are gone. Returns its first three octets and
+/// the claim file.
 fn claim_subnet() -> ([u8; 3], PathBuf) {
     let dir = claims_dir();
     std::fs::create_dir_all(&dir).expect("make the subnet claims directory");
     let pid = std::process::id();
+    let routed = routed();
     for b in 100..=199u8 {
         for c in 0..=255u8 {
+            let net = u32::from(Ipv4Addr::new(10, b, c, 0));
+            if routed.iter().any(|r| overlaps(net, *r)) {
+                continue;
+            }
             let file = dir.join(format!("10.{b}.{c}"));
             let claimed = std::fs::OpenOptions::new()
                 .write(true)
@@ -449,5 +482,29 @@ impl Drop for Process {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(a: [u8; 4]) -> u32 {
+        u32::from(Ipv4Addr::from(a))
+    }
+
+    #[test]
+    fn a_subnet_overlaps_the_networks_that_contain_it_or_that_it_contains() {
+        let mine = net([10, 150, 7, 0]);
+        assert!(overlaps(mine, (net([10, 0, 0, 0]), 8)));
+        assert!(overlaps(mine, (net([10, 150, 7, 0]), 24)));
+        assert!(overlaps(mine, (net([10, 150, 7, 128]), 25)));
+        assert!(
+            overlaps(mine, (net([0, 0, 0, 0]), 0)),
+            "a default route covers everything"
+        );
+        assert!(!overlaps(mine, (net([10, 150, 8, 0]), 24)));
+        assert!(!overlaps(mine, (net([172, 17, 0, 0]), 16)));
+        assert!(!overlaps(mine, (net([192, 0, 2, 0]), 24)));
     }
 }
