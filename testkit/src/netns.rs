@@ -50,47 +50,54 @@ fn overlaps(net: u32, (addr, len): (u32, u32)) -> bool {
     net & mask == addr & mask
 }
 
-/// Claims a /24 in 10.100.0.0–10.199.255.0 that the host does not route already and no running test process holds
-/// (test processes run side by side, and two links with one subnet would break both): the first whose claim file
-/// this process creates, after clearing the claims of processes that are gone. Returns its first three octets and
-/// the claim file.
+/// The /24s a test network may take, in order: 198.18.0.0/15, the range set aside for network tests (RFC 2544),
+/// then 10.100.0.0–10.199.255.0.
+fn candidates() -> impl Iterator<Item = [u8; 3]> {
+    let tests = (18..=19u8).flat_map(|b| (0..=255u8).map(move |c| [198, b, c]));
+    let private = (100..=199u8).flat_map(|b| (0..=255u8).map(move |c| [10, b, c]));
+    tests.chain(private)
+}
+
+/// Claims a /24 (see [`candidates`]) that the host does not route already and no running test process holds (test
+/// processes run side by side, and two links with one subnet would break both): the first whose claim file this
+/// process creates, after clearing the claims of processes that are gone. Returns its first three octets and the
+/// claim file.
 fn claim_subnet() -> ([u8; 3], PathBuf) {
     let dir = claims_dir();
     std::fs::create_dir_all(&dir).expect("make the subnet claims directory");
     let pid = std::process::id();
     let routed = routed();
-    for b in 100..=199u8 {
-        for c in 0..=255u8 {
-            let net = u32::from(Ipv4Addr::new(10, b, c, 0));
-            if routed.iter().any(|r| overlaps(net, *r)) {
-                continue;
+    for [a, b, c] in candidates() {
+        let net = u32::from(Ipv4Addr::new(a, b, c, 0));
+        if routed.iter().any(|r| overlaps(net, *r)) {
+            continue;
+        }
+        let file = dir.join(format!("{a}.{b}.{c}"));
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file);
+        match claimed {
+            Ok(mut f) => {
+                use std::io::Write;
+                let _ = write!(f, "{pid}");
+                return ([a, b, c], file);
             }
-            let file = dir.join(format!("10.{b}.{c}"));
-            let claimed = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&file);
-            match claimed {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    let _ = write!(f, "{pid}");
-                    return ([10, b, c], file);
-                }
-                Err(_) => {
-                    let holder = std::fs::read_to_string(&file).unwrap_or_default();
-                    let gone = holder
-                        .trim()
-                        .parse::<u32>()
-                        .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
-                    if gone {
-                        let _ = std::fs::remove_file(&file);
-                    }
+            Err(_) => {
+                // Held: by a running test, or by one that is gone, whose claim goes for the next to take.
+                let holder = std::fs::read_to_string(&file).unwrap_or_default();
+                let gone = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                if gone {
+                    let _ = std::fs::remove_file(&file);
                 }
             }
         }
     }
     panic!(
-        "no free /24 left in 10.100.0.0/14 (claims in {})",
+        "no free /24 left in 198.18.0.0/15 or 10.100.0.0–10.199.255.0 (claims in {})",
         dir.display()
     );
 }
@@ -203,8 +210,7 @@ fn kill_all_in(ns: &str) {
 }
 
 impl Net {
-    /// A new, empty network with a /24 of its own in 10.100.0.0/14 (see [`claim_subnet`]), reachable from the host
-    /// at `.1`.
+    /// A new, empty network with a /24 of its own (see [`claim_subnet`]), reachable from the host at `.1`.
     pub fn new() -> Self {
         sweep_leftovers();
         let pid = std::process::id();
