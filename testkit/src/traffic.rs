@@ -48,6 +48,9 @@ impl Resume {
 #[derive(Debug, Default)]
 pub struct Seen {
     pub ids: Vec<MsgId>,
+    /// Who wrote each of `ids`, in the same order: after a split brain, two masters may give two events one id, and
+    /// the author tells them apart.
+    pub authors: Vec<String>,
     pub gaps: usize,
     pub resets: usize,
     pub reconnects: usize,
@@ -108,6 +111,7 @@ async fn member(
         for m in history {
             resume.since = Some(m.id);
             seen.ids.push(m.id);
+            seen.authors.push(m.nick.to_string());
         }
         if reads && let Some(id) = resume.since {
             seen.reads_sent += usize::from(client.try_send(&read(room, id)).await);
@@ -138,6 +142,7 @@ async fn member(
                         let id = event_id(&frame);
                         resume.since = Some(id);
                         seen.ids.push(id);
+                        seen.authors.push(event_author(&frame));
                         if reads && seen.ids.len() % READ_EVERY == 0 {
                             seen.reads_sent += usize::from(client.try_send(&read(room, id)).await);
                         }
@@ -217,9 +222,36 @@ fn event_id(frame: &ServerMsg) -> MsgId {
     }
 }
 
+/// Who wrote a stored event's frame.
+fn event_author(frame: &ServerMsg) -> String {
+    match frame {
+        ServerMsg::Message(m) => m.nick.to_string(),
+        ServerMsg::Edited(frame::Edited { nick, .. })
+        | ServerMsg::Deleted(frame::Deleted { nick, .. })
+        | ServerMsg::Reacted(frame::Reacted { nick, .. }) => nick.to_string(),
+        other => unreachable!("not an event: {other:?}"),
+    }
+}
+
+impl Seen {
+    /// Forgets the event `id` (a marker that is not part of the counts).
+    fn forget(&mut self, id: MsgId) {
+        let (ids, authors) = self
+            .ids
+            .iter()
+            .zip(&self.authors)
+            .filter(|(i, _)| **i != id)
+            .map(|(i, a)| (*i, a.clone()))
+            .unzip();
+        (self.ids, self.authors) = (ids, authors);
+    }
+}
+
 /// What the sender did.
 #[derive(Debug, Default)]
 pub struct Sent {
+    /// The nick it sent as.
+    pub nick: String,
     /// Events it meant to store (distinct cids): messages, and edits and reactions of its own messages.
     pub sent: usize,
     /// How many of those were actions (edits, reactions).
@@ -260,7 +292,10 @@ async fn send_steadily<F: Future<Output = ()>>(
     } = plan;
     let mut fault = Some(fault);
     let mut next = 0;
-    let mut out = Sent::default();
+    let mut out = Sent {
+        nick: nick.clone(),
+        ..Sent::default()
+    };
     let mut client = connect_any(urls, &mut next).await;
     let resume = Resume::default();
     while resume.join(&mut client, room, &nick).await.is_none() {
@@ -620,7 +655,7 @@ pub async fn run_traffic_reading<F: Future<Output = ()>>(
     .await;
     // The counter's marker is the room's history before the traffic, not part of it.
     for member in &mut outcome.members {
-        member.ids.retain(|id| *id != marker);
+        member.forget(marker);
     }
     outcome
 }
@@ -746,7 +781,7 @@ pub async fn run_during<T, F: Future<Output = T>>(
     let mut members = Vec::new();
     for r in readers {
         let mut seen = r.await.expect("member task");
-        seen.ids.retain(|id| *id != marker);
+        seen.forget(marker);
         members.push(seen);
     }
     (

@@ -4,7 +4,8 @@
 //! keep sending (resending unacked messages with the same cid, as the browser client does) and members on both
 //! sides keep reading; afterwards every count is exact:
 //!
-//! - **lost**: acked, and not in the room's history once the partition healed (the new master's);
+//! - **lost**: acked, and not in the room's history once the partition healed (the new master's); events are told
+//!   apart by id and author, since two masters may give two events one id;
 //! - **duplicated**: delivered twice to one member;
 //! - **missed**: in the history, never delivered to a member;
 //! - **told**: a member that missed something, or saw something the history lost, received a `gap`.
@@ -14,7 +15,7 @@
 //! lasted, and every member it touched was told: never silently left behind. `cargo xtask test --chaos` runs each
 //! split for longer and more often.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -62,10 +63,15 @@ async fn info(ip: Ipv4Addr, port: u16, section: &str) -> Option<String> {
         .ok()
 }
 
-/// Every event id in the room's stream, read from the server at `ip`.
-async fn history(ip: Ipv4Addr) -> Vec<MsgId> {
+/// An event as the counts know it: its id and its author. After a split brain two masters may give two events the
+/// same id (their clocks agree to the millisecond), so the id alone does not tell them apart; the two sides' senders
+/// have different nicks.
+type Event = (MsgId, String);
+
+/// Every event in the room's stream, read from the server at `ip`.
+async fn history(ip: Ipv4Addr) -> Vec<Event> {
     let mut c = conn(ip, REDIS).await.expect("reach the master");
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(format!("roomcast:{{{ROOM}}}:log"))
         .arg("-")
         .arg("+")
@@ -74,7 +80,15 @@ async fn history(ip: Ipv4Addr) -> Vec<MsgId> {
         .expect("XRANGE the room");
     entries
         .into_iter()
-        .map(|(id, _)| id.parse().expect("a stream id is a message id"))
+        .map(|(id, fields)| {
+            let body: serde_json::Value =
+                serde_json::from_str(&fields["m"]).expect("an entry's body is JSON");
+            let nick = body["nick"].as_str().expect("every event here has a nick");
+            (
+                id.parse().expect("a stream id is a message id"),
+                nick.to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -379,11 +393,10 @@ struct Counts {
 /// Counts a run against the room's history after it (see the module docs) and prints the counts; then fails on what
 /// no setting allows — a member told nothing though it missed something or saw something lost, a message shown
 /// twice or out of order, a lost message acked outside a split, an event in the history that nobody acked.
-fn count(name: &str, crowd: &Crowd, history: &[MsgId], splits: &[Split]) -> Counts {
-    let kept: HashSet<MsgId> = history
+fn count(name: &str, crowd: &Crowd, history: &[Event], splits: &[Split]) -> Counts {
+    let kept: HashSet<&Event> = history
         .iter()
-        .copied()
-        .filter(|id| *id != crowd.marker)
+        .filter(|(id, _)| *id != crowd.marker)
         .collect();
     let mut acked = HashSet::new();
     let mut counts = Counts::default();
@@ -392,35 +405,42 @@ fn count(name: &str, crowd: &Crowd, history: &[MsgId], splits: &[Split]) -> Coun
         counts.sent += sender.sent;
         counts.gone += sender.gone.len();
         for (id, at) in sender.acked.iter().zip(&sender.acked_at) {
-            acked.insert(*id);
-            if kept.contains(id) {
-                continue;
-            }
-            match splits
-                .iter()
-                .find(|(began, _, settled)| began <= at && at <= settled)
-            {
-                Some((began, healed, _)) => {
-                    counts.window = counts.window.max(*at - *began);
-                    counts.after_heal += usize::from(at > healed);
+            let event = (*id, sender.nick.clone());
+            if !kept.contains(&event) {
+                match splits
+                    .iter()
+                    .find(|(began, _, settled)| began <= at && at <= settled)
+                {
+                    Some((began, healed, _)) => {
+                        counts.window = counts.window.max(*at - *began);
+                        counts.after_heal += usize::from(at > healed);
+                    }
+                    None => faults.push(format!("{id} was lost, though acked outside a split")),
                 }
-                None => faults.push(format!("{id} was lost, though acked outside a split")),
             }
+            acked.insert(event);
         }
     }
+    let acked: HashSet<&Event> = acked.iter().collect();
     counts.acked = acked.len();
     counts.lost = acked.difference(&kept).count();
-    let strangers: Vec<&MsgId> = kept.difference(&acked).collect();
+    let strangers: Vec<&&Event> = kept.difference(&acked).collect();
     if !strangers.is_empty() {
         faults.push(format!("stored but never acked: {strangers:?}"));
     }
     for (i, seen) in crowd.members.iter().enumerate() {
-        let got: HashSet<MsgId> = seen.ids.iter().copied().collect();
-        counts.duplicated += seen.ids.len() - got.len();
+        let events: Vec<Event> = seen
+            .ids
+            .iter()
+            .copied()
+            .zip(seen.authors.iter().cloned())
+            .collect();
+        let got: HashSet<&Event> = events.iter().collect();
+        counts.duplicated += events.len() - got.len();
         if !seen.ids.windows(2).all(|w| w[0] < w[1]) {
             faults.push(format!("member {i} received events out of order or twice"));
         }
-        let strangers: Vec<&MsgId> = got.difference(&acked).collect();
+        let strangers: Vec<&&Event> = got.difference(&acked).collect();
         if !strangers.is_empty() {
             faults.push(format!(
                 "member {i} received ids never acked: {strangers:?}"
